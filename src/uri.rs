@@ -1,0 +1,248 @@
+//! Strict reading of a request's path and query.
+//!
+//! ```text
+//! "/v1/users/al%20ice/devices?x=1"
+//!   ── segments() ──▶ ["v1", "users", "al ice", "devices"]   (or a PathError → 400)
+//!   ── Query::parse ──▶ x = "1"                               (or a QueryError → 400)
+//! ```
+//!
+//! Nothing is "fixed up": a path that a lenient server could read as another path
+//! (`.`/`..`, `//`, encoded `/`, `\` or `.`, bad escapes, invalid UTF-8, control bytes) is
+//! rejected, so the route iotgate authorizes is the one the upstream serves.
+
+use std::borrow::Cow;
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The path does not start with `/`.
+    #[error("path does not start with `/`")]
+    NotAbsolute,
+    /// `//` or a trailing `/`.
+    #[error("path has an empty segment")]
+    EmptySegment,
+    /// A `.` or `..` segment.
+    #[error("path has a `.` or `..` segment")]
+    DotSegment,
+    /// `%2F`.
+    #[error("path has an encoded `/`")]
+    EncodedSlash,
+    /// `%2E`.
+    #[error("path has an encoded `.`")]
+    EncodedDot,
+    /// `\` or `%5C`.
+    #[error("path has a backslash")]
+    Backslash,
+    /// `%` not followed by two hex digits.
+    #[error("path has a bad percent escape")]
+    BadEscape,
+    /// Decoded bytes are not UTF-8.
+    #[error("path is not valid UTF-8")]
+    NotUtf8,
+    /// A control byte (`%00`..`%1F`, `%7F`).
+    #[error("path has a control character")]
+    ControlChar,
+}
+
+/// Why a query string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    /// Undecodable escapes or invalid UTF-8.
+    #[error("query parameter `{0}` is not valid percent-encoded UTF-8")]
+    BadEncoding(String),
+    /// A parameter iotgate reads was given more than once.
+    #[error("query parameter `{0}` is given more than once")]
+    Repeated(String),
+}
+
+/// Splits an absolute path into percent-decoded segments (the root `/` has none).
+///
+/// # Errors
+/// Any of [`PathError`]; the path is never rewritten.
+pub fn segments(path: &str) -> Result<Vec<Cow<'_, str>>, PathError> {
+    let rest = path.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
+    if rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    rest.split('/').map(segment).collect()
+}
+
+fn segment(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    match raw {
+        "" => return Err(PathError::EmptySegment),
+        "." | ".." => return Err(PathError::DotSegment),
+        _ => {}
+    }
+    if raw.contains('\\') {
+        return Err(PathError::Backslash);
+    }
+    if !raw.contains('%') {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let bytes = decode(raw).ok_or(PathError::BadEscape)?;
+    for (i, b) in bytes.iter().enumerate() {
+        let escaped = is_escaped(raw, i);
+        match *b {
+            b'/' => return Err(PathError::EncodedSlash),
+            b'.' if escaped => return Err(PathError::EncodedDot),
+            b'\\' => return Err(PathError::Backslash),
+            0..=0x1f | 0x7f => return Err(PathError::ControlChar),
+            _ => {}
+        }
+    }
+    String::from_utf8(bytes)
+        .map(Cow::Owned)
+        .map_err(|_| PathError::NotUtf8)
+}
+
+/// Whether the `index`-th decoded byte of `raw` came from a `%XX` escape.
+fn is_escaped(raw: &str, index: usize) -> bool {
+    let bytes = raw.as_bytes();
+    let (mut i, mut n) = (0, 0);
+    while i < bytes.len() {
+        let escaped = bytes[i] == b'%';
+        if n == index {
+            return escaped;
+        }
+        i += if escaped { 3 } else { 1 };
+        n += 1;
+    }
+    false
+}
+
+/// Percent-decodes `raw`; `None` on a malformed escape.
+fn decode(raw: &str) -> Option<Vec<u8>> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hi = hex(*bytes.get(i + 1)?)?;
+            let lo = hex(*bytes.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// A query string, decoded on demand (`application/x-www-form-urlencoded` rules).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<'a> {
+    raw: &'a str,
+}
+
+impl<'a> Query<'a> {
+    /// Wraps the raw query (without `?`).
+    pub fn new(raw: Option<&'a str>) -> Self {
+        Self {
+            raw: raw.unwrap_or(""),
+        }
+    }
+
+    /// The single value of `name`, if present.
+    ///
+    /// # Errors
+    /// The parameter is repeated, or a name or value is not valid percent-encoded UTF-8.
+    pub fn get(&self, name: &str) -> Result<Option<String>, QueryError> {
+        let mut found = None;
+        for pair in self.raw.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if form_decode(k).as_deref() != Some(name) {
+                continue;
+            }
+            if found.is_some() {
+                return Err(QueryError::Repeated(name.to_string()));
+            }
+            found = Some(form_decode(v).ok_or_else(|| QueryError::BadEncoding(name.to_string()))?);
+        }
+        Ok(found)
+    }
+}
+
+fn form_decode(raw: &str) -> Option<String> {
+    let plus = raw.replace('+', " ");
+    String::from_utf8(decode(&plus)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_normalization_table() {
+        use PathError::*;
+        let cases: &[(&str, Result<&[&str], PathError>)] = &[
+            ("/", Ok(&[])),
+            ("/v1/users/alice", Ok(&["v1", "users", "alice"])),
+            ("/v1/users/al%20ice", Ok(&["v1", "users", "al ice"])),
+            ("/v1/users/%C3%A9", Ok(&["v1", "users", "é"])),
+            ("/a/b.c/..d", Ok(&["a", "b.c", "..d"])),
+            ("v1/users", Err(NotAbsolute)),
+            ("", Err(NotAbsolute)),
+            ("/v1//users", Err(EmptySegment)),
+            ("/v1/users/", Err(EmptySegment)),
+            ("//v1", Err(EmptySegment)),
+            ("/v1/./users", Err(DotSegment)),
+            ("/v1/../users", Err(DotSegment)),
+            ("/v1/users/..", Err(DotSegment)),
+            ("/v1/a%2Fb", Err(EncodedSlash)),
+            ("/v1/a%2fb", Err(EncodedSlash)),
+            ("/v1/%2e%2e/x", Err(EncodedDot)),
+            ("/v1/%2E", Err(EncodedDot)),
+            ("/v1/a%2Eb", Err(EncodedDot)),
+            ("/v1/a\\b", Err(Backslash)),
+            ("/v1/a%5cb", Err(Backslash)),
+            ("/v1/a%zz", Err(BadEscape)),
+            ("/v1/a%4", Err(BadEscape)),
+            ("/v1/a%", Err(BadEscape)),
+            ("/v1/%FF%FE", Err(NotUtf8)),
+            ("/v1/%C3", Err(NotUtf8)),
+            ("/v1/a%00b", Err(ControlChar)),
+            ("/v1/a%0Ab", Err(ControlChar)),
+            ("/v1/a%7F", Err(ControlChar)),
+        ];
+        for (path, expected) in cases {
+            let got = segments(path);
+            match expected {
+                Ok(want) => {
+                    let got: Vec<String> = got.unwrap_or_else(|e| panic!("{path}: {e}"))
+                        .into_iter()
+                        .map(Cow::into_owned)
+                        .collect();
+                    assert_eq!(&got, want, "{path}");
+                }
+                Err(want) => assert_eq!(got.unwrap_err(), *want, "{path}"),
+            }
+        }
+    }
+
+    #[test]
+    fn query_values_are_decoded_and_must_be_unique() {
+        let q = Query::new(Some("a=1&b=x+y%21&authorization=t.o.k&empty=&flag"));
+        assert_eq!(q.get("a").unwrap().as_deref(), Some("1"));
+        assert_eq!(q.get("b").unwrap().as_deref(), Some("x y!"));
+        assert_eq!(q.get("empty").unwrap().as_deref(), Some(""));
+        assert_eq!(q.get("flag").unwrap().as_deref(), Some(""));
+        assert_eq!(q.get("missing").unwrap(), None);
+        let q = Query::new(Some("a=1&a=2"));
+        assert_eq!(q.get("a"), Err(QueryError::Repeated("a".into())));
+        let q = Query::new(Some("a=%FF"));
+        assert_eq!(q.get("a"), Err(QueryError::BadEncoding("a".into())));
+        let q = Query::new(Some("%61=encoded-name"));
+        assert_eq!(q.get("a").unwrap().as_deref(), Some("encoded-name"));
+        assert_eq!(Query::new(None).get("a").unwrap(), None);
+    }
+}
