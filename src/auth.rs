@@ -284,7 +284,9 @@ fn load_keys(auth: &AuthConfig, config: &Config) -> Result<Vec<Key>, Problems> {
         }
         KeySource::PublicPem(source) => {
             let (pem, origin) = match source {
-                PemSource::Inline(text) => (text.clone(), config.problem("auth.public_key_pem", "")),
+                PemSource::Inline(text) => {
+                    (text.clone(), config.problem("auth.public_key_pem", ""))
+                }
                 PemSource::File(path) => (read_text(path)?, Problem::in_file(path, "")),
             };
             let key = pem_key(pem.as_bytes(), &auth.algorithms).map_err(|m| Problem {
@@ -300,9 +302,14 @@ fn load_keys(auth: &AuthConfig, config: &Config) -> Result<Vec<Key>, Problems> {
 /// Reads a public key PEM of the family of the allowed algorithms.
 fn pem_key(pem: &[u8], algorithms: &[Algorithm]) -> Result<DecodingKey, String> {
     use jsonwebtoken::AlgorithmFamily::*;
-    let family = algorithms.first().map(|a| a.family()).ok_or("no algorithm")?;
+    let family = algorithms
+        .first()
+        .map(|a| a.family())
+        .ok_or("no algorithm")?;
     if algorithms.iter().any(|a| a.family() != family) {
-        return Err("a public key serves one algorithm family; the allowed algorithms mix families".into());
+        return Err(
+            "a public key serves one algorithm family; the allowed algorithms mix families".into(),
+        );
     }
     let key = match family {
         Rsa => DecodingKey::from_rsa_pem(pem),
@@ -315,9 +322,8 @@ fn pem_key(pem: &[u8], algorithms: &[Algorithm]) -> Result<DecodingKey, String> 
 
 fn jwks_keys(path: &Path, algorithms: &[Algorithm]) -> Result<Vec<Key>, Problems> {
     let text = read_text(path)?;
-    let set: JwkSet = serde_json::from_str(&text).map_err(|e| {
-        Problem::at_line(path, Some(e.line()), format!("not a JWKS: {e}"))
-    })?;
+    let set: JwkSet = serde_json::from_str(&text)
+        .map_err(|e| Problem::at_line(path, Some(e.line()), format!("not a JWKS: {e}")))?;
     let mut problems = Problems::new();
     let mut keys = Vec::new();
     for (i, jwk) in set.keys.iter().enumerate() {
@@ -325,7 +331,10 @@ fn jwks_keys(path: &Path, algorithms: &[Algorithm]) -> Result<Vec<Key>, Problems
         let alg = match jwk.common.key_algorithm.map(Algorithm::try_from) {
             Some(Ok(alg)) => Some(alg),
             Some(Err(_)) => {
-                problems.push(Problem::in_file(path, format!("key `{name}`: `alg` is not a signing algorithm")));
+                problems.push(Problem::in_file(
+                    path,
+                    format!("key `{name}`: `alg` is not a signing algorithm"),
+                ));
                 continue;
             }
             None => None,
@@ -336,12 +345,20 @@ fn jwks_keys(path: &Path, algorithms: &[Algorithm]) -> Result<Vec<Key>, Problems
                 alg,
                 key,
             }),
-            Err(e) => problems.push(Problem::in_file(path, format!("key `{name}`: unusable ({e})"))),
+            Err(e) => problems.push(Problem::in_file(
+                path,
+                format!("key `{name}`: unusable ({e})"),
+            )),
         }
     }
-    let usable = keys.iter().any(|k| algorithms.iter().any(|a| a.family() == k.key.family()));
+    let usable = keys
+        .iter()
+        .any(|k| algorithms.iter().any(|a| a.family() == k.key.family()));
     if !usable && problems.is_empty() {
-        problems.push(Problem::in_file(path, "no key in this JWKS fits the allowed algorithms"));
+        problems.push(Problem::in_file(
+            path,
+            "no key in this JWKS fits the allowed algorithms",
+        ));
     }
     problems.into_result(keys)
 }
@@ -392,7 +409,12 @@ impl Signer {
         match &config.auth.key {
             KeySource::Secret(path) => {
                 let secret = read_text(path).map_err(|p| p.to_string())?;
-                let alg = config.auth.algorithms.first().copied().unwrap_or(Algorithm::HS256);
+                let alg = config
+                    .auth
+                    .algorithms
+                    .first()
+                    .copied()
+                    .unwrap_or(Algorithm::HS256);
                 Ok(Signer::hmac(alg, secret.trim().as_bytes()))
             }
             _ => Err("the config verifies with a public key; pass --private-key to sign".into()),

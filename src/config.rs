@@ -322,10 +322,8 @@ impl Ctx<'_> {
     fn server(&self, s: FileServer) -> Result<ServerConfig, Problem> {
         let addr = |key: &str, value: &str| {
             value.parse::<SocketAddr>().map_err(|_| {
-                self.source.problem(
-                    key,
-                    format!("`{value}` is not a socket address (ip:port)"),
-                )
+                self.source
+                    .problem(key, format!("`{value}` is not a socket address (ip:port)"))
             })
         };
         let listen = addr("server.listen", &s.listen)?;
@@ -333,8 +331,8 @@ impl Ctx<'_> {
             Some(a) => Some(addr("server.admin_listen", a)?),
             None => None,
         };
-        let upstream = parse_upstream(&s.upstream)
-            .map_err(|m| self.source.problem("server.upstream", m))?;
+        let upstream =
+            parse_upstream(&s.upstream).map_err(|m| self.source.problem("server.upstream", m))?;
         Ok(ServerConfig {
             listen,
             upstream,
@@ -355,7 +353,10 @@ impl Ctx<'_> {
             }
         }
         if a.algorithms.is_empty() {
-            problems.push(self.source.problem("auth.algorithms", "no algorithm is allowed"));
+            problems.push(
+                self.source
+                    .problem("auth.algorithms", "no algorithm is allowed"),
+            );
         }
         let sources = [
             a.hs256_secret_file
@@ -368,7 +369,9 @@ impl Ctx<'_> {
                     PemSource::File(self.path(p))
                 })
             }),
-            a.jwks_file.as_deref().map(|p| KeySource::Jwks(self.path(p))),
+            a.jwks_file
+                .as_deref()
+                .map(|p| KeySource::Jwks(self.path(p))),
         ];
         let mut keys = sources.into_iter().flatten();
         let key = match (keys.next(), keys.next()) {
@@ -392,7 +395,10 @@ impl Ctx<'_> {
             check_key_family(key, &algorithms, self.source, &mut problems);
         }
         if a.principal_claim.is_empty() {
-            problems.push(self.source.problem("auth.principal_claim", "must not be empty"));
+            problems.push(
+                self.source
+                    .problem("auth.principal_claim", "must not be empty"),
+            );
         }
         match key {
             Some(key) if problems.is_empty() => Ok(AuthConfig {
@@ -526,10 +532,7 @@ directory = ["dir"]
 
     #[test]
     fn key_sources_are_exclusive_and_required() {
-        let both = GOOD.replace(
-            "principal_claim",
-            "jwks_file = \"k.json\"\nprincipal_claim",
-        );
+        let both = GOOD.replace("principal_claim", "jwks_file = \"k.json\"\nprincipal_claim");
         assert!(errors(&both)[0].contains("several keys"));
         let none = GOOD.replace("hs256_secret_file = \"secret.key\"", "");
         assert!(errors(&none)[0].contains("no key"));
@@ -545,10 +548,14 @@ directory = ["dir"]
 
     #[test]
     fn inline_pem_is_told_apart_from_a_path() {
-        let text = GOOD
-            .replace("[\"HS256\"]", "[\"RS256\"]")
-            .replace("hs256_secret_file = \"secret.key\"", "public_key_pem = \"k.pem\"");
+        let text = GOOD.replace("[\"HS256\"]", "[\"RS256\"]").replace(
+            "hs256_secret_file = \"secret.key\"",
+            "public_key_pem = \"k.pem\"",
+        );
         let c = Config::parse(Path::new("/g/c.toml"), &text).unwrap();
-        assert_eq!(c.auth.key, KeySource::PublicPem(PemSource::File("/g/k.pem".into())));
+        assert_eq!(
+            c.auth.key,
+            KeySource::PublicPem(PemSource::File("/g/k.pem".into()))
+        );
     }
 }

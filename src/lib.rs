@@ -1,6 +1,10 @@
 //! iotgate: an authorization sidecar for IoT platforms.
-pub mod problem;
-pub mod tomlfile;
-pub mod config;
-pub mod uri;
 pub mod auth;
+pub mod config;
+pub mod diagnostic;
+pub mod directory;
+pub mod policy;
+pub mod problem;
+pub mod schema;
+pub mod tomlfile;
+pub mod uri;

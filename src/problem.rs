@@ -130,7 +130,11 @@ impl std::error::Error for Problems {}
 /// 1-based line number of a byte offset (offsets past the end count as the last line).
 pub fn line_of_offset(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 /// Reads a text file, turning an I/O error into a problem about that file.

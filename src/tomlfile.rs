@@ -63,9 +63,8 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<(T, TomlFile), Problems>
 /// As [`load`].
 pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<(T, TomlFile), Problems> {
     let at = |e: &toml::de::Error| e.span().map(|s| line_of_offset(text, s.start));
-    let table = DeTable::parse(text).map_err(|e| {
-        Problem::at_line(path, at(&e), format!("invalid toml: {}", e.message()))
-    })?;
+    let table = DeTable::parse(text)
+        .map_err(|e| Problem::at_line(path, at(&e), format!("invalid toml: {}", e.message())))?;
     let mut lines = HashMap::new();
     index_table(text, "", table.get_ref(), &mut lines);
     let file = TomlFile {
@@ -194,9 +193,11 @@ mod tests {
 
     #[test]
     fn key_lines_fall_back_to_parent() {
-        let (_, file) =
-            parse::<Doc>(Path::new("c.toml"), "\n[server]\nlisten = \"x\"\n[[item]]\nname = \"n\"\n")
-                .unwrap();
+        let (_, file) = parse::<Doc>(
+            Path::new("c.toml"),
+            "\n[server]\nlisten = \"x\"\n[[item]]\nname = \"n\"\n",
+        )
+        .unwrap();
         assert_eq!(file.line("server.listen"), Some(3));
         assert_eq!(file.line("item.0.name"), Some(5));
         assert_eq!(file.line("server.missing"), Some(2));

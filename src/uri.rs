@@ -218,7 +218,8 @@ mod tests {
             let got = segments(path);
             match expected {
                 Ok(want) => {
-                    let got: Vec<String> = got.unwrap_or_else(|e| panic!("{path}: {e}"))
+                    let got: Vec<String> = got
+                        .unwrap_or_else(|e| panic!("{path}: {e}"))
                         .into_iter()
                         .map(Cow::into_owned)
                         .collect();

@@ -23,7 +23,11 @@ fn verifier(algs: &str, key_line: &str, extra: &str) -> Verifier {
 }
 
 fn secret_verifier(extra: &str) -> Verifier {
-    verifier(r#"["HS256", "HS384", "HS512"]"#, "hs256_secret_file = \"hs.secret\"", extra)
+    verifier(
+        r#"["HS256", "HS384", "HS512"]"#,
+        "hs256_secret_file = \"hs.secret\"",
+        extra,
+    )
 }
 
 fn claims(v: Value) -> Claims {
@@ -86,7 +90,11 @@ fn each_public_key_family_verifies_from_a_pem() {
 #[test]
 fn inline_pem_is_accepted() {
     let pem = String::from_utf8(key_file("ec256.pub.pem")).unwrap();
-    let v = verifier(r#"["ES256"]"#, &format!("public_key_pem = \"\"\"{pem}\"\"\""), "");
+    let v = verifier(
+        r#"["ES256"]"#,
+        &format!("public_key_pem = \"\"\"{pem}\"\"\""),
+        "",
+    );
     let token = Signer::private_pem(Algorithm::ES256, &key_file("ec256.key"), None)
         .unwrap()
         .sign(&good_claims())
@@ -111,10 +119,17 @@ fn alg_none_and_garbage_are_malformed() {
         use base64_url::encode;
         encode(s)
     };
-    let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(r#"{"usr":"alice"}"#));
+    let none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(r#"{"usr":"alice"}"#)
+    );
     assert!(matches!(v.verify(&none), Err(AuthError::Malformed(_))));
     for junk in ["", "abc", "a.b.c", "....", "\u{0}"] {
-        assert!(matches!(v.verify(junk), Err(AuthError::Malformed(_))), "{junk:?}");
+        assert!(
+            matches!(v.verify(junk), Err(AuthError::Malformed(_))),
+            "{junk:?}"
+        );
     }
 }
 
@@ -125,7 +140,10 @@ mod base64_url {
         let b = s.as_bytes();
         let mut out = String::new();
         for chunk in b.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &x)| acc | (x as u32) << (16 - 8 * i));
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, &x)| acc | (x as u32) << (16 - 8 * i));
             for i in 0..=chunk.len() {
                 out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
             }
@@ -140,13 +158,21 @@ fn time_claims_respect_the_leeway() {
     let sign = |c: Value| secret_signer(Algorithm::HS256).sign(&claims(c)).unwrap();
     let t = now();
     assert!(v.verify(&sign(json!({"usr": "a", "exp": t - 10}))).is_ok());
-    assert_eq!(v.verify(&sign(json!({"usr": "a", "exp": t - 120}))), Err(AuthError::Expired));
-    assert!(v.verify(&sign(json!({"usr": "a", "exp": t + 60, "nbf": t + 10}))).is_ok());
+    assert_eq!(
+        v.verify(&sign(json!({"usr": "a", "exp": t - 120}))),
+        Err(AuthError::Expired)
+    );
+    assert!(v
+        .verify(&sign(json!({"usr": "a", "exp": t + 60, "nbf": t + 10})))
+        .is_ok());
     assert_eq!(
         v.verify(&sign(json!({"usr": "a", "exp": t + 600, "nbf": t + 300}))),
         Err(AuthError::NotYetValid)
     );
-    assert_eq!(v.verify(&sign(json!({"usr": "a"}))), Err(AuthError::Claim("exp".into())));
+    assert_eq!(
+        v.verify(&sign(json!({"usr": "a"}))),
+        Err(AuthError::Claim("exp".into()))
+    );
     let lax = secret_verifier("require_exp = false");
     assert!(lax.verify(&sign(json!({"usr": "a"}))).is_ok());
 }
@@ -166,7 +192,9 @@ fn issuer_and_audience_are_checked_when_configured() {
     assert_eq!(v.verify(&sign(no_aud)), Err(AuthError::Claim("aud".into())));
     // without a configured audience, a token's aud is not a reason to refuse it
     let open = secret_verifier("");
-    assert!(open.verify(&sign(json!({"usr": "a", "exp": exp, "aud": "x"}))).is_ok());
+    assert!(open
+        .verify(&sign(json!({"usr": "a", "exp": exp, "aud": "x"})))
+        .is_ok());
 }
 
 #[test]
@@ -174,40 +202,72 @@ fn principal_claim_must_be_a_non_empty_string() {
     let v = secret_verifier("");
     let sign = |c: Value| secret_signer(Algorithm::HS256).sign(&claims(c)).unwrap();
     let exp = now() + 600;
-    for bad in [json!({"exp": exp}), json!({"exp": exp, "usr": ""}), json!({"exp": exp, "usr": 7})] {
+    for bad in [
+        json!({"exp": exp}),
+        json!({"exp": exp, "usr": ""}),
+        json!({"exp": exp, "usr": 7}),
+    ] {
         assert_eq!(v.verify(&sign(bad)), Err(AuthError::Claim("usr".into())));
     }
 }
 
 #[test]
 fn jwks_picks_by_kid_or_tries_the_family() {
-    let v = verifier(r#"["RS256", "ES256", "ES384", "EdDSA"]"#, "jwks_file = \"jwks.json\"", "");
+    let v = verifier(
+        r#"["RS256", "ES256", "ES384", "EdDSA"]"#,
+        "jwks_file = \"jwks.json\"",
+        "",
+    );
     let sign = |alg, key: &str, kid: Option<&str>| {
         Signer::private_pem(alg, &key_file(key), kid.map(String::from))
             .unwrap()
             .sign(&good_claims())
             .unwrap()
     };
-    assert!(v.verify(&sign(Algorithm::RS256, "rsa.key", Some("rsa-1"))).is_ok());
-    assert!(v.verify(&sign(Algorithm::ES256, "ec256.key", Some("ec-256"))).is_ok());
-    assert!(v.verify(&sign(Algorithm::ES384, "ec384.key", Some("ec-384"))).is_ok());
-    assert!(v.verify(&sign(Algorithm::EdDSA, "ed25519.key", Some("ed-1"))).is_ok());
+    assert!(v
+        .verify(&sign(Algorithm::RS256, "rsa.key", Some("rsa-1")))
+        .is_ok());
+    assert!(v
+        .verify(&sign(Algorithm::ES256, "ec256.key", Some("ec-256")))
+        .is_ok());
+    assert!(v
+        .verify(&sign(Algorithm::ES384, "ec384.key", Some("ec-384")))
+        .is_ok());
+    assert!(v
+        .verify(&sign(Algorithm::EdDSA, "ed25519.key", Some("ed-1")))
+        .is_ok());
     // no kid: rsa-1 fails the signature, rsa-2 (no alg pinned) verifies
     assert!(v.verify(&sign(Algorithm::RS256, "rsa2.key", None)).is_ok());
     // a kid that names the wrong key fails; an unknown kid has no key
-    assert_eq!(v.verify(&sign(Algorithm::RS256, "rsa2.key", Some("rsa-1"))), Err(AuthError::Signature));
-    assert_eq!(v.verify(&sign(Algorithm::RS256, "rsa.key", Some("nope"))), Err(AuthError::NoKey));
+    assert_eq!(
+        v.verify(&sign(Algorithm::RS256, "rsa2.key", Some("rsa-1"))),
+        Err(AuthError::Signature)
+    );
+    assert_eq!(
+        v.verify(&sign(Algorithm::RS256, "rsa.key", Some("nope"))),
+        Err(AuthError::NoKey)
+    );
     // the JWK pins ES256 for ec-256: an ES384 token naming it finds no key
-    assert_eq!(v.verify(&sign(Algorithm::ES384, "ec384.key", Some("ec-256"))), Err(AuthError::NoKey));
+    assert_eq!(
+        v.verify(&sign(Algorithm::ES384, "ec384.key", Some("ec-256"))),
+        Err(AuthError::NoKey)
+    );
     // not in the allow-list
-    assert_eq!(v.verify(&sign(Algorithm::PS256, "rsa.key", Some("rsa-2"))), Err(AuthError::Algorithm("PS256".into())));
+    assert_eq!(
+        v.verify(&sign(Algorithm::PS256, "rsa.key", Some("rsa-2"))),
+        Err(AuthError::Algorithm("PS256".into()))
+    );
 }
 
 #[test]
 fn bad_key_material_is_a_load_problem() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("empty.secret"), "\n").unwrap();
-    std::fs::write(dir.path().join("bad.pem"), "-----BEGIN PUBLIC KEY-----\nxx\n").unwrap();
+    std::fs::write(
+        dir.path().join("bad.pem"),
+        "-----BEGIN PUBLIC KEY-----\nxx\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("bad.json"), "{\"keys\": [\n{\"kty\": ]}").unwrap();
     std::fs::write(dir.path().join("odd.json"), "{\"keys\": [{\"kty\": 1}]}").unwrap();
     let load = |algs: &str, key: &str| {
@@ -217,11 +277,15 @@ fn bad_key_material_is_a_load_problem() {
         let config = Config::parse(&dir.path().join("c.toml"), &text).unwrap();
         Verifier::from_config(&config).unwrap_err().to_string()
     };
-    assert!(load(r#"["HS256"]"#, "hs256_secret_file = \"empty.secret\"").contains("secret is empty"));
+    assert!(
+        load(r#"["HS256"]"#, "hs256_secret_file = \"empty.secret\"").contains("secret is empty")
+    );
     assert!(load(r#"["HS256"]"#, "hs256_secret_file = \"missing\"").contains("cannot read"));
     assert!(load(r#"["RS256"]"#, "public_key_pem = \"bad.pem\"").contains("not a Rsa public key"));
     assert!(load(r#"["RS256"]"#, "jwks_file = \"bad.json\"").contains("bad.json:2: not a JWKS"));
-    assert!(load(r#"["RS256"]"#, "jwks_file = \"odd.json\"").contains("odd.json: key `#0`: unusable"));
+    assert!(
+        load(r#"["RS256"]"#, "jwks_file = \"odd.json\"").contains("odd.json: key `#0`: unusable")
+    );
 }
 
 #[test]
@@ -233,14 +297,23 @@ fn token_comes_from_one_place_only() {
     assert_eq!(v.token(&h, q("authorization=abc")).unwrap(), "abc");
     h.insert("authorization", "Bearer xyz".parse().unwrap());
     assert_eq!(v.token(&h, q("")).unwrap(), "xyz");
-    assert_eq!(v.token(&h, q("authorization=abc")), Err(AuthError::Ambiguous));
+    assert_eq!(
+        v.token(&h, q("authorization=abc")),
+        Err(AuthError::Ambiguous)
+    );
     h.append("authorization", "Bearer other".parse().unwrap());
     assert_eq!(v.token(&h, q("")), Err(AuthError::Ambiguous));
     h.insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
     assert_eq!(v.token(&h, q("")), Err(AuthError::NotBearer));
     let h = http::HeaderMap::new();
-    assert_eq!(v.token(&h, q("authorization=a&authorization=b")), Err(AuthError::Ambiguous));
+    assert_eq!(
+        v.token(&h, q("authorization=a&authorization=b")),
+        Err(AuthError::Ambiguous)
+    );
     // without a configured query parameter, the query is not a place for tokens
     let strict = secret_verifier("");
-    assert_eq!(strict.token(&h, q("authorization=abc")), Err(AuthError::Missing));
+    assert_eq!(
+        strict.token(&h, q("authorization=abc")),
+        Err(AuthError::Missing)
+    );
 }

@@ -1,0 +1,142 @@
+use std::path::Path;
+
+use super::*;
+
+const SCHEMA: &str = r#"
+namespace T {
+  entity Team;
+  entity User in [Team] = { role: String, manager?: User };
+  entity Doc = { owner: User };
+  action read appliesTo { principal: User, resource: Doc, context: { flag?: Bool } };
+}
+"#;
+
+fn catalog() -> Catalog {
+    Catalog::parse(Path::new("s.cedarschema"), SCHEMA).unwrap()
+}
+
+/// Writes `files` (relative path, text) into a temp dir and loads it.
+fn load(files: &[(&str, &str)]) -> (tempfile::TempDir, Result<Policies, Problems>) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let result = Policies::load(&[dir.path().to_path_buf()], Some(&catalog()));
+    (dir, result)
+}
+
+fn messages(dir: &tempfile::TempDir, problems: Problems) -> Vec<String> {
+    let prefix = format!("{}/", dir.path().display());
+    problems
+        .iter()
+        .map(|p| p.to_string().replace(&prefix, ""))
+        .collect()
+}
+
+#[test]
+fn ids_come_from_at_id_or_file_and_index() {
+    let (dir, result) = load(&[
+        ("a.cedar", "@id(\"allow-read\")\npermit(principal, action, resource);\nforbid(principal, action, resource) when { context has flag && context.flag };"),
+        ("sub/b.cedar", "@id(\"b1\") @reason(\"no\")\nforbid(principal, action, resource) when { resource.owner.role == \"x\" };"),
+        ("ignored.txt", "not a policy"),
+    ]);
+    let p = result.unwrap();
+    let mut ids: Vec<String> = p.set.policies().map(|p| p.id().to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["a.cedar#policy1", "allow-read", "b1"]);
+    assert!(p.origins[&PolicyId::new("b1")].file.starts_with(dir.path()));
+    assert_eq!(p.reason(&PolicyId::new("b1")), Some("no"));
+    assert_eq!(p.origins[&PolicyId::new("allow-read")].line, Some(1));
+    assert_eq!(p.files.len(), 2);
+}
+
+#[test]
+fn duplicate_ids_across_files_are_errors_with_both_places() {
+    let (dir, result) = load(&[
+        (
+            "a.cedar",
+            "@id(\"x\")\npermit(principal, action, resource);",
+        ),
+        (
+            "b.cedar",
+            "\n\n@id(\"x\")\nforbid(principal, action, resource);",
+        ),
+    ]);
+    let errs = messages(&dir, result.unwrap_err());
+    assert_eq!(errs.len(), 1);
+    assert!(
+        errs[0].starts_with("b.cedar:3: duplicate policy id `x` (first in "),
+        "{}",
+        errs[0]
+    );
+    assert!(errs[0].ends_with("a.cedar:1)"), "{}", errs[0]);
+}
+
+#[test]
+fn every_parse_error_of_every_file_is_reported() {
+    let (dir, result) = load(&[
+        (
+            "a.cedar",
+            "permit(principal, action, resource);\n\npermit(principal action resource);",
+        ),
+        ("b.cedar", "forbid(principal, action, resource) when { ;"),
+        (
+            "t.cedar",
+            "@id(\"tmpl\")\npermit(principal == ?principal, action, resource);",
+        ),
+    ]);
+    let errs = messages(&dir, result.unwrap_err());
+    assert!(errs.iter().any(|e| e.starts_with("a.cedar:3:")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("b.cedar:1:")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("t.cedar:1: template `tmpl`")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn strict_validation_errors_name_policy_file_and_line() {
+    let (dir, result) = load(&[(
+        "v.cedar",
+        "@id(\"ok\")\npermit(principal, action, resource);\n\n@id(\"typo\")\npermit(principal, action, resource)\nwhen { principal.rol == \"admin\" };",
+    )]);
+    let errs = messages(&dir, result.unwrap_err());
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("v.cedar:6: policy `typo`:"),
+        "{}",
+        errs[0]
+    );
+    assert!(errs[0].contains("rol"), "{}", errs[0]);
+}
+
+#[test]
+fn policies_deeper_than_level_two_are_refused() {
+    let two = "permit(principal, action, resource) when { resource.owner.role == \"a\" };";
+    let (_d, ok) = load(&[("two.cedar", two)]);
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    let three = "permit(principal, action, resource) when { resource.owner has manager && resource.owner.manager.role == \"a\" };";
+    let (dir, bad) = load(&[("three.cedar", three)]);
+    let errs = messages(&dir, bad.unwrap_err());
+    assert!(errs[0].starts_with("three.cedar:1:"), "{errs:?}");
+}
+
+#[test]
+fn missing_policy_directory_is_a_problem() {
+    let err = Policies::load(&[PathBuf::from("/nonexistent/policies")], None).unwrap_err();
+    assert!(err
+        .to_string()
+        .contains("/nonexistent/policies: cannot read"));
+}
+
+#[test]
+fn version_label_is_read() {
+    let (_d, result) = load(&[
+        ("a.cedar", "permit(principal, action, resource);"),
+        ("VERSION", "2026.11-r3\n"),
+    ]);
+    assert_eq!(result.unwrap().labels, vec!["2026.11-r3"]);
+}
