@@ -5,6 +5,7 @@ pub mod diagnostic;
 pub mod directory;
 pub mod policy;
 pub mod problem;
+pub mod routes;
 pub mod schema;
 pub mod tomlfile;
 pub mod uri;
