@@ -122,6 +122,8 @@ pub struct Route {
     pub path: PathTemplate,
     /// The Cedar action.
     pub action: EntityUid,
+    /// The action's name in the schema catalog.
+    pub action_name: String,
     /// Resource entity type.
     pub resource_type: EntityTypeName,
     resource_id: Field,
@@ -487,6 +489,7 @@ impl<'a> Compiler<'a> {
             name,
             path,
             action: action.uid.clone(),
+            action_name: r.action.clone(),
             resource_type,
             resource_id,
             resource_attrs: attrs,

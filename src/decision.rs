@@ -1,0 +1,456 @@
+//! The decision path: one request in, one [`Decision`] out. `serve` and `check` both call
+//! exactly this.
+//!
+//! ```text
+//! begin(head, credentials)
+//!   token → Identity (401) ─▶ strict path (400) ─▶ route (404) ─▶ principal in directory
+//!   (401 deleted, 403 disabled) ─▶ Pending   [serve reads the body here when the route
+//!                                             needs it, bounded by max_body_bytes]
+//! Pending::decide(body)
+//!   JSON body (400) ─▶ fields → resource + context (400) ─▶ entity slice (principal,
+//!   resource, context entities, what their attributes name, all their ancestors, the
+//!   action and its groups) ─▶ Cedar request checked against the schema (400)
+//!   ─▶ is_authorized ─▶ Allow only if Cedar allows AND reported no error (fail closed)
+//! ```
+//!
+//! Every outcome is a [`Decision`]; the HTTP status of a rejection is decided in one place,
+//! [`Rejection::status`].
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityUid, Request,
+};
+use serde_json::Value;
+
+use crate::auth::{AuthError, Claims, Identity, Verifier};
+use crate::directory::Node;
+use crate::routes::field::{FieldError, Inputs};
+use crate::routes::{Resolved, Route};
+use crate::snapshot::Snapshot;
+use crate::uri::{self, PathError, Query};
+
+/// The parts of an HTTP request a decision reads before the body.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// Method.
+    pub method: &'a http::Method,
+    /// Path and query.
+    pub uri: &'a http::Uri,
+    /// Headers (for the token).
+    pub headers: &'a http::HeaderMap,
+}
+
+/// How the request's identity is established.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// Verify the token the request carries (serve, `check --token`).
+    Token,
+    /// Trust these claims without a signature (`check --as`, suite cases).
+    Trusted(Claims),
+}
+
+/// Why a request is not forwarded. [`Rejection::status`] is the only place that turns
+/// one into an HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// Malformed request: odd path, bad query, bad body, values that do not fit.
+    #[error("bad request: {0}")]
+    BadRequest(BadRequest),
+    /// No valid token.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(AuthError),
+    /// The token names an account the directory does not have (deleted).
+    #[error("unknown account `{0}`")]
+    UnknownPrincipal(String),
+    /// The account is disabled.
+    #[error("account `{0}` is disabled")]
+    Disabled(String),
+    /// No route matches.
+    #[error("no route")]
+    NoRoute,
+    /// The policies deny it (or an evaluation error made it deny).
+    #[error("forbidden")]
+    Forbidden,
+    /// The body exceeds `max_body_bytes` on a route that reads it.
+    #[error("body too large")]
+    BodyTooLarge,
+}
+
+/// What was malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    /// The path.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// A field (missing, wrong type, unmapped, bad query).
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    /// The body is not JSON.
+    #[error("body is not JSON: {0}")]
+    Body(String),
+    /// The values do not fit the action's schema.
+    #[error("request does not fit the schema: {0}")]
+    Schema(String),
+}
+
+impl Rejection {
+    /// The HTTP status.
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            Rejection::BadRequest(_) => S::BAD_REQUEST,
+            Rejection::Unauthenticated(_) | Rejection::UnknownPrincipal(_) => S::UNAUTHORIZED,
+            Rejection::Disabled(_) | Rejection::Forbidden => S::FORBIDDEN,
+            Rejection::NoRoute => S::NOT_FOUND,
+            Rejection::BodyTooLarge => S::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// The short error code of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::BadRequest(_) => "bad_request",
+            Rejection::Unauthenticated(_) | Rejection::UnknownPrincipal(_) => "unauthorized",
+            Rejection::Disabled(_) | Rejection::Forbidden => "forbidden",
+            Rejection::NoRoute => "no_route",
+            Rejection::BodyTooLarge => "payload_too_large",
+        }
+    }
+}
+
+/// Allow, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forward the request.
+    Allow,
+    /// Answer with this rejection.
+    Reject(Rejection),
+}
+
+/// A decision, with everything needed to explain and log it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Allow or reject.
+    pub outcome: Outcome,
+    /// Principal id, once authenticated.
+    pub principal: Option<String>,
+    /// Route name, once matched.
+    pub route: Option<String>,
+    /// Cedar action, once matched.
+    pub action: Option<String>,
+    /// Cedar resource, once resolved.
+    pub resource: Option<String>,
+    /// Determining policy ids, sorted.
+    pub reasons: Vec<String>,
+    /// `@reason` annotations of the determining policies (`id: text`).
+    pub explanations: Vec<String>,
+    /// Evaluation errors (`policy: message`); any makes the decision a deny.
+    pub errors: Vec<String>,
+    /// The policy version that decided.
+    pub policy_version: Arc<str>,
+}
+
+impl Decision {
+    fn new(snapshot: &Snapshot) -> Self {
+        Decision {
+            outcome: Outcome::Reject(Rejection::Forbidden),
+            principal: None,
+            route: None,
+            action: None,
+            resource: None,
+            reasons: Vec::new(),
+            explanations: Vec::new(),
+            errors: Vec::new(),
+            policy_version: snapshot.policy_version.clone(),
+        }
+    }
+
+    fn reject(mut self, rejection: Rejection) -> Self {
+        self.outcome = Outcome::Reject(rejection);
+        self
+    }
+
+    /// Whether the request is forwarded.
+    pub fn is_allowed(&self) -> bool {
+        self.outcome == Outcome::Allow
+    }
+
+    /// HTTP status: 200 stands for "forwarded".
+    pub fn status(&self) -> http::StatusCode {
+        match &self.outcome {
+            Outcome::Allow => http::StatusCode::OK,
+            Outcome::Reject(r) => r.status(),
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.outcome {
+            Outcome::Allow => write!(f, "allow")?,
+            Outcome::Reject(r) => write!(f, "{} {r}", self.status().as_u16())?,
+        }
+        if !self.reasons.is_empty() {
+            write!(f, " by [{}]", self.reasons.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// A request that passed authentication, routing and the principal checks.
+#[derive(Debug)]
+pub struct Pending<'s> {
+    snapshot: &'s Snapshot,
+    route: &'s Route,
+    captures: Vec<(&'s str, String)>,
+    query: Option<String>,
+    identity: Identity,
+    principal: &'s Node,
+    decision: Decision,
+}
+
+/// Authenticates, routes and checks the principal.
+///
+/// # Errors
+/// A rejection decision (401, 400, 404, 403 for a disabled account).
+pub fn begin<'s>(
+    snapshot: &'s Snapshot,
+    verifier: &Verifier,
+    head: RequestHead<'_>,
+    credentials: Credentials,
+) -> Result<Pending<'s>, Decision> {
+    let mut decision = Decision::new(snapshot);
+    let query = Query::new(head.uri.query());
+    let identity = match credentials {
+        Credentials::Token => verifier
+            .token(head.headers, query)
+            .and_then(|t| verifier.verify(&t)),
+        Credentials::Trusted(claims) => verifier.identity(claims),
+    };
+    let identity = identity.map_err(|e| decision.clone().reject(Rejection::Unauthenticated(e)))?;
+    decision.principal = Some(identity.principal.clone());
+    let segments = uri::segments(head.uri.path())
+        .map_err(|e| decision.clone().reject(Rejection::BadRequest(e.into())))?;
+    let (route, captures) = snapshot
+        .routes
+        .find(head.method, &segments)
+        .ok_or_else(|| decision.clone().reject(Rejection::NoRoute))?;
+    decision.route = Some(route.name.clone());
+    decision.action = Some(route.action.to_string());
+    let principal_uid = EntityUid::from_type_name_and_id(
+        snapshot.routes.principal_type.clone(),
+        EntityId::new(&identity.principal),
+    );
+    let principal = snapshot.directory.get(&principal_uid).ok_or_else(|| {
+        decision
+            .clone()
+            .reject(Rejection::UnknownPrincipal(identity.principal.clone()))
+    })?;
+    if principal.is_disabled() {
+        return Err(decision.reject(Rejection::Disabled(identity.principal.clone())));
+    }
+    Ok(Pending {
+        snapshot,
+        route,
+        captures,
+        query: head.uri.query().map(String::from),
+        identity,
+        principal,
+        decision,
+    })
+}
+
+impl Pending<'_> {
+    /// Whether [`Pending::decide`] needs the request body.
+    pub fn needs_body(&self) -> bool {
+        self.route.needs_body()
+    }
+
+    /// The route matched.
+    pub fn route(&self) -> &Route {
+        self.route
+    }
+
+    /// The authenticated identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The decision so far (principal, route, action), e.g. to log a body that was too large.
+    pub fn reject(self, rejection: Rejection) -> Decision {
+        self.decision.reject(rejection)
+    }
+
+    /// Resolves resource and context and asks Cedar.
+    pub fn decide(self, body: Option<&[u8]>) -> Decision {
+        let mut decision = self.decision.clone();
+        let body: Option<Value> = match body.filter(|b| self.needs_body() && !b.is_empty()) {
+            None => None,
+            Some(bytes) => match serde_json::from_slice(bytes) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    return decision.reject(Rejection::BadRequest(BadRequest::Body(e.to_string())))
+                }
+            },
+        };
+        let inputs = Inputs {
+            captures: &self.captures,
+            query: Query::new(self.query.as_deref()),
+            claims: &self.identity.claims,
+            body: body.as_ref(),
+        };
+        let resolved = match self.route.resolve(&inputs) {
+            Ok(r) => r,
+            Err(e) => return decision.reject(Rejection::BadRequest(e.into())),
+        };
+        decision.resource = Some(resolved.resource.to_string());
+        self.authorize(&resolved, decision)
+    }
+
+    fn authorize(&self, resolved: &Resolved, mut decision: Decision) -> Decision {
+        let snapshot = self.snapshot;
+        let bad = |d: Decision, e: String| d.reject(Rejection::BadRequest(BadRequest::Schema(e)));
+        let entities = match self.slice(resolved) {
+            Ok(e) => e,
+            Err(e) => return bad(decision, e),
+        };
+        let context = Context::from_pairs(
+            resolved
+                .context
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_expr())),
+        );
+        let request = context.map_err(|e| e.to_string()).and_then(|context| {
+            Request::new(
+                self.principal.entity.uid(),
+                self.route.action.clone(),
+                resolved.resource.clone(),
+                context,
+                Some(&snapshot.catalog.schema),
+            )
+            .map_err(|e| e.to_string())
+        });
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => return bad(decision, e),
+        };
+        let response = Authorizer::new().is_authorized(&request, &snapshot.policies.set, &entities);
+        decision.errors = response
+            .diagnostics()
+            .errors()
+            .map(ToString::to_string)
+            .collect();
+        decision.errors.sort();
+        let allowed = response.decision() == CedarDecision::Allow;
+        if allowed && decision.errors.is_empty() {
+            decision.outcome = Outcome::Allow;
+        }
+        if !allowed {
+            let mut reasons: Vec<_> = response.diagnostics().reason().collect();
+            reasons.sort();
+            decision.explanations = reasons
+                .iter()
+                .filter_map(|id| snapshot.policies.reason(id).map(|r| format!("{id}: {r}")))
+                .collect();
+            decision.reasons = reasons.iter().map(ToString::to_string).collect();
+        } else if decision.errors.is_empty() {
+            let mut reasons: Vec<String> = response
+                .diagnostics()
+                .reason()
+                .map(ToString::to_string)
+                .collect();
+            reasons.sort();
+            decision.reasons = reasons;
+        }
+        decision
+    }
+
+    /// The entities this request can reach: principal, resource and context entities, the
+    /// entities their attributes name, all their ancestors, and the action with its groups.
+    fn slice(&self, resolved: &Resolved) -> Result<Entities, String> {
+        let directory = &self.snapshot.directory;
+        let mut slice = Slice::default();
+        slice.add_node(self.principal, directory);
+        match directory.get(&resolved.resource) {
+            Some(node) => slice.add_node(node, directory),
+            None if !resolved.resource_attrs.is_empty() => {
+                let built = build_resource(resolved)?;
+                for (_, v) in &resolved.resource_attrs {
+                    slice.add_uid(v.entity(), directory);
+                }
+                slice.add_entity(built);
+            }
+            None => {}
+        }
+        for (_, v) in &resolved.context {
+            slice.add_uid(v.entity(), directory);
+        }
+        if let Some(action) = self.snapshot.catalog.actions.get(&self.route.action_name) {
+            for e in &action.entities {
+                slice.add_entity(e.clone());
+            }
+        }
+        Entities::from_entities(slice.entities, None).map_err(|e| e.to_string())
+    }
+}
+
+/// A resource the directory does not have, built from the route's attributes (no parents).
+fn build_resource(resolved: &Resolved) -> Result<Entity, String> {
+    Entity::new(
+        resolved.resource.clone(),
+        resolved
+            .resource_attrs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_expr()))
+            .collect(),
+        HashSet::new(),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Entities gathered for one request, each once.
+#[derive(Default)]
+struct Slice {
+    seen: HashSet<EntityUid>,
+    entities: Vec<Entity>,
+}
+
+impl Slice {
+    fn add_entity(&mut self, entity: Entity) {
+        if self.seen.insert(entity.uid()) {
+            self.entities.push(entity);
+        }
+    }
+
+    /// A root entity: itself, its ancestors, and (one level) the entities it names with
+    /// their ancestors.
+    fn add_node(&mut self, node: &Node, directory: &crate::directory::Directory) {
+        self.add_with_ancestors(node, directory);
+        for r in node.refs.iter() {
+            if let Some(n) = directory.get(r) {
+                self.add_with_ancestors(n, directory);
+            }
+        }
+    }
+
+    fn add_uid(&mut self, uid: Option<&EntityUid>, directory: &crate::directory::Directory) {
+        if let Some(node) = uid.and_then(|u| directory.get(u)) {
+            self.add_node(node, directory);
+        }
+    }
+
+    fn add_with_ancestors(&mut self, node: &Node, directory: &crate::directory::Directory) {
+        self.add_entity(node.entity.clone());
+        for a in node.ancestors.iter() {
+            if let Some(n) = directory.get(a) {
+                self.add_entity(n.entity.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
