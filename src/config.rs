@@ -253,8 +253,7 @@ impl Config {
     /// # Errors
     /// All problems with the file, each with its line.
     pub fn load(path: &Path) -> Result<Config, Problems> {
-        let (file, source): (FileConfig, TomlFile) = tomlfile::load(path)?;
-        Self::from_file(file, source)
+        Self::from_file(tomlfile::load(path)?)
     }
 
     /// Loads config text held in memory (`path` locates relative paths and messages).
@@ -262,17 +261,21 @@ impl Config {
     /// # Errors
     /// As [`Config::load`].
     pub fn parse(path: &Path, text: &str) -> Result<Config, Problems> {
-        let (file, source): (FileConfig, TomlFile) = tomlfile::parse(path, text)?;
-        Self::from_file(file, source)
+        Self::from_file(tomlfile::parse(path, text)?)
     }
 
-    fn from_file(file: FileConfig, source: TomlFile) -> Result<Config, Problems> {
+    fn from_file(parsed: tomlfile::Parsed<FileConfig>) -> Result<Config, Problems> {
+        let tomlfile::Parsed {
+            value: file,
+            file: source,
+            unknown,
+        } = parsed;
         let base = source
             .path()
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let mut problems = Problems::new();
+        let mut problems = unknown;
         let ctx = Ctx {
             source: &source,
             base: &base,

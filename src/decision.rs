@@ -173,6 +173,10 @@ impl Decision {
         self
     }
 
+    fn boxed(self, rejection: Rejection) -> Box<Self> {
+        Box::new(self.reject(rejection))
+    }
+
     /// Whether the request is forwarded.
     pub fn is_allowed(&self) -> bool {
         self.outcome == Outcome::Allow
@@ -215,13 +219,13 @@ pub struct Pending<'s> {
 /// Authenticates, routes and checks the principal.
 ///
 /// # Errors
-/// A rejection decision (401, 400, 404, 403 for a disabled account).
+/// A rejection decision (401, 400, 404, 403 for a disabled account), boxed.
 pub fn begin<'s>(
     snapshot: &'s Snapshot,
     verifier: &Verifier,
     head: RequestHead<'_>,
     credentials: Credentials,
-) -> Result<Pending<'s>, Decision> {
+) -> Result<Pending<'s>, Box<Decision>> {
     let mut decision = Decision::new(snapshot);
     let query = Query::new(head.uri.query());
     let identity = match credentials {
@@ -230,14 +234,14 @@ pub fn begin<'s>(
             .and_then(|t| verifier.verify(&t)),
         Credentials::Trusted(claims) => verifier.identity(claims),
     };
-    let identity = identity.map_err(|e| decision.clone().reject(Rejection::Unauthenticated(e)))?;
+    let identity = identity.map_err(|e| decision.clone().boxed(Rejection::Unauthenticated(e)))?;
     decision.principal = Some(identity.principal.clone());
     let segments = uri::segments(head.uri.path())
-        .map_err(|e| decision.clone().reject(Rejection::BadRequest(e.into())))?;
+        .map_err(|e| decision.clone().boxed(Rejection::BadRequest(e.into())))?;
     let (route, captures) = snapshot
         .routes
         .find(head.method, &segments)
-        .ok_or_else(|| decision.clone().reject(Rejection::NoRoute))?;
+        .ok_or_else(|| decision.clone().boxed(Rejection::NoRoute))?;
     decision.route = Some(route.name.clone());
     decision.action = Some(route.action.to_string());
     let principal_uid = EntityUid::from_type_name_and_id(
@@ -250,7 +254,7 @@ pub fn begin<'s>(
             .reject(Rejection::UnknownPrincipal(identity.principal.clone()))
     })?;
     if principal.is_disabled() {
-        return Err(decision.reject(Rejection::Disabled(identity.principal.clone())));
+        return Err(decision.boxed(Rejection::Disabled(identity.principal.clone())));
     }
     Ok(Pending {
         snapshot,

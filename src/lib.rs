@@ -1,5 +1,8 @@
 //! iotgate: an authorization sidecar for IoT platforms.
 pub mod auth;
+pub mod check;
+pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod decision;
 pub mod diagnostic;

@@ -1,1 +1,20 @@
-fn main() {}
+//! The `iotgate` binary: parse the command line, run the command, exit with its status.
+
+use clap::Parser;
+
+use iotgate::cli::{Cli, Command, ExitStatus};
+
+fn main() -> ExitStatus {
+    let cli = Cli::parse();
+    let mut out = std::io::stdout().lock();
+    let result = match &cli.command {
+        Command::Check(args) => iotgate::check::run(args, &mut out),
+        Command::Validate(args) => iotgate::commands::validate(args, &mut out),
+        Command::Token(args) => iotgate::commands::token(args, &mut out),
+        Command::Serve(_) | Command::Demo => {
+            eprintln!("not available yet");
+            Ok(ExitStatus::Error)
+        }
+    };
+    result.unwrap_or(ExitStatus::Error)
+}

@@ -47,12 +47,24 @@ impl TomlFile {
     }
 }
 
-/// Reads and deserializes a TOML file, reporting syntax errors, type errors and every
-/// unknown key with its line.
+/// A deserialized file, the line index of its keys, and its unknown keys as problems (so
+/// callers can go on checking and report everything at once).
+#[derive(Debug)]
+pub struct Parsed<T> {
+    /// The value.
+    pub value: T,
+    /// Lines of its keys.
+    pub file: TomlFile,
+    /// One problem per unknown key, in line order.
+    pub unknown: Problems,
+}
+
+/// Reads and deserializes a TOML file.
 ///
 /// # Errors
-/// The file cannot be read, is not TOML, does not fit `T`, or has unknown keys.
-pub fn load<T: DeserializeOwned>(path: &Path) -> Result<(T, TomlFile), Problems> {
+/// The file cannot be read, is not TOML, or does not fit `T` (with the unknown keys found
+/// before the error).
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Parsed<T>, Problems> {
     let text = read_text(path)?;
     parse(path, &text)
 }
@@ -61,7 +73,7 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<(T, TomlFile), Problems>
 ///
 /// # Errors
 /// As [`load`].
-pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<(T, TomlFile), Problems> {
+pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<Parsed<T>, Problems> {
     let at = |e: &toml::de::Error| e.span().map(|s| line_of_offset(text, s.start));
     let table = DeTable::parse(text)
         .map_err(|e| Problem::at_line(path, at(&e), format!("invalid toml: {}", e.message())))?;
@@ -80,7 +92,11 @@ pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<(T, TomlFil
         problems.push(file.problem(key, format!("unknown key `{key}`")));
     }
     match value {
-        Ok(value) => problems.into_result((value, file)),
+        Ok(value) => Ok(Parsed {
+            value,
+            file,
+            unknown: problems,
+        }),
         Err(e) => {
             problems.push(Problem::at_line(path, at(&e), e.message().to_string()));
             Err(problems)
@@ -170,9 +186,9 @@ mod tests {
     #[test]
     fn all_unknown_keys_are_reported_with_lines() {
         let text = "[server]\nlisten = \"x\"\nlisen = 1\n[server.extra]\nb = 2\n\n[[item]]\nname = \"n\"\nnmae = \"m\"\n[bogus]\n";
-        let err = parse::<Doc>(Path::new("c.toml"), text).unwrap_err();
+        let parsed = parse::<Doc>(Path::new("c.toml"), text).unwrap();
         assert_eq!(
-            messages(err),
+            messages(parsed.unknown),
             vec![
                 "c.toml:3: unknown key `server.lisen`",
                 "c.toml:5: unknown key `server.extra.b`",
@@ -193,11 +209,12 @@ mod tests {
 
     #[test]
     fn key_lines_fall_back_to_parent() {
-        let (_, file) = parse::<Doc>(
+        let file = parse::<Doc>(
             Path::new("c.toml"),
             "\n[server]\nlisten = \"x\"\n[[item]]\nname = \"n\"\n",
         )
-        .unwrap();
+        .unwrap()
+        .file;
         assert_eq!(file.line("server.listen"), Some(3));
         assert_eq!(file.line("item.0.name"), Some(5));
         assert_eq!(file.line("server.missing"), Some(2));

@@ -42,7 +42,7 @@ impl Fixture {
             c => Credentials::Trusted(c.as_object().unwrap().clone()),
         };
         match begin(&self.snapshot, &self.verifier, head, credentials) {
-            Err(d) => d,
+            Err(d) => *d,
             Ok(pending) => pending.decide(body.map(str::as_bytes)),
         }
     }

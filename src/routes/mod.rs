@@ -199,8 +199,10 @@ impl RouteTable {
     /// Every problem of every route, with its line.
     pub fn load(path: &Path, catalog: &Catalog) -> Result<(RouteTable, String), Problems> {
         let text = crate::problem::read_text(path)?;
-        let (file, source): (FileRoutes, TomlFile) = tomlfile::parse(path, &text)?;
-        let table = Compiler::new(&source, catalog, &file.namespace).compile(&file)?;
+        let parsed: tomlfile::Parsed<FileRoutes> = tomlfile::parse(path, &text)?;
+        let mut compiler = Compiler::new(&parsed.file, catalog, &parsed.value.namespace);
+        compiler.problems.extend(parsed.unknown);
+        let table = compiler.compile(&parsed.value)?;
         Ok((table, text))
     }
 

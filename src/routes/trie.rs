@@ -267,10 +267,18 @@ mod tests {
         (trie, templates)
     }
 
+    /// (method, path, expected outcome, expected captures)
+    type Case = (
+        Method,
+        &'static str,
+        Found,
+        &'static [(&'static str, &'static str)],
+    );
+
     #[test]
     fn matching_table() {
         let (trie, templates) = table();
-        let cases: &[(Method, &str, Found, &[(&str, &str)])] = &[
+        let cases: &[Case] = &[
             (
                 Method::GET,
                 "/v1/users/alice/devices",

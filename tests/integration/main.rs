@@ -1,0 +1,10 @@
+//! Integration tests: one binary, the real `iotgate` executable and real files.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail loudly"
+)]
+
+mod cli;
+mod support;
