@@ -228,7 +228,10 @@ impl<'d> From<&'d Decision> for Explanation<'d> {
     fn from(d: &'d Decision) -> Self {
         let (error, detail) = match &d.outcome {
             Outcome::Allow => (None, None),
-            Outcome::Reject(r) => (Some(r.code()), Some(r.to_string())),
+            Outcome::Reject(r) => (
+                Some(crate::response::Failure::Rejected(r.clone()).code()),
+                Some(r.to_string()),
+            ),
         };
         Explanation {
             status: d.status().as_u16(),
@@ -331,12 +334,15 @@ impl std::fmt::Display for Expected {
     }
 }
 
-/// A compiled case.
+/// A compiled suite case.
 #[derive(Debug)]
-struct Case {
-    name: String,
-    request: String,
-    probe: Probe,
+pub struct Case {
+    /// Its name.
+    pub name: String,
+    /// The request line as written.
+    pub request: String,
+    /// The request to decide.
+    pub probe: Probe,
     expect: Expected,
     reasons: Option<Vec<String>>,
 }
@@ -401,7 +407,11 @@ fn verdict(case: &Case, d: &Decision) -> Result<(), String> {
     Ok(())
 }
 
-fn load_suite(path: &Path, loaded: &Loaded) -> Result<Vec<Case>, Problems> {
+/// Reads and compiles a suite file.
+///
+/// # Errors
+/// Every problem of the file and its cases, with lines.
+pub fn load_suite(path: &Path, loaded: &Loaded) -> Result<Vec<Case>, Problems> {
     let parsed: tomlfile::Parsed<SuiteFile> = tomlfile::load(path)?;
     let mut problems = parsed.unknown;
     let mut cases = Vec::new();

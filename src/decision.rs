@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Every outcome is a [`Decision`]; the HTTP status of a rejection is decided in one place,
-//! [`Rejection::status`].
+//! `response::Failure`.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -52,8 +52,7 @@ pub enum Credentials {
     Trusted(Claims),
 }
 
-/// Why a request is not forwarded. [`Rejection::status`] is the only place that turns
-/// one into an HTTP status.
+/// Why a request is not forwarded (`response::Failure` turns it into an HTTP answer).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     /// Malformed request: odd path, bad query, bad body, values that do not fit.
@@ -94,31 +93,6 @@ pub enum BadRequest {
     /// The values do not fit the action's schema.
     #[error("request does not fit the schema: {0}")]
     Schema(String),
-}
-
-impl Rejection {
-    /// The HTTP status.
-    pub fn status(&self) -> http::StatusCode {
-        use http::StatusCode as S;
-        match self {
-            Rejection::BadRequest(_) => S::BAD_REQUEST,
-            Rejection::Unauthenticated(_) | Rejection::UnknownPrincipal(_) => S::UNAUTHORIZED,
-            Rejection::Disabled(_) | Rejection::Forbidden => S::FORBIDDEN,
-            Rejection::NoRoute => S::NOT_FOUND,
-            Rejection::BodyTooLarge => S::PAYLOAD_TOO_LARGE,
-        }
-    }
-
-    /// The short error code of the JSON body.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Rejection::BadRequest(_) => "bad_request",
-            Rejection::Unauthenticated(_) | Rejection::UnknownPrincipal(_) => "unauthorized",
-            Rejection::Disabled(_) | Rejection::Forbidden => "forbidden",
-            Rejection::NoRoute => "no_route",
-            Rejection::BodyTooLarge => "payload_too_large",
-        }
-    }
 }
 
 /// Allow, or why not.
@@ -186,7 +160,7 @@ impl Decision {
     pub fn status(&self) -> http::StatusCode {
         match &self.outcome {
             Outcome::Allow => http::StatusCode::OK,
-            Outcome::Reject(r) => r.status(),
+            Outcome::Reject(r) => crate::response::Failure::Rejected(r.clone()).status(),
         }
     }
 }

@@ -11,10 +11,20 @@ fn main() -> ExitStatus {
         Command::Check(args) => iotgate::check::run(args, &mut out),
         Command::Validate(args) => iotgate::commands::validate(args, &mut out),
         Command::Token(args) => iotgate::commands::token(args, &mut out),
-        Command::Serve(_) | Command::Demo => {
+        Command::Serve(args) => {
+            iotgate::telemetry::init(cli.log_format);
+            runtime().map(|rt| rt.block_on(iotgate::serve::run(args)))
+        }
+        Command::Demo => {
             eprintln!("not available yet");
             Ok(ExitStatus::Error)
         }
     };
     result.unwrap_or(ExitStatus::Error)
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }

@@ -285,36 +285,3 @@ fn signed_tokens_take_the_same_path() {
     );
     assert_eq!(d.status(), http::StatusCode::UNAUTHORIZED);
 }
-
-#[test]
-fn rejections_map_to_statuses_in_one_place() {
-    use http::StatusCode as S;
-    let cases = [
-        (
-            Rejection::BadRequest(BadRequest::Body("x".into())),
-            S::BAD_REQUEST,
-            "bad_request",
-        ),
-        (
-            Rejection::Unauthenticated(AuthError::Missing),
-            S::UNAUTHORIZED,
-            "unauthorized",
-        ),
-        (
-            Rejection::UnknownPrincipal("x".into()),
-            S::UNAUTHORIZED,
-            "unauthorized",
-        ),
-        (Rejection::Disabled("x".into()), S::FORBIDDEN, "forbidden"),
-        (Rejection::Forbidden, S::FORBIDDEN, "forbidden"),
-        (Rejection::NoRoute, S::NOT_FOUND, "no_route"),
-        (
-            Rejection::BodyTooLarge,
-            S::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-        ),
-    ];
-    for (r, status, code) in cases {
-        assert_eq!((r.status(), r.code()), (status, code), "{r:?}");
-    }
-}

@@ -7,4 +7,6 @@
 )]
 
 mod cli;
+mod process;
+mod proxy;
 mod support;

@@ -1,7 +1,24 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: the `iotgate` binary, a recording upstream,
+//! a gateway on an ephemeral port, tokens and an HTTP client.
 
-use std::path::PathBuf;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use iotgate::response::Body;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Notify};
 
 /// `tests/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
@@ -24,4 +41,302 @@ pub fn iotgate(args: &[&str]) -> (i32, String) {
     let mut text = String::from_utf8_lossy(&stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&stderr));
     (status.code().unwrap_or(-1), text)
+}
+
+/// A signed HS256 token for the mini profile's secret.
+pub fn token(claims: serde_json::Value) -> String {
+    let secret = std::fs::read_to_string(fixture("keys/hs.secret")).unwrap();
+    let mut claims = claims.as_object().unwrap().clone();
+    claims
+        .entry("exp")
+        .or_insert(serde_json::json!(iotgate::auth::now() + 300));
+    iotgate::auth::Signer::hmac(jsonwebtoken::Algorithm::HS256, secret.trim().as_bytes())
+        .sign(&claims)
+        .unwrap()
+}
+
+/// What the upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: http::Method,
+    /// Path and query as received.
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A real HTTP server standing in for the IoT platform. It records every request and
+/// answers by path:
+/// - `…/download/<n>`: `n` bytes, as a first 1 KiB chunk, then (after `release`) the rest;
+/// - `/slow`: waits 3 s;
+/// - a WebSocket upgrade: echoes every message;
+/// - anything else: 200 `{"upstream": "ok"}`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub release: Arc<Notify>,
+    /// Bytes of the streamed upload received before the client finished sending.
+    pub upload_progress: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        Self::start_inner(None).await
+    }
+
+    /// The same upstream behind TLS with the test certificate of `fixtures/tls`.
+    pub async fn start_tls() -> Upstream {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(fixture("tls/cert.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(fixture("tls/key.pem")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        Self::start_inner(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_inner(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Upstream {
+            addr,
+            seen: Arc::default(),
+            release: Arc::new(Notify::new()),
+            upload_progress: Arc::default(),
+        };
+        let (seen, release, progress) = (
+            up.seen.clone(),
+            up.release.clone(),
+            up.upload_progress.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (seen, release, progress) = (seen.clone(), release.clone(), progress.clone());
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        upstream_handler(req, seen.clone(), release.clone(), progress.clone())
+                    });
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => {
+                            http.serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
+                                .await
+                        }
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            http.serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
+                                .await
+                        }
+                    };
+                });
+            }
+        });
+        up
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn upstream_handler(
+    mut req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<Notify>,
+    progress: Arc<Mutex<Vec<usize>>>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    if req.headers().contains_key(http::header::UPGRADE) {
+        return Ok(websocket_echo(&mut req));
+    }
+    let method = req.method().clone();
+    let uri = req.uri().to_string();
+    let headers = req.headers().clone();
+    // read the body frame by frame, noting progress (for the streaming upload test)
+    let mut body = req.into_body();
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map(|f| f.into_data()) {
+            if let Ok(data) = data {
+                bytes.extend_from_slice(&data);
+                progress.lock().unwrap().push(bytes.len());
+            }
+        } else {
+            break;
+        }
+    }
+    seen.lock().unwrap().push(Seen {
+        method,
+        uri,
+        headers,
+        body: Bytes::from(bytes),
+    });
+    if let Some((_, n)) = path.rsplit_once("/download/") {
+        let n: usize = n.parse().unwrap();
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, iotgate::response::BoxError>>(4);
+        tokio::spawn(async move {
+            let first = n.min(1024);
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from(vec![b'a'; first]))))
+                .await;
+            release.notified().await;
+            let mut left = n - first;
+            while left > 0 {
+                let chunk = left.min(64 * 1024);
+                if tx
+                    .send(Ok(Frame::data(Bytes::from(vec![b'b'; chunk]))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                left -= chunk;
+            }
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
+    }
+    if path == "/slow" || path.ends_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(b"{\"upstream\": \"ok\"}"))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
+    response
+        .headers_mut()
+        .insert("keep-alive", "timeout=5".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("x-upstream", "yes".parse().unwrap());
+    Ok(response)
+}
+
+fn websocket_echo(req: &mut Request<Incoming>) -> Response<Body> {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()))
+        .unwrap_or_default();
+    let on = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() || ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", key)
+        .body(iotgate::response::full(Bytes::new()))
+        .unwrap()
+}
+
+/// A config for the mini profile forwarding to `upstream`, written into `dir`.
+pub fn mini_config(dir: &Path, upstream: &str, extra_server: &str) -> PathBuf {
+    let m = fixture("mini");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nmax_body_bytes = 1024\nupstream_timeout_seconds = 1\n{extra_server}\n\
+         [auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"{secret}\"\nprincipal_claim = \"usr\"\nquery_parameter = \"authorization\"\n\
+         [policy]\nschema = \"{m}/schema/mini.cedarschema\"\nroutes = \"{m}/schema/mini.routes.toml\"\n\
+         policies = [\"{m}/policies\"]\ndirectory = [\"{m}/directory\"]\nreload = \"off\"\n",
+        secret = fixture("keys/hs.secret").display(),
+        m = m.display(),
+    );
+    let path = dir.join("iotgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A gateway serving the mini profile in front of `upstream`.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub running: iotgate::serve::Running,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub async fn start(upstream: &str) -> Gateway {
+        Self::start_with(upstream, "").await
+    }
+
+    pub async fn start_with(upstream: &str, extra_server: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let config = mini_config(dir.path(), upstream, extra_server);
+        let (gateway, _) = iotgate::serve::load(&config).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = iotgate::serve::Running::start(listener, gateway).unwrap();
+        Gateway {
+            addr: running.addr,
+            running,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+/// An HTTP/1.1 client.
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a request and collects the response.
+pub async fn send(req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+    let response = client().request(req).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, bytes)
+}
+
+/// A GET with an optional bearer token.
+pub fn get(url: &str, bearer: Option<&str>) -> Request<Body> {
+    let mut b = Request::get(url);
+    if let Some(t) = bearer {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    b.body(iotgate::response::full(Bytes::new())).unwrap()
+}
+
+/// Sends raw bytes over TCP and returns the status line and the whole answer.
+pub async fn raw(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -1,0 +1,115 @@
+//! `iotgate serve` as a real process: startup refusal, JSON decision logs without secrets,
+//! graceful exit on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{get, iotgate, mini_config, send, token, Upstream};
+
+#[test]
+fn serve_refuses_to_start_on_a_broken_config() {
+    let (code, out) = iotgate(&[
+        "serve",
+        "--config",
+        crate::support::fixture("bad/broken-everything.toml")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("broken.cedar:6:"), "{out}");
+    let (code, out) = iotgate(&[
+        "serve",
+        "--config",
+        crate::support::fixture("bad/bad-config.toml")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("is not a socket address"), "{out}");
+}
+
+#[tokio::test]
+async fn serve_logs_one_decision_per_request_without_tokens_and_stops_on_sigterm() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = mini_config(dir.path(), &format!("http://{}", up.addr), "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iotgate"))
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let first = lines_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let started: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let addr = started["listen"].as_str().unwrap().to_string();
+    assert_ne!(addr, "127.0.0.1:0");
+
+    let bob = token(json!({"usr": "bob"}));
+    let (status, _, _) = send(get(
+        &format!("http://{addr}/v1/users/alice/devices/d1"),
+        Some(&bob),
+    ))
+    .await;
+    assert_eq!(status, http::StatusCode::OK);
+    let (status, _, _) = send(get(
+        &format!("http://{addr}/v1/users/alice/devices/d2?authorization={bob}"),
+        None,
+    ))
+    .await;
+    assert_eq!(status, http::StatusCode::FORBIDDEN);
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let logs: Vec<String> = lines_rx.try_iter().collect();
+    let all = logs.join("\n");
+    assert!(!all.contains(&bob), "a token reached the logs:\n{all}");
+    assert!(!all.to_lowercase().contains("bearer"), "{all}");
+    let decisions: Vec<serde_json::Value> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "decision")
+        .collect();
+    assert_eq!(decisions.len(), 2, "{all}");
+    let allow = &decisions[0];
+    assert_eq!(allow["decision"], "allow");
+    assert_eq!(allow["status"], 200);
+    assert_eq!(allow["principal"], "bob");
+    assert_eq!(allow["method"], "GET");
+    assert_eq!(allow["route"], "GET /v1/users/{owner}/devices/{device}");
+    assert_eq!(allow["action"], "Mini::Action::\"ReadDevice\"");
+    assert_eq!(allow["resource"], "Mini::Device::\"alice/d1\"");
+    assert_eq!(allow["policies"], "shared.allow");
+    assert!(allow["policy_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("mini-1@"));
+    assert!(allow["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(allow["latency_us"].as_u64().is_some());
+    let deny = &decisions[1];
+    assert_eq!(deny["decision"], "deny");
+    assert_eq!(deny["status"], 403);
+}
