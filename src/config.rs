@@ -100,6 +100,12 @@ impl Default for FileCache {
 #[derive(Debug, Deserialize)]
 struct FileLicense {
     max_accounts: u64,
+    #[serde(default = "default_licensed_roles")]
+    licensed_roles: Vec<String>,
+}
+
+fn default_licensed_roles() -> Vec<String> {
+    vec!["admin".to_string(), "developer".to_string()]
 }
 
 fn default_max_body() -> usize {
@@ -241,10 +247,12 @@ pub struct CacheConfig {
 }
 
 /// `[license]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LicenseConfig {
     /// Licensed accounts (admins and developers) the instance may have.
     pub max_accounts: u64,
+    /// Roles whose accounts count against the license, enabled or not.
+    pub licensed_roles: Vec<String>,
 }
 
 impl Config {
@@ -291,6 +299,7 @@ impl Config {
         };
         let license = file.license.map(|l| LicenseConfig {
             max_accounts: l.max_accounts,
+            licensed_roles: l.licensed_roles,
         });
         match auth {
             Some(auth) if problems.is_empty() => Ok(Config {

@@ -279,6 +279,7 @@ impl Pending<'_> {
             query: Query::new(self.query.as_deref()),
             claims: &self.identity.claims,
             body: body.as_ref(),
+            principal_parents: &self.principal.parents,
         };
         let resolved = match self.route.resolve(&inputs) {
             Ok(r) => r,

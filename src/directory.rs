@@ -28,6 +28,8 @@ use crate::schema::Catalog;
 pub struct Node {
     /// The schema-checked Cedar entity (with its direct parents).
     pub entity: Entity,
+    /// Its direct parents.
+    pub parents: Box<[EntityUid]>,
     /// Every ancestor, transitively (parents first).
     pub ancestors: Box<[EntityUid]>,
     /// Entities named in its attributes (in records and sets too).
@@ -52,6 +54,49 @@ impl Node {
     }
 }
 
+/// A profile's rule for entities of one type, checked at load (e.g. "each user has exactly
+/// one org and one of four roles").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityRule {
+    /// Qualified entity type the rule applies to.
+    pub entity_type: String,
+    /// (qualified parent type, exact number of direct parents of that type).
+    pub parents: Vec<(String, usize)>,
+    /// (string attribute, allowed values); an absent attribute is left to the schema.
+    pub values: Vec<(String, Vec<String>)>,
+}
+
+impl EntityRule {
+    /// What is wrong with an entity under this rule.
+    fn violations(&self, entity: &Entity, parents: &[EntityUid]) -> Vec<String> {
+        let uid = entity.uid();
+        let mut out = Vec::new();
+        for (ty, want) in &self.parents {
+            let n = parents
+                .iter()
+                .filter(|p| &p.type_name().to_string() == ty)
+                .count();
+            if n != *want {
+                out.push(format!(
+                    "entity `{uid}` has {n} parents of type `{ty}`; it needs exactly {want}"
+                ));
+            }
+        }
+        for (attr, allowed) in &self.values {
+            match entity.attr(attr) {
+                None => {}
+                Some(Ok(EvalResult::String(v))) if allowed.contains(&v) => {}
+                Some(v) => out.push(format!(
+                    "entity `{uid}` has {attr} `{}`; expected one of: {}",
+                    v.map(|v| v.to_string()).unwrap_or_default(),
+                    allowed.join(", ")
+                )),
+            }
+        }
+        out
+    }
+}
+
 /// Where an entity was defined, for duplicate reports.
 #[derive(Debug, Clone)]
 struct Place {
@@ -71,9 +116,14 @@ impl Directory {
     /// Loads every entity file below `paths` and checks it against the schema.
     ///
     /// # Errors
-    /// Unreadable files, invalid JSON, entities that do not fit the schema, duplicate
-    /// entities across files, parent cycles — all of them, with file and line.
-    pub fn load(paths: &[PathBuf], catalog: &Catalog) -> Result<Directory, Problems> {
+    /// Unreadable files, invalid JSON, entities that do not fit the schema or break a
+    /// profile rule, duplicate entities across files, parent cycles — all of them, with file
+    /// and line.
+    pub fn load(
+        paths: &[PathBuf],
+        catalog: &Catalog,
+        rules: &[EntityRule],
+    ) -> Result<Directory, Problems> {
         let mut problems = Problems::new();
         let mut parents: HashMap<EntityUid, Vec<EntityUid>> = HashMap::new();
         let mut entities: HashMap<EntityUid, (Entity, Place)> = HashMap::new();
@@ -105,7 +155,15 @@ impl Directory {
                         continue;
                     }
                     let (_, _, direct) = entity.clone().into_inner();
-                    parents.insert(uid.clone(), direct.into_iter().collect());
+                    let mut direct: Vec<EntityUid> = direct.into_iter().collect();
+                    direct.sort_by_key(ToString::to_string);
+                    let type_name = uid.type_name().to_string();
+                    for rule in rules.iter().filter(|r| r.entity_type == type_name) {
+                        for message in rule.violations(&entity, &direct) {
+                            problems.push(Problem::at_line(&place.file, Some(place.line), message));
+                        }
+                    }
+                    parents.insert(uid.clone(), direct);
                     entities.insert(uid, (entity, place));
                 }
                 files.push((file, text));
@@ -132,12 +190,18 @@ impl Directory {
         };
         for (uid, (entity, _)) in entities {
             let anc = ancestors.get(&uid).cloned().unwrap_or_default();
-            directory.insert_with_ancestors(entity, anc);
+            let direct = parents.remove(&uid).unwrap_or_default();
+            directory.insert_with_ancestors(entity, direct, anc);
         }
         Ok(directory)
     }
 
-    fn insert_with_ancestors(&mut self, entity: Entity, ancestors: Vec<EntityUid>) {
+    fn insert_with_ancestors(
+        &mut self,
+        entity: Entity,
+        parents: Vec<EntityUid>,
+        ancestors: Vec<EntityUid>,
+    ) {
         let mut refs = Vec::new();
         for (_, value) in entity.attrs() {
             if let Ok(value) = value {
@@ -146,6 +210,7 @@ impl Directory {
         }
         let node = Node {
             entity,
+            parents: parents.into(),
             ancestors: ancestors.into(),
             refs: refs.into(),
         };
@@ -156,14 +221,15 @@ impl Directory {
     /// entity of that uid. Its parents must already be in the directory.
     pub fn insert_synthetic(&mut self, entity: Entity) {
         let (_, _, direct) = entity.clone().into_inner();
+        let direct: Vec<EntityUid> = direct.into_iter().collect();
         let mut ancestors: Vec<EntityUid> = Vec::new();
-        for parent in direct {
-            if let Some(node) = self.nodes.get(&parent) {
+        for parent in &direct {
+            ancestors.push(parent.clone());
+            if let Some(node) = self.nodes.get(parent) {
                 ancestors.extend(node.ancestors.iter().cloned());
             }
-            ancestors.push(parent);
         }
-        self.insert_with_ancestors(entity, ancestors);
+        self.insert_with_ancestors(entity, direct, ancestors);
     }
 
     /// The node of an entity, if the directory has it.

@@ -7,6 +7,7 @@ pub mod config;
 pub mod decision;
 pub mod diagnostic;
 pub mod directory;
+pub mod license;
 pub mod policy;
 pub mod problem;
 pub mod proxy;

@@ -58,7 +58,12 @@ impl Snapshot {
         let catalog = schema.as_ref().map(|(c, _)| c);
         let routes = catalog.and_then(|c| problems.take(RouteTable::load(&p.routes, c)));
         let policies = problems.take(Policies::load(&p.policies, catalog));
-        let directory = catalog.and_then(|c| problems.take(Directory::load(&p.directory, c)));
+        let rules = routes
+            .as_ref()
+            .map(|(r, _)| r.rules.as_slice())
+            .unwrap_or_default();
+        let directory =
+            catalog.and_then(|c| problems.take(Directory::load(&p.directory, c, rules)));
         let (
             Some((catalog, schema_text)),
             Some((routes, routes_text)),
@@ -68,12 +73,24 @@ impl Snapshot {
         else {
             return Err(problems);
         };
+        let mut directory = directory;
+        let mut license_text = String::new();
+        if let Some(license) = &config.license {
+            let installed =
+                crate::license::install(license, &routes.principal_type, &catalog, &mut directory);
+            if let Err(m) = installed {
+                problems.push(config.problem("license", m));
+            }
+            license_text = format!("{} {:?}", license.max_accounts, license.licensed_roles);
+        }
         let policy_version = policy_version(&schema_text, &routes_text, &policies);
+        let license_part = (Path::new("[license]"), license_text.as_str());
         let directory_version = hash(
             directory
                 .files()
                 .iter()
-                .map(|(path, text)| (path.as_path(), text.as_str())),
+                .map(|(path, text)| (path.as_path(), text.as_str()))
+                .chain(std::iter::once(license_part)),
         );
         problems.into_result(Snapshot {
             catalog,

@@ -15,6 +15,15 @@ fn catalog() -> Catalog {
     Catalog::parse(Path::new("s.cedarschema"), SCHEMA).unwrap()
 }
 
+/// Users have one org at most... exactly: this rule applies to the `rules` test only (ids `r-*`).
+fn rules() -> Vec<EntityRule> {
+    vec![EntityRule {
+        entity_type: "T::User".into(),
+        parents: vec![],
+        values: vec![("role".into(), vec!["admin".into(), "basic".into()])],
+    }]
+}
+
 fn uid(s: &str) -> EntityUid {
     EntityUid::from_str(s).unwrap()
 }
@@ -26,7 +35,7 @@ fn load(files: &[(&str, &str)]) -> (tempfile::TempDir, Result<Directory, Problem
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
     }
-    let result = Directory::load(&[dir.path().to_path_buf()], &catalog());
+    let result = Directory::load(&[dir.path().to_path_buf()], &catalog(), &rules());
     (dir, result)
 }
 
@@ -137,7 +146,7 @@ fn malformed_json_and_missing_paths_are_problems() {
         errs[1].starts_with("y.json:1: not a JSON array of entities"),
         "{errs:?}"
     );
-    let err = Directory::load(&[PathBuf::from("/nonexistent/dir")], &catalog()).unwrap_err();
+    let err = Directory::load(&[PathBuf::from("/nonexistent/dir")], &catalog(), &[]).unwrap_err();
     assert!(err.to_string().contains("cannot read"));
 }
 
@@ -166,4 +175,31 @@ fn synthetic_entities_inherit_ancestors() {
     let node = d.get(&uid(r#"T::Device::"d1""#)).unwrap();
     assert_eq!(node.ancestors.len(), 3);
     assert_eq!(node.refs.len(), 1);
+}
+
+#[test]
+fn profile_rules_are_checked_per_entity() {
+    let strict = [EntityRule {
+        entity_type: "T::User".into(),
+        parents: vec![("T::Org".into(), 1)],
+        values: vec![("role".into(), vec!["admin".into(), "basic".into()])],
+    }];
+    let users = r#"[
+  {"uid": {"type": "T::User", "id": "ok"}, "attrs": {"role": "admin", "enabled": true}, "parents": [{"type": "T::Org", "id": "eu"}]},
+  {"uid": {"type": "T::User", "id": "orphan"}, "attrs": {"role": "basic", "enabled": true}, "parents": []},
+  {"uid": {"type": "T::User", "id": "twice"}, "attrs": {"role": "basic", "enabled": true}, "parents": [{"type": "T::Org", "id": "eu"}, {"type": "T::Org", "id": "es"}]},
+  {"uid": {"type": "T::User", "id": "boss"}, "attrs": {"role": "overlord", "enabled": true}, "parents": [{"type": "T::Org", "id": "eu"}]}
+]"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("orgs.json"), ORGS).unwrap();
+    std::fs::write(dir.path().join("users.json"), users).unwrap();
+    let errs = messages(
+        &dir,
+        Directory::load(&[dir.path().to_path_buf()], &catalog(), &strict).unwrap_err(),
+    );
+    assert_eq!(errs, vec![
+        "users.json:3: entity `T::User::\"orphan\"` has 0 parents of type `T::Org`; it needs exactly 1",
+        "users.json:4: entity `T::User::\"twice\"` has 2 parents of type `T::Org`; it needs exactly 1",
+        "users.json:5: entity `T::User::\"boss\"` has role `\"overlord\"`; expected one of: admin, basic",
+    ]);
 }

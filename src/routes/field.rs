@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Placeholders: `{name}` a path capture, `{query.x}` a query parameter, `{claim.x}` a token
-//! claim, `{body.a.b}` a field of the JSON body. A field may be conditional (`when`), have a
+//! claim, `{body.a.b}` a field of the JSON body, `{principal.parent.T}` the id of the
+//! principal's one direct parent of type `T` in the directory. A field may be conditional (`when`), have a
 //! `default`, be `optional`, or `map` its value onto other strings.
 
 use std::borrow::Cow;
@@ -31,6 +32,8 @@ pub enum Source {
     Claim(String),
     /// A path into the JSON body.
     Body(Vec<String>),
+    /// The id of the principal's one direct parent of this entity type (`{principal.parent.Org}`).
+    PrincipalParent(String),
 }
 
 impl Source {
@@ -47,6 +50,10 @@ impl Source {
             ("body", Some(path)) if path.split('.').all(|p| !p.is_empty()) => {
                 Source::Body(path.split('.').map(String::from).collect())
             }
+            ("principal", Some(rest)) => match rest.strip_prefix("parent.") {
+                Some(t) if !t.is_empty() => Source::PrincipalParent(t.to_string()),
+                _ => return Err(bad()),
+            },
             _ => return Err(bad()),
         };
         Ok(source)
@@ -138,6 +145,8 @@ pub struct Inputs<'a> {
     pub claims: &'a Claims,
     /// The parsed JSON body, when the route reads one and it was sent.
     pub body: Option<&'a Value>,
+    /// The principal's direct parents in the directory.
+    pub principal_parents: &'a [EntityUid],
 }
 
 /// A looked-up placeholder value.
@@ -167,6 +176,19 @@ impl<'a> Inputs<'a> {
                 .map(|(_, v)| Raw::Text(Cow::Borrowed(v.as_str()))),
             Source::Query(name) => self.query.get(name)?.map(|v| Raw::Text(Cow::Owned(v))),
             Source::Claim(name) => json(self.claims.get(name)),
+            Source::PrincipalParent(ty) => {
+                let mut of_type = self.principal_parents.iter().filter(|p| {
+                    let t = p.type_name();
+                    t.basename() == ty || &t.to_string() == ty
+                });
+                match (of_type.next(), of_type.next()) {
+                    (Some(one), None) => {
+                        Some(Raw::Text(Cow::Owned(one.id().unescaped().to_string())))
+                    }
+                    (None, _) => None,
+                    (Some(_), Some(_)) => return Err(FieldError::Ambiguous(ty.clone())),
+                }
+            }
             Source::Body(path) => json(self.body.and_then(|body| {
                 path.iter()
                     .try_fold(body, |v, key| v.as_object().and_then(|o| o.get(key)))
@@ -200,6 +222,9 @@ pub enum FieldError {
     /// The query string is unusable.
     #[error(transparent)]
     Query(#[from] QueryError),
+    /// The principal has several parents of the type a field reads.
+    #[error("the principal has several parents of type `{0}`")]
+    Ambiguous(String),
 }
 
 /// A computed value.

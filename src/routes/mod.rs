@@ -24,6 +24,9 @@
 //! action = "ReadDeviceStatus"
 //! resource = { type = "Device", id = "{owner}/{device}", attrs = ["owner"] }
 //! context = ["device_resource"]
+//! [entities.User]                  # directory rules, checked at load
+//! parents = { Org = 1 }            # exactly one direct parent of type Org
+//! values = { role = ["admin", "developer", "user"] }
 //! ```
 //!
 //! Loading checks every route against the schema: the action exists and applies to the
@@ -45,6 +48,7 @@ use serde::Deserialize;
 
 use self::field::{Field, FieldError, FieldType, FieldValue, Inputs, Source, Template};
 use self::trie::{Found, PathTemplate, Trie};
+use crate::directory::EntityRule;
 use crate::problem::Problems;
 use crate::schema::{qualify, Attr, Catalog, Type};
 use crate::tomlfile::{self, TomlFile};
@@ -62,6 +66,16 @@ struct FileRoutes {
     defaults: FileDefaults,
     #[serde(default, rename = "route")]
     routes: Vec<FileRoute>,
+    #[serde(default)]
+    entities: BTreeMap<String, FileEntityRule>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileEntityRule {
+    #[serde(default)]
+    parents: BTreeMap<String, usize>,
+    #[serde(default)]
+    values: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +202,8 @@ fn resolve_all(
 pub struct RouteTable {
     /// Entity type of principals.
     pub principal_type: EntityTypeName,
+    /// Rules the directory's entities must follow (`[entities.<Type>]`).
+    pub rules: Vec<EntityRule>,
     routes: Vec<Route>,
     trie: Trie,
 }
@@ -295,14 +311,40 @@ impl<'a> Compiler<'a> {
             }
             routes.push(route);
         }
+        let rules = file
+            .entities
+            .iter()
+            .filter_map(|(ty, r)| self.entity_rule(ty, r))
+            .collect();
         match principal_type {
             Some(principal_type) if self.problems.is_empty() => Ok(RouteTable {
                 principal_type,
+                rules,
                 routes,
                 trie,
             }),
             _ => Err(self.problems),
         }
+    }
+
+    fn entity_rule(&mut self, ty: &str, rule: &FileEntityRule) -> Option<EntityRule> {
+        let key = format!("entities.{ty}");
+        let entity_type = self.entity_type(&key, ty)?.to_string();
+        let mut parents = Vec::new();
+        for (parent, n) in &rule.parents {
+            let parent = self.entity_type(&format!("{key}.parents.{parent}"), parent)?;
+            parents.push((parent.to_string(), *n));
+        }
+        let values = rule
+            .values
+            .iter()
+            .map(|(a, v)| (a.clone(), v.clone()))
+            .collect();
+        Some(EntityRule {
+            entity_type,
+            parents,
+            values,
+        })
     }
 
     fn field(&mut self, key: &str, f: &FileField) -> Option<Field> {

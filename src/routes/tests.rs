@@ -59,6 +59,7 @@ fn resolve(
         query: Query::new(None),
         claims: &claims,
         body: body.as_ref(),
+        principal_parents: &[],
     };
     Some((route.name.clone(), route.resolve(&inputs)))
 }

@@ -17,6 +17,7 @@ fn field(ty: FieldType, value: &str) -> Field {
 }
 
 struct Req {
+    parents: Vec<EntityUid>,
     captures: Vec<(&'static str, String)>,
     query: &'static str,
     claims: Claims,
@@ -26,6 +27,11 @@ struct Req {
 impl Req {
     fn new() -> Req {
         Req {
+            parents: vec![
+                EntityUid::from_str(r#"T::Org::"emea""#).unwrap(),
+                EntityUid::from_str(r#"T::Team::"a""#).unwrap(),
+                EntityUid::from_str(r#"T::Team::"b""#).unwrap(),
+            ],
             captures: vec![
                 ("owner", "alice".into()),
                 ("device", "d1".into()),
@@ -49,6 +55,7 @@ impl Req {
             query: Query::new(Some(self.query)),
             claims: &self.claims,
             body: self.body.as_ref(),
+            principal_parents: &self.parents,
         };
         f.resolve(&inputs)
     }
@@ -117,6 +124,22 @@ fn resolution_table() {
             Ok(set(&["hum", "temp"])),
         ),
         (field(FieldType::Set, "{claim.dev}"), Ok(set(&["d9"]))),
+        (
+            field(entity_type("T::Org"), "{principal.parent.Org}"),
+            Ok(Some(uid(r#"T::Org::"emea""#))),
+        ),
+        (
+            field(entity_type("T::Org"), "{principal.parent.T::Org}"),
+            Ok(Some(uid(r#"T::Org::"emea""#))),
+        ),
+        (
+            field(FieldType::String, "{principal.parent.Team}"),
+            Err(FieldError::Ambiguous("Team".into())),
+        ),
+        (
+            field(FieldType::String, "{principal.parent.Nope}"),
+            Err(FieldError::Missing("f".into())),
+        ),
         // wrong types
         (
             field(FieldType::Long, "{owner}"),
