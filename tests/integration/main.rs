@@ -8,5 +8,6 @@
 
 mod cli;
 mod process;
+mod profiles;
 mod proxy;
 mod support;
