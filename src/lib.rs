@@ -5,6 +5,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod decision;
+pub mod demo;
 pub mod diagnostic;
 pub mod directory;
 pub mod license;

@@ -16,8 +16,8 @@ fn main() -> ExitStatus {
             runtime().map(|rt| rt.block_on(iotgate::serve::run(args)))
         }
         Command::Demo => {
-            eprintln!("not available yet");
-            Ok(ExitStatus::Error)
+            iotgate::telemetry::init(cli.log_format);
+            runtime().map(|rt| rt.block_on(iotgate::demo::run(&mut out)))
         }
     };
     result.unwrap_or(ExitStatus::Error)

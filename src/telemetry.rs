@@ -13,8 +13,10 @@ use crate::decision::Decision;
 /// Installs the global subscriber (stderr; `RUST_LOG` filters, default `info`).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     // A second init (tests, demo) keeps the first subscriber.
     let _ = match format {

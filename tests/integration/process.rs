@@ -113,3 +113,105 @@ async fn serve_logs_one_decision_per_request_without_tokens_and_stops_on_sigterm
     assert_eq!(deny["decision"], "deny");
     assert_eq!(deny["status"], 403);
 }
+
+/// One printed curl line: method, token variable, body, URL and the status it should get.
+struct Curl {
+    method: String,
+    token: Option<String>,
+    body: Option<String>,
+    url: String,
+    expect: u16,
+}
+
+fn parse_curl(line: &str) -> Curl {
+    let (cmd, comment) = line.split_once("   # ").unwrap();
+    let expect = comment.split_whitespace().next().unwrap().parse().unwrap();
+    let words: Vec<&str> = cmd.split(' ').collect();
+    let after = |flag: &str| words.iter().position(|w| *w == flag).map(|i| words[i + 1]);
+    let token = cmd
+        .split("Bearer $")
+        .nth(1)
+        .map(|rest| rest.split('"').next().unwrap().to_string());
+    let body = cmd
+        .split(" -d '")
+        .nth(1)
+        .map(|rest| rest.split('\'').next().unwrap().to_string());
+    Curl {
+        method: after("-X").unwrap_or("GET").to_string(),
+        token,
+        body,
+        url: words.last().unwrap().to_string(),
+        expect,
+    }
+}
+
+#[tokio::test]
+async fn demo_prints_calls_that_get_the_statuses_it_announces() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iotgate"))
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    while !lines
+        .last()
+        .is_some_and(|l: &String| l.starts_with("#   cargo run"))
+    {
+        lines.push(rx.recv_timeout(Duration::from_secs(30)).unwrap());
+    }
+    let tokens: std::collections::HashMap<String, String> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("export "))
+        .map(|l| {
+            let (var, rest) = l.split_once("='").unwrap();
+            (
+                var.to_string(),
+                rest.split('\'').next().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(tokens.len(), 4);
+    let curls: Vec<Curl> = lines
+        .iter()
+        .filter(|l| l.starts_with("curl ") && !l.contains("--path-as-is"))
+        .map(|l| parse_curl(l))
+        .collect();
+    assert!(curls.len() >= 10);
+    assert!(
+        curls.iter().any(|c| c.expect == 200)
+            && curls.iter().any(|c| c.expect == 403)
+            && curls.iter().any(|c| c.expect == 401)
+    );
+    for c in curls {
+        let mut req = http::Request::builder()
+            .method(c.method.as_str())
+            .uri(&c.url);
+        if let Some(var) = &c.token {
+            req = req.header("authorization", format!("Bearer {}", tokens[var]));
+        }
+        let body = c.body.clone().unwrap_or_default();
+        let (status, _, _) = send(req.body(iotgate::response::full(body)).unwrap()).await;
+        assert_eq!(status.as_u16(), c.expect, "{} {}", c.method, c.url);
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(
+        !std::env::temp_dir()
+            .join(format!("iotgate-demo-{pid}"))
+            .exists(),
+        "demo left its folder behind"
+    );
+}
