@@ -125,6 +125,7 @@ impl Probe {
             &loaded.verifier,
             head,
             self.credentials.clone(),
+            None,
         ) {
             Err(rejected) => *rejected,
             Ok(pending) => pending.decide(self.body.as_deref()),
@@ -141,10 +142,65 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write) -> std::io::Result<ExitStatus>
             return Ok(ExitStatus::Error);
         }
     };
-    match &args.request {
-        Some(request) => explain_one(&loaded, args, request, out),
-        None => run_suites(&loaded, &args.suites, out),
+    match (&args.request, &args.against) {
+        (Some(request), _) => explain_one(&loaded, args, request, out),
+        (None, Some(dir)) => compare(&loaded, &args.suites, dir, out),
+        (None, None) => run_suites(&loaded, &args.suites, out),
     }
+}
+
+/// `check --against DIR`: decides every case with the live policies and with the policies
+/// of `DIR` (same schema, routes and directory) and reports each case whose decision
+/// changes. Exit 0 when none would, 1 when some would.
+fn compare(
+    loaded: &Loaded,
+    suites: &[std::path::PathBuf],
+    dir: &Path,
+    out: &mut dyn Write,
+) -> std::io::Result<ExitStatus> {
+    let mut candidate_config = loaded.config.clone();
+    candidate_config.policy.policies = vec![dir.to_path_buf()];
+    let candidate = Snapshot::load(&candidate_config).map(|snapshot| Loaded {
+        config: candidate_config,
+        snapshot,
+        verifier: loaded.verifier.clone(),
+    });
+    let mut problems = Problems::new();
+    let candidate = problems.take(candidate);
+    let mut cases = Vec::new();
+    for path in suites {
+        if let Some(c) = problems.take(load_suite(path, loaded)) {
+            cases.extend(c);
+        }
+    }
+    let Some(candidate) = candidate.filter(|_| problems.is_empty()) else {
+        write!(out, "{problems}")?;
+        return Ok(ExitStatus::Error);
+    };
+    let mut changed = 0;
+    for case in &cases {
+        let (before, after) = (case.probe.decide(loaded), case.probe.decide(&candidate));
+        if before.status() != after.status() || before.reasons != after.reasons {
+            changed += 1;
+            writeln!(
+                out,
+                "CHANGED  {}  ({}): {before} → {after}",
+                case.name, case.request
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "{changed} of {} cases would change ({} → {})",
+        cases.len(),
+        loaded.snapshot.policy_version,
+        candidate.snapshot.policy_version
+    )?;
+    Ok(if changed == 0 {
+        ExitStatus::Ok
+    } else {
+        ExitStatus::Failed
+    })
 }
 
 fn explain_one(
@@ -222,6 +278,8 @@ pub struct Explanation<'d> {
     pub errors: &'d [String],
     /// Policy version.
     pub policy_version: &'d str,
+    /// Directory version.
+    pub directory_version: &'d str,
 }
 
 impl<'d> From<&'d Decision> for Explanation<'d> {
@@ -246,6 +304,7 @@ impl<'d> From<&'d Decision> for Explanation<'d> {
             reasons: &d.explanations,
             errors: &d.errors,
             policy_version: &d.policy_version,
+            directory_version: &d.directory_version,
         }
     }
 }
@@ -272,7 +331,8 @@ impl Explanation<'_> {
         writeln!(out, "policies:       {}", list(self.policies))?;
         writeln!(out, "reasons:        {}", list(self.reasons))?;
         writeln!(out, "errors:         {}", list(self.errors))?;
-        writeln!(out, "policy version: {}", self.policy_version)
+        writeln!(out, "policy version: {}", self.policy_version)?;
+        writeln!(out, "directory:      {}", self.directory_version)
     }
 }
 

@@ -85,6 +85,9 @@ pub struct CheckArgs {
     /// Print the explanation as JSON.
     #[arg(long, requires = "request")]
     pub json: bool,
+    /// Report every suite case whose decision would change with this policy folder instead.
+    #[arg(long, value_name = "DIR", conflicts_with = "request")]
+    pub against: Option<PathBuf>,
 }
 
 /// `token`.

@@ -21,12 +21,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityUid, Request,
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityUid,
+    PolicyId, Request,
 };
 use serde_json::Value;
 
 use crate::auth::{AuthError, Claims, Identity, Verifier};
+use crate::cache::{Caches, DecisionKey, TokenCache, Verdict, Verdicts};
 use crate::directory::Node;
+use crate::policy::Policies;
 use crate::routes::field::{FieldError, Inputs};
 use crate::routes::{Resolved, Route};
 use crate::snapshot::Snapshot;
@@ -125,6 +128,12 @@ pub struct Decision {
     pub errors: Vec<String>,
     /// The policy version that decided.
     pub policy_version: Arc<str>,
+    /// The directory version that decided.
+    pub directory_version: Arc<str>,
+    /// What the shadow policy set would have decided, when one is configured.
+    pub shadow: Option<Verdict>,
+    /// Whether the verdict came from the decision cache.
+    pub cached: bool,
 }
 
 impl Decision {
@@ -139,6 +148,9 @@ impl Decision {
             explanations: Vec::new(),
             errors: Vec::new(),
             policy_version: snapshot.policy_version.clone(),
+            directory_version: snapshot.directory_version.clone(),
+            shadow: None,
+            cached: false,
         }
     }
 
@@ -149,6 +161,28 @@ impl Decision {
 
     fn boxed(self, rejection: Rejection) -> Box<Self> {
         Box::new(self.reject(rejection))
+    }
+
+    /// Takes the live verdict (and the shadow one) as this decision's outcome.
+    fn apply(mut self, verdicts: &Verdicts) -> Self {
+        let live = &verdicts.live;
+        self.outcome = if live.allowed {
+            Outcome::Allow
+        } else {
+            Outcome::Reject(Rejection::Forbidden)
+        };
+        self.reasons.clone_from(&live.reasons);
+        self.explanations.clone_from(&live.explanations);
+        self.errors.clone_from(&live.errors);
+        self.shadow.clone_from(&verdicts.shadow);
+        self
+    }
+
+    /// Whether a shadow policy set decided differently (allow vs deny).
+    pub fn shadow_disagrees(&self) -> bool {
+        self.shadow
+            .as_ref()
+            .is_some_and(|s| s.allowed != self.is_allowed())
     }
 
     /// Whether the request is forwarded.
@@ -182,6 +216,7 @@ impl fmt::Display for Decision {
 #[derive(Debug)]
 pub struct Pending<'s> {
     snapshot: &'s Snapshot,
+    caches: Option<&'s Caches>,
     route: &'s Route,
     captures: Vec<(&'s str, String)>,
     query: Option<String>,
@@ -190,7 +225,8 @@ pub struct Pending<'s> {
     decision: Decision,
 }
 
-/// Authenticates, routes and checks the principal.
+/// Authenticates, routes and checks the principal. `serve` passes its caches; `check`
+/// passes none.
 ///
 /// # Errors
 /// A rejection decision (401, 400, 404, 403 for a disabled account), boxed.
@@ -199,13 +235,14 @@ pub fn begin<'s>(
     verifier: &Verifier,
     head: RequestHead<'_>,
     credentials: Credentials,
+    caches: Option<&'s Caches>,
 ) -> Result<Pending<'s>, Box<Decision>> {
     let mut decision = Decision::new(snapshot);
     let query = Query::new(head.uri.query());
     let identity = match credentials {
         Credentials::Token => verifier
             .token(head.headers, query)
-            .and_then(|t| verifier.verify(&t)),
+            .and_then(|t| authenticate(verifier, &t, caches.map(|c| &c.tokens))),
         Credentials::Trusted(claims) => verifier.identity(claims),
     };
     let identity = identity.map_err(|e| decision.clone().boxed(Rejection::Unauthenticated(e)))?;
@@ -232,6 +269,7 @@ pub fn begin<'s>(
     }
     Ok(Pending {
         snapshot,
+        caches,
         route,
         captures,
         query: head.uri.query().map(String::from),
@@ -286,65 +324,60 @@ impl Pending<'_> {
             Err(e) => return decision.reject(Rejection::BadRequest(e.into())),
         };
         decision.resource = Some(resolved.resource.to_string());
-        self.authorize(&resolved, decision)
+        let Some(cache) = self.caches.map(|c| &c.decisions) else {
+            return match self.authorize(&resolved) {
+                Ok(verdicts) => decision.apply(&verdicts),
+                Err(e) => decision.reject(Rejection::BadRequest(BadRequest::Schema(e))),
+            };
+        };
+        let key = DecisionKey {
+            generation: self.snapshot.generation,
+            principal: self.principal.entity.uid(),
+            action: self.route.action.clone(),
+            resolved,
+        };
+        if let Some(verdicts) = cache.get(&key) {
+            decision.cached = true;
+            return decision.apply(&verdicts);
+        }
+        match self.authorize(&key.resolved) {
+            Ok(verdicts) => {
+                let verdicts = Arc::new(verdicts);
+                let decision = decision.apply(&verdicts);
+                cache.insert(key, verdicts);
+                decision
+            }
+            Err(e) => decision.reject(Rejection::BadRequest(BadRequest::Schema(e))),
+        }
     }
 
-    fn authorize(&self, resolved: &Resolved, mut decision: Decision) -> Decision {
+    /// Builds the Cedar request and entity slice, and evaluates the live (and shadow)
+    /// policies on them.
+    fn authorize(&self, resolved: &Resolved) -> Result<Verdicts, String> {
         let snapshot = self.snapshot;
-        let bad = |d: Decision, e: String| d.reject(Rejection::BadRequest(BadRequest::Schema(e)));
-        let entities = match self.slice(resolved) {
-            Ok(e) => e,
-            Err(e) => return bad(decision, e),
-        };
+        let entities = self.slice(resolved)?;
         let context = Context::from_pairs(
             resolved
                 .context
                 .iter()
                 .map(|(k, v)| (k.clone(), v.to_expr())),
-        );
-        let request = context.map_err(|e| e.to_string()).and_then(|context| {
-            Request::new(
-                self.principal.entity.uid(),
-                self.route.action.clone(),
-                resolved.resource.clone(),
-                context,
-                Some(&snapshot.catalog.schema),
-            )
-            .map_err(|e| e.to_string())
-        });
-        let request = match request {
-            Ok(r) => r,
-            Err(e) => return bad(decision, e),
-        };
-        let response = Authorizer::new().is_authorized(&request, &snapshot.policies.set, &entities);
-        decision.errors = response
-            .diagnostics()
-            .errors()
-            .map(ToString::to_string)
-            .collect();
-        decision.errors.sort();
-        let allowed = response.decision() == CedarDecision::Allow;
-        if allowed && decision.errors.is_empty() {
-            decision.outcome = Outcome::Allow;
-        }
-        if !allowed {
-            let mut reasons: Vec<_> = response.diagnostics().reason().collect();
-            reasons.sort();
-            decision.explanations = reasons
-                .iter()
-                .filter_map(|id| snapshot.policies.reason(id).map(|r| format!("{id}: {r}")))
-                .collect();
-            decision.reasons = reasons.iter().map(ToString::to_string).collect();
-        } else if decision.errors.is_empty() {
-            let mut reasons: Vec<String> = response
-                .diagnostics()
-                .reason()
-                .map(ToString::to_string)
-                .collect();
-            reasons.sort();
-            decision.reasons = reasons;
-        }
-        decision
+        )
+        .map_err(|e| e.to_string())?;
+        let request = Request::new(
+            self.principal.entity.uid(),
+            self.route.action.clone(),
+            resolved.resource.clone(),
+            context,
+            Some(&snapshot.catalog.schema),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Verdicts {
+            live: evaluate(&snapshot.policies, &request, &entities),
+            shadow: snapshot
+                .shadow
+                .as_ref()
+                .map(|s| evaluate(s, &request, &entities)),
+        })
     }
 
     /// The entities this request can reach: principal, resource and context entities, the
@@ -374,6 +407,60 @@ impl Pending<'_> {
         }
         Entities::from_entities(slice.entities, None).map_err(|e| e.to_string())
     }
+}
+
+/// Asks Cedar; allowed only when Cedar allows and reported no evaluation error (fail closed).
+/// A deny names the determining forbids (none when nothing permitted or when errors denied).
+pub fn evaluate(policies: &Policies, request: &Request, entities: &Entities) -> Verdict {
+    let response = Authorizer::new().is_authorized(request, &policies.set, entities);
+    let mut errors: Vec<String> = response
+        .diagnostics()
+        .errors()
+        .map(ToString::to_string)
+        .collect();
+    errors.sort();
+    let cedar_allows = response.decision() == CedarDecision::Allow;
+    let allowed = cedar_allows && errors.is_empty();
+    let mut ids: Vec<&PolicyId> = if cedar_allows && !allowed {
+        Vec::new()
+    } else {
+        response.diagnostics().reason().collect()
+    };
+    ids.sort();
+    let explanations = if allowed {
+        Vec::new()
+    } else {
+        ids.iter()
+            .filter_map(|id| policies.reason(id).map(|r| format!("{id}: {r}")))
+            .collect()
+    };
+    Verdict {
+        allowed,
+        reasons: ids.iter().map(ToString::to_string).collect(),
+        explanations,
+        errors,
+    }
+}
+
+/// Verifies a token, through the token cache when there is one.
+fn authenticate(
+    verifier: &Verifier,
+    token: &str,
+    cache: Option<&TokenCache>,
+) -> Result<Identity, AuthError> {
+    let Some(cache) = cache else {
+        return verifier.verify(token);
+    };
+    if let Some(identity) = cache.get(token) {
+        return Ok((*identity).clone());
+    }
+    let identity = verifier.verify(token)?;
+    let exp = identity
+        .claims
+        .get("exp")
+        .and_then(serde_json::Value::as_u64);
+    cache.insert(token, Arc::new(identity.clone()), exp);
+    Ok(identity)
 }
 
 /// A resource the directory does not have, built from the route's attributes (no parents).

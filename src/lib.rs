@@ -1,5 +1,7 @@
 //! iotgate: an authorization sidecar for IoT platforms.
+pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod check;
 pub mod cli;
 pub mod commands;
@@ -9,9 +11,11 @@ pub mod demo;
 pub mod diagnostic;
 pub mod directory;
 pub mod license;
+pub mod metrics;
 pub mod policy;
 pub mod problem;
 pub mod proxy;
+pub mod reload;
 pub mod response;
 pub mod routes;
 pub mod schema;

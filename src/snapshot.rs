@@ -27,6 +27,9 @@ use crate::schema::Catalog;
 /// Characters of the hex digest shown as a version.
 const VERSION_LEN: usize = 12;
 
+/// Source of snapshot generations.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Everything a decision reads, immutable once built.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -44,6 +47,12 @@ pub struct Snapshot {
     pub directory_version: Arc<str>,
     /// When it was built.
     pub loaded_at: SystemTime,
+    /// Unique per load in this process (part of every decision cache key).
+    pub generation: u64,
+    /// Candidate policies decided beside the live ones (`[policy] shadow`), never enforced.
+    pub shadow: Option<Policies>,
+    /// Version of the shadow policies.
+    pub shadow_version: Option<Arc<str>>,
 }
 
 impl Snapshot {
@@ -58,6 +67,10 @@ impl Snapshot {
         let catalog = schema.as_ref().map(|(c, _)| c);
         let routes = catalog.and_then(|c| problems.take(RouteTable::load(&p.routes, c)));
         let policies = problems.take(Policies::load(&p.policies, catalog));
+        let shadow = match p.shadow.is_empty() {
+            true => None,
+            false => problems.take(Policies::load(&p.shadow, catalog)),
+        };
         let rules = routes
             .as_ref()
             .map(|(r, _)| r.rules.as_slice())
@@ -83,6 +96,9 @@ impl Snapshot {
             }
             license_text = format!("{} {:?}", license.max_accounts, license.licensed_roles);
         }
+        let shadow_version = shadow
+            .as_ref()
+            .map(|s| Arc::from(policy_version(&schema_text, &routes_text, s)));
         let policy_version = policy_version(&schema_text, &routes_text, &policies);
         let license_part = (Path::new("[license]"), license_text.as_str());
         let directory_version = hash(
@@ -100,6 +116,9 @@ impl Snapshot {
             policy_version: policy_version.into(),
             directory_version: directory_version.into(),
             loaded_at: SystemTime::now(),
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            shadow,
+            shadow_version,
         })
     }
 }

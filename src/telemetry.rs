@@ -49,7 +49,30 @@ pub fn decision(
         reasons = d.explanations.join("; ").as_str(),
         errors = d.errors.join("; ").as_str(),
         policy_version = &*d.policy_version,
+        directory_version = &*d.directory_version,
+        cached = d.cached,
         latency_us = latency.as_micros() as u64,
         "decision"
+    );
+}
+
+/// Emits a shadow disagreement: the candidate policies would have decided otherwise.
+pub fn shadow_disagreement(request_id: &str, d: &Decision, shadow_version: Option<&str>) {
+    let Some(shadow) = &d.shadow else { return };
+    tracing::warn!(
+        target: "iotgate::shadow",
+        request_id,
+        principal = d.principal.as_deref().unwrap_or("-"),
+        route = d.route.as_deref().unwrap_or("-"),
+        action = d.action.as_deref().unwrap_or("-"),
+        resource = d.resource.as_deref().unwrap_or("-"),
+        live = if d.is_allowed() { "allow" } else { "deny" },
+        live_policies = d.reasons.join(",").as_str(),
+        shadow = if shadow.allowed { "allow" } else { "deny" },
+        shadow_policies = shadow.reasons.join(",").as_str(),
+        shadow_errors = shadow.errors.join("; ").as_str(),
+        policy_version = &*d.policy_version,
+        shadow_version = shadow_version.unwrap_or("-"),
+        "shadow disagreement"
     );
 }

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::*;
 use crate::auth::{now, Signer};
+use crate::cache::Caches;
 use crate::config::Config;
 
 struct Fixture {
@@ -41,7 +42,7 @@ impl Fixture {
             serde_json::Value::Null => Credentials::Token,
             c => Credentials::Trusted(c.as_object().unwrap().clone()),
         };
-        match begin(&self.snapshot, &self.verifier, head, credentials) {
+        match begin(&self.snapshot, &self.verifier, head, credentials, None) {
             Err(d) => *d,
             Ok(pending) => pending.decide(body.map(str::as_bytes)),
         }
@@ -284,4 +285,50 @@ fn signed_tokens_take_the_same_path() {
         http::HeaderMap::new(),
     );
     assert_eq!(d.status(), http::StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn caches_answer_repeated_requests_and_only_them() {
+    let f = fixture();
+    let caches = Caches::new(&crate::config::CacheConfig {
+        max_entries: 100,
+        ttl: std::time::Duration::from_secs(60),
+    });
+    let decide = |claims: serde_json::Value, request: &str| {
+        let (method, uri) = request.split_once(' ').unwrap();
+        let method = http::Method::from_str(method).unwrap();
+        let uri = http::Uri::from_str(uri).unwrap();
+        let headers = http::HeaderMap::new();
+        let head = RequestHead {
+            method: &method,
+            uri: &uri,
+            headers: &headers,
+        };
+        let credentials = Credentials::Trusted(claims.as_object().unwrap().clone());
+        match begin(&f.snapshot, &f.verifier, head, credentials, Some(&caches)) {
+            Err(d) => *d,
+            Ok(p) => p.decide(None),
+        }
+    };
+    let first = decide(json!({"usr": "bob"}), "GET /v1/users/alice/devices/d1/temp");
+    let second = decide(json!({"usr": "bob"}), "GET /v1/users/alice/devices/d1/temp");
+    assert!(!first.cached && second.cached);
+    assert_eq!(
+        Decision {
+            cached: false,
+            ..second
+        },
+        first
+    );
+    // another context value (the device resource) is another decision
+    let other = decide(json!({"usr": "bob"}), "GET /v1/users/alice/devices/d1/hum");
+    assert!(!other.cached);
+    // a device token changes the context: not served from the user's entry
+    let token = decide(
+        json!({"usr": "alice", "dev": "d1", "res": ["hum"]}),
+        "GET /v1/users/alice/devices/d1/temp",
+    );
+    assert!(!token.cached);
+    assert_eq!(summary(&token), "403 forbidden by [device-token-resources]");
+    assert_eq!(caches.decisions.stats().hits, 1);
 }

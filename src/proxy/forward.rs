@@ -98,6 +98,16 @@ impl Upstream {
         }
     }
 
+    /// Whether the upstream answers at all (any HTTP status) to `GET /`.
+    pub async fn probe(&self) -> bool {
+        let request =
+            Request::get(self.base.clone()).body(crate::response::full(bytes::Bytes::new()));
+        match request {
+            Ok(r) => self.send(r).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
     /// The upstream URI for a request path and query.
     fn uri(&self, original: &Uri) -> Result<Uri, UpstreamError> {
         let mut parts = self.base.clone().into_parts();
@@ -145,6 +155,8 @@ pub struct Stamp<'a> {
     pub principal: &'a str,
     /// The policy version that allowed it.
     pub policy_version: &'a str,
+    /// The directory version that allowed it.
+    pub directory_version: &'a str,
 }
 
 /// The WebSocket (or other) protocol a request asks to upgrade to, if it does.
@@ -198,6 +210,11 @@ pub fn rewrite(
     set(headers, REQUEST_ID, stamp.request_id);
     set(headers, "x-iotgate-principal", stamp.principal);
     set(headers, "x-iotgate-policy-version", stamp.policy_version);
+    set(
+        headers,
+        "x-iotgate-directory-version",
+        stamp.directory_version,
+    );
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);

@@ -1,12 +1,12 @@
 //! The authorizing reverse proxy: one function per request.
 //!
 //! ```text
-//! request ─▶ request id ─▶ snapshot (one per request) ─▶ decision::begin
-//!   ─▶ [route reads the body? read at most max_body_bytes (413 beyond), decide on those
-//!       bytes and forward the same bytes : decide, then stream the body untouched]
-//!   ─▶ allow: forward::rewrite ─▶ Upstream::send ─▶ response streamed back (101: tunnel)
-//!      reject / upstream failure: response::Failure (the only error→HTTP mapping)
-//!   ─▶ one decision log event
+//! request ─▶ request id ─▶ snapshot (one per request, start to end) ─▶ decision::begin
+//!   (token cache) ─▶ [route reads the body? read at most max_body_bytes (413 beyond), decide
+//!   on those bytes, forward the same bytes : decide, stream the body untouched]
+//!   (decision cache) ─▶ allow: forward::rewrite ─▶ Upstream::send ─▶ response streamed back
+//!   (101: tunnel) │ reject / upstream failure: response::Failure (the only error→HTTP mapping)
+//!   ─▶ one decision log event + metrics (+ shadow disagreement)
 //! ```
 
 pub mod forward;
@@ -14,7 +14,7 @@ pub mod forward;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -24,8 +24,10 @@ use hyper::body::Incoming;
 
 use self::forward::{Stamp, Upstream};
 use crate::auth::Verifier;
+use crate::cache::Caches;
 use crate::config::Config;
 use crate::decision::{self, BadRequest, Credentials, Decision, Outcome, Rejection, RequestHead};
+use crate::metrics::{Metrics, UpstreamFailure};
 use crate::problem::{Problem, Problems};
 use crate::response::{full, Body, Failure, UpstreamError, REQUEST_ID};
 use crate::snapshot::Snapshot;
@@ -34,13 +36,17 @@ use crate::telemetry;
 /// Longest client-sent `X-Request-Id` kept as is.
 const MAX_REQUEST_ID: usize = 128;
 
-/// Shared state of the gateway: keys, the current snapshot, the upstream client.
+/// Shared state of the gateway: keys, the current snapshot, caches, the upstream client.
 #[derive(Debug)]
 pub struct Gateway {
     verifier: Verifier,
     snapshot: ArcSwap<Snapshot>,
+    caches: Caches,
+    metrics: Metrics,
     upstream: Upstream,
     max_body: usize,
+    /// Milliseconds since the epoch of the upstream's last answer (0: never).
+    upstream_answered: AtomicU64,
 }
 
 impl Gateway {
@@ -59,14 +65,47 @@ impl Gateway {
         Ok(Gateway {
             verifier,
             snapshot: ArcSwap::from_pointee(snapshot),
+            caches: Caches::new(&config.cache),
+            metrics: Metrics::default(),
             upstream: Upstream::new(server)?,
             max_body: server.max_body_bytes,
+            upstream_answered: AtomicU64::new(0),
         })
     }
 
     /// The snapshot new requests use.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Makes `snapshot` the one every new request uses (requests in flight finish with the
+    /// one they started with); cached decisions of older snapshots are dropped.
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+        self.caches.decisions.clear();
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The caches.
+    pub fn caches(&self) -> &Caches {
+        &self.caches
+    }
+
+    /// Whether the upstream answered (any status) within `window`; probes it when not.
+    pub async fn upstream_ready(&self, window: Duration) -> bool {
+        let last = self.upstream_answered.load(Ordering::Relaxed);
+        if last > 0 && now_ms().saturating_sub(last) <= window.as_millis() as u64 {
+            return true;
+        }
+        let ok = self.upstream.probe().await;
+        if ok {
+            self.upstream_answered.store(now_ms(), Ordering::Relaxed);
+        }
+        ok
     }
 
     /// Serves one request.
@@ -79,6 +118,7 @@ impl Gateway {
             forward::upgrade_protocol(request.headers()).map(|_| hyper::upgrade::on(&mut request));
         let (parts, body) = request.into_parts();
         let (decision, body) = self.decide(&snapshot, &parts, body).await;
+        let decided = started.elapsed();
         let response = match (&decision.outcome, body) {
             (Outcome::Allow, Some(body)) => {
                 let stamp = Stamp {
@@ -86,11 +126,12 @@ impl Gateway {
                     request_id: &request_id,
                     principal: decision.principal.as_deref().unwrap_or_default(),
                     policy_version: &decision.policy_version,
+                    directory_version: &decision.directory_version,
                 };
-                self.forward(parts, body, stamp, client_upgrade).await.unwrap_or_else(|e| {
-                    tracing::warn!(request_id = request_id.as_str(), error = %e, "upstream failed");
-                    Failure::Upstream(e).to_response(&request_id, &decision.policy_version)
-                })
+                match self.forward(parts, body, stamp, client_upgrade).await {
+                    Ok(response) => response,
+                    Err(e) => self.upstream_failed(e, &request_id, &decision),
+                }
             }
             (Outcome::Reject(r), _) => {
                 Failure::Rejected(r.clone()).to_response(&request_id, &decision.policy_version)
@@ -98,14 +139,34 @@ impl Gateway {
             (Outcome::Allow, None) => Failure::Rejected(Rejection::Forbidden)
                 .to_response(&request_id, &decision.policy_version),
         };
-        telemetry::decision(
-            &request_id,
-            &method,
-            &decision,
-            response.status().as_u16(),
-            started.elapsed(),
-        );
+        let status = response.status().as_u16();
+        self.metrics
+            .record_request(decision.route.as_deref().unwrap_or("-"), status);
+        self.metrics.record_decision(decision.is_allowed(), decided);
+        if decision.shadow_disagrees() {
+            self.metrics.record_shadow_disagreement();
+            telemetry::shadow_disagreement(
+                &request_id,
+                &decision,
+                snapshot.shadow_version.as_deref(),
+            );
+        }
+        telemetry::decision(&request_id, &method, &decision, status, started.elapsed());
         response
+    }
+
+    fn upstream_failed(
+        &self,
+        e: UpstreamError,
+        request_id: &str,
+        decision: &Decision,
+    ) -> Response<Body> {
+        tracing::warn!(request_id, error = %e, "upstream failed");
+        self.metrics.record_upstream_error(match e {
+            UpstreamError::Unreachable(_) => UpstreamFailure::Unreachable,
+            UpstreamError::Timeout => UpstreamFailure::Timeout,
+        });
+        Failure::Upstream(e).to_response(request_id, &decision.policy_version)
     }
 
     /// Decides, reading the body first when the route needs it. Returns the body to
@@ -121,7 +182,13 @@ impl Gateway {
             uri: &parts.uri,
             headers: &parts.headers,
         };
-        let pending = match decision::begin(snapshot, &self.verifier, head, Credentials::Token) {
+        let pending = match decision::begin(
+            snapshot,
+            &self.verifier,
+            head,
+            Credentials::Token,
+            Some(&self.caches),
+        ) {
             Err(rejected) => return (*rejected, None),
             Ok(p) => p,
         };
@@ -150,6 +217,7 @@ impl Gateway {
     ) -> Result<Response<Body>, UpstreamError> {
         let request = forward::rewrite(&self.upstream, parts, body, stamp)?;
         let mut response = self.upstream.send(request).await?;
+        self.upstream_answered.store(now_ms(), Ordering::Relaxed);
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
                 let upstream = hyper::upgrade::on(&mut response);
@@ -159,6 +227,13 @@ impl Gateway {
         forward::clean_response(&mut response, stamp.request_id);
         Ok(response.map(|b| b.map_err(Into::into).boxed()))
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Why a body was not read.

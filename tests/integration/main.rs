@@ -7,6 +7,7 @@
 )]
 
 mod cli;
+mod operations;
 mod process;
 mod profiles;
 mod proxy;

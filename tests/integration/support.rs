@@ -294,7 +294,7 @@ impl Gateway {
     pub async fn start_with(upstream: &str, extra_server: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let config = mini_config(dir.path(), upstream, extra_server);
-        let (gateway, _) = iotgate::serve::load(&config).unwrap();
+        let (gateway, _config) = iotgate::serve::load(&config).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let running = iotgate::serve::Running::start(listener, gateway).unwrap();
         Gateway {
@@ -339,4 +339,143 @@ pub async fn raw(addr: SocketAddr, request: &str) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Copies a folder recursively.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Writes a file atomically (temp file + rename), as an editor or a deploy tool would.
+pub fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// `iotgate serve` as a process, on a writable copy of the mini profile, with JSON logs.
+pub struct Served {
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    pub admin: String,
+    child: std::process::Child,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Served {
+    /// `reload` is "watch", "signal" or "off"; `shadow` lines go under `[policy]`.
+    pub fn start(upstream: &str, reload: &str, extra_policy: &str) -> Served {
+        use std::io::{BufRead, BufReader};
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&fixture("mini"), &dir.path().join("mini"));
+        copy_dir(&fixture("keys"), &dir.path().join("keys"));
+        let config = dir.path().join("mini/served.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n\
+                 [auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"../keys/hs.secret\"\nprincipal_claim = \"usr\"\n\
+                 [policy]\nschema = \"schema/mini.cedarschema\"\nroutes = \"schema/mini.routes.toml\"\n\
+                 policies = [\"policies\"]\ndirectory = [\"directory\"]\nreload = \"{reload}\"\n{extra_policy}\n"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_iotgate"))
+            .args([
+                "--log-format",
+                "json",
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let first = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("iotgate did not start");
+        let started: serde_json::Value =
+            serde_json::from_str(&first).unwrap_or_else(|_| panic!("{first}"));
+        Served {
+            addr: started["listen"].as_str().unwrap().to_string(),
+            admin: started["admin"].as_str().unwrap().to_string(),
+            dir,
+            child,
+            logs,
+        }
+    }
+
+    pub fn policies(&self) -> PathBuf {
+        self.dir.path().join("mini/policies")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
+        let (status, _, body) = send(get(&format!("http://{}{}", self.admin, path), None)).await;
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.admin_get("/status").await.1).unwrap()
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Polls `/status` until `done` holds (at most 15 s).
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        for _ in 0..150 {
+            let s = self.status().await;
+            if done(&s) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("timed out waiting for {what}: {}", self.status().await);
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,259 @@
+//! Caches of the serving path: decisions and verified tokens (moka, bounded, with TTL).
+//!
+//! ```text
+//! DecisionKey { snapshot generation, principal, action, resolved (resource, resource
+//!   attributes, every context value) } ──▶ Verdicts (live, shadow)
+//! whole token string ──▶ Identity, expiring at min(ttl, token exp)
+//! ```
+//!
+//! Keys are the exact inputs of a decision, never a lossy digest, and carry the snapshot
+//! generation: a cached decision cannot answer another request or another policy version.
+//! `check` never uses these caches.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cedar_policy::EntityUid;
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
+
+use crate::auth::Identity;
+use crate::config::CacheConfig;
+use crate::routes::Resolved;
+
+/// Everything a decision depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DecisionKey {
+    /// The snapshot that decides (new on every load).
+    pub generation: u64,
+    /// Principal.
+    pub principal: EntityUid,
+    /// Action.
+    pub action: EntityUid,
+    /// Resource, its route-built attributes and the whole context.
+    pub resolved: Resolved,
+}
+
+/// The outcome of evaluating one policy set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Allowed (Cedar allowed and reported no error).
+    pub allowed: bool,
+    /// Determining policy ids, sorted.
+    pub reasons: Vec<String>,
+    /// `@reason`s of the determining policies.
+    pub explanations: Vec<String>,
+    /// Evaluation errors.
+    pub errors: Vec<String>,
+}
+
+/// Live and (when configured) shadow verdicts of one decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdicts {
+    /// The enforced one.
+    pub live: Verdict,
+    /// The candidate policy set's, never enforced.
+    pub shadow: Option<Verdict>,
+}
+
+/// Hit, miss and eviction counters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: Arc<AtomicU64>,
+}
+
+/// A snapshot of the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that were not.
+    pub misses: u64,
+    /// Entries dropped for size or age.
+    pub evictions: u64,
+    /// Entries held now.
+    pub entries: u64,
+}
+
+impl Counters {
+    fn record(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn stats(&self, entries: u64) -> Stats {
+        Stats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            entries,
+        }
+    }
+
+    fn listener<K, V>(&self) -> impl Fn(Arc<K>, V, RemovalCause) + Send + Sync + 'static {
+        let evictions = self.evictions.clone();
+        move |_, _, cause| {
+            if cause.was_evicted() {
+                evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The decision cache.
+#[derive(Debug)]
+pub struct DecisionCache {
+    cache: Option<Cache<DecisionKey, Arc<Verdicts>>>,
+    counters: Counters,
+}
+
+impl DecisionCache {
+    /// A cache per `[cache]` (`max_entries = 0` disables it).
+    pub fn new(config: &CacheConfig) -> DecisionCache {
+        let counters = Counters::default();
+        let cache = (config.max_entries > 0 && !config.ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(config.max_entries)
+                .time_to_live(config.ttl)
+                .eviction_listener(counters.listener())
+                .build()
+        });
+        DecisionCache { cache, counters }
+    }
+
+    /// The cached verdicts for a key.
+    pub fn get(&self, key: &DecisionKey) -> Option<Arc<Verdicts>> {
+        let found = self.cache.as_ref()?.get(key);
+        self.counters.record(found.is_some());
+        found
+    }
+
+    /// Remembers verdicts.
+    pub fn insert(&self, key: DecisionKey, verdicts: Arc<Verdicts>) {
+        if let Some(c) = &self.cache {
+            c.insert(key, verdicts);
+        }
+    }
+
+    /// Drops everything (after a snapshot swap: old generations can never match again).
+    pub fn clear(&self) {
+        if let Some(c) = &self.cache {
+            c.invalidate_all();
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.counters
+            .stats(self.cache.as_ref().map_or(0, Cache::entry_count))
+    }
+}
+
+/// A verified identity and when its token expires.
+#[derive(Debug, Clone)]
+struct Verified {
+    identity: Arc<Identity>,
+    until: Option<Instant>,
+}
+
+/// Per-entry expiry: the cache TTL, but never past the token's `exp`.
+struct UntilExp {
+    ttl: Duration,
+}
+
+impl moka::Expiry<Arc<str>, Verified> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _: &Arc<str>,
+        v: &Verified,
+        created: Instant,
+    ) -> Option<Duration> {
+        let left = v
+            .until
+            .map_or(self.ttl, |until| until.saturating_duration_since(created));
+        Some(left.min(self.ttl))
+    }
+}
+
+/// The verified-token cache, keyed by the whole token string.
+pub struct TokenCache {
+    cache: Option<Cache<Arc<str>, Verified>>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl TokenCache {
+    /// A cache per `[cache]`.
+    pub fn new(config: &CacheConfig) -> TokenCache {
+        let counters = Counters::default();
+        let cache = (config.max_entries > 0 && !config.ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(config.max_entries)
+                .expire_after(UntilExp { ttl: config.ttl })
+                .eviction_listener(counters.listener())
+                .build()
+        });
+        TokenCache { cache, counters }
+    }
+
+    /// The identity of an already verified token, while its `exp` has not passed.
+    pub fn get(&self, token: &str) -> Option<Arc<Identity>> {
+        let cache = self.cache.as_ref()?;
+        let found = cache
+            .get(token)
+            .filter(|v| v.until.is_none_or(|until| Instant::now() < until))
+            .map(|v| v.identity);
+        self.counters.record(found.is_some());
+        found
+    }
+
+    /// Remembers a verified token until its `exp` (seconds since the epoch), if it has one.
+    pub fn insert(&self, token: &str, identity: Arc<Identity>, exp: Option<u64>) {
+        let Some(cache) = &self.cache else { return };
+        let now_s = crate::auth::now();
+        let until = match exp {
+            Some(exp) if exp <= now_s => return,
+            Some(exp) => Some(Instant::now() + Duration::from_secs(exp - now_s)),
+            None => None,
+        };
+        cache.insert(Arc::from(token), Verified { identity, until });
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.counters
+            .stats(self.cache.as_ref().map_or(0, Cache::entry_count))
+    }
+}
+
+/// The caches `serve` decides with.
+#[derive(Debug)]
+pub struct Caches {
+    /// Verified tokens.
+    pub tokens: TokenCache,
+    /// Decisions.
+    pub decisions: DecisionCache,
+}
+
+impl Caches {
+    /// Both caches per `[cache]`.
+    pub fn new(config: &CacheConfig) -> Caches {
+        Caches {
+            tokens: TokenCache::new(config),
+            decisions: DecisionCache::new(config),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::*;
+use crate::routes::field::FieldValue;
+
+fn config(entries: u64, ttl: u64) -> CacheConfig {
+    CacheConfig {
+        max_entries: entries,
+        ttl: Duration::from_secs(ttl),
+    }
+}
+
+fn uid(s: &str) -> EntityUid {
+    EntityUid::from_str(s).unwrap()
+}
+
+fn key(generation: u64, context: Vec<(&str, FieldValue)>) -> DecisionKey {
+    DecisionKey {
+        generation,
+        principal: uid(r#"T::User::"bob""#),
+        action: uid(r#"T::Action::"read""#),
+        resolved: Resolved {
+            resource: uid(r#"T::Device::"d1""#),
+            resource_attrs: vec![],
+            context: context
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        },
+    }
+}
+
+fn verdicts(allowed: bool) -> Arc<Verdicts> {
+    Arc::new(Verdicts {
+        live: Verdict {
+            allowed,
+            reasons: vec!["p".into()],
+            explanations: vec![],
+            errors: vec![],
+        },
+        shadow: None,
+    })
+}
+
+#[test]
+fn keys_differ_when_any_input_differs() {
+    let cache = DecisionCache::new(&config(100, 60));
+    let base = key(
+        1,
+        vec![
+            ("kind", FieldValue::Str("user".into())),
+            ("n", FieldValue::Long(1)),
+        ],
+    );
+    cache.insert(base.clone(), verdicts(true));
+    assert!(cache.get(&base).unwrap().live.allowed);
+    let variants = [
+        key(
+            2,
+            vec![
+                ("kind", FieldValue::Str("user".into())),
+                ("n", FieldValue::Long(1)),
+            ],
+        ),
+        key(
+            1,
+            vec![
+                ("kind", FieldValue::Str("device".into())),
+                ("n", FieldValue::Long(1)),
+            ],
+        ),
+        key(
+            1,
+            vec![
+                ("kind", FieldValue::Str("user".into())),
+                ("n", FieldValue::Long(2)),
+            ],
+        ),
+        key(1, vec![("kind", FieldValue::Str("user".into()))]),
+        key(
+            1,
+            vec![
+                ("kind", FieldValue::Str("user".into())),
+                ("n", FieldValue::Str("1".into())),
+            ],
+        ),
+        key(
+            1,
+            vec![
+                ("kind", FieldValue::Str("user".into())),
+                ("m", FieldValue::Long(1)),
+            ],
+        ),
+        DecisionKey {
+            principal: uid(r#"T::User::"eve""#),
+            ..base.clone()
+        },
+        DecisionKey {
+            action: uid(r#"T::Action::"write""#),
+            ..base.clone()
+        },
+        DecisionKey {
+            resolved: Resolved {
+                resource: uid(r#"T::Device::"d2""#),
+                ..base.resolved.clone()
+            },
+            ..base.clone()
+        },
+        DecisionKey {
+            resolved: Resolved {
+                resource_attrs: vec![("owner".into(), FieldValue::Entity(uid(r#"T::User::"x""#)))],
+                ..base.resolved.clone()
+            },
+            ..base.clone()
+        },
+    ];
+    for v in &variants {
+        assert_ne!(v, &base);
+        assert!(
+            cache.get(v).is_none(),
+            "{v:?} hit the entry of another request"
+        );
+    }
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses), (1, variants.len() as u64));
+    cache.clear();
+    assert!(cache.get(&base).is_none());
+}
+
+#[test]
+fn a_zero_sized_cache_is_off() {
+    let cache = DecisionCache::new(&config(0, 60));
+    let k = key(1, vec![]);
+    cache.insert(k.clone(), verdicts(true));
+    assert!(cache.get(&k).is_none());
+    let tokens = TokenCache::new(&config(0, 60));
+    tokens.insert("t", Arc::new(identity()), None);
+    assert!(tokens.get("t").is_none());
+}
+
+fn identity() -> Identity {
+    Identity {
+        principal: "bob".into(),
+        claims: serde_json::Map::new(),
+    }
+}
+
+#[test]
+fn tokens_never_outlive_their_exp() {
+    let tokens = TokenCache::new(&config(100, 3600));
+    let now = crate::auth::now();
+    tokens.insert("long", Arc::new(identity()), Some(now + 3600));
+    tokens.insert("expired", Arc::new(identity()), Some(now - 1));
+    tokens.insert("short", Arc::new(identity()), Some(now + 1));
+    assert!(tokens.get("long").is_some());
+    assert!(
+        tokens.get("expired").is_none(),
+        "an expired token must not be cached"
+    );
+    assert!(tokens.get("short").is_some());
+    std::thread::sleep(Duration::from_millis(2100));
+    assert!(
+        tokens.get("short").is_none(),
+        "a cached token outlived its exp"
+    );
+    assert!(tokens.get("long").is_some());
+    assert!(tokens.get("long-other").is_none());
+}

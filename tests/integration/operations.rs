@@ -1,0 +1,370 @@
+//! Operations: versioned snapshots, reload (watch, SIGHUP, POST /reload), the admin
+//! endpoints, shadow policies, and consistency under concurrent load during reloads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::json;
+
+use crate::support::{fixture, get, iotgate, send, token, write_atomic, Served, Upstream};
+
+const SHARE_D2: &str = "@id(\"share-d2\")\npermit (\n  principal == Mini::User::\"bob\",\n  action == Mini::Action::\"ReadDevice\",\n  resource == Mini::Device::\"alice/d2\"\n);\n";
+
+#[tokio::test]
+async fn file_changes_reload_and_a_broken_file_keeps_the_last_good_snapshot() {
+    let up = Upstream::start().await;
+    let served = Served::start(&format!("http://{}", up.addr), "watch", "");
+    let bob = token(json!({"usr": "bob"}));
+    let d2 = served.url("/v1/users/alice/devices/d2");
+    let (status, _, _) = send(get(&d2, Some(&bob))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let before = served.status().await;
+    assert!(before["last_reload"].is_null());
+
+    // a new policy file: the watcher reloads and the decision flips
+    write_atomic(&served.policies().join("projects/d2.cedar"), SHARE_D2);
+    let after = served
+        .wait_status("a reload", |s| s["last_reload"]["ok"] == true)
+        .await;
+    assert_eq!(after["last_reload"]["trigger"], "watch");
+    assert_ne!(
+        after["policy_version"], before["policy_version"],
+        "content changed, version must change"
+    );
+    assert_eq!(after["directory_version"], before["directory_version"]);
+    let (status, _, _) = send(get(&d2, Some(&bob))).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // a broken file: refused with file and line, the previous snapshot keeps deciding
+    write_atomic(
+        &served.policies().join("broken.cedar"),
+        "permit (principal action resource);\n",
+    );
+    let failed = served
+        .wait_status("a failed reload", |s| s["last_reload"]["ok"] == false)
+        .await;
+    assert_eq!(failed["policy_version"], after["policy_version"]);
+    let problems = failed["last_reload"]["problems"].to_string();
+    assert!(problems.contains("broken.cedar:1:"), "{problems}");
+    let (status, _, _) = send(get(&d2, Some(&bob))).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the last good snapshot must keep serving"
+    );
+    let (_, metrics) = served.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("iotgate_reloads_total{result=\"success\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("iotgate_reloads_total{result=\"failure\"} 1"),
+        "{metrics}"
+    );
+    assert!(served
+        .logs()
+        .iter()
+        .any(|l| l.contains("reload refused") && l.contains("broken.cedar:1:")));
+}
+
+#[tokio::test]
+async fn admin_endpoints_report_health_status_and_metrics() {
+    let up = Upstream::start().await;
+    let served = Served::start(&format!("http://{}", up.addr), "signal", "");
+    assert_eq!(served.admin_get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(served.admin_get("/readyz").await.0, StatusCode::OK);
+    assert_eq!(served.admin_get("/nothing").await.0, StatusCode::NOT_FOUND);
+    let bob = token(json!({"usr": "bob"}));
+    for _ in 0..3 {
+        send(get(&served.url("/v1/users/alice/devices/d1"), Some(&bob))).await;
+    }
+    send(get(&served.url("/v1/users/alice/devices/d2"), Some(&bob))).await;
+    send(get(
+        &served.url("/v1/users/alice/devices/d2?raw=secret"),
+        None,
+    ))
+    .await;
+    let status = served.status().await;
+    assert!(status["policy_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("mini-1@"));
+    assert_eq!(status["directory_version"].as_str().unwrap().len(), 12);
+    assert_eq!(
+        status["counts"],
+        json!({"policies": 9, "shadow_policies": null, "routes": 7, "entities": 8})
+    );
+    assert_eq!(status["reload"], "signal");
+    assert!(status["loaded_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(status["caches"]["decisions"]["hits"], 2);
+    assert_eq!(status["caches"]["tokens"]["hits"], 3);
+    let (_, metrics) = served.admin_get("/metrics").await;
+    for line in [
+        "iotgate_requests_total{route=\"GET /v1/users/{owner}/devices/{device}\",status=\"200\"} 3",
+        "iotgate_requests_total{route=\"GET /v1/users/{owner}/devices/{device}\",status=\"403\"} 1",
+        "iotgate_requests_total{route=\"-\",status=\"401\"} 1",
+        "iotgate_decisions_total{decision=\"allow\"} 3",
+        "iotgate_decisions_total{decision=\"deny\"} 2",
+        "iotgate_decision_duration_seconds_count 5",
+        "iotgate_decision_cache_hits_total 2",
+        "iotgate_upstream_errors_total{kind=\"unreachable\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing `{line}`:\n{metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains("secret") && !metrics.contains("alice/devices/d"),
+        "raw paths in metrics"
+    );
+
+    // POST /reload with nothing changed: same version; SIGHUP after a change: new decision
+    let (code, _, body) = send(
+        http::Request::post(format!("http://{}/reload", served.admin))
+            .body(iotgate::response::full(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    let attempt: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(attempt["ok"], true);
+    assert_eq!(
+        attempt["policy_version"], status["policy_version"],
+        "no content change, no version change"
+    );
+    write_atomic(&served.policies().join("projects/d2.cedar"), SHARE_D2);
+    served.signal("HUP");
+    served
+        .wait_status("the SIGHUP reload", |s| {
+            s["last_reload"]["trigger"] == "signal"
+        })
+        .await;
+    let (code, _, _) = send(get(&served.url("/v1/users/alice/devices/d2"), Some(&bob))).await;
+    assert_eq!(code, StatusCode::OK);
+    drop(up);
+}
+
+#[tokio::test]
+async fn readyz_needs_the_upstream_and_reload_off_refuses_post_reload() {
+    let free = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let served = Served::start(&format!("http://{free}"), "off", "");
+    assert_eq!(served.admin_get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(
+        served.admin_get("/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let (code, _, _) = send(
+        http::Request::post(format!("http://{}/reload", served.admin))
+            .body(iotgate::response::full(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn shadow_policies_are_decided_logged_and_counted_but_never_enforced() {
+    let up = Upstream::start().await;
+    // the shadow set is a candidate: same live policies, plus a stricter file
+    let shadow = tempfile::tempdir().unwrap();
+    crate::support::copy_dir(&fixture("mini/policies"), shadow.path());
+    std::fs::write(
+        shadow.path().join("candidate.cedar"),
+        "@id(\"candidate.no-bob\")\n@reason(\"candidate stops bob\")\nforbid (principal == Mini::User::\"bob\", action, resource);\n",
+    )
+    .unwrap();
+    let served = Served::start(
+        &format!("http://{}", up.addr),
+        "off",
+        &format!("shadow = [\"{}\"]", shadow.path().display()),
+    );
+    let bob = token(json!({"usr": "bob"}));
+    let (status, _, _) = send(get(&served.url("/v1/users/alice/devices/d1"), Some(&bob))).await;
+    assert_eq!(status, StatusCode::OK, "only the live decision is enforced");
+    let alice = token(json!({"usr": "alice"}));
+    let (status, _, _) = send(get(&served.url("/v1/users/alice/devices/d1"), Some(&alice))).await;
+    assert_eq!(status, StatusCode::OK);
+    let s = served.status().await;
+    assert_eq!(s["shadow_disagreements"], 1);
+    assert!(s["shadow_version"].as_str().unwrap().starts_with("mini-1@"));
+    assert_ne!(s["shadow_version"], s["policy_version"]);
+    let (_, metrics) = served.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("iotgate_shadow_disagreements_total 1"),
+        "{metrics}"
+    );
+    let logged: Vec<serde_json::Value> = served
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "shadow disagreement")
+        .collect();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0]["principal"], "bob");
+    assert_eq!(logged[0]["live"], "allow");
+    assert_eq!(logged[0]["shadow"], "deny");
+    assert_eq!(logged[0]["shadow_policies"], "candidate.no-bob");
+}
+
+#[test]
+fn check_against_reports_the_cases_a_policy_change_would_flip() {
+    let config = fixture("mini/iotgate.toml");
+    let suite = fixture("mini/checks.toml");
+    let same = fixture("mini/policies");
+    let (code, out) = iotgate(&[
+        "check",
+        "--config",
+        config.to_str().unwrap(),
+        suite.to_str().unwrap(),
+        "--against",
+        same.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("0 of 15 cases would change"),
+        "{out}"
+    );
+
+    let candidate = tempfile::tempdir().unwrap();
+    crate::support::copy_dir(&same, candidate.path());
+    std::fs::remove_file(candidate.path().join("projects/shared.cedar")).unwrap();
+    let (code, out) = iotgate(&[
+        "check",
+        "--config",
+        config.to_str().unwrap(),
+        suite.to_str().unwrap(),
+        "--against",
+        candidate.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("CHANGED  member reads a shared device  (GET /v1/users/alice/devices/d1): allow by [shared.allow] → 403 forbidden"), "{out}");
+    assert!(
+        out.contains("CHANGED  member may not call a shared device's resources"),
+        "{out}"
+    );
+    assert!(!out.contains("CHANGED  owner reads own device"), "{out}");
+}
+
+/// Clients hammer the gateway while the policies flip back and forth; every answer must come
+/// from one whole snapshot: a 200 was allowed by the allowing version (the upstream saw that
+/// version), a 403 names the denying version, and nothing else happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_during_repeated_reloads_are_consistent() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::copy_dir(&fixture("mini"), &dir.path().join("mini"));
+    crate::support::copy_dir(&fixture("keys"), &dir.path().join("keys"));
+    let config_path = crate::support::mini_config(dir.path(), &format!("http://{}", up.addr), "");
+    // point the config at the writable copy
+    let text = std::fs::read_to_string(&config_path).unwrap().replace(
+        &fixture("mini").display().to_string(),
+        &dir.path().join("mini").display().to_string(),
+    );
+    std::fs::write(&config_path, text).unwrap();
+    let share = dir.path().join("mini/policies/projects/d2.cedar");
+    let deny_version = {
+        let c = iotgate::config::Config::load(&config_path).unwrap();
+        iotgate::snapshot::Snapshot::load(&c)
+            .unwrap()
+            .policy_version
+            .to_string()
+    };
+    write_atomic(&share, SHARE_D2);
+    let allow_version = {
+        let c = iotgate::config::Config::load(&config_path).unwrap();
+        iotgate::snapshot::Snapshot::load(&c)
+            .unwrap()
+            .policy_version
+            .to_string()
+    };
+    assert_ne!(allow_version, deny_version);
+    let (gateway, config) = iotgate::serve::load(&config_path).unwrap();
+    let reloader = iotgate::reload::Reloader::new(config, gateway.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = iotgate::serve::Running::start(listener, gateway).unwrap();
+    let url = format!("http://{}/v1/users/alice/devices/d2", running.addr);
+    let bob = Arc::new(token(json!({"usr": "bob"})));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (url, bob, stop) = (url.clone(), bob.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("c{c}-{n}");
+                n += 1;
+                let req = http::Request::get(&url)
+                    .header("authorization", format!("Bearer {bob}"))
+                    .header("x-request-id", &id)
+                    .body(iotgate::response::full(""))
+                    .unwrap();
+                let (status, _, body) = send(req).await;
+                answers.push((id, status, body));
+            }
+            answers
+        }));
+    }
+    let mut reloads = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        if reloads % 2 == 0 {
+            std::fs::remove_file(&share).unwrap();
+        } else {
+            write_atomic(&share, SHARE_D2);
+        }
+        let attempt = reloader.reload("admin").await;
+        assert!(attempt.ok, "{attempt:?}");
+        reloads += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for c in clients {
+        answers.extend(c.await.unwrap());
+    }
+    running.stop().await;
+    assert!(reloads >= 6, "only {reloads} reloads");
+    let seen: std::collections::HashMap<String, String> = up
+        .requests()
+        .into_iter()
+        .map(|s| {
+            (
+                s.headers["x-request-id"].to_str().unwrap().to_string(),
+                s.headers["x-iotgate-policy-version"]
+                    .to_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    let (mut allowed, mut denied) = (0, 0);
+    for (id, status, body) in &answers {
+        match *status {
+            StatusCode::OK => {
+                allowed += 1;
+                assert_eq!(seen[id], allow_version, "{id} was allowed by {}", seen[id]);
+            }
+            StatusCode::FORBIDDEN => {
+                denied += 1;
+                let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+                assert_eq!(v["policy_version"], deny_version.as_str(), "{id}");
+                assert!(!seen.contains_key(id), "{id} was denied but forwarded");
+            }
+            other => panic!("{id}: unexpected {other}"),
+        }
+    }
+    assert!(
+        allowed > 0 && denied > 0,
+        "allowed {allowed}, denied {denied}"
+    );
+}
