@@ -22,5 +22,7 @@ pub mod schema;
 pub mod serve;
 pub mod snapshot;
 pub mod telemetry;
+#[cfg(test)]
+mod testutil;
 pub mod tomlfile;
 pub mod uri;

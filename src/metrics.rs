@@ -113,12 +113,6 @@ impl Metrics {
     pub fn render(&self, decisions: Stats, tokens: Stats) -> String {
         let mut out = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
-        };
         let mut requests: Vec<(String, u64)> = self
             .requests
             .read()
@@ -135,12 +129,14 @@ impl Metrics {
             .unwrap_or_default();
         requests.sort();
         family(
+            &mut out,
             "iotgate_requests_total",
             "counter",
             "Requests by route template and status.",
             requests,
         );
         family(
+            &mut out,
             "iotgate_decisions_total",
             "counter",
             "Decisions by result.",
@@ -157,6 +153,7 @@ impl Metrics {
         latency.push(("_bucket{le=\"+Inf\"}".into(), get(&self.latency_count)));
         latency.push(("_count".into(), get(&self.latency_count)));
         family(
+            &mut out,
             "iotgate_decision_duration_seconds",
             "histogram",
             "Time to decide (authentication to verdict).",
@@ -167,26 +164,23 @@ impl Metrics {
             "iotgate_decision_duration_seconds_sum {}",
             get(&self.latency_micros) as f64 / 1e6
         );
-        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
-        };
         for (cache, s) in [("decision", decisions), ("token", tokens)] {
             family(
+                &mut out,
                 &format!("iotgate_{cache}_cache_hits_total"),
                 "counter",
                 "Cache hits.",
                 vec![(String::new(), s.hits)],
             );
             family(
+                &mut out,
                 &format!("iotgate_{cache}_cache_misses_total"),
                 "counter",
                 "Cache misses.",
                 vec![(String::new(), s.misses)],
             );
             family(
+                &mut out,
                 &format!("iotgate_{cache}_cache_evictions_total"),
                 "counter",
                 "Entries evicted for size or age.",
@@ -194,6 +188,7 @@ impl Metrics {
             );
         }
         family(
+            &mut out,
             "iotgate_reloads_total",
             "counter",
             "Snapshot reload attempts by result.",
@@ -203,6 +198,7 @@ impl Metrics {
             ],
         );
         family(
+            &mut out,
             "iotgate_upstream_errors_total",
             "counter",
             "Upstream failures by kind.",
@@ -215,12 +211,21 @@ impl Metrics {
             ],
         );
         family(
+            &mut out,
             "iotgate_shadow_disagreements_total",
             "counter",
             "Decisions the shadow policies would have made differently.",
             vec![(String::new(), get(&self.shadow_disagreements))],
         );
         out
+    }
+}
+
+/// One metric family: HELP and TYPE lines, then its samples.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{labels} {v}");
     }
 }
 

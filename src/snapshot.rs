@@ -173,26 +173,14 @@ fn hash<'a>(parts: impl Iterator<Item = (&'a Path, &'a str)>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::copy_dir;
 
     fn copy_mini() -> tempfile::TempDir {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         let dir = tempfile::tempdir().unwrap();
-        copy(&src.join("mini"), &dir.path().join("mini"));
-        copy(&src.join("keys"), &dir.path().join("keys"));
+        copy_dir(&src.join("mini"), &dir.path().join("mini"));
+        copy_dir(&src.join("keys"), &dir.path().join("keys"));
         dir
-    }
-
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.path().is_dir() {
-                copy(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
     }
 
     fn load(dir: &tempfile::TempDir) -> Snapshot {

@@ -30,6 +30,17 @@ impl Fixture {
         body: Option<&str>,
         headers: http::HeaderMap,
     ) -> Decision {
+        self.decide_with(claims, request, body, headers, None)
+    }
+
+    fn decide_with(
+        &self,
+        claims: serde_json::Value,
+        request: &str,
+        body: Option<&str>,
+        headers: http::HeaderMap,
+        caches: Option<&Caches>,
+    ) -> Decision {
         let (method, uri) = request.split_once(' ').unwrap();
         let method = http::Method::from_str(method).unwrap();
         let uri = http::Uri::from_str(uri).unwrap();
@@ -42,7 +53,7 @@ impl Fixture {
             serde_json::Value::Null => Credentials::Token,
             c => Credentials::Trusted(c.as_object().unwrap().clone()),
         };
-        match begin(&self.snapshot, &self.verifier, head, credentials, None) {
+        match begin(&self.snapshot, &self.verifier, head, credentials, caches) {
             Err(d) => *d,
             Ok(pending) => pending.decide(body.map(str::as_bytes)),
         }
@@ -295,20 +306,7 @@ fn caches_answer_repeated_requests_and_only_them() {
         ttl: std::time::Duration::from_secs(60),
     });
     let decide = |claims: serde_json::Value, request: &str| {
-        let (method, uri) = request.split_once(' ').unwrap();
-        let method = http::Method::from_str(method).unwrap();
-        let uri = http::Uri::from_str(uri).unwrap();
-        let headers = http::HeaderMap::new();
-        let head = RequestHead {
-            method: &method,
-            uri: &uri,
-            headers: &headers,
-        };
-        let credentials = Credentials::Trusted(claims.as_object().unwrap().clone());
-        match begin(&f.snapshot, &f.verifier, head, credentials, Some(&caches)) {
-            Err(d) => *d,
-            Ok(p) => p.decide(None),
-        }
+        f.decide_with(claims, request, None, http::HeaderMap::new(), Some(&caches))
     };
     let first = decide(json!({"usr": "bob"}), "GET /v1/users/alice/devices/d1/temp");
     let second = decide(json!({"usr": "bob"}), "GET /v1/users/alice/devices/d1/temp");

@@ -2,6 +2,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use super::*;
+use crate::testutil::write_tree;
 
 const SCHEMA: &str = r#"
 namespace T {
@@ -29,22 +30,13 @@ fn uid(s: &str) -> EntityUid {
 }
 
 fn load(files: &[(&str, &str)]) -> (tempfile::TempDir, Result<Directory, Problems>) {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, text) in files {
-        let path = dir.path().join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
+    let dir = write_tree(files);
     let result = Directory::load(&[dir.path().to_path_buf()], &catalog(), &rules());
     (dir, result)
 }
 
 fn messages(dir: &tempfile::TempDir, problems: Problems) -> Vec<String> {
-    let prefix = format!("{}/", dir.path().display());
-    problems
-        .iter()
-        .map(|p| p.to_string().replace(&prefix, ""))
-        .collect()
+    crate::testutil::messages(dir.path(), problems)
 }
 
 const ORGS: &str = r#"[

@@ -1,6 +1,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::testutil::write_tree;
 
 const SCHEMA: &str = r#"
 namespace T {
@@ -15,24 +16,14 @@ fn catalog() -> Catalog {
     Catalog::parse(Path::new("s.cedarschema"), SCHEMA).unwrap()
 }
 
-/// Writes `files` (relative path, text) into a temp dir and loads it.
 fn load(files: &[(&str, &str)]) -> (tempfile::TempDir, Result<Policies, Problems>) {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, text) in files {
-        let path = dir.path().join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
+    let dir = write_tree(files);
     let result = Policies::load(&[dir.path().to_path_buf()], Some(&catalog()));
     (dir, result)
 }
 
 fn messages(dir: &tempfile::TempDir, problems: Problems) -> Vec<String> {
-    let prefix = format!("{}/", dir.path().display());
-    problems
-        .iter()
-        .map(|p| p.to_string().replace(&prefix, ""))
-        .collect()
+    crate::testutil::messages(dir.path(), problems)
 }
 
 #[test]

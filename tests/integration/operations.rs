@@ -121,12 +121,7 @@ async fn admin_endpoints_report_health_status_and_metrics() {
     );
 
     // POST /reload with nothing changed: same version; SIGHUP after a change: new decision
-    let (code, _, body) = send(
-        http::Request::post(format!("http://{}/reload", served.admin))
-            .body(iotgate::response::full(""))
-            .unwrap(),
-    )
-    .await;
+    let (code, _, body) = served.admin_post("/reload").await;
     assert_eq!(code, StatusCode::OK);
     let attempt: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(attempt["ok"], true);
@@ -159,12 +154,7 @@ async fn readyz_needs_the_upstream_and_reload_off_refuses_post_reload() {
         served.admin_get("/readyz").await.0,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    let (code, _, _) = send(
-        http::Request::post(format!("http://{}/reload", served.admin))
-            .body(iotgate::response::full(""))
-            .unwrap(),
-    )
-    .await;
+    let (code, _, _) = served.admin_post("/reload").await;
     assert_eq!(code, StatusCode::CONFLICT);
 }
 

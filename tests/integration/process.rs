@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{get, iotgate, mini_config, send, token, Upstream};
+use crate::support::{get, iotgate, send, token, Served, Upstream};
 
 #[test]
 fn serve_refuses_to_start_on_a_broken_config() {
@@ -34,57 +34,19 @@ fn serve_refuses_to_start_on_a_broken_config() {
 #[tokio::test]
 async fn serve_logs_one_decision_per_request_without_tokens_and_stops_on_sigterm() {
     let up = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = mini_config(dir.path(), &format!("http://{}", up.addr), "");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iotgate"))
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let first = lines_rx.recv_timeout(Duration::from_secs(20)).unwrap();
-    let started: serde_json::Value = serde_json::from_str(&first).unwrap();
-    let addr = started["listen"].as_str().unwrap().to_string();
-    assert_ne!(addr, "127.0.0.1:0");
-
+    let mut served = Served::start(&format!("http://{}", up.addr), "off", "");
+    assert_ne!(served.addr, "127.0.0.1:0");
     let bob = token(json!({"usr": "bob"}));
-    let (status, _, _) = send(get(
-        &format!("http://{addr}/v1/users/alice/devices/d1"),
-        Some(&bob),
-    ))
-    .await;
+    let (status, _, _) = send(get(&served.url("/v1/users/alice/devices/d1"), Some(&bob))).await;
     assert_eq!(status, http::StatusCode::OK);
     let (status, _, _) = send(get(
-        &format!("http://{addr}/v1/users/alice/devices/d2?authorization={bob}"),
+        &served.url(&format!("/v1/users/alice/devices/d2?authorization={bob}")),
         None,
     ))
     .await;
     assert_eq!(status, http::StatusCode::FORBIDDEN);
-
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
-
-    let logs: Vec<String> = lines_rx.try_iter().collect();
+    assert_eq!(served.terminate(), Some(0));
+    let logs = served.logs();
     let all = logs.join("\n");
     assert!(!all.contains(&bob), "a token reached the logs:\n{all}");
     assert!(!all.to_lowercase().contains("bearer"), "{all}");

@@ -383,7 +383,7 @@ impl Served {
             &config,
             format!(
                 "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n\
-                 [auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"../keys/hs.secret\"\nprincipal_claim = \"usr\"\n\
+                 [auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"../keys/hs.secret\"\nprincipal_claim = \"usr\"\nquery_parameter = \"authorization\"\n\
                  [policy]\nschema = \"schema/mini.cedarschema\"\nroutes = \"schema/mini.routes.toml\"\n\
                  policies = [\"policies\"]\ndirectory = [\"directory\"]\nreload = \"{reload}\"\n{extra_policy}\n"
             ),
@@ -439,12 +439,31 @@ impl Served {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    pub async fn admin_post(&self, path: &str) -> (StatusCode, HeaderMap, Bytes) {
+        let url = format!("http://{}{}", self.admin, path);
+        send(
+            Request::post(url)
+                .body(iotgate::response::full(""))
+                .unwrap(),
+        )
+        .await
+    }
+
     pub async fn status(&self) -> serde_json::Value {
         serde_json::from_str(&self.admin_get("/status").await.1).unwrap()
     }
 
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        self.signal("TERM");
+        let code = self.child.wait().ok().and_then(|s| s.code());
+        // let the log reader drain the last lines
+        std::thread::sleep(Duration::from_millis(100));
+        code
     }
 
     pub fn signal(&self, name: &str) {

@@ -1,0 +1,39 @@
+//! Helpers shared by unit tests.
+
+use std::path::Path;
+
+use crate::problem::Problems;
+
+/// Writes `files` (relative path, text) into a new temporary folder.
+pub fn write_tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+/// Problems as `file:line: message` lines, with the folder prefix removed.
+pub fn messages(dir: &Path, problems: Problems) -> Vec<String> {
+    let prefix = format!("{}/", dir.display());
+    problems
+        .iter()
+        .map(|p| p.to_string().replace(&prefix, ""))
+        .collect()
+}
+
+/// Copies a folder recursively.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
