@@ -20,15 +20,13 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
-use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityUid,
-    PolicyId, Request,
-};
+use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request};
 use serde_json::Value;
 
 use crate::auth::{AuthError, Claims, Identity, Verifier};
 use crate::cache::{Caches, DecisionKey, TokenCache, Verdict, Verdicts};
 use crate::directory::Node;
+use crate::index;
 use crate::policy::Policies;
 use crate::routes::field::{FieldError, Inputs};
 use crate::routes::{Resolved, Route};
@@ -351,95 +349,99 @@ impl Pending<'_> {
         }
     }
 
-    /// Builds the Cedar request and entity slice, and evaluates the live (and shadow)
-    /// policies on them.
     fn authorize(&self, resolved: &Resolved) -> Result<Verdicts, String> {
-        let snapshot = self.snapshot;
-        let entities = self.slice(resolved)?;
-        let context = Context::from_pairs(
-            resolved
-                .context
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_expr())),
+        authorize(
+            self.snapshot,
+            self.principal,
+            &self.route.action_name,
+            resolved,
         )
-        .map_err(|e| e.to_string())?;
-        let request = Request::new(
-            self.principal.entity.uid(),
-            self.route.action.clone(),
-            resolved.resource.clone(),
-            context,
-            Some(&snapshot.catalog.schema),
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(Verdicts {
-            live: evaluate(&snapshot.policies, &request, &entities),
-            shadow: snapshot
-                .shadow
-                .as_ref()
-                .map(|s| evaluate(s, &request, &entities)),
-        })
-    }
-
-    /// The entities this request can reach: principal, resource and context entities, the
-    /// entities their attributes name, all their ancestors, and the action with its groups.
-    fn slice(&self, resolved: &Resolved) -> Result<Entities, String> {
-        let directory = &self.snapshot.directory;
-        let mut slice = Slice::default();
-        slice.add_node(self.principal, directory);
-        match directory.get(&resolved.resource) {
-            Some(node) => slice.add_node(node, directory),
-            None if !resolved.resource_attrs.is_empty() => {
-                let built = build_resource(resolved)?;
-                for (_, v) in &resolved.resource_attrs {
-                    slice.add_uid(v.entity(), directory);
-                }
-                slice.add_entity(built);
-            }
-            None => {}
-        }
-        for (_, v) in &resolved.context {
-            slice.add_uid(v.entity(), directory);
-        }
-        if let Some(action) = self.snapshot.catalog.actions.get(&self.route.action_name) {
-            for e in &action.entities {
-                slice.add_entity(e.clone());
-            }
-        }
-        Entities::from_entities(slice.entities, None).map_err(|e| e.to_string())
     }
 }
 
-/// Asks Cedar; allowed only when Cedar allows and reported no evaluation error (fail closed).
-/// A deny names the determining forbids (none when nothing permitted or when errors denied).
-pub fn evaluate(policies: &Policies, request: &Request, entities: &Entities) -> Verdict {
-    let response = Authorizer::new().is_authorized(request, &policies.set, entities);
-    let mut errors: Vec<String> = response
-        .diagnostics()
-        .errors()
-        .map(ToString::to_string)
-        .collect();
-    errors.sort();
-    let cedar_allows = response.decision() == CedarDecision::Allow;
-    let allowed = cedar_allows && errors.is_empty();
-    let mut ids: Vec<&PolicyId> = if cedar_allows && !allowed {
-        Vec::new()
-    } else {
-        response.diagnostics().reason().collect()
+/// Decides a resolved request for a principal of the directory: builds the entity slice and
+/// the schema-checked Cedar request, and evaluates the live (and shadow) policies through
+/// their indexes. `serve` and `check` reach this through [`Pending::decide`]; benches and the
+/// differential tests call it directly.
+///
+/// # Errors
+/// The action is not in the schema, or the request does not fit it.
+pub fn authorize(
+    snapshot: &Snapshot,
+    principal: &Node,
+    action_name: &str,
+    resolved: &Resolved,
+) -> Result<Verdicts, String> {
+    let action = snapshot
+        .catalog
+        .actions
+        .get(action_name)
+        .ok_or_else(|| format!("action `{action_name}` is not in the schema"))?;
+    let entities = slice(snapshot, principal, &action.entities, resolved)?;
+    let context = Context::from_pairs(
+        resolved
+            .context
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_expr())),
+    )
+    .map_err(|e| e.to_string())?;
+    let principal_uid = principal.entity.uid();
+    let request = Request::new(
+        principal_uid.clone(),
+        action.uid.clone(),
+        resolved.resource.clone(),
+        context,
+        Some(&snapshot.catalog.schema),
+    )
+    .map_err(|e| e.to_string())?;
+    let resource_ancestors = snapshot
+        .directory
+        .get(&resolved.resource)
+        .map_or(&[][..], |n| &n.ancestors[..]);
+    let decide = |policies: &Policies| {
+        let buckets = policies.index.candidates(
+            &principal_uid,
+            &principal.ancestors,
+            &resolved.resource,
+            resource_ancestors,
+        );
+        index::evaluate(&buckets, policies, &request, &entities)
     };
-    ids.sort();
-    let explanations = if allowed {
-        Vec::new()
-    } else {
-        ids.iter()
-            .filter_map(|id| policies.reason(id).map(|r| format!("{id}: {r}")))
-            .collect()
-    };
-    Verdict {
-        allowed,
-        reasons: ids.iter().map(ToString::to_string).collect(),
-        explanations,
-        errors,
+    Ok(Verdicts {
+        live: decide(&snapshot.policies),
+        shadow: snapshot.shadow.as_ref().map(decide),
+    })
+}
+
+/// The entities a request can reach: principal, resource and context entities, the entities
+/// their attributes name, all their ancestors, and the action with its groups.
+fn slice(
+    snapshot: &Snapshot,
+    principal: &Node,
+    action_entities: &[Entity],
+    resolved: &Resolved,
+) -> Result<Entities, String> {
+    let directory = &snapshot.directory;
+    let mut slice = Slice::default();
+    slice.add_node(principal, directory);
+    match directory.get(&resolved.resource) {
+        Some(node) => slice.add_node(node, directory),
+        None if !resolved.resource_attrs.is_empty() => {
+            let built = build_resource(resolved)?;
+            for (_, v) in &resolved.resource_attrs {
+                slice.add_uid(v.entity(), directory);
+            }
+            slice.add_entity(built);
+        }
+        None => {}
     }
+    for (_, v) in &resolved.context {
+        slice.add_uid(v.entity(), directory);
+    }
+    for e in action_entities {
+        slice.add_entity(e.clone());
+    }
+    Entities::from_entities(slice.entities, None).map_err(|e| e.to_string())
 }
 
 /// Verifies a token, through the token cache when there is one.

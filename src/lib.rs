@@ -10,6 +10,7 @@ pub mod decision;
 pub mod demo;
 pub mod diagnostic;
 pub mod directory;
+pub mod index;
 pub mod license;
 pub mod metrics;
 pub mod policy;

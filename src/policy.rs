@@ -17,6 +17,7 @@ use std::str::FromStr;
 use cedar_policy::{PolicyId, PolicySet, ValidationMode, Validator};
 
 use crate::diagnostic;
+use crate::index::PolicyIndex;
 use crate::problem::{line_of_offset, read_text, Problem, Problems};
 use crate::schema::Catalog;
 
@@ -54,6 +55,8 @@ pub struct Policies {
     pub files: Vec<SourceFile>,
     /// `VERSION` labels found in the policy directories.
     pub labels: Vec<String>,
+    /// The policies bucketed by scope pins (see `index`).
+    pub index: PolicyIndex,
 }
 
 impl Policies {
@@ -70,6 +73,7 @@ impl Policies {
             origins: HashMap::new(),
             files: Vec::new(),
             labels: Vec::new(),
+            index: PolicyIndex::default(),
         };
         for dir in dirs {
             let files = problems.take(cedar_files(dir)).unwrap_or_default();
@@ -93,6 +97,13 @@ impl Policies {
         }
         if let (Some(catalog), true) = (catalog, problems.is_empty()) {
             policies.validate(catalog, &mut problems);
+        }
+        match PolicyIndex::build(&policies.set) {
+            Ok(index) => policies.index = index,
+            Err(e) => problems.push(Problem::in_file(
+                Path::new("policies"),
+                format!("cannot index: {e}"),
+            )),
         }
         problems.into_result(policies)
     }

@@ -7,6 +7,7 @@ use super::*;
 use crate::auth::{now, Signer};
 use crate::cache::Caches;
 use crate::config::Config;
+use cedar_policy::{Authorizer, Decision as CedarDecision};
 
 struct Fixture {
     snapshot: Snapshot,

@@ -1,0 +1,198 @@
+//! The policy index: per request, evaluate only the policies whose scope can match.
+//!
+//! ```text
+//! load:    each policy ──scope pins──▶ one bucket (principal side, resource side)
+//!          side = Any (unpinned or `is T`) | Eq(uid) (`== uid`) | In(uid) (`in uid`, `is T in uid`)
+//!          bucket ──▶ its own PolicySet
+//! request: principal sides {Any, Eq(p), In(p), In(a) for a in ancestors(p)}
+//!        × resource sides  {Any, Eq(r), In(r), In(a) for a in ancestors(r)}
+//!          ──present buckets only──▶ evaluate each on the same request and entity slice
+//!          ──combine──▶ Verdict
+//! ```
+//!
+//! Why the combination equals evaluating the whole set: Cedar evaluates every policy on its
+//! own. A policy outside the looked-up buckets has a scope pin the request cannot satisfy
+//! (`principal in E` holds only when E is the principal or one of its ancestors — the same
+//! ancestors Cedar computes over the full directory), so it is neither satisfied nor erroring.
+//! Over the buckets: any satisfied forbid denies, and the reasons are all satisfied forbids;
+//! otherwise any satisfied permit allows, and the reasons are all satisfied permits; otherwise
+//! the default deny has no reason. Errors are the union, and any error denies (fail closed).
+//! The differential tests check this against plain Cedar on random data.
+
+use std::collections::{HashMap, HashSet};
+
+use cedar_policy::{
+    Authorizer, Decision as CedarDecision, Entities, EntityUid, Policy, PolicyId, PolicySet,
+    PrincipalConstraint, Request, ResourceConstraint,
+};
+
+use crate::cache::Verdict;
+use crate::policy::Policies;
+
+/// What a policy scope pins on one side.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// Nothing (or only a type, which Cedar checks).
+    Any,
+    /// `== uid`.
+    Eq(EntityUid),
+    /// `in uid` (or `is T in uid`).
+    In(EntityUid),
+}
+
+/// Where a policy is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BucketKey {
+    /// The principal pin.
+    pub principal: Side,
+    /// The resource pin.
+    pub resource: Side,
+}
+
+/// Policies grouped by their scope pins.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyIndex {
+    buckets: HashMap<BucketKey, PolicySet>,
+    principal_sides: HashSet<Side>,
+    resource_sides: HashSet<Side>,
+}
+
+fn principal_side(c: PrincipalConstraint) -> Side {
+    match c {
+        PrincipalConstraint::Any | PrincipalConstraint::Is(_) => Side::Any,
+        PrincipalConstraint::Eq(uid) => Side::Eq(uid),
+        PrincipalConstraint::In(uid) | PrincipalConstraint::IsIn(_, uid) => Side::In(uid),
+    }
+}
+
+fn resource_side(c: ResourceConstraint) -> Side {
+    match c {
+        ResourceConstraint::Any | ResourceConstraint::Is(_) => Side::Any,
+        ResourceConstraint::Eq(uid) => Side::Eq(uid),
+        ResourceConstraint::In(uid) | ResourceConstraint::IsIn(_, uid) => Side::In(uid),
+    }
+}
+
+impl PolicyIndex {
+    /// Buckets every policy of the set.
+    ///
+    /// # Errors
+    /// A policy could not be added to its bucket (it was already in the validated set, so
+    /// this does not happen in practice).
+    pub fn build(set: &PolicySet) -> Result<PolicyIndex, String> {
+        let mut grouped: HashMap<BucketKey, Vec<Policy>> = HashMap::new();
+        for p in set.policies() {
+            let key = BucketKey {
+                principal: principal_side(p.principal_constraint()),
+                resource: resource_side(p.resource_constraint()),
+            };
+            grouped.entry(key).or_default().push(p.clone());
+        }
+        let mut index = PolicyIndex::default();
+        for (key, policies) in grouped {
+            let bucket = PolicySet::from_policies(policies).map_err(|e| e.to_string())?;
+            index.principal_sides.insert(key.principal.clone());
+            index.resource_sides.insert(key.resource.clone());
+            index.buckets.insert(key, bucket);
+        }
+        Ok(index)
+    }
+
+    /// Number of buckets.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether there is no policy at all.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
+    /// The buckets that can apply to a principal and a resource with these ancestors.
+    pub fn candidates<'a>(
+        &'a self,
+        principal: &EntityUid,
+        principal_ancestors: &[EntityUid],
+        resource: &EntityUid,
+        resource_ancestors: &[EntityUid],
+    ) -> Vec<&'a PolicySet> {
+        let principals = sides(principal, principal_ancestors, &self.principal_sides);
+        let resources = sides(resource, resource_ancestors, &self.resource_sides);
+        let mut out = Vec::new();
+        for p in &principals {
+            for r in &resources {
+                let key = BucketKey {
+                    principal: p.clone(),
+                    resource: r.clone(),
+                };
+                if let Some(bucket) = self.buckets.get(&key) {
+                    out.push(bucket);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The sides an entity can satisfy, keeping only those some policy uses.
+fn sides(uid: &EntityUid, ancestors: &[EntityUid], used: &HashSet<Side>) -> Vec<Side> {
+    let mut out = Vec::with_capacity(3 + ancestors.len());
+    let mut add = |s: Side| {
+        if used.contains(&s) {
+            out.push(s);
+        }
+    };
+    add(Side::Any);
+    add(Side::Eq(uid.clone()));
+    add(Side::In(uid.clone()));
+    for a in ancestors {
+        add(Side::In(a.clone()));
+    }
+    out
+}
+
+/// Evaluates the candidate buckets and combines them as one policy set would decide.
+pub fn evaluate(
+    buckets: &[&PolicySet],
+    policies: &Policies,
+    request: &Request,
+    entities: &Entities,
+) -> Verdict {
+    let authorizer = Authorizer::new();
+    let (mut forbids, mut permits, mut errors): (Vec<PolicyId>, Vec<PolicyId>, Vec<String>) =
+        Default::default();
+    for bucket in buckets {
+        let response = authorizer.is_authorized(request, bucket, entities);
+        errors.extend(response.diagnostics().errors().map(ToString::to_string));
+        let reasons = response.diagnostics().reason().cloned();
+        match response.decision() {
+            CedarDecision::Allow => permits.extend(reasons),
+            CedarDecision::Deny => forbids.extend(reasons),
+        }
+    }
+    errors.sort();
+    forbids.sort();
+    permits.sort();
+    let cedar_allows = forbids.is_empty() && !permits.is_empty();
+    let allowed = cedar_allows && errors.is_empty();
+    let ids = if !forbids.is_empty() {
+        forbids
+    } else if allowed {
+        permits
+    } else {
+        Vec::new()
+    };
+    let explanations = if allowed {
+        Vec::new()
+    } else {
+        ids.iter()
+            .filter_map(|id| policies.reason(id).map(|r| format!("{id}: {r}")))
+            .collect()
+    };
+    Verdict {
+        allowed,
+        reasons: ids.iter().map(ToString::to_string).collect(),
+        explanations,
+        errors,
+    }
+}
