@@ -7,6 +7,7 @@
 )]
 
 mod cli;
+mod differential;
 mod operations;
 mod process;
 mod profiles;

@@ -1,0 +1,430 @@
+//! Differential tests: iotgate's indexed policies and per-request entity slices against
+//! plain Cedar over the whole policy set and the full entity store, on random data.
+//!
+//! A seeded generator builds random worlds — a group hierarchy, users, nested folders and
+//! items, with dangling references that make policies error — and random policies (permit
+//! and forbid; scopes pinned with `==`, `in`, `is … in`; `when` and `unless` conditions over
+//! attributes up to two entity hops away, `in` over the hierarchies, optional attributes and
+//! context entities). Every request is decided both ways; the decisions (with iotgate's
+//! fail-closed rule applied to plain Cedar's answer), the determining policies and the
+//! errors must be identical. Set `IOTGATE_DIFF_WORLDS` to run more worlds.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::str::FromStr;
+
+use cedar_policy::{Authorizer, Context, Decision, Entities, EntityUid, PolicySet, Request};
+use iotgate::routes::field::FieldValue;
+use iotgate::routes::Resolved;
+
+const SCHEMA: &str = r#"
+namespace D {
+  type Ctx = { flag: Bool, level: Long, tag?: String, target?: Item };
+  entity Group in [Group] = { rank: Long };
+  entity User in [Group] = { level: Long, team: Group, buddy?: User };
+  entity Folder in [Folder, Group] = { owner: User };
+  entity Item in [Folder] = { owner: User, size: Long, tags: Set<String> };
+  action view, edit;
+  action read in [view] appliesTo { principal: User, resource: [Item, Folder], context: Ctx };
+  action write in [edit] appliesTo { principal: User, resource: [Item, Folder], context: Ctx };
+  action remove in [edit, view] appliesTo { principal: User, resource: [Item, Folder], context: Ctx };
+}
+"#;
+
+const ACTIONS: [&str; 3] = ["read", "write", "remove"];
+
+/// splitmix64: small, seeded, good enough to spread test cases.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+/// A random world: entity JSON and the names of what exists.
+struct World {
+    entities: Vec<serde_json::Value>,
+    groups: usize,
+    users: usize,
+    folders: usize,
+    items: usize,
+}
+
+fn r(t: &str, id: String) -> serde_json::Value {
+    serde_json::json!({"type": format!("D::{t}"), "id": id})
+}
+
+impl World {
+    fn generate(rng: &mut Rng) -> World {
+        let (groups, users, folders, items) = (
+            2 + rng.below(5),
+            2 + rng.below(6),
+            1 + rng.below(5),
+            2 + rng.below(8),
+        );
+        let mut entities = Vec::new();
+        // users may name one missing user ("u99") or team ("g99"): such references make
+        // policies that follow them error
+        let user_ref = |rng: &mut Rng| {
+            r(
+                "User",
+                if rng.chance(10) {
+                    "u99".into()
+                } else {
+                    format!("u{}", rng.below(users))
+                },
+            )
+        };
+        for g in 0..groups {
+            let parents: Vec<_> = (0..g)
+                .filter(|_| rng.chance(35))
+                .map(|p| r("Group", format!("g{p}")))
+                .collect();
+            entities.push(serde_json::json!({"uid": r("Group", format!("g{g}")), "attrs": {"rank": rng.below(5)}, "parents": parents}));
+        }
+        for u in 0..users {
+            let parents: Vec<_> = (0..groups)
+                .filter(|_| rng.chance(30))
+                .map(|g| r("Group", format!("g{g}")))
+                .collect();
+            let team = if rng.chance(8) {
+                "g99".to_string()
+            } else {
+                format!("g{}", rng.below(groups))
+            };
+            let mut attrs = serde_json::json!({"level": rng.below(6), "team": r("Group", team)});
+            if rng.chance(50) {
+                attrs["buddy"] = user_ref(rng);
+            }
+            entities.push(serde_json::json!({"uid": r("User", format!("u{u}")), "attrs": attrs, "parents": parents}));
+        }
+        for f in 0..folders {
+            let mut parents: Vec<_> = (0..f)
+                .filter(|_| rng.chance(40))
+                .map(|p| r("Folder", format!("f{p}")))
+                .collect();
+            if rng.chance(40) {
+                parents.push(r("Group", format!("g{}", rng.below(groups))));
+            }
+            entities.push(serde_json::json!({"uid": r("Folder", format!("f{f}")), "attrs": {"owner": user_ref(rng)}, "parents": parents}));
+        }
+        for i in 0..items {
+            let parents: Vec<_> = (0..folders)
+                .filter(|_| rng.chance(30))
+                .map(|f| r("Folder", format!("f{f}")))
+                .collect();
+            let tags: Vec<&str> = ["a", "b", "c"]
+                .into_iter()
+                .filter(|_| rng.chance(40))
+                .collect();
+            let attrs =
+                serde_json::json!({"owner": user_ref(rng), "size": rng.below(100), "tags": tags});
+            entities.push(serde_json::json!({"uid": r("Item", format!("i{i}")), "attrs": attrs, "parents": parents}));
+        }
+        World {
+            entities,
+            groups,
+            users,
+            folders,
+            items,
+        }
+    }
+
+    fn user(&self, rng: &mut Rng) -> String {
+        format!("D::User::\"u{}\"", rng.below(self.users))
+    }
+    fn group(&self, rng: &mut Rng) -> String {
+        format!("D::Group::\"g{}\"", rng.below(self.groups))
+    }
+    fn folder(&self, rng: &mut Rng) -> String {
+        format!("D::Folder::\"f{}\"", rng.below(self.folders))
+    }
+    fn item(&self, rng: &mut Rng) -> String {
+        // sometimes an item the directory does not have
+        format!("D::Item::\"i{}\"", rng.below(self.items + 1))
+    }
+
+    /// A random policy, as Cedar text with an `@id`.
+    fn policy(&self, rng: &mut Rng, n: usize) -> String {
+        let effect = if rng.chance(35) { "forbid" } else { "permit" };
+        let principal = match rng.below(5) {
+            0 => format!("principal == {}", self.user(rng)),
+            1 => format!("principal in {}", self.group(rng)),
+            2 => format!("principal is D::User in {}", self.group(rng)),
+            _ => "principal".to_string(),
+        };
+        let action = match rng.below(5) {
+            0 => format!("action == D::Action::\"{}\"", rng.pick(&ACTIONS)),
+            1 => "action in D::Action::\"edit\"".to_string(),
+            2 => format!(
+                "action in [D::Action::\"{}\", D::Action::\"view\"]",
+                rng.pick(&ACTIONS)
+            ),
+            _ => "action".to_string(),
+        };
+        let resource = match rng.below(7) {
+            0 => format!("resource == {}", self.item(rng)),
+            1 | 2 => format!("resource in {}", self.folder(rng)),
+            3 => format!("resource in {}", self.group(rng)),
+            4 => format!("resource is D::Item in {}", self.folder(rng)),
+            5 => "resource is D::Folder".to_string(),
+            _ => "resource".to_string(),
+        };
+        let mut text = format!("@id(\"p{n}\")\n{effect} ({principal}, {action}, {resource})");
+        for _ in 0..rng.below(3) {
+            let clause = if rng.chance(30) { "unless" } else { "when" };
+            text.push_str(&format!("\n{clause} {{ {} }}", self.condition(rng, 2)));
+        }
+        text.push_str(";\n");
+        text
+    }
+
+    fn condition(&self, rng: &mut Rng, depth: usize) -> String {
+        if depth > 0 && rng.chance(35) {
+            let (a, b) = (
+                self.condition(rng, depth - 1),
+                self.condition(rng, depth - 1),
+            );
+            return match rng.below(3) {
+                0 => format!("({a} && {b})"),
+                1 => format!("({a} || {b})"),
+                _ => format!("!({a})"),
+            };
+        }
+        let n = rng.below(5);
+        match rng.below(16) {
+            0 => format!("principal.level > {n}"),
+            1 => "resource.owner == principal".to_string(),
+            2 => format!("resource.owner.level >= {n}"),
+            3 => "principal in resource.owner.team".to_string(),
+            4 => "principal.team in resource.owner.team".to_string(),
+            5 => format!("(principal has buddy && principal.buddy.level > {n})"),
+            6 => format!("principal.team.rank < {n}"),
+            7 => "context.flag".to_string(),
+            8 => format!("context.level == {n}"),
+            9 => "(context has tag && context.tag == \"x\")".to_string(),
+            10 => "(context has target && context.target in resource)".to_string(),
+            11 => format!("(context has target && context.target.size > {})", n * 20),
+            12 => format!("(resource is D::Item && resource.size < {})", n * 25),
+            13 => "(resource is D::Item && resource.tags.contains(\"a\"))".to_string(),
+            14 => format!("principal in {}", self.group(rng)),
+            _ => format!("resource in {}", self.folder(rng)),
+        }
+    }
+
+    fn request(&self, rng: &mut Rng) -> (String, &'static str, String, Vec<(String, FieldValue)>) {
+        let resource = if rng.chance(50) {
+            self.item(rng)
+        } else {
+            self.folder(rng)
+        };
+        let mut context = vec![
+            ("flag".to_string(), FieldValue::Bool(rng.chance(50))),
+            ("level".to_string(), FieldValue::Long(rng.below(5) as i64)),
+        ];
+        if rng.chance(40) {
+            context.push((
+                "tag".to_string(),
+                FieldValue::Str(if rng.chance(50) { "x" } else { "y" }.into()),
+            ));
+        }
+        if rng.chance(40) {
+            context.push((
+                "target".to_string(),
+                FieldValue::Entity(EntityUid::from_str(&self.item(rng)).unwrap()),
+            ));
+        }
+        (self.user(rng), *rng.pick(&ACTIONS), resource, context)
+    }
+}
+
+/// What both sides must agree on.
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    allowed: bool,
+    reasons: BTreeSet<String>,
+    errors: BTreeSet<String>,
+}
+
+fn plain_cedar(
+    policies: &PolicySet,
+    entities: &Entities,
+    schema: &cedar_policy::Schema,
+    req: &(String, &str, String, Vec<(String, FieldValue)>),
+) -> Outcome {
+    let context = Context::from_pairs(req.3.iter().map(|(k, v)| (k.clone(), v.to_expr()))).unwrap();
+    let request = Request::new(
+        EntityUid::from_str(&req.0).unwrap(),
+        EntityUid::from_str(&format!("D::Action::\"{}\"", req.1)).unwrap(),
+        EntityUid::from_str(&req.2).unwrap(),
+        context,
+        Some(schema),
+    )
+    .unwrap();
+    let response = Authorizer::new().is_authorized(&request, policies, entities);
+    let errors: BTreeSet<String> = response
+        .diagnostics()
+        .errors()
+        .map(ToString::to_string)
+        .collect();
+    let cedar_allows = response.decision() == Decision::Allow;
+    // iotgate's rule: an evaluation error denies, and a deny by errors names no policy
+    let allowed = cedar_allows && errors.is_empty();
+    let reasons = if cedar_allows && !allowed {
+        BTreeSet::new()
+    } else {
+        response
+            .diagnostics()
+            .reason()
+            .map(ToString::to_string)
+            .collect()
+    };
+    Outcome {
+        allowed,
+        reasons,
+        errors,
+    }
+}
+
+fn write_profile(dir: &Path, world: &World, policies: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::create_dir_all(dir.join("directory")).unwrap();
+    std::fs::write(dir.join("d.cedarschema"), SCHEMA).unwrap();
+    std::fs::write(
+        dir.join("d.routes.toml"),
+        "namespace = \"D\"\nprincipal = \"User\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("policies/all.cedar"), policies).unwrap();
+    std::fs::write(
+        dir.join("directory/world.json"),
+        serde_json::to_string_pretty(&world.entities).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("secret"), "s").unwrap();
+    let config = dir.join("iotgate.toml");
+    std::fs::write(
+        &config,
+        "[auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"secret\"\n\
+         [policy]\nschema = \"d.cedarschema\"\nroutes = \"d.routes.toml\"\npolicies = [\"policies\"]\ndirectory = [\"directory\"]\n",
+    )
+    .unwrap();
+    config
+}
+
+/// Keeps only the policies that pass strict level-2 validation, as iotgate requires.
+fn valid_policies(schema: &cedar_policy::Schema, texts: Vec<String>) -> String {
+    let validator = cedar_policy::Validator::new(schema.clone());
+    texts
+        .into_iter()
+        .filter(|t| {
+            let set: PolicySet = t.parse().unwrap();
+            validator
+                .validate_with_level(&set, cedar_policy::ValidationMode::Strict, 2)
+                .validation_passed()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn indexed_and_sliced_decisions_equal_plain_cedar() {
+    let worlds: u64 = std::env::var("IOTGATE_DIFF_WORLDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    let requests_per_world = 25;
+    let (schema, _) = cedar_policy::Schema::from_cedarschema_str(SCHEMA).unwrap();
+    let (mut compared, mut allowed, mut errored, mut forbidden) = (0, 0, 0, 0);
+    for seed in 0..worlds {
+        let mut rng = Rng(seed);
+        let world = World::generate(&mut rng);
+        let texts = (0..5 + rng.below(20))
+            .map(|n| world.policy(&mut rng, n))
+            .collect();
+        let policies = valid_policies(&schema, texts);
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_profile(dir.path(), &world, &policies);
+        let snapshot =
+            iotgate::snapshot::Snapshot::load(&iotgate::config::Config::load(&config).unwrap())
+                .unwrap_or_else(|p| panic!("seed {seed}: {p}\n{policies}"));
+        let all: PolicySet = policies.parse().unwrap();
+        let plain_set = rename_by_id(&all);
+        let entities = Entities::from_json_value(
+            serde_json::Value::Array(world.entities.clone()),
+            Some(&schema),
+        )
+        .unwrap();
+        for _ in 0..requests_per_world {
+            let req = world.request(&mut rng);
+            let expected = plain_cedar(&plain_set, &entities, &schema, &req);
+            let principal = snapshot
+                .directory
+                .get(&EntityUid::from_str(&req.0).unwrap())
+                .unwrap();
+            let resolved = Resolved {
+                resource: EntityUid::from_str(&req.2).unwrap(),
+                resource_attrs: vec![],
+                context: req.3.clone(),
+            };
+            let verdict = iotgate::decision::authorize(&snapshot, principal, req.1, &resolved)
+                .unwrap()
+                .live;
+            let got = Outcome {
+                allowed: verdict.allowed,
+                reasons: verdict.reasons.into_iter().collect(),
+                errors: verdict.errors.into_iter().collect(),
+            };
+            assert_eq!(
+                got,
+                expected,
+                "seed {seed}: {req:?}\npolicies:\n{policies}\nentities: {}",
+                serde_json::to_string(&world.entities).unwrap()
+            );
+            compared += 1;
+            allowed += usize::from(got.allowed);
+            errored += usize::from(!got.errors.is_empty());
+            forbidden += usize::from(!got.allowed && !got.reasons.is_empty());
+        }
+    }
+    // the generator must exercise every kind of outcome, or the comparison proves little
+    assert!(
+        allowed > compared / 20,
+        "only {allowed} of {compared} allowed"
+    );
+    assert!(
+        errored > compared / 50,
+        "only {errored} of {compared} with errors"
+    );
+    assert!(
+        forbidden > compared / 50,
+        "only {forbidden} of {compared} forbidden by a policy"
+    );
+    eprintln!("{compared} decisions compared: {allowed} allowed, {forbidden} forbidden by a policy, {errored} with errors");
+}
+
+/// The whole set renamed by `@id`, as the Cedar CLI (and iotgate) names policies.
+fn rename_by_id(set: &PolicySet) -> PolicySet {
+    PolicySet::from_policies(
+        set.policies()
+            .map(|p| p.new_id(cedar_policy::PolicyId::new(p.annotation("id").unwrap()))),
+    )
+    .unwrap()
+}
