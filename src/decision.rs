@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::auth::{AuthError, Claims, Identity, Verifier};
 use crate::cache::{Caches, DecisionKey, TokenCache, Verdict, Verdicts};
-use crate::directory::Node;
+use crate::directory::{Directory, NodeRef};
 use crate::index;
 use crate::policy::Policies;
 use crate::routes::field::{FieldError, Inputs};
@@ -219,7 +219,7 @@ pub struct Pending<'s> {
     captures: Vec<(&'s str, String)>,
     query: Option<String>,
     identity: Identity,
-    principal: &'s Node,
+    principal: NodeRef<'s>,
     decision: Decision,
 }
 
@@ -310,12 +310,13 @@ impl Pending<'_> {
                 }
             },
         };
+        let principal_parents = self.principal.parents();
         let inputs = Inputs {
             captures: &self.captures,
             query: Query::new(self.query.as_deref()),
             claims: &self.identity.claims,
             body: body.as_ref(),
-            principal_parents: &self.principal.parents,
+            principal_parents: &principal_parents,
         };
         let resolved = match self.route.resolve(&inputs) {
             Ok(r) => r,
@@ -330,7 +331,7 @@ impl Pending<'_> {
         };
         let key = DecisionKey {
             generation: self.snapshot.generation,
-            principal: self.principal.entity.uid(),
+            principal: self.principal.uid(),
             action: self.route.action.clone(),
             resolved,
         };
@@ -368,7 +369,7 @@ impl Pending<'_> {
 /// The action is not in the schema, or the request does not fit it.
 pub fn authorize(
     snapshot: &Snapshot,
-    principal: &Node,
+    principal: NodeRef<'_>,
     action_name: &str,
     resolved: &Resolved,
 ) -> Result<Verdicts, String> {
@@ -385,7 +386,8 @@ pub fn authorize(
             .map(|(k, v)| (k.clone(), v.to_expr())),
     )
     .map_err(|e| e.to_string())?;
-    let principal_uid = principal.entity.uid();
+    let principal_uid = principal.uid();
+    let principal_ancestors = principal.ancestors();
     let request = Request::new(
         principal_uid.clone(),
         action.uid.clone(),
@@ -397,13 +399,14 @@ pub fn authorize(
     let resource_ancestors = snapshot
         .directory
         .get(&resolved.resource)
-        .map_or(&[][..], |n| &n.ancestors[..]);
+        .map(|n| n.ancestors())
+        .unwrap_or_default();
     let decide = |policies: &Policies| {
         let buckets = policies.index.candidates(
             &principal_uid,
-            &principal.ancestors,
+            &principal_ancestors,
             &resolved.resource,
-            resource_ancestors,
+            &resource_ancestors,
         );
         index::evaluate(&buckets, policies, &request, &entities)
     };
@@ -417,30 +420,27 @@ pub fn authorize(
 /// their attributes name, all their ancestors, and the action with its groups.
 fn slice(
     snapshot: &Snapshot,
-    principal: &Node,
+    principal: NodeRef<'_>,
     action_entities: &[Entity],
     resolved: &Resolved,
 ) -> Result<Entities, String> {
     let directory = &snapshot.directory;
-    let mut slice = Slice::default();
-    slice.add_node(principal, directory);
+    let mut slice = Slice::new(directory);
+    slice.add_root(principal)?;
     match directory.get(&resolved.resource) {
-        Some(node) => slice.add_node(node, directory),
+        Some(node) => slice.add_root(node)?,
         None if !resolved.resource_attrs.is_empty() => {
-            let built = build_resource(resolved)?;
             for (_, v) in &resolved.resource_attrs {
-                slice.add_uid(v.entity(), directory);
+                slice.add_uid(v.entity())?;
             }
-            slice.add_entity(built);
+            slice.entities.push(build_resource(resolved)?);
         }
         None => {}
     }
     for (_, v) in &resolved.context {
-        slice.add_uid(v.entity(), directory);
+        slice.add_uid(v.entity())?;
     }
-    for e in action_entities {
-        slice.add_entity(e.clone());
-    }
+    slice.entities.extend(action_entities.iter().cloned());
     Entities::from_entities(slice.entities, None).map_err(|e| e.to_string())
 }
 
@@ -479,43 +479,56 @@ fn build_resource(resolved: &Resolved) -> Result<Entity, String> {
     .map_err(|e| e.to_string())
 }
 
-/// Entities gathered for one request, each once.
-#[derive(Default)]
-struct Slice {
-    seen: HashSet<EntityUid>,
+/// Directory entities gathered for one request, each once.
+struct Slice<'d> {
+    directory: &'d Directory,
+    seen: HashSet<u32>,
     entities: Vec<Entity>,
 }
 
-impl Slice {
-    fn add_entity(&mut self, entity: Entity) {
-        if self.seen.insert(entity.uid()) {
-            self.entities.push(entity);
+impl<'d> Slice<'d> {
+    fn new(directory: &'d Directory) -> Self {
+        Slice {
+            directory,
+            seen: HashSet::new(),
+            entities: Vec::new(),
         }
     }
 
-    /// A root entity: itself, its ancestors, and (one level) the entities it names with
+    /// An entity present in the directory, once.
+    fn add_index(&mut self, index: u32) -> Result<(), String> {
+        if self.seen.insert(index) {
+            if let Some(node) = self.directory.node(index) {
+                self.entities.push(node.entity()?);
+            }
+        }
+        Ok(())
+    }
+
+    fn add_with_ancestors(&mut self, node: NodeRef<'d>) -> Result<(), String> {
+        self.add_index(node.index())?;
+        for a in node.ancestor_indices() {
+            self.add_index(a)?;
+        }
+        Ok(())
+    }
+
+    /// A root entity: itself, its ancestors, and the entities its attributes name with
     /// their ancestors.
-    fn add_node(&mut self, node: &Node, directory: &crate::directory::Directory) {
-        self.add_with_ancestors(node, directory);
-        for r in node.refs.iter() {
-            if let Some(n) = directory.get(r) {
-                self.add_with_ancestors(n, directory);
+    fn add_root(&mut self, node: NodeRef<'d>) -> Result<(), String> {
+        self.add_with_ancestors(node)?;
+        for r in node.refs() {
+            if let Some(n) = self.directory.node(r) {
+                self.add_with_ancestors(n)?;
             }
         }
+        Ok(())
     }
 
-    fn add_uid(&mut self, uid: Option<&EntityUid>, directory: &crate::directory::Directory) {
-        if let Some(node) = uid.and_then(|u| directory.get(u)) {
-            self.add_node(node, directory);
-        }
-    }
-
-    fn add_with_ancestors(&mut self, node: &Node, directory: &crate::directory::Directory) {
-        self.add_entity(node.entity.clone());
-        for a in node.ancestors.iter() {
-            if let Some(n) = directory.get(a) {
-                self.add_entity(n.entity.clone());
-            }
+    fn add_uid(&mut self, uid: Option<&EntityUid>) -> Result<(), String> {
+        match uid.and_then(|u| self.directory.get(u)) {
+            Some(node) => self.add_root(node),
+            None => Ok(()),
         }
     }
 }

@@ -1,57 +1,72 @@
-//! The directory: iotgate's own in-memory index of Cedar entities.
+//! The directory: iotgate's own compact, in-memory index of Cedar entities.
 //!
 //! ```text
 //! directory/*.json (Cedar entity JSON arrays, several files merged)
-//!   ──per entity: Entity::from_json_value(schema)──▶ checked against the schema, line kept
-//!   ──index──▶ uid → Node { entity, ancestors (transitive, precomputed), refs (entities its
-//!              attributes name) }
+//!   ──per entity: parse, check against the schema catalog and the profile's rules──▶ Slot
+//!        (interned type, id, attributes as compact values, direct parents as u32 indices)
+//!   ──after every file──▶ duplicates refused, ancestors beyond the direct parents
+//!        precomputed (cycles refused)
+//! decision ──Directory::get(uid)──▶ NodeRef ──entity()──▶ a Cedar Entity, built on demand
 //! ```
 //!
-//! No global Cedar `Entities` store is ever built: a decision asks the directory for the few
-//! nodes it needs (principal, resource, context entities, what their attributes name, and
-//! all their ancestors) and builds a small slice from them. Duplicates and parent cycles are
-//! load errors.
+//! No global Cedar `Entities` store is ever built: a decision asks for the few nodes it
+//! needs (principal, resource, context entities, what their attributes name, all their
+//! ancestors) and builds a small slice from them. Every entity any other names (as a parent
+//! or in an attribute) gets a slot, so references are plain indices; a slot no file defines
+//! is *absent*, exactly as a missing entity is in a Cedar store.
+//!
+//! The schema check follows Cedar's entity JSON rules: declared types only, every required
+//! attribute present, no undeclared attribute, values of the declared types (entity
+//! references as `{"type", "id"}` or `{"__entity": …}`, extension values as
+//! `{"__extn": {"fn", "arg"}}` or a plain string), parents of the declared parent types.
+//! A test compares it with Cedar's own parser.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-use cedar_policy::{Entity, EntityUid, EvalResult};
+use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
+use hashbrown::HashTable;
+use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::policy::files_with_extension;
-use crate::problem::{line_of_offset, read_text, Problem, Problems};
-use crate::schema::Catalog;
+use crate::problem::{read_text, LineCounter, Problem, Problems};
+use crate::schema::{Attr, Catalog, Type};
 
-/// One entity and what a decision needs to know about it without re-walking the graph.
-#[derive(Debug, Clone)]
-pub struct Node {
-    /// The schema-checked Cedar entity (with its direct parents).
-    pub entity: Entity,
-    /// Its direct parents.
-    pub parents: Box<[EntityUid]>,
-    /// Every ancestor, transitively (parents first).
-    pub ancestors: Box<[EntityUid]>,
-    /// Entities named in its attributes (in records and sets too).
-    pub refs: Box<[EntityUid]>,
+/// A compact attribute value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    /// A boolean.
+    Bool(bool),
+    /// A long.
+    Long(i64),
+    /// A string.
+    Str(Box<str>),
+    /// A reference to the entity in this slot.
+    Entity(u32),
+    /// A set.
+    Set(Box<[Val]>),
+    /// A record.
+    Record(Box<[(Box<str>, Val)]>),
+    /// An extension value: constructor name (`ip`, `decimal`, `datetime`, `duration`) and
+    /// its argument.
+    Ext(&'static str, Box<str>),
 }
 
-impl Node {
-    /// Whether the entity has `enabled == false`.
-    pub fn is_disabled(&self) -> bool {
-        matches!(
-            self.entity.attr("enabled"),
-            Some(Ok(EvalResult::Bool(false)))
-        )
-    }
-
-    /// A string attribute, if present.
-    pub fn string_attr(&self, name: &str) -> Option<String> {
-        match self.entity.attr(name) {
-            Some(Ok(EvalResult::String(s))) => Some(s),
-            _ => None,
-        }
-    }
+/// One entity (or, when `present` is false, a uid only referenced by others).
+#[derive(Debug, Clone)]
+struct Slot {
+    ty: u16,
+    present: bool,
+    id: Box<str>,
+    attrs: Box<[(u16, Val)]>,
+    parents: Box<[u32]>,
+    /// Ancestors beyond the direct parents (empty for most entities: no allocation).
+    deeper: Box<[u32]>,
 }
 
 /// A profile's rule for entities of one type, checked at load (e.g. "each user has exactly
@@ -66,54 +81,133 @@ pub struct EntityRule {
     pub values: Vec<(String, Vec<String>)>,
 }
 
-impl EntityRule {
-    /// What is wrong with an entity under this rule.
-    fn violations(&self, entity: &Entity, parents: &[EntityUid]) -> Vec<String> {
-        let uid = entity.uid();
-        let mut out = Vec::new();
-        for (ty, want) in &self.parents {
-            let n = parents
-                .iter()
-                .filter(|p| &p.type_name().to_string() == ty)
-                .count();
-            if n != *want {
-                out.push(format!(
-                    "entity `{uid}` has {n} parents of type `{ty}`; it needs exactly {want}"
-                ));
-            }
-        }
-        for (attr, allowed) in &self.values {
-            match entity.attr(attr) {
-                None => {}
-                Some(Ok(EvalResult::String(v))) if allowed.contains(&v) => {}
-                Some(v) => out.push(format!(
-                    "entity `{uid}` has {attr} `{}`; expected one of: {}",
-                    v.map(|v| v.to_string()).unwrap_or_default(),
-                    allowed.join(", ")
-                )),
-            }
-        }
-        out
-    }
-}
-
-/// Where an entity was defined, for duplicate reports.
-#[derive(Debug, Clone)]
-struct Place {
-    file: PathBuf,
-    line: usize,
-}
-
 /// The indexed directory.
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
-    nodes: HashMap<EntityUid, Node>,
-    /// Every file read (path, text), in load order, for the directory version.
-    files: Vec<(PathBuf, String)>,
+    types: Vec<EntityTypeName>,
+    type_index: HashMap<EntityTypeName, u16>,
+    attr_names: Vec<Box<str>>,
+    attr_index: HashMap<Box<str>, u16>,
+    slots: Vec<Slot>,
+    table: HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+    present: usize,
+    /// (file, SHA-256 of its content) in load order, for the directory version.
+    digests: Vec<(PathBuf, String)>,
+}
+
+/// An entity of the directory.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeRef<'d> {
+    dir: &'d Directory,
+    index: u32,
+}
+
+impl PartialEq for NodeRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.dir, other.dir) && self.index == other.index
+    }
+}
+
+impl<'d> NodeRef<'d> {
+    fn slot(&self) -> &'d Slot {
+        &self.dir.slots[self.index as usize]
+    }
+
+    /// Its slot number (stable within one directory).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Its uid.
+    pub fn uid(&self) -> EntityUid {
+        self.dir.uid(self.index)
+    }
+
+    /// An attribute.
+    pub fn attr(&self, name: &str) -> Option<&'d Val> {
+        let key = *self.dir.attr_index.get(name)?;
+        self.slot()
+            .attrs
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// Whether the entity has `enabled == false`.
+    pub fn is_disabled(&self) -> bool {
+        matches!(self.attr("enabled"), Some(Val::Bool(false)))
+    }
+
+    /// A string attribute, if present.
+    pub fn string_attr(&self, name: &str) -> Option<&'d str> {
+        match self.attr(name) {
+            Some(Val::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Direct parents' uids.
+    pub fn parents(&self) -> Vec<EntityUid> {
+        self.slot()
+            .parents
+            .iter()
+            .map(|p| self.dir.uid(*p))
+            .collect()
+    }
+
+    /// Every ancestor's slot (parents first).
+    pub fn ancestor_indices(&self) -> impl Iterator<Item = u32> + 'd {
+        let slot = self.slot();
+        slot.parents.iter().chain(slot.deeper.iter()).copied()
+    }
+
+    /// Every ancestor's uid (parents first).
+    pub fn ancestors(&self) -> Vec<EntityUid> {
+        self.ancestor_indices().map(|a| self.dir.uid(a)).collect()
+    }
+
+    /// Slots of the entities its attributes name.
+    pub fn refs(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for (_, v) in self.slot().attrs.iter() {
+            collect_refs(v, &mut out);
+        }
+        out
+    }
+
+    /// The Cedar entity (built on demand).
+    ///
+    /// # Errors
+    /// An extension value that Cedar refuses.
+    pub fn entity(&self) -> Result<Entity, String> {
+        let slot = self.slot();
+        let attrs: HashMap<String, RestrictedExpression> = slot
+            .attrs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    self.dir.attr_names[*k as usize].to_string(),
+                    self.dir.expr(v),
+                )
+            })
+            .collect();
+        let parents = self.ancestor_indices().map(|p| self.dir.uid(p));
+        Entity::new(self.uid(), attrs, parents.collect()).map_err(|e| e.to_string())
+    }
+}
+
+fn collect_refs(v: &Val, out: &mut Vec<u32>) {
+    match v {
+        Val::Entity(i) => out.push(*i),
+        Val::Set(items) => items.iter().for_each(|i| collect_refs(i, out)),
+        Val::Record(fields) => fields.iter().for_each(|(_, i)| collect_refs(i, out)),
+        Val::Bool(_) | Val::Long(_) | Val::Str(_) | Val::Ext(..) => {}
+    }
 }
 
 impl Directory {
-    /// Loads every entity file below `paths` and checks it against the schema.
+    /// Loads every entity file below `paths` and checks it against the schema and rules.
     ///
     /// # Errors
     /// Unreadable files, invalid JSON, entities that do not fit the schema or break a
@@ -125,9 +219,9 @@ impl Directory {
         rules: &[EntityRule],
     ) -> Result<Directory, Problems> {
         let mut problems = Problems::new();
-        let mut parents: HashMap<EntityUid, Vec<EntityUid>> = HashMap::new();
-        let mut entities: HashMap<EntityUid, (Entity, Place)> = HashMap::new();
-        let mut files = Vec::new();
+        let mut dir = Directory::default();
+        let mut defined_at: Vec<Option<(u32, usize)>> = Vec::new();
+        let mut files: Vec<PathBuf> = Vec::new();
         for path in paths {
             for file in problems
                 .take(files_with_extension(path, "json"))
@@ -140,235 +234,554 @@ impl Directory {
                         continue;
                     }
                 };
-                for (entity, place) in read_file(&file, &text, catalog, &mut problems) {
-                    let uid = entity.uid();
-                    if let Some((_, first)) = entities.get(&uid) {
+                let file_no = files.len() as u32;
+                files.push(file.clone());
+                let mut loader = Loader {
+                    dir: &mut dir,
+                    catalog,
+                    rules,
+                    file: &file,
+                    problems: &mut problems,
+                };
+                for (index, line) in loader.read_file(&text) {
+                    if defined_at.len() <= index as usize {
+                        defined_at.resize(index as usize + 1, None);
+                    }
+                    if let Some((f, l)) = defined_at[index as usize] {
                         problems.push(Problem::at_line(
-                            &place.file,
-                            Some(place.line),
+                            &file,
+                            Some(line),
                             format!(
-                                "duplicate entity `{uid}` (first in {}:{})",
-                                first.file.display(),
-                                first.line
+                                "duplicate entity `{}` (first in {}:{l})",
+                                dir.uid(index),
+                                files[f as usize].display()
                             ),
                         ));
                         continue;
                     }
-                    let (_, _, direct) = entity.clone().into_inner();
-                    let mut direct: Vec<EntityUid> = direct.into_iter().collect();
-                    direct.sort_by_key(ToString::to_string);
-                    let type_name = uid.type_name().to_string();
-                    for rule in rules.iter().filter(|r| r.entity_type == type_name) {
-                        for message in rule.violations(&entity, &direct) {
-                            problems.push(Problem::at_line(&place.file, Some(place.line), message));
-                        }
-                    }
-                    parents.insert(uid.clone(), direct);
-                    entities.insert(uid, (entity, place));
+                    defined_at[index as usize] = Some((file_no, line));
                 }
-                files.push((file, text));
+                let name = match file.strip_prefix(path) {
+                    Ok(rel) if !rel.as_os_str().is_empty() => rel.to_path_buf(),
+                    _ => file.file_name().map(PathBuf::from).unwrap_or_default(),
+                };
+                dir.digests
+                    .push((name, hex(&Sha256::digest(text.as_bytes()))));
             }
         }
-        let ancestors = match ancestors(&parents) {
-            Ok(a) => a,
-            Err(uid) => {
-                let place = &entities[&uid].1;
-                problems.push(Problem::at_line(
-                    &place.file,
-                    Some(place.line),
-                    format!("entity `{uid}` is its own ancestor (parent cycle)"),
-                ));
-                HashMap::new()
-            }
-        };
-        if !problems.is_empty() {
-            return Err(problems);
+        if let Err(index) = dir.compute_ancestors() {
+            let (file, line) = defined_at
+                .get(index as usize)
+                .copied()
+                .flatten()
+                .map_or((PathBuf::new(), None), |(f, l)| {
+                    (files[f as usize].clone(), Some(l))
+                });
+            problems.push(Problem::at_line(
+                &file,
+                line,
+                format!(
+                    "entity `{}` is its own ancestor (parent cycle)",
+                    dir.uid(index)
+                ),
+            ));
         }
-        let mut directory = Directory {
-            nodes: HashMap::with_capacity(entities.len()),
-            files,
-        };
-        for (uid, (entity, _)) in entities {
-            let anc = ancestors.get(&uid).cloned().unwrap_or_default();
-            let direct = parents.remove(&uid).unwrap_or_default();
-            directory.insert_with_ancestors(entity, direct, anc);
-        }
-        Ok(directory)
+        problems.into_result(dir)
     }
 
-    fn insert_with_ancestors(
+    /// Adds (or replaces) an entity made by iotgate itself, e.g. the license `Server`, with
+    /// no parents.
+    ///
+    /// # Errors
+    /// The entity type name is not valid.
+    pub fn insert_synthetic(
         &mut self,
-        entity: Entity,
-        parents: Vec<EntityUid>,
-        ancestors: Vec<EntityUid>,
-    ) {
-        let mut refs = Vec::new();
-        for (_, value) in entity.attrs() {
-            if let Ok(value) = value {
-                collect_refs(&value, &mut refs);
-            }
+        entity_type: &str,
+        id: &str,
+        attrs: Vec<(&str, Val)>,
+    ) -> Result<(), String> {
+        let ty = EntityTypeName::from_str(entity_type).map_err(|e| e.to_string())?;
+        let ty = self.intern_type(&ty);
+        let index = self.intern_uid(ty, id);
+        let attrs = attrs
+            .into_iter()
+            .map(|(k, v)| (self.intern_attr(k), v))
+            .collect();
+        let slot = &mut self.slots[index as usize];
+        if !slot.present {
+            self.present += 1;
         }
-        let node = Node {
-            entity,
-            parents: parents.into(),
-            ancestors: ancestors.into(),
-            refs: refs.into(),
-        };
-        self.nodes.insert(node.entity.uid(), node);
-    }
-
-    /// Adds an entity made by iotgate itself (e.g. the license `Server`), replacing any
-    /// entity of that uid. Its parents must already be in the directory.
-    pub fn insert_synthetic(&mut self, entity: Entity) {
-        let (_, _, direct) = entity.clone().into_inner();
-        let direct: Vec<EntityUid> = direct.into_iter().collect();
-        let mut ancestors: Vec<EntityUid> = Vec::new();
-        for parent in &direct {
-            ancestors.push(parent.clone());
-            if let Some(node) = self.nodes.get(parent) {
-                ancestors.extend(node.ancestors.iter().cloned());
-            }
-        }
-        self.insert_with_ancestors(entity, direct, ancestors);
+        slot.present = true;
+        slot.attrs = attrs;
+        Ok(())
     }
 
     /// The node of an entity, if the directory has it.
-    pub fn get(&self, uid: &EntityUid) -> Option<&Node> {
-        self.nodes.get(uid)
+    pub fn get(&self, uid: &EntityUid) -> Option<NodeRef<'_>> {
+        let ty = *self.type_index.get(uid.type_name())?;
+        let index = self.find(ty, uid.id().unescaped())?;
+        self.node(index)
+    }
+
+    /// The node in a slot, if the entity is present.
+    pub fn node(&self, index: u32) -> Option<NodeRef<'_>> {
+        let slot = self.slots.get(index as usize)?;
+        slot.present.then_some(NodeRef { dir: self, index })
     }
 
     /// Number of entities.
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.present
     }
 
     /// Whether the directory is empty.
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.present == 0
     }
 
-    /// Every node (no particular order).
-    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.values()
+    /// Every entity.
+    pub fn nodes(&self) -> impl Iterator<Item = NodeRef<'_>> {
+        (0..self.slots.len() as u32).filter_map(|i| self.node(i))
     }
 
-    /// The files read, for the directory version.
-    pub fn files(&self) -> &[(PathBuf, String)] {
-        &self.files
+    /// (file, SHA-256 of its content) of every file read, for the directory version.
+    pub fn digests(&self) -> &[(PathBuf, String)] {
+        &self.digests
+    }
+
+    /// The uid of a slot.
+    fn uid(&self, index: u32) -> EntityUid {
+        let slot = &self.slots[index as usize];
+        EntityUid::from_type_name_and_id(
+            self.types[slot.ty as usize].clone(),
+            EntityId::new(&slot.id),
+        )
+    }
+
+    fn expr(&self, v: &Val) -> RestrictedExpression {
+        match v {
+            Val::Bool(b) => RestrictedExpression::new_bool(*b),
+            Val::Long(n) => RestrictedExpression::new_long(*n),
+            Val::Str(s) => RestrictedExpression::new_string(s.to_string()),
+            Val::Entity(i) => RestrictedExpression::new_entity_uid(self.uid(*i)),
+            Val::Set(items) => RestrictedExpression::new_set(items.iter().map(|i| self.expr(i))),
+            Val::Record(fields) => RestrictedExpression::new_record(
+                fields.iter().map(|(k, v)| (k.to_string(), self.expr(v))),
+            )
+            .unwrap_or_else(|_| {
+                RestrictedExpression::new_record([])
+                    .unwrap_or_else(|_| RestrictedExpression::new_bool(false))
+            }),
+            Val::Ext(func, arg) => extension(func, arg),
+        }
+    }
+
+    fn hash(&self, ty: u16, id: &str) -> u64 {
+        self.hasher.hash_one((ty, id))
+    }
+
+    fn find(&self, ty: u16, id: &str) -> Option<u32> {
+        let slots = &self.slots;
+        self.table
+            .find(self.hash(ty, id), |i| {
+                let s = &slots[*i as usize];
+                s.ty == ty && &*s.id == id
+            })
+            .copied()
+    }
+
+    fn intern_uid(&mut self, ty: u16, id: &str) -> u32 {
+        if let Some(i) = self.find(ty, id) {
+            return i;
+        }
+        let index = self.slots.len() as u32;
+        self.slots.push(Slot {
+            ty,
+            present: false,
+            id: id.into(),
+            attrs: Box::new([]),
+            parents: Box::new([]),
+            deeper: Box::new([]),
+        });
+        let hash = self.hash(ty, id);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.table.insert_unique(hash, index, |i| {
+            let s = &slots[*i as usize];
+            hasher.hash_one((s.ty, &*s.id))
+        });
+        index
+    }
+
+    fn intern_type(&mut self, ty: &EntityTypeName) -> u16 {
+        if let Some(i) = self.type_index.get(ty) {
+            return *i;
+        }
+        let i = self.types.len() as u16;
+        self.types.push(ty.clone());
+        self.type_index.insert(ty.clone(), i);
+        i
+    }
+
+    fn intern_attr(&mut self, name: &str) -> u16 {
+        if let Some(i) = self.attr_index.get(name) {
+            return *i;
+        }
+        let i = self.attr_names.len() as u16;
+        self.attr_names.push(name.into());
+        self.attr_index.insert(name.into(), i);
+        i
+    }
+
+    /// Fills `deeper` for every slot; `Err(slot)` names an entity on a parent cycle.
+    fn compute_ancestors(&mut self) -> Result<(), u32> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum State {
+            New,
+            Open,
+            Done,
+        }
+        let n = self.slots.len();
+        let mut state = vec![State::New; n];
+        let mut all: Vec<Box<[u32]>> = vec![Box::new([]); n];
+        for start in 0..n as u32 {
+            if state[start as usize] == State::Done {
+                continue;
+            }
+            let mut stack = vec![(start, false)];
+            while let Some((i, expanded)) = stack.pop() {
+                let iu = i as usize;
+                if expanded {
+                    let mut seen: Vec<u32> = Vec::new();
+                    for p in self.slots[iu].parents.iter() {
+                        for a in std::iter::once(p).chain(all[*p as usize].iter()) {
+                            if !seen.contains(a) {
+                                seen.push(*a);
+                            }
+                        }
+                    }
+                    all[iu] = seen.into();
+                    state[iu] = State::Done;
+                    continue;
+                }
+                match state[iu] {
+                    State::Done => continue,
+                    State::Open => return Err(i),
+                    State::New => {}
+                }
+                state[iu] = State::Open;
+                stack.push((i, true));
+                for p in self.slots[iu].parents.iter() {
+                    match state[*p as usize] {
+                        State::Open => return Err(*p),
+                        State::New => stack.push((*p, false)),
+                        State::Done => {}
+                    }
+                }
+            }
+        }
+        for (slot, ancestors) in self.slots.iter_mut().zip(all) {
+            if ancestors.len() > slot.parents.len() {
+                slot.deeper = ancestors
+                    .iter()
+                    .filter(|a| !slot.parents.contains(a))
+                    .copied()
+                    .collect();
+            }
+        }
+        Ok(())
     }
 }
 
-/// Reads one JSON array of entities; bad entities become problems at their line.
-fn read_file(
-    file: &Path,
-    text: &str,
-    catalog: &Catalog,
-    problems: &mut Problems,
-) -> Vec<(Entity, Place)> {
-    let raws: Vec<&RawValue> = match serde_json::from_str(text) {
-        Ok(raws) => raws,
-        Err(e) => {
-            problems.push(Problem::at_line(
-                file,
-                Some(e.line()),
-                format!("not a JSON array of entities: {e}"),
-            ));
-            return Vec::new();
+/// A Cedar extension value.
+fn extension(func: &str, arg: &str) -> RestrictedExpression {
+    match func {
+        "ip" => RestrictedExpression::new_ip(arg),
+        "decimal" => RestrictedExpression::new_decimal(arg),
+        "datetime" => RestrictedExpression::new_datetime(arg),
+        _ => RestrictedExpression::new_duration(arg),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An entity as written in the JSON.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntity {
+    uid: Value,
+    attrs: Map<String, Value>,
+    parents: Vec<Value>,
+    #[serde(default)]
+    tags: Option<Map<String, Value>>,
+}
+
+/// Reads one file into the directory.
+struct Loader<'a> {
+    dir: &'a mut Directory,
+    catalog: &'a Catalog,
+    rules: &'a [EntityRule],
+    file: &'a Path,
+    problems: &'a mut Problems,
+}
+
+impl Loader<'_> {
+    /// Adds the file's entities; returns (slot, line) of each entity added.
+    fn read_file(&mut self, text: &str) -> Vec<(u32, usize)> {
+        let raws: Vec<&RawValue> = match serde_json::from_str(text) {
+            Ok(raws) => raws,
+            Err(e) => {
+                self.problems.push(Problem::at_line(
+                    self.file,
+                    Some(e.line()),
+                    format!("not a JSON array of entities: {e}"),
+                ));
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::with_capacity(raws.len());
+        let mut lines = LineCounter::new(text);
+        for raw in raws {
+            let offset = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+            let line = lines.line_at(offset);
+            match self.entity(raw.get()) {
+                Ok(index) => out.push((index, line)),
+                Err(message) => {
+                    self.problems
+                        .push(Problem::at_line(self.file, Some(line), message))
+                }
+            }
         }
-    };
-    let mut out = Vec::with_capacity(raws.len());
-    for raw in raws {
-        let offset = raw.get().as_ptr() as usize - text.as_ptr() as usize;
-        let line = line_of_offset(text, offset);
-        let result = serde_json::from_str::<Value>(raw.get())
-            .map_err(|e| e.to_string())
-            .and_then(|v| {
-                let name = describe(&v);
-                Entity::from_json_value(v, Some(&catalog.schema)).map_err(|e| format!("{name}{e}"))
-            });
-        match result {
-            Ok(entity) => out.push((
-                entity,
-                Place {
-                    file: file.to_path_buf(),
-                    line,
-                },
+        out
+    }
+
+    fn entity(&mut self, json: &str) -> Result<u32, String> {
+        let raw: RawEntity =
+            serde_json::from_str(json).map_err(|e| format!("not an entity: {e}"))?;
+        let (ty_name, id) = entity_ref(&raw.uid).ok_or("`uid` must be {\"type\": …, \"id\": …}")?;
+        let name = format!("entity `{ty_name}::{id:?}`");
+        let declared = self
+            .catalog
+            .entity_types
+            .get(&ty_name)
+            .ok_or_else(|| format!("{name}: entity type `{ty_name}` is not in the schema"))?;
+        if raw.tags.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(format!("{name}: entity tags are not supported"));
+        }
+        let ty = self
+            .dir
+            .intern_type(&EntityTypeName::from_str(&ty_name).map_err(|e| format!("{name}: {e}"))?);
+        let attrs = self
+            .attributes(&raw.attrs, declared)
+            .map_err(|m| format!("{name}: {m}"))?;
+        let allowed = self
+            .catalog
+            .member_of
+            .get(&ty_name)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let mut parents = Vec::with_capacity(raw.parents.len());
+        let mut parent_types = Vec::with_capacity(raw.parents.len());
+        for p in &raw.parents {
+            let (pt, pid) = entity_ref(p)
+                .ok_or_else(|| format!("{name}: a parent is not {{\"type\": …, \"id\": …}}"))?;
+            if !allowed.contains(&pt) {
+                return Err(format!(
+                    "{name}: `{pt}` is not a parent type of `{ty_name}`"
+                ));
+            }
+            let pty = self
+                .dir
+                .intern_type(&EntityTypeName::from_str(&pt).map_err(|e| format!("{name}: {e}"))?);
+            let index = self.dir.intern_uid(pty, &pid);
+            if !parents.contains(&index) {
+                parents.push(index);
+                parent_types.push(pt);
+            }
+        }
+        for rule in self.rules.iter().filter(|r| r.entity_type == ty_name) {
+            let messages = rule_violations(rule, &name, &attrs, &parent_types);
+            if let Some(first) = messages.into_iter().reduce(|a, b| format!("{a}; {b}")) {
+                return Err(first);
+            }
+        }
+        let index = self.dir.intern_uid(ty, &id);
+        let attrs: Box<[(u16, Val)]> = attrs
+            .into_iter()
+            .map(|(k, v)| (self.dir.intern_attr(&k), v))
+            .collect();
+        let slot = &mut self.dir.slots[index as usize];
+        if slot.present {
+            // a duplicate: reported by the caller with both places; keep the first
+            return Ok(index);
+        }
+        slot.present = true;
+        slot.attrs = attrs;
+        slot.parents = parents.into();
+        self.dir.present += 1;
+        Ok(index)
+    }
+
+    /// Checks attributes against the declared record and converts them.
+    fn attributes(
+        &mut self,
+        attrs: &Map<String, Value>,
+        declared: &HashMap<String, Attr>,
+    ) -> Result<Vec<(String, Val)>, String> {
+        for (name, attr) in declared {
+            if attr.required && !attrs.contains_key(name) {
+                return Err(format!("attribute `{name}` is required"));
+            }
+        }
+        let mut out = Vec::with_capacity(attrs.len());
+        for (name, value) in attrs {
+            let attr = declared
+                .get(name)
+                .ok_or_else(|| format!("attribute `{name}` is not declared in the schema"))?;
+            let v = self
+                .value(value, &attr.ty)
+                .map_err(|m| format!("attribute `{name}`: {m}"))?;
+            out.push((name.clone(), v));
+        }
+        Ok(out)
+    }
+
+    fn value(&mut self, v: &Value, ty: &Type) -> Result<Val, String> {
+        match (ty, v) {
+            (Type::String, Value::String(s)) => Ok(Val::Str(s.as_str().into())),
+            (Type::Long, Value::Number(n)) => n
+                .as_i64()
+                .map(Val::Long)
+                .ok_or_else(|| format!("`{n}` is not a Long")),
+            (Type::Bool, Value::Bool(b)) => Ok(Val::Bool(*b)),
+            (Type::Entity(want), v) => {
+                let (t, id) = entity_ref(v).ok_or("expected an entity reference")?;
+                if &t != want {
+                    return Err(format!("expected an entity of type `{want}`, got `{t}`"));
+                }
+                let ty = self
+                    .dir
+                    .intern_type(&EntityTypeName::from_str(&t).map_err(|e| e.to_string())?);
+                Ok(Val::Entity(self.dir.intern_uid(ty, &id)))
+            }
+            (Type::Set(inner), Value::Array(items)) => Ok(Val::Set(
+                items
+                    .iter()
+                    .map(|i| self.value(i, inner))
+                    .collect::<Result<_, _>>()?,
             )),
-            Err(message) => problems.push(Problem::at_line(file, Some(line), message)),
+            (Type::Record(fields), Value::Object(map)) => {
+                let values = self.attributes(map, fields)?;
+                Ok(Val::Record(
+                    values
+                        .into_iter()
+                        .map(|(k, v)| (k.into_boxed_str(), v))
+                        .collect(),
+                ))
+            }
+            (Type::Extension(name), v) => extension_value(name, v),
+            (ty, v) => Err(format!("expected {}, got `{v}`", describe(ty))),
+        }
+    }
+}
+
+fn describe(ty: &Type) -> &'static str {
+    match ty {
+        Type::String => "a String",
+        Type::Long => "a Long",
+        Type::Bool => "a Bool",
+        Type::Entity(_) => "an entity reference",
+        Type::Set(_) => "a Set",
+        Type::Record(_) => "a record",
+        Type::Extension(_) => "an extension value",
+    }
+}
+
+/// `{"type": T, "id": I}` or `{"__entity": {"type": T, "id": I}}`.
+fn entity_ref(v: &Value) -> Option<(String, String)> {
+    let v = v.get("__entity").unwrap_or(v);
+    let obj = v.as_object()?;
+    if obj.len() != 2 {
+        return None;
+    }
+    Some((
+        obj.get("type")?.as_str()?.to_string(),
+        obj.get("id")?.as_str()?.to_string(),
+    ))
+}
+
+/// An extension value of the declared type, checked by building it with Cedar.
+fn extension_value(declared: &str, v: &Value) -> Result<Val, String> {
+    let func: &'static str = match declared {
+        "ipaddr" => "ip",
+        "decimal" => "decimal",
+        "datetime" => "datetime",
+        "duration" => "duration",
+        other => return Err(format!("unsupported extension type `{other}`")),
+    };
+    let arg = match v {
+        Value::String(s) => s.clone(),
+        Value::Object(o) => {
+            let ext = o.get("__extn").ok_or("expected an extension value")?;
+            if ext.get("fn").and_then(Value::as_str) != Some(func) {
+                return Err(format!("expected `{func}(…)`"));
+            }
+            ext.get("arg")
+                .and_then(Value::as_str)
+                .ok_or("extension `arg` must be a string")?
+                .to_string()
+        }
+        other => return Err(format!("expected an extension value, got `{other}`")),
+    };
+    let probe = Entity::new(
+        EntityUid::from_type_name_and_id(
+            EntityTypeName::from_str("Probe").map_err(|e| e.to_string())?,
+            EntityId::new("x"),
+        ),
+        [("v".to_string(), extension(func, &arg))]
+            .into_iter()
+            .collect(),
+        Default::default(),
+    );
+    probe.map_err(|e| e.to_string())?;
+    Ok(Val::Ext(func, arg.into()))
+}
+
+fn rule_violations(
+    rule: &EntityRule,
+    name: &str,
+    attrs: &[(String, Val)],
+    parent_types: &[String],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (ty, want) in &rule.parents {
+        let n = parent_types.iter().filter(|p| *p == ty).count();
+        if n != *want {
+            out.push(format!(
+                "{name} has {n} parents of type `{ty}`; it needs exactly {want}"
+            ));
+        }
+    }
+    for (attr, allowed) in &rule.values {
+        match attrs.iter().find(|(k, _)| k == attr).map(|(_, v)| v) {
+            None => {}
+            Some(Val::Str(v)) if allowed.iter().any(|a| a.as_str() == &**v) => {}
+            Some(v) => out.push(format!(
+                "{name} has {attr} `{}`; expected one of: {}",
+                show(v),
+                allowed.join(", ")
+            )),
         }
     }
     out
 }
 
-/// "entity `T::"id"`: " when the JSON names its uid, for error messages.
-fn describe(v: &Value) -> String {
-    let uid = v.get("uid");
-    match (
-        uid.and_then(|u| u.get("type")),
-        uid.and_then(|u| u.get("id")),
-    ) {
-        (Some(Value::String(t)), Some(Value::String(id))) => format!("entity `{t}::{id:?}`: "),
-        _ => String::new(),
+fn show(v: &Val) -> String {
+    match v {
+        Val::Str(s) => format!("{s:?}"),
+        other => format!("{other:?}"),
     }
-}
-
-fn collect_refs(value: &EvalResult, out: &mut Vec<EntityUid>) {
-    match value {
-        EvalResult::EntityUid(uid) => out.push(uid.clone()),
-        EvalResult::Set(set) => set.iter().for_each(|v| collect_refs(v, out)),
-        EvalResult::Record(record) => record.iter().for_each(|(_, v)| collect_refs(v, out)),
-        _ => {}
-    }
-}
-
-/// Transitive ancestors of every entity; `Err(uid)` names an entity on a parent cycle.
-fn ancestors(
-    parents: &HashMap<EntityUid, Vec<EntityUid>>,
-) -> Result<HashMap<EntityUid, Vec<EntityUid>>, EntityUid> {
-    let mut done: HashMap<EntityUid, Vec<EntityUid>> = HashMap::with_capacity(parents.len());
-    let mut on_path: HashSet<EntityUid> = HashSet::new();
-    for start in parents.keys() {
-        // iterative post-order DFS: (uid, children expanded?)
-        let mut stack = vec![(start.clone(), false)];
-        while let Some((uid, expanded)) = stack.pop() {
-            if done.contains_key(&uid) {
-                continue;
-            }
-            let direct = parents.get(&uid).map(Vec::as_slice).unwrap_or(&[]);
-            if expanded {
-                on_path.remove(&uid);
-                let mut all: Vec<EntityUid> = Vec::new();
-                let mut seen = HashSet::new();
-                for p in direct {
-                    if seen.insert(p.clone()) {
-                        all.push(p.clone());
-                    }
-                }
-                for p in direct {
-                    for a in done.get(p).map(Vec::as_slice).unwrap_or(&[]) {
-                        if seen.insert(a.clone()) {
-                            all.push(a.clone());
-                        }
-                    }
-                }
-                done.insert(uid, all);
-                continue;
-            }
-            if !on_path.insert(uid.clone()) {
-                return Err(uid);
-            }
-            stack.push((uid.clone(), true));
-            for p in direct {
-                if on_path.contains(p) {
-                    return Err(p.clone());
-                }
-                if !done.contains_key(p) {
-                    stack.push((p.clone(), false));
-                }
-            }
-        }
-    }
-    Ok(done)
 }
 
 #[cfg(test)]

@@ -8,12 +8,10 @@
 //!                                                  licensed_accounts } ─▶ directory
 //! ```
 
-use std::str::FromStr;
-
-use cedar_policy::{Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
+use cedar_policy::EntityTypeName;
 
 use crate::config::LicenseConfig;
-use crate::directory::Directory;
+use crate::directory::{Directory, Val};
 use crate::schema::{Catalog, Type};
 
 /// Id of the server entity.
@@ -50,25 +48,20 @@ pub fn install(
     }
     let licensed = directory
         .nodes()
-        .filter(|n| n.entity.uid().type_name() == principal_type)
+        .filter(|n| n.uid().type_name() == principal_type)
         .filter(|n| {
             n.string_attr("role")
-                .is_some_and(|r| license.licensed_roles.contains(&r))
+                .is_some_and(|r| license.licensed_roles.iter().any(|l| l == r))
         })
         .count();
-    let long_expr = |n: u64| RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX));
-    let type_name = EntityTypeName::from_str(&server_type).map_err(|e| e.to_string())?;
-    let entity = Entity::new(
-        EntityUid::from_type_name_and_id(type_name, EntityId::new(SERVER_ID)),
-        [
-            ("max_accounts".to_string(), long_expr(license.max_accounts)),
-            ("licensed_accounts".to_string(), long_expr(licensed as u64)),
-        ]
-        .into_iter()
-        .collect(),
-        Default::default(),
-    )
-    .map_err(|e| e.to_string())?;
-    directory.insert_synthetic(entity);
+    let long = |n: u64| Val::Long(i64::try_from(n).unwrap_or(i64::MAX));
+    directory.insert_synthetic(
+        &server_type,
+        SERVER_ID,
+        vec![
+            ("max_accounts", long(license.max_accounts)),
+            ("licensed_accounts", long(licensed as u64)),
+        ],
+    )?;
     Ok(())
 }

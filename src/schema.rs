@@ -72,6 +72,8 @@ pub struct Catalog {
     pub actions: HashMap<String, Action>,
     /// Entity types by qualified name, with their attributes.
     pub entity_types: HashMap<String, HashMap<String, Attr>>,
+    /// Entity types by qualified name, with the types their parents may have.
+    pub member_of: HashMap<String, Vec<String>>,
 }
 
 impl Catalog {
@@ -120,6 +122,7 @@ impl Catalog {
             schema,
             actions,
             entity_types: reader.entity_types,
+            member_of: reader.member_of,
         })
     }
 
@@ -134,6 +137,7 @@ struct Reader<'a> {
     json: &'a Value,
     actions: HashMap<String, Action>,
     entity_types: HashMap<String, HashMap<String, Attr>>,
+    member_of: HashMap<String, Vec<String>>,
 }
 
 impl<'a> Reader<'a> {
@@ -142,6 +146,7 @@ impl<'a> Reader<'a> {
             json,
             actions: HashMap::new(),
             entity_types: HashMap::new(),
+            member_of: HashMap::new(),
         }
     }
 
@@ -155,6 +160,17 @@ impl<'a> Reader<'a> {
                     Some(shape) => self.record_attrs(ns, shape),
                     None => HashMap::new(),
                 };
+                let parents = def
+                    .get("memberOfTypes")
+                    .and_then(Value::as_array)
+                    .map(|v| {
+                        v.iter()
+                            .filter_map(Value::as_str)
+                            .map(|t| qualify(ns, t))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.member_of.insert(qualify(ns, name), parents);
                 self.entity_types.insert(qualify(ns, name), attrs);
             }
         }

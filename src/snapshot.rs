@@ -103,9 +103,9 @@ impl Snapshot {
         let license_part = (Path::new("[license]"), license_text.as_str());
         let directory_version = hash(
             directory
-                .files()
+                .digests()
                 .iter()
-                .map(|(path, text)| (path.as_path(), text.as_str()))
+                .map(|(path, digest)| (path.as_path(), digest.as_str()))
                 .chain(std::iter::once(license_part)),
         );
         problems.into_result(Snapshot {

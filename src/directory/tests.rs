@@ -62,21 +62,33 @@ fn files_merge_and_ancestors_are_transitive() {
     let d = result.unwrap();
     assert_eq!(d.len(), 5);
     let ana = d.get(&uid(r#"T::User::"ana""#)).unwrap();
-    let anc: Vec<String> = ana.ancestors.iter().map(ToString::to_string).collect();
+    let anc: Vec<String> = ana.ancestors().iter().map(ToString::to_string).collect();
     assert_eq!(
         anc,
         vec![r#"T::Org::"es""#, r#"T::Org::"eu""#, r#"T::Org::"root""#]
     );
     assert_eq!(
-        ana.refs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ana.refs()
+            .iter()
+            .map(|r| d.node(*r).unwrap().uid().to_string())
+            .collect::<Vec<_>>(),
         vec![r#"T::User::"bo""#]
     );
     assert!(!ana.is_disabled());
-    assert_eq!(ana.string_attr("role").as_deref(), Some("admin"));
+    assert_eq!(ana.string_attr("role"), Some("admin"));
     let bo = d.get(&uid(r#"T::User::"bo""#)).unwrap();
     assert!(bo.is_disabled());
-    assert_eq!(bo.refs.len(), 1);
-    assert_eq!(d.files().len(), 2);
+    assert_eq!(bo.refs().len(), 1);
+    let names: Vec<_> = d
+        .digests()
+        .iter()
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    assert_eq!(names, vec!["orgs.json", "people/users.json"]);
+    // the built Cedar entity carries attributes and every ancestor
+    let entity = ana.entity().unwrap();
+    assert_eq!(entity.uid(), uid(r#"T::User::"ana""#));
+    assert!(entity.attr("meta").is_some());
 }
 
 #[test]
@@ -143,30 +155,14 @@ fn malformed_json_and_missing_paths_are_problems() {
 }
 
 #[test]
-fn synthetic_entities_inherit_ancestors() {
+fn synthetic_entities_join_and_replace() {
     let (_d, result) = load(&[("orgs.json", ORGS)]);
     let mut d = result.unwrap();
-    let dev = Entity::new(
-        uid(r#"T::Device::"d1""#),
-        [
-            (
-                "owner".to_string(),
-                cedar_policy::RestrictedExpression::new_entity_uid(uid(r#"T::User::"ana""#)),
-            ),
-            (
-                "tags".to_string(),
-                cedar_policy::RestrictedExpression::new_set([]),
-            ),
-        ]
-        .into_iter()
-        .collect(),
-        [uid(r#"T::Org::"es""#)].into_iter().collect(),
-    )
-    .unwrap();
-    d.insert_synthetic(dev);
-    let node = d.get(&uid(r#"T::Device::"d1""#)).unwrap();
-    assert_eq!(node.ancestors.len(), 3);
-    assert_eq!(node.refs.len(), 1);
+    d.insert_synthetic("T::Org", "new", vec![]).unwrap();
+    assert_eq!(d.len(), 4);
+    d.insert_synthetic("T::Org", "new", vec![]).unwrap();
+    assert_eq!(d.len(), 4, "replacing an entity does not add one");
+    assert!(d.get(&uid(r#"T::Org::"new""#)).is_some());
 }
 
 #[test]
@@ -194,4 +190,93 @@ fn profile_rules_are_checked_per_entity() {
         "users.json:4: entity `T::User::\"twice\"` has 2 parents of type `T::Org`; it needs exactly 1",
         "users.json:5: entity `T::User::\"boss\"` has role `\"overlord\"`; expected one of: admin, basic",
     ]);
+}
+
+#[test]
+fn ancestors_through_several_parents_are_all_kept() {
+    // i has parents a, b; a is in g; b is in a: ancestors are a, b and g, in any order
+    let orgs = r#"[
+  {"uid": {"type": "T::Org", "id": "g"}, "attrs": {}, "parents": []},
+  {"uid": {"type": "T::Org", "id": "a"}, "attrs": {}, "parents": [{"type": "T::Org", "id": "g"}]},
+  {"uid": {"type": "T::Org", "id": "b"}, "attrs": {}, "parents": [{"type": "T::Org", "id": "a"}, {"type": "T::Org", "id": "g"}]},
+  {"uid": {"type": "T::Org", "id": "i"}, "attrs": {}, "parents": [{"type": "T::Org", "id": "a"}, {"type": "T::Org", "id": "b"}]}
+]"#;
+    let (_d, result) = load(&[("o.json", orgs)]);
+    let d = result.unwrap();
+    let mut anc: Vec<String> = d
+        .get(&uid(r#"T::Org::"i""#))
+        .unwrap()
+        .ancestors()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    anc.sort();
+    assert_eq!(
+        anc,
+        vec![r#"T::Org::"a""#, r#"T::Org::"b""#, r#"T::Org::"g""#]
+    );
+}
+
+/// iotgate's own schema check accepts exactly the entities Cedar's parser accepts.
+#[test]
+fn schema_check_agrees_with_cedar() {
+    let schema = r#"
+namespace T {
+  entity Org in [Org];
+  entity User in [Org] = { role: String, enabled: Bool, buddy?: User, meta?: { boss: User, n?: Long }, ip?: ipaddr, tags?: Set<String> };
+  entity Device in [Org] = { owner: User, tags: Set<String> };
+}
+"#;
+    let catalog = Catalog::parse(Path::new("s.cedarschema"), schema).unwrap();
+    let corpus = [
+        r#"{"uid": {"type": "T::Org", "id": "a"}, "attrs": {}, "parents": []}"#,
+        r#"{"uid": {"type": "T::Org", "id": "a"}}"#,
+        r#"{"uid": {"__entity": {"type": "T::Org", "id": "a"}}, "attrs": {}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x", "enabled": true}, "parents": [{"type": "T::Org", "id": "a"}]}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x", "enabled": true, "buddy": {"type": "T::User", "id": "v"}}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x", "enabled": true, "buddy": {"__entity": {"type": "T::User", "id": "v"}}}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x", "enabled": true, "buddy": {"type": "T::Org", "id": "v"}}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x", "enabled": true, "meta": {"boss": {"type": "T::User", "id": "v"}}}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x", "enabled": true, "meta": {"boss": {"type": "T::User", "id": "v"}, "n": 3}}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x", "enabled": true, "meta": {"n": 3}}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x", "enabled": true, "meta": {"boss": {"type": "T::User", "id": "v"}, "extra": 1}}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x", "enabled": true, "ip": "10.0.0.1"}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x", "enabled": true, "ip": {"__extn": {"fn": "ip", "arg": "10.0.0.0/8"}}}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x", "enabled": true, "ip": "not an ip"}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x", "enabled": true, "tags": ["a", "b"]}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x", "enabled": true, "tags": ["a", 1]}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": 5, "enabled": true}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x"}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x", "enabled": true, "age": 3}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x", "enabled": "yes"}, "parents": []}"#,
+        r#"{"uid": {"type": "T::User", "id": "u"}, "attrs": {"role": "x", "enabled": true}, "parents": [{"type": "T::User", "id": "v"}]}"#,
+        r#"{"uid": {"type": "T::Device", "id": "d"}, "attrs": {"owner": {"type": "T::User", "id": "u"}, "tags": []}, "parents": [{"type": "T::Org", "id": "a"}]}"#,
+        r#"{"uid": {"type": "T::Device", "id": "d"}, "attrs": {"owner": {"type": "T::User", "id": "u"}}, "parents": []}"#,
+        r#"{"uid": {"type": "T::Device", "id": "d"}, "attrs": {"owner": "u", "tags": []}, "parents": []}"#,
+        r#"{"uid": {"type": "T::Nope", "id": "n"}, "attrs": {}, "parents": []}"#,
+        r#"{"uid": {"type": "T::Org"}, "attrs": {}, "parents": []}"#,
+        r#"{"uid": {"type": "T::Device", "id": "d"}, "attrs": {"owner": {"type": "T::User", "id": "u"}, "tags": [], "n": 1.5}, "parents": []}"#,
+    ];
+    for (i, json) in corpus.iter().enumerate() {
+        let value: serde_json::Value = serde_json::from_str(json).unwrap();
+        let cedar_ok = Entity::from_json_value(value, Some(&catalog.schema)).is_ok();
+        let dir = write_tree(&[("e.json", &format!("[{json}]"))]);
+        let ours = Directory::load(&[dir.path().to_path_buf()], &catalog, &[]);
+        assert_eq!(
+            ours.is_ok(),
+            cedar_ok,
+            "case {i}: {json}\niotgate: {:?}",
+            ours.err()
+        );
+    }
+    // the one intended difference: Cedar ignores unknown keys of an entity (a misspelt
+    // `"parent"` would silently drop its parents); iotgate refuses them
+    let json = r#"{"uid": {"type": "T::Org", "id": "a"}, "attrs": {}, "parents": [], "parnets": [{"type": "T::Org", "id": "b"}]}"#;
+    let value: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert!(Entity::from_json_value(value, Some(&catalog.schema)).is_ok());
+    let dir = write_tree(&[("e.json", &format!("[{json}]"))]);
+    let err = Directory::load(&[dir.path().to_path_buf()], &catalog, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `parnets`"), "{err}");
 }

@@ -1,0 +1,70 @@
+//! Directory load at scale: time and memory to load (parse, check against the schema, index
+//! with ancestors) 10,000 and 1,000,000 entities, next to building one plain Cedar
+//! `Entities` store from the same files. Prints a table; run with `cargo bench --bench directory`.
+//!
+//! Not a criterion bench: each size is loaded once in a fresh process state, because a load
+//! takes seconds and its memory is the point.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "benchmarks fail loudly"
+)]
+
+#[path = "support/scale.rs"]
+#[allow(dead_code)]
+mod scale;
+
+use std::time::Instant;
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("IOTGATE_BENCH_ENTITIES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10_000, 1_000_000]);
+    println!(
+        "{:>10} {:>14} {:>14} {:>16} {:>16}",
+        "entities", "iotgate load", "iotgate RSS+", "plain Cedar build", "plain Cedar RSS+"
+    );
+    for n in sizes {
+        let world = scale::write(10, n);
+        let config = iotgate::config::Config::load(&world.config).unwrap();
+        let before = scale::rss();
+        let started = Instant::now();
+        let snapshot = iotgate::snapshot::Snapshot::load(&config).unwrap();
+        let load = started.elapsed();
+        let grown = scale::rss().saturating_sub(before);
+        let count = snapshot.directory.len();
+        drop(snapshot);
+        let (plain, plain_rss) = if std::env::var("IOTGATE_BENCH_SKIP_PLAIN").is_ok() {
+            ("skipped".to_string(), "-".to_string())
+        } else {
+            plain_cedar(&world)
+        };
+        println!(
+            "{count:>10} {:>13.2}s {:>11} MiB {plain:>16} {plain_rss:>16}",
+            load.as_secs_f64(),
+            grown / (1 << 20)
+        );
+    }
+}
+
+fn plain_cedar(world: &scale::World) -> (String, String) {
+    let text =
+        std::fs::read_to_string(world.dir.path().join("schema/thinger.cedarschema")).unwrap();
+    let (schema, _) = cedar_policy::Schema::from_cedarschema_str(&text).unwrap();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(world.dir.path().join("directory/world.json")).unwrap(),
+    )
+    .unwrap();
+    let before = scale::rss();
+    let started = Instant::now();
+    let entities = cedar_policy::Entities::from_json_value(json, Some(&schema)).unwrap();
+    let took = started.elapsed();
+    let grown = scale::rss().saturating_sub(before);
+    drop(entities);
+    (
+        format!("{:.2}s", took.as_secs_f64()),
+        format!("{} MiB", grown / (1 << 20)),
+    )
+}
