@@ -269,7 +269,7 @@ pub struct Explanation<'d> {
     /// Cedar action.
     pub action: Option<&'d str>,
     /// Cedar resource.
-    pub resource: Option<&'d str>,
+    pub resource: Option<String>,
     /// Determining policy ids.
     pub policies: &'d [String],
     /// `@reason` annotations of the determining policies.
@@ -299,7 +299,7 @@ impl<'d> From<&'d Decision> for Explanation<'d> {
             principal: d.principal.as_deref(),
             route: d.route.as_deref(),
             action: d.action.as_deref(),
-            resource: d.resource.as_deref(),
+            resource: d.resource.as_ref().map(ToString::to_string),
             policies: &d.reasons,
             reasons: &d.explanations,
             errors: &d.errors,
@@ -327,7 +327,7 @@ impl Explanation<'_> {
         writeln!(out, "principal:      {}", or_dash(self.principal))?;
         writeln!(out, "route:          {}", or_dash(self.route))?;
         writeln!(out, "action:         {}", or_dash(self.action))?;
-        writeln!(out, "resource:       {}", or_dash(self.resource))?;
+        writeln!(out, "resource:       {}", or_dash(self.resource.as_deref()))?;
         writeln!(out, "policies:       {}", list(self.policies))?;
         writeln!(out, "reasons:        {}", list(self.reasons))?;
         writeln!(out, "errors:         {}", list(self.errors))?;

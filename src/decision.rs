@@ -20,11 +20,13 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
-use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request};
+use cedar_policy::{Context, Entities, EntityId, EntityUid, Request};
 use serde_json::Value;
+use smol_str::SmolStr;
 
 use crate::auth::{AuthError, Claims, Identity, Verifier};
 use crate::cache::{Caches, DecisionKey, TokenCache, Verdict, Verdicts};
+use crate::cedar_core::{self, CoreEntity};
 use crate::directory::{Directory, NodeRef};
 use crate::index;
 use crate::policy::Policies;
@@ -117,7 +119,7 @@ pub struct Decision {
     /// Cedar action, once matched.
     pub action: Option<String>,
     /// Cedar resource, once resolved.
-    pub resource: Option<String>,
+    pub resource: Option<EntityUid>,
     /// Determining policy ids, sorted.
     pub reasons: Vec<String>,
     /// `@reason` annotations of the determining policies (`id: text`).
@@ -252,7 +254,7 @@ pub fn begin<'s>(
         .find(head.method, &segments)
         .ok_or_else(|| decision.clone().boxed(Rejection::NoRoute))?;
     decision.route = Some(route.name.clone());
-    decision.action = Some(route.action.to_string());
+    decision.action = Some(route.action_label.clone());
     let principal_uid = EntityUid::from_type_name_and_id(
         snapshot.routes.principal_type.clone(),
         EntityId::new(&identity.principal),
@@ -310,7 +312,8 @@ impl Pending<'_> {
                 }
             },
         };
-        let principal_parents = self.principal.parents();
+        let principal = self.principal;
+        let principal_parents = move || principal.parents();
         let inputs = Inputs {
             captures: &self.captures,
             query: Query::new(self.query.as_deref()),
@@ -322,7 +325,7 @@ impl Pending<'_> {
             Ok(r) => r,
             Err(e) => return decision.reject(Rejection::BadRequest(e.into())),
         };
-        decision.resource = Some(resolved.resource.to_string());
+        decision.resource = Some(resolved.resource.clone());
         let Some(cache) = self.caches.map(|c| &c.decisions) else {
             return match self.authorize(&resolved) {
                 Ok(verdicts) => decision.apply(&verdicts),
@@ -378,7 +381,7 @@ pub fn authorize(
         .actions
         .get(action_name)
         .ok_or_else(|| format!("action `{action_name}` is not in the schema"))?;
-    let entities = slice(snapshot, principal, &action.entities, resolved)?;
+    let entities = slice(snapshot, principal, &action.core_entities, resolved)?;
     let context = Context::from_pairs(
         resolved
             .context
@@ -405,6 +408,7 @@ pub fn authorize(
         let buckets = policies.index.candidates(
             &principal_uid,
             &principal_ancestors,
+            &action.uid,
             &resolved.resource,
             &resource_ancestors,
         );
@@ -421,7 +425,7 @@ pub fn authorize(
 fn slice(
     snapshot: &Snapshot,
     principal: NodeRef<'_>,
-    action_entities: &[Entity],
+    action_entities: &[CoreEntity],
     resolved: &Resolved,
 ) -> Result<Entities, String> {
     let directory = &snapshot.directory;
@@ -433,7 +437,7 @@ fn slice(
             for (_, v) in &resolved.resource_attrs {
                 slice.add_uid(v.entity())?;
             }
-            slice.entities.push(build_resource(resolved)?);
+            slice.entities.push(build_resource(resolved));
         }
         None => {}
     }
@@ -441,7 +445,7 @@ fn slice(
         slice.add_uid(v.entity())?;
     }
     slice.entities.extend(action_entities.iter().cloned());
-    Entities::from_entities(slice.entities, None).map_err(|e| e.to_string())
+    cedar_core::slice(slice.entities)
 }
 
 /// Verifies a token, through the token cache when there is one.
@@ -466,24 +470,19 @@ fn authenticate(
 }
 
 /// A resource the directory does not have, built from the route's attributes (no parents).
-fn build_resource(resolved: &Resolved) -> Result<Entity, String> {
-    Entity::new(
-        resolved.resource.clone(),
-        resolved
-            .resource_attrs
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_expr()))
-            .collect(),
-        HashSet::new(),
-    )
-    .map_err(|e| e.to_string())
+fn build_resource(resolved: &Resolved) -> CoreEntity {
+    let attrs = resolved
+        .resource_attrs
+        .iter()
+        .map(|(k, v)| (SmolStr::new(k), v.to_value()));
+    cedar_core::entity(resolved.resource.clone(), attrs, [])
 }
 
 /// Directory entities gathered for one request, each once.
 struct Slice<'d> {
     directory: &'d Directory,
     seen: HashSet<u32>,
-    entities: Vec<Entity>,
+    entities: Vec<CoreEntity>,
 }
 
 impl<'d> Slice<'d> {
@@ -499,7 +498,7 @@ impl<'d> Slice<'d> {
     fn add_index(&mut self, index: u32) -> Result<(), String> {
         if self.seen.insert(index) {
             if let Some(node) = self.directory.node(index) {
-                self.entities.push(node.entity()?);
+                self.entities.push(node.core_entity()?);
             }
         }
         Ok(())

@@ -33,6 +33,9 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use smol_str::SmolStr;
+
+use crate::cedar_core;
 use crate::policy::files_with_extension;
 use crate::problem::{read_text, LineCounter, Problem, Problems};
 use crate::schema::{Attr, Catalog, Type};
@@ -176,7 +179,27 @@ impl<'d> NodeRef<'d> {
         out
     }
 
-    /// The Cedar entity (built on demand).
+    /// The entity as a core Cedar entity for a request's slice: attribute values are built
+    /// directly (no expression evaluation) and every ancestor is listed as a parent.
+    ///
+    /// # Errors
+    /// An extension value that Cedar refuses.
+    pub fn core_entity(&self) -> Result<cedar_core::CoreEntity, String> {
+        let slot = self.slot();
+        if slot.attrs.iter().any(|(_, v)| has_extension(v)) {
+            return self.entity().map(|e| cedar_core::from_public(&e));
+        }
+        let attrs = slot.attrs.iter().map(|(k, v)| {
+            (
+                SmolStr::new(&*self.dir.attr_names[*k as usize]),
+                self.dir.value(v),
+            )
+        });
+        let ancestors = self.ancestor_indices().map(|p| self.dir.uid(p));
+        Ok(cedar_core::entity(self.uid(), attrs, ancestors))
+    }
+
+    /// The Cedar entity (built on demand, through Cedar's public constructor).
     ///
     /// # Errors
     /// An extension value that Cedar refuses.
@@ -194,6 +217,15 @@ impl<'d> NodeRef<'d> {
             .collect();
         let parents = self.ancestor_indices().map(|p| self.dir.uid(p));
         Entity::new(self.uid(), attrs, parents.collect()).map_err(|e| e.to_string())
+    }
+}
+
+fn has_extension(v: &Val) -> bool {
+    match v {
+        Val::Ext(..) => true,
+        Val::Set(items) => items.iter().any(has_extension),
+        Val::Record(fields) => fields.iter().any(|(_, v)| has_extension(v)),
+        Val::Bool(_) | Val::Long(_) | Val::Str(_) | Val::Entity(_) => false,
     }
 }
 
@@ -373,6 +405,24 @@ impl Directory {
                     .unwrap_or_else(|_| RestrictedExpression::new_bool(false))
             }),
             Val::Ext(func, arg) => extension(func, arg),
+        }
+    }
+
+    /// A value without extension values, as a core Cedar value.
+    fn value(&self, v: &Val) -> cedar_policy_core::ast::Value {
+        match v {
+            Val::Bool(b) => cedar_core::bool(*b),
+            Val::Long(n) => cedar_core::long(*n),
+            Val::Str(s) => cedar_core::string(s),
+            Val::Entity(i) => cedar_core::entity_ref(self.uid(*i)),
+            Val::Set(items) => cedar_core::set(items.iter().map(|i| self.value(i))),
+            Val::Record(fields) => cedar_core::record(
+                fields
+                    .iter()
+                    .map(|(k, v)| (SmolStr::new(&**k), self.value(v))),
+            ),
+            // callers route entities with extension values through `entity()`
+            Val::Ext(_, arg) => cedar_core::string(arg),
         }
     }
 

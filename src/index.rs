@@ -3,17 +3,22 @@
 //! ```text
 //! load:    each policy ──scope pins──▶ one bucket (principal side, resource side)
 //!          side = Any (unpinned or `is T`) | Eq(uid) (`== uid`) | In(uid) (`in uid`, `is T in uid`)
-//!          bucket ──▶ its own PolicySet
+//!          within a bucket: one PolicySet per concrete action of the schema, holding the
+//!          policies whose action constraint admits it (`==`, `in [..]` through the action
+//!          groups, or unconstrained)
 //! request: principal sides {Any, Eq(p), In(p), In(a) for a in ancestors(p)}
 //!        × resource sides  {Any, Eq(r), In(r), In(a) for a in ancestors(r)}
-//!          ──present buckets only──▶ evaluate each on the same request and entity slice
+//!          ──present buckets only, the request action's set──▶ evaluate each on the same
+//!          request and entity slice
 //!          ──combine──▶ Verdict
 //! ```
 //!
 //! Why the combination equals evaluating the whole set: Cedar evaluates every policy on its
-//! own. A policy outside the looked-up buckets has a scope pin the request cannot satisfy
+//! own. A policy outside the looked-up sets has a scope pin the request cannot satisfy
 //! (`principal in E` holds only when E is the principal or one of its ancestors — the same
-//! ancestors Cedar computes over the full directory), so it is neither satisfied nor erroring.
+//! ancestors Cedar computes over the full directory; `action in G` only when G is the action
+//! or one of its groups in the schema), so it is neither satisfied nor erroring: scope
+//! constraints are checked before any condition is evaluated.
 //! Over the buckets: any satisfied forbid denies, and the reasons are all satisfied forbids;
 //! otherwise any satisfied permit allows, and the reasons are all satisfied permits; otherwise
 //! the default deny has no reason. Errors are the union, and any error denies (fail closed).
@@ -22,12 +27,13 @@
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    Authorizer, Decision as CedarDecision, Entities, EntityUid, Policy, PolicyId, PolicySet,
-    PrincipalConstraint, Request, ResourceConstraint,
+    ActionConstraint, Authorizer, Decision as CedarDecision, Entities, EntityUid, Policy, PolicyId,
+    PolicySet, PrincipalConstraint, Request, ResourceConstraint,
 };
 
 use crate::cache::Verdict;
 use crate::policy::Policies;
+use crate::schema::Catalog;
 
 /// What a policy scope pins on one side.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,10 +55,10 @@ pub struct BucketKey {
     pub resource: Side,
 }
 
-/// Policies grouped by their scope pins.
+/// Policies grouped by their scope pins, then by the concrete action they admit.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyIndex {
-    buckets: HashMap<BucketKey, PolicySet>,
+    buckets: HashMap<BucketKey, HashMap<EntityUid, PolicySet>>,
     principal_sides: HashSet<Side>,
     resource_sides: HashSet<Side>,
 }
@@ -74,26 +80,54 @@ fn resource_side(c: ResourceConstraint) -> Side {
 }
 
 impl PolicyIndex {
-    /// Buckets every policy of the set.
+    /// Buckets every policy of the set; `catalog` gives the schema's actions and groups.
     ///
     /// # Errors
-    /// A policy could not be added to its bucket (it was already in the validated set, so
-    /// this does not happen in practice).
-    pub fn build(set: &PolicySet) -> Result<PolicyIndex, String> {
-        let mut grouped: HashMap<BucketKey, Vec<Policy>> = HashMap::new();
+    /// A policy could not be added to its set (it was already in the validated set, so this
+    /// does not happen in practice).
+    pub fn build(set: &PolicySet, catalog: &Catalog) -> Result<PolicyIndex, String> {
+        // every concrete action with the uids an `action in [...]` may name to reach it
+        let actions: Vec<(EntityUid, HashSet<EntityUid>)> = catalog
+            .actions
+            .values()
+            .map(|a| {
+                (
+                    a.uid.clone(),
+                    a.entities.iter().map(cedar_policy::Entity::uid).collect(),
+                )
+            })
+            .collect();
+        let mut grouped: HashMap<BucketKey, HashMap<EntityUid, Vec<Policy>>> = HashMap::new();
         for p in set.policies() {
             let key = BucketKey {
                 principal: principal_side(p.principal_constraint()),
                 resource: resource_side(p.resource_constraint()),
             };
-            grouped.entry(key).or_default().push(p.clone());
+            let by_action = grouped.entry(key).or_default();
+            let constraint = p.action_constraint();
+            for (action, reachable) in &actions {
+                let admitted = match &constraint {
+                    ActionConstraint::Any => true,
+                    ActionConstraint::Eq(a) => a == action,
+                    ActionConstraint::In(list) => list.iter().any(|a| reachable.contains(a)),
+                };
+                if admitted {
+                    by_action.entry(action.clone()).or_default().push(p.clone());
+                }
+            }
         }
         let mut index = PolicyIndex::default();
-        for (key, policies) in grouped {
-            let bucket = PolicySet::from_policies(policies).map_err(|e| e.to_string())?;
+        for (key, by_action) in grouped {
+            let mut sets = HashMap::with_capacity(by_action.len());
+            for (action, policies) in by_action {
+                sets.insert(
+                    action,
+                    PolicySet::from_policies(policies).map_err(|e| e.to_string())?,
+                );
+            }
             index.principal_sides.insert(key.principal.clone());
             index.resource_sides.insert(key.resource.clone());
-            index.buckets.insert(key, bucket);
+            index.buckets.insert(key, sets);
         }
         Ok(index)
     }
@@ -108,11 +142,13 @@ impl PolicyIndex {
         self.buckets.is_empty()
     }
 
-    /// The buckets that can apply to a principal and a resource with these ancestors.
+    /// The policy sets that can apply to a principal, action and resource (principal and
+    /// resource given with their ancestors).
     pub fn candidates<'a>(
         &'a self,
         principal: &EntityUid,
         principal_ancestors: &[EntityUid],
+        action: &EntityUid,
         resource: &EntityUid,
         resource_ancestors: &[EntityUid],
     ) -> Vec<&'a PolicySet> {
@@ -125,8 +161,8 @@ impl PolicyIndex {
                     principal: p.clone(),
                     resource: r.clone(),
                 };
-                if let Some(bucket) = self.buckets.get(&key) {
-                    out.push(bucket);
+                if let Some(set) = self.buckets.get(&key).and_then(|b| b.get(action)) {
+                    out.push(set);
                 }
             }
         }

@@ -2,6 +2,7 @@
 pub mod admin;
 pub mod auth;
 pub mod cache;
+pub mod cedar_core;
 pub mod check;
 pub mod cli;
 pub mod commands;

@@ -98,12 +98,14 @@ impl Policies {
         if let (Some(catalog), true) = (catalog, problems.is_empty()) {
             policies.validate(catalog, &mut problems);
         }
-        match PolicyIndex::build(&policies.set) {
-            Ok(index) => policies.index = index,
-            Err(e) => problems.push(Problem::in_file(
-                Path::new("policies"),
-                format!("cannot index: {e}"),
-            )),
+        if let Some(catalog) = catalog {
+            match PolicyIndex::build(&policies.set, catalog) {
+                Ok(index) => policies.index = index,
+                Err(e) => problems.push(Problem::in_file(
+                    Path::new("policies"),
+                    format!("cannot index: {e}"),
+                )),
+            }
         }
         problems.into_result(policies)
     }

@@ -61,6 +61,8 @@ pub struct Action {
     pub context: HashMap<String, Attr>,
     /// The action entity and all its groups, for per-request entity slices.
     pub entities: Vec<Entity>,
+    /// The same, as core entities (cloned into every slice).
+    pub core_entities: Vec<crate::cedar_core::CoreEntity>,
 }
 
 /// The loaded schema and its catalog.
@@ -115,6 +117,11 @@ impl Catalog {
                         .cloned(),
                 )
                 .filter_map(|uid| action_entities.get(&uid).cloned())
+                .collect();
+            action.core_entities = action
+                .entities
+                .iter()
+                .map(crate::cedar_core::from_public)
                 .collect();
             actions.insert(name, action);
         }
@@ -217,6 +224,7 @@ impl<'a> Reader<'a> {
             resources: types("resourceTypes"),
             context,
             entities: Vec::new(),
+            core_entities: Vec::new(),
         })
     }
 

@@ -43,42 +43,76 @@ pub fn owner(p: usize, users: usize) -> String {
     format!("u{}", p % (users / 2).max(1))
 }
 
-/// Writes a world with `projects` project policies and about `entities` entities.
+/// Writes a world with `policies` project policies and about `entities` entities.
 pub fn write(policies: usize, entities: usize) -> World {
+    let world = write_directory_world(entities);
+    world.add_policies(policies);
+    world
+}
+
+/// Writes the schema, base policies and a directory of about `entities` entities; add
+/// policy sets with [`World::add_policies`].
+pub fn write_directory_world(entities: usize) -> World {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // accounts: half developers (u*), half guests (m*, one per project)
-    let projects = (policies / 2).max(1).max(entities / 20);
+    let projects = (entities / 20).max(1);
     let users = (entities / 10).max(projects + 2);
     let devices = entities.saturating_sub(users + projects).max(projects);
     copy(&root().join("schema"), &d.join("schema"));
-    copy(&root().join("policies/thinger"), &d.join("policies"));
-    std::fs::remove_dir_all(d.join("policies/projects")).unwrap();
-    std::fs::create_dir_all(d.join("policies/projects")).unwrap();
+    copy(&root().join("policies/thinger"), &d.join("base"));
+    std::fs::remove_dir_all(d.join("base/projects")).unwrap();
     std::fs::create_dir_all(d.join("directory")).unwrap();
     std::fs::write(d.join("secret.key"), "bench-secret").unwrap();
-    write_policies(
-        &d.join("policies/projects/generated.cedar"),
-        policies,
-        users,
-    );
     write_directory(&d.join("directory/world.json"), users, projects, devices);
-    let config = d.join("iotgate.toml");
-    std::fs::write(
-        &config,
-        "[server]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:9\"\n\
-         [auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"secret.key\"\nprincipal_claim = \"usr\"\n\
-         [policy]\nschema = \"schema/thinger.cedarschema\"\nroutes = \"schema/thinger.routes.toml\"\n\
-         policies = [\"policies\"]\ndirectory = [\"directory\"]\nreload = \"off\"\n\
-         [cache]\nmax_entries = 100000\nttl_seconds = 300\n[license]\nmax_accounts = 1000000\n",
-    )
-    .unwrap();
-    World {
+    let world = World {
+        config: d.join("iotgate-0.toml"),
         dir,
-        config,
         users,
         projects,
         devices,
+    };
+    world.write_config(0);
+    world
+}
+
+impl World {
+    /// Adds a folder of `n` project policies and a config `iotgate-<n>.toml` using it
+    /// (and makes it this world's `config`).
+    pub fn add_policies(&self, n: usize) -> PathBuf {
+        let folder = self.dir.path().join(format!("projects-{n}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        write_policies(&folder.join("generated.cedar"), n, self.users);
+        self.write_config(n)
+    }
+
+    fn write_config(&self, n: usize) -> PathBuf {
+        let config = self.dir.path().join(format!("iotgate-{n}.toml"));
+        let projects = if n == 0 {
+            String::new()
+        } else {
+            format!(", \"projects-{n}\"")
+        };
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:9\"\n\
+                 [auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"secret.key\"\nprincipal_claim = \"usr\"\n\
+                 [policy]\nschema = \"schema/thinger.cedarschema\"\nroutes = \"schema/thinger.routes.toml\"\n\
+                 policies = [\"base\"{projects}]\ndirectory = [\"directory\"]\nreload = \"off\"\n\
+                 [cache]\nmax_entries = 100000\nttl_seconds = 300\n[license]\nmax_accounts = 1000000\n"
+            ),
+        )
+        .unwrap();
+        config
+    }
+
+    /// A device shared through project 0, and that project's member: an allowed read.
+    pub fn shared_device(&self) -> (String, String) {
+        (
+            member(0),
+            format!("/v1/users/{}/devices/d0", owner(0, self.users)),
+        )
     }
 }
 

@@ -135,7 +135,7 @@ impl Template {
 }
 
 /// What a request offers to fields.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Inputs<'a> {
     /// Path captures of the matched route.
     pub captures: &'a [(&'a str, String)],
@@ -145,8 +145,8 @@ pub struct Inputs<'a> {
     pub claims: &'a Claims,
     /// The parsed JSON body, when the route reads one and it was sent.
     pub body: Option<&'a Value>,
-    /// The principal's direct parents in the directory.
-    pub principal_parents: &'a [EntityUid],
+    /// The principal's direct parents in the directory (asked only by fields that read them).
+    pub principal_parents: &'a dyn Fn() -> Vec<EntityUid>,
 }
 
 /// A looked-up placeholder value.
@@ -177,7 +177,8 @@ impl<'a> Inputs<'a> {
             Source::Query(name) => self.query.get(name)?.map(|v| Raw::Text(Cow::Owned(v))),
             Source::Claim(name) => json(self.claims.get(name)),
             Source::PrincipalParent(ty) => {
-                let mut of_type = self.principal_parents.iter().filter(|p| {
+                let parents = (self.principal_parents)();
+                let mut of_type = parents.iter().filter(|p| {
                     let t = p.type_name();
                     t.basename() == ty || &t.to_string() == ty
                 });
@@ -255,6 +256,18 @@ impl FieldValue {
                     .iter()
                     .map(|s| RestrictedExpression::new_string(s.clone())),
             ),
+        }
+    }
+
+    /// The core Cedar value (for entities iotgate builds).
+    pub fn to_value(&self) -> cedar_policy_core::ast::Value {
+        use crate::cedar_core as c;
+        match self {
+            FieldValue::Str(s) => c::string(s),
+            FieldValue::Long(n) => c::long(*n),
+            FieldValue::Bool(b) => c::bool(*b),
+            FieldValue::Entity(uid) => c::entity_ref(uid.clone()),
+            FieldValue::Set(items) => c::set(items.iter().map(|s| c::string(s))),
         }
     }
 

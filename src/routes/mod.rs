@@ -138,6 +138,8 @@ pub struct Route {
     pub action: EntityUid,
     /// The action's name in the schema catalog.
     pub action_name: String,
+    /// The action as Cedar prints it (for decisions and logs, formatted once).
+    pub action_label: String,
     /// Resource entity type.
     pub resource_type: EntityTypeName,
     resource_id: Field,
@@ -534,6 +536,7 @@ impl<'a> Compiler<'a> {
             path,
             action: action.uid.clone(),
             action_name: r.action.clone(),
+            action_label: action.uid.to_string(),
             resource_type,
             resource_id,
             resource_attrs: attrs,

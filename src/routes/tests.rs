@@ -59,7 +59,7 @@ fn resolve(
         query: Query::new(None),
         claims: &claims,
         body: body.as_ref(),
-        principal_parents: &[],
+        principal_parents: &Vec::new,
     };
     Some((route.name.clone(), route.resolve(&inputs)))
 }

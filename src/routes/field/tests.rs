@@ -55,7 +55,7 @@ impl Req {
             query: Query::new(Some(self.query)),
             claims: &self.claims,
             body: self.body.as_ref(),
-            principal_parents: &self.parents,
+            principal_parents: &|| self.parents.clone(),
         };
         f.resolve(&inputs)
     }
