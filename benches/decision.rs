@@ -10,6 +10,7 @@
 //! - `cache_lookup`: the decision cache lookup alone, with the key that request makes;
 //! - `plain_cedar`: `Authorizer::is_authorized` over the whole policy set and one `Entities`
 //!   store of the whole directory (built once, not timed).
+//!
 //! Both answers are checked to agree before timing. A summary table with p50/p99 is printed
 //! at the end. `IOTGATE_BENCH_ENTITIES` / `IOTGATE_BENCH_POLICIES` (comma lists) narrow it.
 #![allow(

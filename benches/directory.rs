@@ -1,6 +1,8 @@
-//! Directory load at scale: time and memory to load (parse, check against the schema, index
-//! with ancestors) 10,000 and 1,000,000 entities, next to building one plain Cedar
-//! `Entities` store from the same files. Prints a table; run with `cargo bench --bench directory`.
+//! Loading at scale. First, the directory: time and memory to load (parse, check against
+//! the schema, index with ancestors) 10,000 and 1,000,000 entities, next to building one
+//! plain Cedar `Entities` store from the same files. Then the policies: time to load a whole
+//! snapshot (parse, strict validation, index) with 10 to 100,000 project policies — what a
+//! start or a reload costs. Prints tables; run with `cargo bench --bench directory`.
 //!
 //! Not a criterion bench: each size is loaded once in a fresh process state, because a load
 //! takes seconds and its memory is the point.
@@ -45,6 +47,26 @@ fn main() {
             "{count:>10} {:>13.2}s {:>11} MiB {plain:>16} {plain_rss:>16}",
             load.as_secs_f64(),
             grown / (1 << 20)
+        );
+    }
+    let policies: Vec<usize> = std::env::var("IOTGATE_BENCH_POLICIES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10, 1_000, 10_000, 100_000]);
+    println!(
+        "\n{:>10} {:>16} {:>14}",
+        "policies", "snapshot load", "index buckets"
+    );
+    let world = scale::write_directory_world(10_000);
+    for n in policies {
+        let config = iotgate::config::Config::load(&world.add_policies(n)).unwrap();
+        let started = Instant::now();
+        let snapshot = iotgate::snapshot::Snapshot::load(&config).unwrap();
+        println!(
+            "{:>10} {:>15.2}s {:>14}",
+            snapshot.policies.set.policies().count(),
+            started.elapsed().as_secs_f64(),
+            snapshot.policies.index.len()
         );
     }
 }

@@ -55,10 +55,23 @@ pub struct BucketKey {
     pub resource: Side,
 }
 
-/// Policies grouped by their scope pins, then by the concrete action they admit.
+/// Buckets with at most this many policies keep one set for every action: splitting them
+/// saves nothing at evaluation and costs memory and load time.
+const SPLIT_ABOVE: usize = 4;
+
+/// The policies of one bucket.
+#[derive(Debug, Clone)]
+enum Bucket {
+    /// Few policies: one set, whatever the action (Cedar checks the action scope).
+    All(PolicySet),
+    /// Many: one set per concrete action, holding the policies that admit it.
+    ByAction(HashMap<EntityUid, PolicySet>),
+}
+
+/// Policies grouped by their scope pins, then (for big buckets) by the action they admit.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyIndex {
-    buckets: HashMap<BucketKey, HashMap<EntityUid, PolicySet>>,
+    buckets: HashMap<BucketKey, Bucket>,
     principal_sides: HashSet<Side>,
     resource_sides: HashSet<Side>,
 }
@@ -86,48 +99,38 @@ impl PolicyIndex {
     /// A policy could not be added to its set (it was already in the validated set, so this
     /// does not happen in practice).
     pub fn build(set: &PolicySet, catalog: &Catalog) -> Result<PolicyIndex, String> {
-        // every concrete action with the uids an `action in [...]` may name to reach it
-        let actions: Vec<(EntityUid, HashSet<EntityUid>)> = catalog
-            .actions
-            .values()
-            .map(|a| {
-                (
-                    a.uid.clone(),
-                    a.entities.iter().map(cedar_policy::Entity::uid).collect(),
-                )
-            })
-            .collect();
-        let mut grouped: HashMap<BucketKey, HashMap<EntityUid, Vec<Policy>>> = HashMap::new();
+        let mut grouped: HashMap<BucketKey, Vec<Policy>> = HashMap::new();
         for p in set.policies() {
             let key = BucketKey {
                 principal: principal_side(p.principal_constraint()),
                 resource: resource_side(p.resource_constraint()),
             };
-            let by_action = grouped.entry(key).or_default();
-            let constraint = p.action_constraint();
-            for (action, reachable) in &actions {
-                let admitted = match &constraint {
-                    ActionConstraint::Any => true,
-                    ActionConstraint::Eq(a) => a == action,
-                    ActionConstraint::In(list) => list.iter().any(|a| reachable.contains(a)),
-                };
-                if admitted {
-                    by_action.entry(action.clone()).or_default().push(p.clone());
-                }
-            }
+            grouped.entry(key).or_default().push(p.clone());
         }
+        let admits = Admits::new(catalog);
         let mut index = PolicyIndex::default();
-        for (key, by_action) in grouped {
-            let mut sets = HashMap::with_capacity(by_action.len());
-            for (action, policies) in by_action {
-                sets.insert(
-                    action,
-                    PolicySet::from_policies(policies).map_err(|e| e.to_string())?,
-                );
-            }
+        for (key, policies) in grouped {
+            let bucket = if policies.len() <= SPLIT_ABOVE {
+                Bucket::All(PolicySet::from_policies(policies).map_err(|e| e.to_string())?)
+            } else {
+                let mut by_action: HashMap<EntityUid, Vec<Policy>> = HashMap::new();
+                for p in policies {
+                    for action in admits.actions(&p.action_constraint()) {
+                        by_action.entry(action.clone()).or_default().push(p.clone());
+                    }
+                }
+                let mut sets = HashMap::with_capacity(by_action.len());
+                for (action, policies) in by_action {
+                    sets.insert(
+                        action,
+                        PolicySet::from_policies(policies).map_err(|e| e.to_string())?,
+                    );
+                }
+                Bucket::ByAction(sets)
+            };
             index.principal_sides.insert(key.principal.clone());
             index.resource_sides.insert(key.resource.clone());
-            index.buckets.insert(key, sets);
+            index.buckets.insert(key, bucket);
         }
         Ok(index)
     }
@@ -161,12 +164,50 @@ impl PolicyIndex {
                     principal: p.clone(),
                     resource: r.clone(),
                 };
-                if let Some(set) = self.buckets.get(&key).and_then(|b| b.get(action)) {
-                    out.push(set);
+                match self.buckets.get(&key) {
+                    Some(Bucket::All(set)) => out.push(set),
+                    Some(Bucket::ByAction(sets)) => out.extend(sets.get(action)),
+                    None => {}
                 }
             }
         }
         out
+    }
+}
+
+/// Which concrete actions of the schema an action constraint admits.
+struct Admits<'c> {
+    all: Vec<&'c EntityUid>,
+    /// uid an `action in [...]` may name → the concrete actions it reaches (itself and the
+    /// actions it is a group of).
+    reaching: HashMap<&'c EntityUid, Vec<&'c EntityUid>>,
+}
+
+impl<'c> Admits<'c> {
+    fn new(catalog: &'c Catalog) -> Self {
+        let mut reaching: HashMap<&EntityUid, Vec<&EntityUid>> = HashMap::new();
+        for action in catalog.actions.values() {
+            for group in &action.entity_uids {
+                reaching.entry(group).or_default().push(&action.uid);
+            }
+        }
+        Admits {
+            all: catalog.actions.values().map(|a| &a.uid).collect(),
+            reaching,
+        }
+    }
+
+    fn actions(&self, constraint: &ActionConstraint) -> HashSet<&'c EntityUid> {
+        match constraint {
+            ActionConstraint::Any => self.all.iter().copied().collect(),
+            ActionConstraint::Eq(a) => self.all.iter().copied().filter(|x| *x == a).collect(),
+            ActionConstraint::In(list) => list
+                .iter()
+                .filter_map(|l| self.reaching.get(l))
+                .flatten()
+                .copied()
+                .collect(),
+        }
     }
 }
 

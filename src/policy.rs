@@ -18,7 +18,7 @@ use cedar_policy::{PolicyId, PolicySet, ValidationMode, Validator};
 
 use crate::diagnostic;
 use crate::index::PolicyIndex;
-use crate::problem::{line_of_offset, read_text, Problem, Problems};
+use crate::problem::{read_text, LineCounter, Problem, Problems};
 use crate::schema::Catalog;
 
 /// How many entity dereferences a policy may chain (see the module docs).
@@ -115,8 +115,10 @@ impl Policies {
         match PolicySet::from_str(&text) {
             Err(e) => problems.extend(diagnostic::problems(path, &text, &e)),
             Ok(parsed) => {
+                let id_lines = id_lines(&text);
+                let id_line = |id: &str| id_lines.get(id).copied();
                 for t in parsed.templates() {
-                    let line = t.annotation("id").and_then(|id| id_line(&text, id));
+                    let line = t.annotation("id").and_then(id_line);
                     problems.push(Problem::at_line(
                         path,
                         line,
@@ -128,7 +130,7 @@ impl Policies {
                 }
                 for (n, p) in parsed.policies().enumerate() {
                     let (id, line) = match p.annotation("id") {
-                        Some(id) => (id.to_string(), id_line(&text, id)),
+                        Some(id) => (id.to_string(), id_line(id)),
                         None => (format!("{}#policy{n}", name.display()), None),
                     };
                     let id = PolicyId::new(id);
@@ -192,22 +194,31 @@ impl Policies {
     }
 }
 
-/// Line of `@id("<id>")` in a file's text.
-fn id_line(text: &str, id: &str) -> Option<usize> {
-    let needle = format!("{:?}", id);
+/// The line of every `@id("…")` in a file's text (the first, for a repeated id), found in
+/// one pass: a file may hold a hundred thousand policies.
+fn id_lines(text: &str) -> HashMap<String, usize> {
+    let mut lines = LineCounter::new(text);
+    let mut out = HashMap::new();
     let mut from = 0;
     while let Some(at) = text[from..].find("@id") {
         let start = from + at;
-        let rest = text[start + 3..]
-            .trim_start()
-            .strip_prefix('(')?
-            .trim_start();
-        if rest.starts_with(&needle) {
-            return Some(line_of_offset(text, start));
-        }
         from = start + 3;
+        let rest = text[from..].trim_start();
+        let Some(quoted) = rest
+            .strip_prefix('(')
+            .map(str::trim_start)
+            .and_then(|r| r.strip_prefix('"'))
+        else {
+            continue;
+        };
+        let Some(end) = quoted.find('"') else {
+            continue;
+        };
+        // ids with escapes are rare; they are looked up by their raw text and just lose the line
+        out.entry(quoted[..end].to_string())
+            .or_insert_with(|| lines.line_at(start));
     }
-    None
+    out
 }
 
 /// Every `*.cedar` file below `dir`, sorted, recursively.

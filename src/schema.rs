@@ -63,6 +63,8 @@ pub struct Action {
     pub entities: Vec<Entity>,
     /// The same, as core entities (cloned into every slice).
     pub core_entities: Vec<crate::cedar_core::CoreEntity>,
+    /// The uids of the action and all its groups.
+    pub entity_uids: Vec<EntityUid>,
 }
 
 /// The loaded schema and its catalog.
@@ -123,6 +125,7 @@ impl Catalog {
                 .iter()
                 .map(crate::cedar_core::from_public)
                 .collect();
+            action.entity_uids = action.entities.iter().map(Entity::uid).collect();
             actions.insert(name, action);
         }
         Ok(Catalog {
@@ -225,6 +228,7 @@ impl<'a> Reader<'a> {
             context,
             entities: Vec::new(),
             core_entities: Vec::new(),
+            entity_uids: Vec::new(),
         })
     }
 

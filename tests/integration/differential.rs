@@ -356,7 +356,7 @@ fn indexed_and_sliced_decisions_equal_plain_cedar() {
     for seed in 0..worlds {
         let mut rng = Rng(seed);
         let world = World::generate(&mut rng);
-        let texts = (0..5 + rng.below(20))
+        let texts = (0..5 + rng.below(36))
             .map(|n| world.policy(&mut rng, n))
             .collect();
         let policies = valid_policies(&schema, texts);
