@@ -63,7 +63,7 @@ const SPLIT_ABOVE: usize = 4;
 #[derive(Debug, Clone)]
 enum Bucket {
     /// Few policies: one set, whatever the action (Cedar checks the action scope).
-    All(PolicySet),
+    All(Box<PolicySet>),
     /// Many: one set per concrete action, holding the policies that admit it.
     ByAction(HashMap<EntityUid, PolicySet>),
 }
@@ -111,7 +111,9 @@ impl PolicyIndex {
         let mut index = PolicyIndex::default();
         for (key, policies) in grouped {
             let bucket = if policies.len() <= SPLIT_ABOVE {
-                Bucket::All(PolicySet::from_policies(policies).map_err(|e| e.to_string())?)
+                Bucket::All(Box::new(
+                    PolicySet::from_policies(policies).map_err(|e| e.to_string())?,
+                ))
             } else {
                 let mut by_action: HashMap<EntityUid, Vec<Policy>> = HashMap::new();
                 for p in policies {
@@ -165,7 +167,7 @@ impl PolicyIndex {
                     resource: r.clone(),
                 };
                 match self.buckets.get(&key) {
-                    Some(Bucket::All(set)) => out.push(set),
+                    Some(Bucket::All(set)) => out.push(&**set),
                     Some(Bucket::ByAction(sets)) => out.extend(sets.get(action)),
                     None => {}
                 }
