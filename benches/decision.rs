@@ -36,13 +36,6 @@ use iotgate::decision::{self, Credentials, RequestHead};
 use iotgate::routes::field::FieldValue;
 use iotgate::routes::Resolved;
 
-fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
-    std::env::var(var)
-        .ok()
-        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
-        .unwrap_or_else(|| default.to_vec())
-}
-
 /// p50 and p99 of `f`, over `n` runs.
 fn percentiles(n: usize, mut f: impl FnMut()) -> (Duration, Duration) {
     let mut times: Vec<Duration> = (0..n)
@@ -72,10 +65,10 @@ fn main() {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
     let mut rows = Vec::new();
-    for entities in sizes("IOTGATE_BENCH_ENTITIES", &[10_000, 1_000_000]) {
+    for entities in scale::sizes("IOTGATE_BENCH_ENTITIES", &[10_000, 1_000_000]) {
         let world = scale::write_directory_world(entities);
         let (schema, plain_entities) = plain_store(&world);
-        for policies in sizes("IOTGATE_BENCH_POLICIES", &[10, 1_000, 10_000, 100_000]) {
+        for policies in scale::sizes("IOTGATE_BENCH_POLICIES", &[10, 1_000, 10_000, 100_000]) {
             let config = world.add_policies(policies);
             rows.push(bench_one(
                 &mut criterion,

@@ -20,10 +20,7 @@ mod scale;
 use std::time::Instant;
 
 fn main() {
-    let sizes: Vec<usize> = std::env::var("IOTGATE_BENCH_ENTITIES")
-        .ok()
-        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![10_000, 1_000_000]);
+    let sizes = scale::sizes("IOTGATE_BENCH_ENTITIES", &[10_000, 1_000_000]);
     println!(
         "{:>10} {:>14} {:>14} {:>16} {:>16}",
         "entities", "iotgate load", "iotgate RSS+", "plain Cedar build", "plain Cedar RSS+"
@@ -49,10 +46,7 @@ fn main() {
             grown / (1 << 20)
         );
     }
-    let policies: Vec<usize> = std::env::var("IOTGATE_BENCH_POLICIES")
-        .ok()
-        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![10, 1_000, 10_000, 100_000]);
+    let policies = scale::sizes("IOTGATE_BENCH_POLICIES", &[10, 1_000, 10_000, 100_000]);
     println!(
         "\n{:>10} {:>16} {:>14}",
         "policies", "snapshot load", "index buckets"

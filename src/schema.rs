@@ -170,16 +170,7 @@ impl<'a> Reader<'a> {
                     Some(shape) => self.record_attrs(ns, shape),
                     None => HashMap::new(),
                 };
-                let parents = def
-                    .get("memberOfTypes")
-                    .and_then(Value::as_array)
-                    .map(|v| {
-                        v.iter()
-                            .filter_map(Value::as_str)
-                            .map(|t| qualify(ns, t))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let parents = type_names(ns, def.get("memberOfTypes"));
                 self.member_of.insert(qualify(ns, name), parents);
                 self.entity_types.insert(qualify(ns, name), attrs);
             }
@@ -205,18 +196,7 @@ impl<'a> Reader<'a> {
         ))
         .ok()?;
         let applies = def.get("appliesTo");
-        let types = |key: &str| -> Vec<String> {
-            applies
-                .and_then(|a| a.get(key))
-                .and_then(Value::as_array)
-                .map(|v| {
-                    v.iter()
-                        .filter_map(Value::as_str)
-                        .map(|t| qualify(ns, t))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let types = |key: &str| -> Vec<String> { type_names(ns, applies.and_then(|a| a.get(key))) };
         let context = match applies.and_then(|a| a.get("context")) {
             Some(ctx) => self.record_attrs(ns, ctx),
             None => HashMap::new(),
@@ -309,6 +289,18 @@ fn object<'v>(value: &'v Value, key: &str) -> impl Iterator<Item = (&'v String, 
         .and_then(Value::as_object)
         .unwrap_or_else(|| EMPTY.get_or_init(Map::new))
         .iter()
+}
+
+/// The qualified names of a JSON array of type names (empty when absent).
+fn type_names(ns: &str, list: Option<&Value>) -> Vec<String> {
+    list.and_then(Value::as_array)
+        .map(|v| {
+            v.iter()
+                .filter_map(Value::as_str)
+                .map(|t| qualify(ns, t))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `Ns::Name` unless `name` is already qualified or the namespace is empty.

@@ -188,6 +188,14 @@ fn copy(from: &Path, to: &Path) {
     }
 }
 
+/// Sizes from a comma-separated environment variable, or the defaults.
+pub fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
 /// Resident set size of this process, in bytes (Linux).
 pub fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
