@@ -381,7 +381,14 @@ pub fn authorize(
         .actions
         .get(action_name)
         .ok_or_else(|| format!("action `{action_name}` is not in the schema"))?;
-    let entities = slice(snapshot, principal, &action.core_entities, resolved)?;
+    let resource = snapshot.directory.get(&resolved.resource);
+    let entities = slice(
+        snapshot,
+        principal,
+        resource,
+        &action.core_entities,
+        resolved,
+    )?;
     let context = Context::from_pairs(
         resolved
             .context
@@ -399,11 +406,7 @@ pub fn authorize(
         Some(&snapshot.catalog.schema),
     )
     .map_err(|e| e.to_string())?;
-    let resource_ancestors = snapshot
-        .directory
-        .get(&resolved.resource)
-        .map(|n| n.ancestors())
-        .unwrap_or_default();
+    let resource_ancestors = resource.map(|n| n.ancestors()).unwrap_or_default();
     let decide = |policies: &Policies| {
         let buckets = policies.index.candidates(
             &principal_uid,
@@ -425,13 +428,14 @@ pub fn authorize(
 fn slice(
     snapshot: &Snapshot,
     principal: NodeRef<'_>,
+    resource: Option<NodeRef<'_>>,
     action_entities: &[CoreEntity],
     resolved: &Resolved,
 ) -> Result<Entities, String> {
     let directory = &snapshot.directory;
     let mut slice = Slice::new(directory);
     slice.add_root(principal)?;
-    match directory.get(&resolved.resource) {
+    match resource {
         Some(node) => slice.add_root(node)?,
         None if !resolved.resource_attrs.is_empty() => {
             for (_, v) in &resolved.resource_attrs {

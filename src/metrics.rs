@@ -26,7 +26,8 @@ const BUCKETS: [f64; 12] = [
 /// All counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: RwLock<HashMap<(String, u16), AtomicU64>>,
+    /// route template → status → count (looked up by `&str`: no allocation per request)
+    requests: RwLock<HashMap<String, HashMap<u16, AtomicU64>>>,
     allowed: AtomicU64,
     denied: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
@@ -56,13 +57,17 @@ impl Metrics {
     /// Counts a finished request by route template (`-` when none matched) and status.
     pub fn record_request(&self, route: &str, status: u16) {
         if let Ok(map) = self.requests.read() {
-            if let Some(counter) = map.get(&(route.to_string(), status)) {
+            if let Some(counter) = map.get(route).and_then(|by_status| by_status.get(&status)) {
                 inc(counter);
                 return;
             }
         }
         if let Ok(mut map) = self.requests.write() {
-            inc(map.entry((route.to_string(), status)).or_default());
+            inc(map
+                .entry(route.to_string())
+                .or_default()
+                .entry(status)
+                .or_default());
         }
     }
 
@@ -118,7 +123,10 @@ impl Metrics {
             .read()
             .map(|m| {
                 m.iter()
-                    .map(|((route, status), c)| {
+                    .flat_map(|(route, by_status)| {
+                        by_status.iter().map(move |(status, c)| (route, status, c))
+                    })
+                    .map(|(route, status, c)| {
                         (
                             format!("{{route=\"{}\",status=\"{status}\"}}", escape(route)),
                             get(c),
