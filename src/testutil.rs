@@ -24,16 +24,6 @@ pub fn messages(dir: &Path, problems: Problems) -> Vec<String> {
         .collect()
 }
 
-/// Copies a folder recursively.
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
+#[path = "../tests/common/fs.rs"]
+mod fs;
+pub use fs::copy_dir;

@@ -175,18 +175,9 @@ fn write_directory(path: &Path, users: usize, projects: usize, devices: usize) {
     writeln!(f, "\n]").unwrap();
 }
 
-fn copy(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
+#[path = "../../tests/common/fs.rs"]
+mod fs;
+use fs::copy_dir as copy;
 
 /// Sizes from a comma-separated environment variable, or the defaults.
 pub fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
