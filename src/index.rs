@@ -3,9 +3,9 @@
 //! ```text
 //! load:    each policy ──scope pins──▶ one bucket (principal side, resource side)
 //!          side = Any (unpinned or `is T`) | Eq(uid) (`== uid`) | In(uid) (`in uid`, `is T in uid`)
-//!          within a bucket: one PolicySet per concrete action of the schema, holding the
-//!          policies whose action constraint admits it (`==`, `in [..]` through the action
-//!          groups, or unconstrained)
+//!          a bucket of more than four policies: one PolicySet per concrete action of the
+//!          schema, holding the policies whose action constraint admits it (`==`, `in [..]`
+//!          through the action groups, or unconstrained); a smaller one: a single set
 //! request: principal sides {Any, Eq(p), In(p), In(a) for a in ancestors(p)}
 //!        × resource sides  {Any, Eq(r), In(r), In(a) for a in ancestors(r)}
 //!          ──present buckets only, the request action's set──▶ evaluate each on the same
