@@ -97,6 +97,8 @@ fn bench(c: &mut Criterion) {
     let cache = iotgate::cache::TokenCache::new(&iotgate::config::CacheConfig {
         max_entries: 1000,
         ttl: std::time::Duration::from_secs(60),
+        max_bytes: 1 << 20,
+        max_entry_bytes: 16 << 10,
     });
     let token = cases[1].2.sign(&claims).unwrap();
     cache.insert(

@@ -11,6 +11,7 @@
 //!
 //! Bind it to loopback or a private network: it is not authenticated.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,20 +33,57 @@ pub struct Admin {
     gateway: Arc<Gateway>,
     reloader: Arc<Reloader>,
     mode: Reload,
+    /// `Host` values answered: the listener's address, `localhost`, `[server] admin_hosts`.
+    hosts: Vec<String>,
 }
 
 impl Admin {
-    /// Admin endpoints over a gateway and its reloader.
-    pub fn new(gateway: Arc<Gateway>, reloader: Arc<Reloader>, mode: Reload) -> Admin {
+    /// Admin endpoints over a gateway and its reloader, listening on `addr`; `extra_hosts`
+    /// are further `Host` values it answers (a name it is reached by).
+    pub fn new(
+        gateway: Arc<Gateway>,
+        reloader: Arc<Reloader>,
+        mode: Reload,
+        addr: SocketAddr,
+        extra_hosts: &[String],
+    ) -> Admin {
+        let port = addr.port();
+        let mut hosts = vec![
+            addr.to_string(),
+            "localhost".to_string(),
+            format!("localhost:{port}"),
+        ];
+        hosts.extend(extra_hosts.iter().map(|h| h.to_ascii_lowercase()));
         Admin {
             gateway,
             reloader,
             mode,
+            hosts,
         }
+    }
+
+    /// Whether a request may be answered: no `Origin` (browsers send one on cross-site
+    /// requests) and a `Host` the listener is known by (DNS rebinding sends the attacker's).
+    fn may_answer(&self, request: &Request<Incoming>) -> bool {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()))
+            .map(str::to_ascii_lowercase);
+        !request.headers().contains_key(header::ORIGIN)
+            && host.is_some_and(|h| self.hosts.contains(&h))
     }
 
     /// Answers one admin request.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        if !self.may_answer(&request) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "application/json",
+                json!({"error": "forbidden", "reason": "admin_host"}).to_string(),
+            );
+        }
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
             (&Method::GET, "/readyz") => self.ready().await,

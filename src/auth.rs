@@ -69,9 +69,13 @@ pub enum AuthError {
     /// `aud` differs from the configured audience.
     #[error("wrong audience")]
     Audience,
-    /// A required claim (`exp`, the principal claim) is absent or not usable.
+    /// A required claim (`exp`, the principal claim) is absent or not usable, a time claim
+    /// is not a number, or a claim is `null`.
     #[error("missing or invalid claim `{0}`")]
     Claim(String),
+    /// The header lists `crit` extensions; iotgate implements none (RFC 7515 §4.1.11).
+    #[error("critical header extension not understood")]
+    Critical,
 }
 
 /// A verification key and what it may verify.
@@ -90,6 +94,8 @@ pub struct Verifier {
     validations: HashMap<Algorithm, Validation>,
     principal_claim: String,
     query_parameter: Option<String>,
+    leeway: u64,
+    require_exp: bool,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -121,7 +127,14 @@ impl Verifier {
             validations,
             principal_claim: auth.principal_claim.clone(),
             query_parameter: auth.query_parameter.clone(),
+            leeway: auth.leeway_seconds,
+            require_exp: auth.require_exp,
         })
+    }
+
+    /// The query parameter that may carry the token.
+    pub fn query_parameter(&self) -> Option<&str> {
+        self.query_parameter.as_deref()
     }
 
     /// The claim that names the principal.
@@ -145,7 +158,7 @@ impl Verifier {
             (None, None) => None,
         };
         let from_query = match &self.query_parameter {
-            Some(name) => query.get(name).map_err(|_| AuthError::Ambiguous)?,
+            Some(name) => query.get_any_case(name).map_err(|_| AuthError::Ambiguous)?,
             None => None,
         };
         match (header, from_query) {
@@ -161,6 +174,7 @@ impl Verifier {
     /// # Errors
     /// Any [`AuthError`] but the extraction ones.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        refuse_critical(token)?;
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         let validation = self
@@ -170,7 +184,10 @@ impl Verifier {
         let mut last = AuthError::NoKey;
         for key in self.candidates(header.alg, header.kid.as_deref()) {
             match jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
-                Ok(data) => return self.identity(data.claims),
+                Ok(data) => {
+                    self.check_claims(&data.claims)?;
+                    return self.identity(data.claims);
+                }
                 Err(e) => last = map_error(e.kind()),
             }
             if last != AuthError::Signature {
@@ -178,6 +195,26 @@ impl Verifier {
             }
         }
         Err(last)
+    }
+
+    /// Checks what a signed token's claims say about time, reading `exp`, `nbf` and `iat` as
+    /// numbers rounded down (a fractional `exp` counts from its whole second) and refusing
+    /// any other type, and refuses `null` claims (a present `null` is not an absent claim).
+    fn check_claims(&self, claims: &Claims) -> Result<(), AuthError> {
+        if let Some((name, _)) = claims.iter().find(|(_, v)| v.is_null()) {
+            return Err(AuthError::Claim(name.clone()));
+        }
+        let now = now();
+        match time_claim(claims, "exp")? {
+            Some(exp) if exp.saturating_add(self.leeway) < now => return Err(AuthError::Expired),
+            None if self.require_exp => return Err(AuthError::Claim("exp".into())),
+            _ => {}
+        }
+        if time_claim(claims, "nbf")?.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
+            return Err(AuthError::NotYetValid);
+        }
+        time_claim(claims, "iat")?;
+        Ok(())
     }
 
     /// Builds an identity from claims that are trusted without a signature (`check --as`).
@@ -222,15 +259,51 @@ fn bearer(value: &http::HeaderValue) -> Result<&str, AuthError> {
     Ok(token)
 }
 
+/// Refuses a token whose header has `crit` (read from the raw header: the JWT library
+/// does not look at it).
+fn refuse_critical(token: &str) -> Result<(), AuthError> {
+    use base64::Engine;
+    let encoded = token.split('.').next().unwrap_or_default();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|e| AuthError::Malformed(e.to_string()))?;
+    let header: Map<String, Value> =
+        serde_json::from_slice(&raw).map_err(|e| AuthError::Malformed(e.to_string()))?;
+    if header.contains_key("crit") {
+        return Err(AuthError::Critical);
+    }
+    Ok(())
+}
+
+/// A time claim in whole seconds since the epoch (rounded down), if present.
+///
+/// # Errors
+/// The claim is not a non-negative number.
+fn time_claim(claims: &Claims, name: &str) -> Result<Option<u64>, AuthError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(whole), _) => Ok(Some(whole)),
+            (None, Some(f)) if f.is_finite() && f >= 0.0 => Ok(Some(f.floor() as u64)),
+            _ => Err(AuthError::Claim(name.to_string())),
+        },
+        Some(_) => Err(AuthError::Claim(name.to_string())),
+    }
+}
+
+/// When a verified token expires (its `exp`, rounded down), for caches.
+pub fn expiry(claims: &Claims) -> Option<u64> {
+    time_claim(claims, "exp").ok().flatten()
+}
+
+/// Signature, algorithm, `iss` and `aud` are checked by the JWT library; the time claims
+/// by [`Verifier::check_claims`], which reads them strictly.
 fn validation(auth: &AuthConfig, alg: Algorithm) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = auth.leeway_seconds;
-    v.validate_nbf = true;
-    v.validate_exp = true;
+    v.validate_nbf = false;
+    v.validate_exp = false;
     let mut required = Vec::new();
-    if auth.require_exp {
-        required.push("exp");
-    }
     if let Some(iss) = &auth.issuer {
         v.set_issuer(&[iss]);
         required.push("iss");

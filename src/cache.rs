@@ -76,6 +76,8 @@ pub struct Stats {
     pub evictions: u64,
     /// Entries held now.
     pub entries: u64,
+    /// Estimated bytes held now (decision cache; 0 for the token cache).
+    pub bytes: u64,
 }
 
 impl Counters {
@@ -84,8 +86,9 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn stats(&self, entries: u64) -> Stats {
+    fn stats(&self, entries: u64, bytes: u64) -> Stats {
         Stats {
+            bytes,
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
@@ -107,21 +110,63 @@ impl Counters {
 #[derive(Debug)]
 pub struct DecisionCache {
     cache: Option<Cache<DecisionKey, Arc<Verdicts>>>,
+    max_entry_bytes: u64,
     counters: Counters,
 }
 
+/// Estimated bytes held by one cached decision: the structs plus every string they own.
+fn estimated_bytes(key: &DecisionKey, verdicts: &Verdicts) -> u64 {
+    use crate::routes::field::FieldValue;
+    const UID: usize = std::mem::size_of::<EntityUid>();
+    let uid = |u: &EntityUid| UID + u.id().unescaped().len();
+    let value = |v: &FieldValue| match v {
+        FieldValue::Str(s) => s.len(),
+        FieldValue::Long(_) | FieldValue::Bool(_) => 0,
+        FieldValue::Entity(e) => uid(e),
+        FieldValue::Set(items) => items.iter().map(|i| i.len() + 32).sum(),
+    };
+    let fields = |f: &[(String, FieldValue)]| -> usize {
+        f.iter()
+            .map(|(k, v)| k.len() + value(v) + std::mem::size_of::<(String, FieldValue)>())
+            .sum()
+    };
+    let strings = |v: &[String]| -> usize { v.iter().map(|s| s.len() + 24).sum() };
+    let verdict = |v: &Verdict| strings(&v.reasons) + strings(&v.explanations) + strings(&v.errors);
+    let bytes = std::mem::size_of::<DecisionKey>()
+        + std::mem::size_of::<Verdicts>()
+        + uid(&key.principal)
+        + uid(&key.resolved.resource)
+        + fields(&key.resolved.resource_attrs)
+        + fields(&key.resolved.context)
+        + verdict(&verdicts.live)
+        + verdicts.shadow.as_ref().map_or(0, verdict);
+    bytes as u64
+}
+
 impl DecisionCache {
-    /// A cache per `[cache]` (`max_entries = 0` disables it).
+    /// A cache per `[cache]` (`max_entries = 0` disables it). It holds at most
+    /// `max_bytes` (estimated) and `max_entries` decisions: each entry weighs its estimated
+    /// size, and at least `max_bytes / max_entries`.
     pub fn new(config: &CacheConfig) -> DecisionCache {
         let counters = Counters::default();
-        let cache = (config.max_entries > 0 && !config.ttl.is_zero()).then(|| {
-            Cache::builder()
-                .max_capacity(config.max_entries)
-                .time_to_live(config.ttl)
-                .eviction_listener(counters.listener())
-                .build()
-        });
-        DecisionCache { cache, counters }
+        let floor = (config.max_bytes / config.max_entries.max(1)).max(1);
+        let cache =
+            (config.max_entries > 0 && config.max_bytes > 0 && !config.ttl.is_zero()).then(|| {
+                Cache::builder()
+                    .max_capacity(config.max_bytes)
+                    .weigher(move |k: &DecisionKey, v: &Arc<Verdicts>| {
+                        let weight = estimated_bytes(k, v).max(floor);
+                        u32::try_from(weight).unwrap_or(u32::MAX)
+                    })
+                    .time_to_live(config.ttl)
+                    .eviction_listener(counters.listener())
+                    .build()
+            });
+        DecisionCache {
+            cache,
+            max_entry_bytes: config.max_entry_bytes,
+            counters,
+        }
     }
 
     /// The cached verdicts for a key.
@@ -131,11 +176,21 @@ impl DecisionCache {
         found
     }
 
-    /// Remembers verdicts.
+    /// Remembers verdicts, unless the entry is estimated above `max_entry_bytes`.
     pub fn insert(&self, key: DecisionKey, verdicts: Arc<Verdicts>) {
         if let Some(c) = &self.cache {
-            c.insert(key, verdicts);
+            if estimated_bytes(&key, &verdicts) <= self.max_entry_bytes {
+                c.insert(key, verdicts);
+            }
         }
+    }
+
+    /// Estimated bytes held now (what `max_bytes` bounds).
+    pub fn weighted_bytes(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| {
+            c.run_pending_tasks();
+            c.weighted_size()
+        })
     }
 
     /// Drops everything (after a snapshot swap: old generations can never match again).
@@ -147,8 +202,8 @@ impl DecisionCache {
 
     /// Counters.
     pub fn stats(&self) -> Stats {
-        self.counters
-            .stats(self.cache.as_ref().map_or(0, Cache::entry_count))
+        let entries = self.cache.as_ref().map_or(0, Cache::entry_count);
+        self.counters.stats(entries, self.weighted_bytes())
     }
 }
 
@@ -231,8 +286,8 @@ impl TokenCache {
 
     /// Counters.
     pub fn stats(&self) -> Stats {
-        self.counters
-            .stats(self.cache.as_ref().map_or(0, Cache::entry_count))
+        let entries = self.cache.as_ref().map_or(0, Cache::entry_count);
+        self.counters.stats(entries, 0)
     }
 }
 

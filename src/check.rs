@@ -113,6 +113,16 @@ impl Probe {
         Ok(self)
     }
 
+    /// Sends `bytes` as the body, typed `application/json` as clients of a JSON API do.
+    pub fn with_body(mut self, bytes: Vec<u8>) -> Probe {
+        self.headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        self.body = Some(bytes);
+        self
+    }
+
     /// Decides it, exactly as `serve` would (minus the cache).
     pub fn decide(&self, loaded: &Loaded) -> Decision {
         let head = RequestHead {
@@ -235,7 +245,7 @@ fn explain_one(
 }
 
 fn single_probe(loaded: &Loaded, args: &CheckArgs, request: &str) -> Result<Probe, String> {
-    let mut probe = match (&args.token, &args.as_user) {
+    let probe = match (&args.token, &args.as_user) {
         (Some(token), _) => Probe::parse(request, Credentials::Token)?.with_token(token)?,
         (None, Some(user)) => {
             let mut claims = parse_claims(&args.claims)?;
@@ -247,8 +257,10 @@ fn single_probe(loaded: &Loaded, args: &CheckArgs, request: &str) -> Result<Prob
         }
         (None, None) => return Err("give --token or --as".into()),
     };
-    probe.body = args.body.as_ref().map(|b| b.clone().into_bytes());
-    Ok(probe)
+    Ok(match &args.body {
+        Some(b) => probe.with_body(b.clone().into_bytes()),
+        None => probe,
+    })
 }
 
 /// A decision as `check` and logs present it.
@@ -513,7 +525,7 @@ fn compile_case(c: FileCase, loaded: &Loaded) -> Result<Case, String> {
             Value::String(user.clone()),
         );
     }
-    let mut probe = match (&c.token, c.as_user.is_some() || c.claims.is_some(), c.sign) {
+    let probe = match (&c.token, c.as_user.is_some() || c.claims.is_some(), c.sign) {
         (Some(_), true, _) => return Err("give `token` or `as`/`claims`, not both".into()),
         (Some(token), false, _) => {
             Probe::parse(&c.request, Credentials::Token)?.with_token(token)?
@@ -528,10 +540,10 @@ fn compile_case(c: FileCase, loaded: &Loaded) -> Result<Case, String> {
         (None, true, false) => Probe::parse(&c.request, Credentials::Trusted(claims))?,
         (None, false, _) => return Err("a case needs `as`, `claims` or `token`".into()),
     };
-    probe.body = match &c.body {
-        None => None,
-        Some(toml::Value::String(s)) => Some(s.clone().into_bytes()),
-        Some(v) => Some(serde_json::to_vec(v).map_err(|e| e.to_string())?),
+    let probe = match &c.body {
+        None => probe,
+        Some(toml::Value::String(s)) => probe.with_body(s.clone().into_bytes()),
+        Some(v) => probe.with_body(serde_json::to_vec(v).map_err(|e| e.to_string())?),
     };
     Ok(Case {
         name: c.name,

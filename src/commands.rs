@@ -21,6 +21,9 @@ pub fn validate(args: &ConfigArg, out: &mut dyn Write) -> std::io::Result<ExitSt
         }
         Ok(loaded) => {
             let s = &loaded.snapshot;
+            for warning in &s.routes.warnings {
+                writeln!(out, "warning: {warning}")?;
+            }
             writeln!(
                 out,
                 "ok: {} routes, {} policies, {} entities; policy version {}, directory version {}",

@@ -25,6 +25,11 @@ const DEFAULT_LEEWAY_SECONDS: u64 = 30;
 const DEFAULT_PRINCIPAL_CLAIM: &str = "sub";
 const DEFAULT_CACHE_ENTRIES: u64 = 100_000;
 const DEFAULT_CACHE_TTL_SECONDS: u64 = 30;
+const DEFAULT_CACHE_MAX_BYTES: u64 = 64 << 20;
+const DEFAULT_CACHE_MAX_ENTRY_BYTES: u64 = 16 << 10;
+const DEFAULT_HEADER_READ_TIMEOUT_SECONDS: u64 = 10;
+const DEFAULT_IDLE_TIMEOUT_SECONDS: u64 = 60;
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 // === file structs (as written) ===
 
@@ -48,6 +53,18 @@ struct FileServer {
     #[serde(default = "default_upstream_timeout")]
     upstream_timeout_seconds: u64,
     upstream_ca_file: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
+    forward_cookies: bool,
+    #[serde(default = "default_header_read_timeout")]
+    header_read_timeout_seconds: u64,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout_seconds: u64,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default)]
+    admin_hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +103,10 @@ struct FileCache {
     max_entries: u64,
     #[serde(default = "default_cache_ttl")]
     ttl_seconds: u64,
+    #[serde(default = "default_cache_max_bytes")]
+    max_bytes: u64,
+    #[serde(default = "default_cache_max_entry_bytes")]
+    max_entry_bytes: u64,
 }
 
 impl Default for FileCache {
@@ -93,6 +114,8 @@ impl Default for FileCache {
         Self {
             max_entries: DEFAULT_CACHE_ENTRIES,
             ttl_seconds: DEFAULT_CACHE_TTL_SECONDS,
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            max_entry_bytes: DEFAULT_CACHE_MAX_ENTRY_BYTES,
         }
     }
 }
@@ -113,6 +136,21 @@ fn default_max_body() -> usize {
 }
 fn default_upstream_timeout() -> u64 {
     DEFAULT_UPSTREAM_TIMEOUT_SECONDS
+}
+fn default_header_read_timeout() -> u64 {
+    DEFAULT_HEADER_READ_TIMEOUT_SECONDS
+}
+fn default_idle_timeout() -> u64 {
+    DEFAULT_IDLE_TIMEOUT_SECONDS
+}
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_cache_max_bytes() -> u64 {
+    DEFAULT_CACHE_MAX_BYTES
+}
+fn default_cache_max_entry_bytes() -> u64 {
+    DEFAULT_CACHE_MAX_ENTRY_BYTES
 }
 fn default_leeway() -> u64 {
     DEFAULT_LEEWAY_SECONDS
@@ -164,6 +202,19 @@ pub struct ServerConfig {
     pub upstream_timeout: Duration,
     /// Extra CA certificate (PEM) trusted for an `https://` upstream.
     pub upstream_ca_file: Option<PathBuf>,
+    /// Peers whose `Forwarded` / `X-Forwarded-For/Proto/Host` are kept (else replaced).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Whether client `Cookie` headers reach the upstream (off: the bearer token that was
+    /// verified is the only credential forwarded).
+    pub forward_cookies: bool,
+    /// Longest wait for a request's headers (and between keep-alive requests on HTTP/1).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open client connections at most; beyond it, new ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// `Host` values the admin listener answers besides its own address and `localhost`.
+    pub admin_hosts: Vec<String>,
 }
 
 /// Where verification keys come from.
@@ -244,6 +295,10 @@ pub struct CacheConfig {
     pub max_entries: u64,
     /// Lifetime of a cached decision.
     pub ttl: Duration,
+    /// Bound on the decision cache's estimated size in bytes.
+    pub max_bytes: u64,
+    /// Decisions estimated larger than this are never cached.
+    pub max_entry_bytes: u64,
 }
 
 /// `[license]`.
@@ -296,6 +351,8 @@ impl Config {
         let cache = CacheConfig {
             max_entries: file.cache.max_entries,
             ttl: Duration::from_secs(file.cache.ttl_seconds),
+            max_bytes: file.cache.max_bytes,
+            max_entry_bytes: file.cache.max_entry_bytes,
         };
         let license = file.license.map(|l| LicenseConfig {
             max_accounts: l.max_accounts,
@@ -352,6 +409,24 @@ impl Ctx<'_> {
             max_body_bytes: s.max_body_bytes,
             upstream_timeout: Duration::from_secs(s.upstream_timeout_seconds.max(1)),
             upstream_ca_file: s.upstream_ca_file.as_deref().map(|p| self.path(p)),
+            trusted_proxies: s
+                .trusted_proxies
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    parse_net(p).ok_or_else(|| {
+                        self.source.problem(
+                            &format!("server.trusted_proxies.{i}"),
+                            format!("`{p}` is not an IP address or network (10.0.0.0/8)"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            forward_cookies: s.forward_cookies,
+            header_read_timeout: Duration::from_secs(s.header_read_timeout_seconds.max(1)),
+            idle_timeout: Duration::from_secs(s.idle_timeout_seconds.max(1)),
+            max_connections: s.max_connections.max(1),
+            admin_hosts: s.admin_hosts,
         })
     }
 
@@ -466,6 +541,16 @@ fn check_key_family(key: &KeySource, algs: &[Algorithm], source: &TomlFile, out:
             _ => {}
         }
     }
+}
+
+/// `10.0.0.0/8`, or a single address.
+fn parse_net(value: &str) -> Option<ipnet::IpNet> {
+    value.parse().ok().or_else(|| {
+        value
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }
 
 fn parse_upstream(value: &str) -> Result<http::Uri, String> {

@@ -28,12 +28,13 @@ use crate::auth::{AuthError, Claims, Identity, Verifier};
 use crate::cache::{Caches, DecisionKey, TokenCache, Verdict, Verdicts};
 use crate::cedar_core::{self, CoreEntity};
 use crate::directory::{Directory, NodeRef};
+use crate::headers::{self, HeaderError};
 use crate::index;
 use crate::policy::Policies;
 use crate::routes::field::{FieldError, Inputs};
 use crate::routes::{Resolved, Route};
 use crate::snapshot::Snapshot;
-use crate::uri::{self, PathError, Query};
+use crate::uri::{self, PathError, Query, QueryError};
 
 /// The parts of an HTTP request a decision reads before the body.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +80,9 @@ pub enum Rejection {
     /// The body exceeds `max_body_bytes` on a route that reads it.
     #[error("body too large")]
     BodyTooLarge,
+    /// A body the route reads is not plain JSON (other type, charset or encoding).
+    #[error("unsupported body: {0}")]
+    UnsupportedMediaType(HeaderError),
 }
 
 /// What was malformed.
@@ -87,12 +91,18 @@ pub enum BadRequest {
     /// The path.
     #[error(transparent)]
     Path(#[from] PathError),
+    /// The query.
+    #[error(transparent)]
+    Query(#[from] QueryError),
     /// A field (missing, wrong type, unmapped, bad query).
     #[error(transparent)]
     Field(#[from] FieldError),
-    /// The body is not JSON.
-    #[error("body is not JSON: {0}")]
+    /// The body is not a JSON object, or repeats a key.
+    #[error("body is not a JSON object without repeated keys: {0}")]
     Body(String),
+    /// A header the decision relies on is named by `Connection`.
+    #[error(transparent)]
+    Header(#[from] HeaderError),
     /// The values do not fit the action's schema.
     #[error("request does not fit the schema: {0}")]
     Schema(String),
@@ -222,6 +232,8 @@ pub struct Pending<'s> {
     query: Option<String>,
     identity: Identity,
     principal: NodeRef<'s>,
+    /// Whether a body would be read as JSON (checked only when one is sent).
+    media: Result<(), HeaderError>,
     decision: Decision,
 }
 
@@ -238,6 +250,10 @@ pub fn begin<'s>(
     caches: Option<&'s Caches>,
 ) -> Result<Pending<'s>, Box<Decision>> {
     let mut decision = Decision::new(snapshot);
+    headers::connection_names(head.headers, verifier.query_parameter())
+        .map_err(|e| decision.clone().boxed(Rejection::BadRequest(e.into())))?;
+    uri::check_query(head.uri.query())
+        .map_err(|e| decision.clone().boxed(Rejection::BadRequest(e.into())))?;
     let query = Query::new(head.uri.query());
     let identity = match credentials {
         Credentials::Token => verifier
@@ -275,6 +291,11 @@ pub fn begin<'s>(
         query: head.uri.query().map(String::from),
         identity,
         principal,
+        media: if route.needs_body() {
+            headers::json_body(head.headers)
+        } else {
+            Ok(())
+        },
         decision,
     })
 }
@@ -305,12 +326,15 @@ impl Pending<'_> {
         let mut decision = self.decision.clone();
         let body: Option<Value> = match body.filter(|b| self.needs_body() && !b.is_empty()) {
             None => None,
-            Some(bytes) => match serde_json::from_slice(bytes) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    return decision.reject(Rejection::BadRequest(BadRequest::Body(e.to_string())))
+            Some(bytes) => {
+                if let Err(e) = &self.media {
+                    return decision.reject(Rejection::UnsupportedMediaType(e.clone()));
                 }
-            },
+                match crate::json::object(bytes) {
+                    Ok(map) => Some(Value::Object(map)),
+                    Err(e) => return decision.reject(Rejection::BadRequest(BadRequest::Body(e))),
+                }
+            }
         };
         let principal = self.principal;
         let principal_parents = move || principal.parents();
@@ -465,10 +489,7 @@ fn authenticate(
         return Ok((*identity).clone());
     }
     let identity = verifier.verify(token)?;
-    let exp = identity
-        .claims
-        .get("exp")
-        .and_then(serde_json::Value::as_u64);
+    let exp = crate::auth::expiry(&identity.claims);
     cache.insert(token, Arc::new(identity.clone()), exp);
     Ok(identity)
 }

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::cache::Stats;
@@ -38,6 +38,21 @@ pub struct Metrics {
     reload_ok: AtomicU64,
     reload_failed: AtomicU64,
     shadow_disagreements: AtomicU64,
+    client_aborts: AtomicU64,
+    connections: Arc<Connections>,
+}
+
+/// Connection counters, shared with the accept loop.
+#[derive(Debug, Default)]
+pub struct Connections {
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections that had to wait because `max_connections` were open.
+    pub limited: AtomicU64,
+    /// Failed `accept` calls.
+    pub accept_errors: AtomicU64,
+    /// Connections closed for idling.
+    pub idle_closed: AtomicU64,
 }
 
 /// Kinds of upstream failure.
@@ -107,6 +122,16 @@ impl Metrics {
     /// Counts a decision the shadow policies would have made differently.
     pub fn record_shadow_disagreement(&self) {
         inc(&self.shadow_disagreements);
+    }
+
+    /// Counts a request whose client went away before its answer, or whose body failed.
+    pub fn record_client_abort(&self) {
+        inc(&self.client_aborts);
+    }
+
+    /// The connection counters, for the accept loop.
+    pub fn connections(&self) -> Arc<Connections> {
+        self.connections.clone()
     }
 
     /// Shadow disagreements so far.
@@ -225,6 +250,48 @@ impl Metrics {
             "Decisions the shadow policies would have made differently.",
             vec![(String::new(), get(&self.shadow_disagreements))],
         );
+        let c = &self.connections;
+        let single = [
+            (
+                "iotgate_client_aborts_total",
+                "counter",
+                "Requests whose client went away or whose body failed before the answer.",
+                get(&self.client_aborts),
+            ),
+            (
+                "iotgate_decision_cache_bytes",
+                "gauge",
+                "Estimated bytes held by the decision cache.",
+                decisions.bytes,
+            ),
+            (
+                "iotgate_connections_open",
+                "gauge",
+                "Client connections open now.",
+                get(&c.open),
+            ),
+            (
+                "iotgate_connections_limited_total",
+                "counter",
+                "Connections that waited because max_connections were open.",
+                get(&c.limited),
+            ),
+            (
+                "iotgate_connections_idle_closed_total",
+                "counter",
+                "Connections closed after idle_timeout_seconds.",
+                get(&c.idle_closed),
+            ),
+            (
+                "iotgate_accept_errors_total",
+                "counter",
+                "Failed accepts.",
+                get(&c.accept_errors),
+            ),
+        ];
+        for (name, kind, help, value) in single {
+            family(&mut out, name, kind, help, vec![(String::new(), value)]);
+        }
         out
     }
 }
@@ -260,11 +327,13 @@ mod tests {
         m.record_reload(true);
         m.record_reload(false);
         m.record_shadow_disagreement();
+        m.record_client_abort();
         let s = Stats {
             hits: 4,
             misses: 2,
             evictions: 1,
             entries: 3,
+            bytes: 700,
         };
         let text = m.render(
             s,
@@ -273,6 +342,7 @@ mod tests {
                 misses: 0,
                 evictions: 0,
                 entries: 0,
+                bytes: 0,
             },
         );
         for line in [
@@ -291,6 +361,9 @@ mod tests {
             "iotgate_reloads_total{result=\"failure\"} 1",
             "iotgate_upstream_errors_total{kind=\"timeout\"} 1",
             "iotgate_shadow_disagreements_total 1",
+            "iotgate_client_aborts_total 1",
+            "iotgate_decision_cache_bytes 700",
+            "iotgate_connections_open 0",
             "# TYPE iotgate_decision_duration_seconds histogram",
         ] {
             assert!(

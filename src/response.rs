@@ -33,6 +33,14 @@ pub enum UpstreamError {
     /// No response head within the configured timeout.
     #[error("upstream timed out")]
     Timeout,
+    /// A `101 Switching Protocols` that was not the answer to a forwarded WebSocket
+    /// handshake, or that switches to another protocol (502; the connection is closed).
+    #[error("upstream switched protocols without a decided websocket handshake")]
+    Upgrade,
+    /// The client's request body failed while it was being forwarded (the client went away
+    /// or sent a malformed body): a client error, not the upstream's.
+    #[error("client body failed: {0}")]
+    ClientBody(String),
 }
 
 /// Everything that ends a request without forwarding it (or without an upstream answer).
@@ -61,9 +69,13 @@ impl Failure {
                 Rejection::Disabled(_) | Rejection::Forbidden => StatusCode::FORBIDDEN,
                 Rejection::NoRoute => StatusCode::NOT_FOUND,
                 Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                Rejection::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             },
-            Failure::Upstream(UpstreamError::Unreachable(_)) => StatusCode::BAD_GATEWAY,
+            Failure::Upstream(UpstreamError::Unreachable(_) | UpstreamError::Upgrade) => {
+                StatusCode::BAD_GATEWAY
+            }
             Failure::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             Failure::NotReady => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -77,9 +89,13 @@ impl Failure {
                 Rejection::Disabled(_) | Rejection::Forbidden => "forbidden",
                 Rejection::NoRoute => "no_route",
                 Rejection::BodyTooLarge => "payload_too_large",
+                Rejection::UnsupportedMediaType(_) => "unsupported_media_type",
             },
-            Failure::Upstream(UpstreamError::Unreachable(_)) => "bad_gateway",
+            Failure::Upstream(UpstreamError::Unreachable(_) | UpstreamError::Upgrade) => {
+                "bad_gateway"
+            }
             Failure::Upstream(UpstreamError::Timeout) => "gateway_timeout",
+            Failure::Upstream(UpstreamError::ClientBody(_)) => "bad_request",
             Failure::NotReady => "not_ready",
         }
     }
@@ -100,6 +116,9 @@ impl Failure {
         );
         if let Ok(id) = HeaderValue::from_str(request_id) {
             headers.insert(REQUEST_ID, id);
+        }
+        if matches!(self, Failure::Upstream(UpstreamError::Upgrade)) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if self.status() == StatusCode::UNAUTHORIZED {
             headers.insert(

@@ -7,18 +7,12 @@
 //! SIGTERM / SIGINT ─▶ stop accepting ─▶ in-flight requests finish (bounded) ─▶ exit 0
 //! ```
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -27,13 +21,11 @@ use crate::admin::Admin;
 use crate::check::Loaded;
 use crate::cli::{ExitStatus, ServeArgs};
 use crate::config::Reload;
+use crate::listener::{serve_http, Limits};
 use crate::problem::Problems;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::response::Body;
-
-/// How long in-flight requests may run after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs `serve` until a shutdown signal.
 pub async fn run(args: &ServeArgs) -> ExitStatus {
@@ -72,20 +64,34 @@ async fn run_inner(config_path: &std::path::Path) -> Result<(), String> {
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let admin = admin_listener.map(|l| {
-        let admin = Arc::new(Admin::new(gateway.clone(), reloader.clone(), mode));
+    let admin = admin_listener.zip(admin_addr).map(|(l, addr)| {
+        let admin = Arc::new(Admin::new(
+            gateway.clone(),
+            reloader.clone(),
+            mode,
+            addr,
+            &server.admin_hosts,
+        ));
         let stopped = stopped(stop_rx.clone());
+        let limits = Limits::new(&server, Arc::default());
         tokio::spawn(serve_http(
             l,
             move |req, _| admin.clone().handle(req),
             stopped,
+            limits,
         ))
     });
     log_start(&listener, admin_addr, &gateway);
-    serve_http(listener, gateway_handler(gateway), async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    })
+    let limits = gateway.limits().clone();
+    serve_http(
+        listener,
+        gateway_handler(gateway),
+        async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        },
+        limits,
+    )
     .await;
     for task in background {
         task.abort();
@@ -99,6 +105,9 @@ async fn run_inner(config_path: &std::path::Path) -> Result<(), String> {
 
 fn log_start(listener: &TcpListener, admin: Option<SocketAddr>, gateway: &Gateway) {
     let snapshot = gateway.snapshot();
+    for warning in &snapshot.routes.warnings {
+        tracing::warn!(%warning, "route table");
+    }
     let bound = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -150,53 +159,6 @@ pub fn gateway_handler(
     }
 }
 
-/// Accepts connections on `listener` and answers with `handler` until `shutdown` completes,
-/// then lets in-flight requests finish (at most [`SHUTDOWN_GRACE`]).
-pub async fn serve_http<H, F>(listener: TcpListener, handler: H, shutdown: impl Future<Output = ()>)
-where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let service = service_fn(move |request| {
-                    let answer = handler(request, peer);
-                    async move { Ok::<_, Infallible>(answer.await) }
-                });
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection.into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("in-flight requests still running after the grace period");
-    }
-}
-
 /// Completes on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -236,9 +198,15 @@ impl Running {
     pub fn start(listener: TcpListener, gateway: Arc<Gateway>) -> std::io::Result<Running> {
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_http(listener, gateway_handler(gateway), async {
-            let _ = stopped.await;
-        }));
+        let limits = gateway.limits().clone();
+        let task = tokio::spawn(serve_http(
+            listener,
+            gateway_handler(gateway),
+            async {
+                let _ = stopped.await;
+            },
+            limits,
+        ));
         Ok(Running { addr, stop, task })
     }
 

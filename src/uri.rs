@@ -42,6 +42,16 @@ pub enum PathError {
     /// A control byte (`%00`..`%1F`, `%7F`).
     #[error("path has a control character")]
     ControlChar,
+    /// `;` or `%3B`: path parameters, which Tomcat-style servers strip (`..;/`).
+    #[error("path has a `;`")]
+    Semicolon,
+    /// `%25`: an escape of an escape, which servers that decode twice read as another path.
+    #[error("path has an encoded `%`")]
+    EncodedPercent,
+    /// Text that Unicode compatibility normalization (NFKC) changes, such as fullwidth
+    /// dots `．．` or letters: servers that normalize read another path.
+    #[error("path is not in Unicode normalization form NFKC")]
+    NotNormalized,
 }
 
 /// Why a query string was refused.
@@ -53,6 +63,21 @@ pub enum QueryError {
     /// A parameter iotgate reads was given more than once.
     #[error("query parameter `{0}` is given more than once")]
     Repeated(String),
+    /// A raw `;`, which some servers read as a parameter separator (`?a=1;authorization=…`),
+    /// so they would see parameters iotgate did not.
+    #[error("query has a `;` (send it as %3B)")]
+    Semicolon,
+}
+
+/// Refuses a query that servers could split differently from iotgate.
+///
+/// # Errors
+/// [`QueryError::Semicolon`].
+pub fn check_query(raw: Option<&str>) -> Result<(), QueryError> {
+    match raw {
+        Some(q) if q.contains(';') => Err(QueryError::Semicolon),
+        _ => Ok(()),
+    }
 }
 
 /// Splits an absolute path into percent-decoded segments (the root `/` has none).
@@ -76,6 +101,9 @@ fn segment(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if raw.contains('\\') {
         return Err(PathError::Backslash);
     }
+    if raw.contains(';') {
+        return Err(PathError::Semicolon);
+    }
     if !raw.contains('%') {
         return Ok(Cow::Borrowed(raw));
     }
@@ -86,13 +114,17 @@ fn segment(raw: &str) -> Result<Cow<'_, str>, PathError> {
             b'/' => return Err(PathError::EncodedSlash),
             b'.' if escaped => return Err(PathError::EncodedDot),
             b'\\' => return Err(PathError::Backslash),
+            b';' => return Err(PathError::Semicolon),
+            b'%' => return Err(PathError::EncodedPercent),
             0..=0x1f | 0x7f => return Err(PathError::ControlChar),
             _ => {}
         }
     }
-    String::from_utf8(bytes)
-        .map(Cow::Owned)
-        .map_err(|_| PathError::NotUtf8)
+    let text = String::from_utf8(bytes).map_err(|_| PathError::NotUtf8)?;
+    if !unicode_normalization::is_nfkc(&text) {
+        return Err(PathError::NotNormalized);
+    }
+    Ok(Cow::Owned(text))
 }
 
 /// Whether the `index`-th decoded byte of `raw` came from a `%XX` escape.
@@ -157,10 +189,30 @@ impl<'a> Query<'a> {
     /// # Errors
     /// The parameter is repeated, or a name or value is not valid percent-encoded UTF-8.
     pub fn get(&self, name: &str) -> Result<Option<String>, QueryError> {
+        self.find(name, |k| k == name)
+    }
+
+    /// The single value of `name` in any ASCII case (`Authorization=` is `authorization=`
+    /// to a case-insensitive upstream): for credentials, which must be given once.
+    ///
+    /// # Errors
+    /// As [`Query::get`], counting every spelling of the name.
+    pub fn get_any_case(&self, name: &str) -> Result<Option<String>, QueryError> {
+        self.find(name, |k| k.eq_ignore_ascii_case(name))
+    }
+
+    fn find(
+        &self,
+        name: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<Option<String>, QueryError> {
         let mut found = None;
         for pair in self.raw.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if form_decode(k).as_deref() != Some(name) {
+            let Some(key) = form_decode(k) else {
+                continue;
+            };
+            if !matches(&key) {
                 continue;
             }
             if found.is_some() {
@@ -213,6 +265,15 @@ mod tests {
             ("/v1/a%00b", Err(ControlChar)),
             ("/v1/a%0Ab", Err(ControlChar)),
             ("/v1/a%7F", Err(ControlChar)),
+            ("/v2/files/..;/..;/v1/users", Err(Semicolon)),
+            ("/v1/users/bob;authorization=x", Err(Semicolon)),
+            ("/v1/a%3Bb", Err(Semicolon)),
+            ("/v1/%252e%252e/users", Err(EncodedPercent)),
+            ("/v1/a%25b", Err(EncodedPercent)),
+            ("/v1/%EF%BC%8E%EF%BC%8E/users", Err(NotNormalized)),
+            ("/v1/%EF%BD%81dmin", Err(NotNormalized)),
+            ("/v1/caf%C3%A9", Ok(&["v1", "café"])),
+            ("/v1/cafe%CC%81", Err(NotNormalized)),
         ];
         for (path, expected) in cases {
             let got = segments(path);

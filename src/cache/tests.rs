@@ -8,6 +8,8 @@ fn config(entries: u64, ttl: u64) -> CacheConfig {
     CacheConfig {
         max_entries: entries,
         ttl: Duration::from_secs(ttl),
+        max_bytes: 64 << 20,
+        max_entry_bytes: 16 << 10,
     }
 }
 

@@ -213,11 +213,16 @@ fn device_tokens_are_confined_to_their_device_and_resources() {
 #[test]
 fn body_fields_feed_the_context() {
     let f = fixture();
-    let h = http::HeaderMap::new;
+    let typed = |content_type: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
+        h
+    };
     let root = json!({"usr": "root"});
     let alice = json!({"usr": "alice"});
     let d = |who: &serde_json::Value, body: &str| {
-        summary(&f.decide(who.clone(), "POST /v1/users", Some(body), h()))
+        let h = typed("application/json");
+        summary(&f.decide(who.clone(), "POST /v1/users", Some(body), h))
     };
     assert_eq!(
         d(&root, r#"{"id": "dave", "role": "admin"}"#),
@@ -237,7 +242,7 @@ fn body_fields_feed_the_context() {
     );
     assert_eq!(
         d(&root, r#"{"id": "dave""#),
-        "400 bad request: body is not JSON: EOF while parsing an object at line 1 column 13"
+        "400 bad request: body is not a JSON object without repeated keys: EOF while parsing an object at line 1 column 13"
     );
     assert_eq!(
         d(&root, r#"{"id": 7, "role": "admin"}"#),
@@ -246,6 +251,46 @@ fn body_fields_feed_the_context() {
     assert_eq!(
         d(&root, r#"{"role": "admin"}"#),
         "400 bad request: `resource id` is missing"
+    );
+    // what iotgate reads is what the upstream reads: one JSON object, no repeated key
+    assert_eq!(
+        d(&alice, r#"{"id": "dave", "role": "member", "role": "admin"}"#),
+        "400 bad request: body is not a JSON object without repeated keys: duplicate key `role` at line 1 column 39"
+    );
+    assert!(d(&root, r#"[{"id": "dave"}]"#).starts_with("400 bad request"));
+    // a body of another type is not read as JSON (a form parser would find `role=admin`)
+    let form = r#"{"id":"dave","a":"&role=admin&"}"#;
+    for content_type in [
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "application/json; charset=utf-16",
+    ] {
+        let got = f.decide(
+            alice.clone(),
+            "POST /v1/users",
+            Some(form),
+            typed(content_type),
+        );
+        assert!(
+            summary(&got).starts_with("415 "),
+            "{content_type}: {}",
+            summary(&got)
+        );
+    }
+    let mut gzip = typed("application/json");
+    gzip.insert(http::header::CONTENT_ENCODING, "gzip".parse().unwrap());
+    let got = f.decide(root.clone(), "POST /v1/users", Some(r#"{"id":"x"}"#), gzip);
+    assert!(summary(&got).starts_with("415 "), "{}", summary(&got));
+    let untyped = f.decide(
+        root.clone(),
+        "POST /v1/users",
+        Some(r#"{"id":"x"}"#),
+        http::HeaderMap::new(),
+    );
+    assert!(
+        summary(&untyped).starts_with("415 "),
+        "{}",
+        summary(&untyped)
     );
 }
 
@@ -305,6 +350,8 @@ fn caches_answer_repeated_requests_and_only_them() {
     let caches = Caches::new(&crate::config::CacheConfig {
         max_entries: 100,
         ttl: std::time::Duration::from_secs(60),
+        max_bytes: 1 << 20,
+        max_entry_bytes: 16 << 10,
     });
     let decide = |claims: serde_json::Value, request: &str| {
         f.decide_with(claims, request, None, http::HeaderMap::new(), Some(&caches))

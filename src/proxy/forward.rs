@@ -23,21 +23,6 @@ use crate::config::ServerConfig;
 use crate::problem::{Problem, Problems};
 use crate::response::{Body, UpstreamError, REQUEST_ID};
 
-/// Headers meaningful only for one connection (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Prefix of the headers iotgate sets; clients cannot send them.
-const OWN_PREFIX: &str = "x-iotgate-";
-
 /// The pooled client to the existing IoT server.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -93,6 +78,7 @@ impl Upstream {
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Err(_) => Err(UpstreamError::Timeout),
+            Ok(Err(e)) if caused_by_client(&e) => Err(UpstreamError::ClientBody(error_chain(&e))),
             Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
             Ok(Ok(response)) => Ok(response),
         }
@@ -133,6 +119,18 @@ fn add_ca_file(roots: &mut rustls::RootCertStore, path: &std::path::Path) -> Res
     Ok(())
 }
 
+/// Whether a failed exchange failed on the client's body (see `ClientBodyError`).
+fn caused_by_client(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if s.is::<super::ClientBodyError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -149,6 +147,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct Stamp<'a> {
     /// The client's address.
     pub peer: SocketAddr,
+    /// Whether the peer is a configured trusted proxy (its `X-Forwarded-*` are kept).
+    pub trusted: bool,
+    /// Whether the client's `Cookie` headers are forwarded (`[server] forward_cookies`).
+    pub cookies: bool,
     /// The request id.
     pub request_id: &'a str,
     /// The authenticated principal.
@@ -159,22 +161,33 @@ pub struct Stamp<'a> {
     pub directory_version: &'a str,
 }
 
-/// The WebSocket (or other) protocol a request asks to upgrade to, if it does.
-pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+/// Whether a request is a WebSocket opening handshake (RFC 6455 §4.1): `GET`,
+/// `Connection: upgrade`, `Upgrade: websocket` as the one protocol, version 13 and a key of
+/// 16 base64 bytes. Anything else that asks to upgrade is forwarded as a plain request.
+pub fn is_websocket(method: &http::Method, headers: &HeaderMap) -> bool {
+    use base64::Engine;
+    let single = |name: HeaderName| {
+        let mut values = headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => v.to_str().ok().map(str::trim),
+            _ => None,
+        }
+    };
+    let key_ok = single(HeaderName::from_static("sec-websocket-key")).is_some_and(|k| {
+        base64::engine::general_purpose::STANDARD
+            .decode(k)
+            .is_ok_and(|raw| raw.len() == 16)
+    });
+    method == http::Method::GET
+        && crate::headers::connection_tokens(headers).any(|t| t == "upgrade")
+        && single(header::UPGRADE).is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+        && single(HeaderName::from_static("sec-websocket-version")) == Some("13")
+        && key_ok
 }
 
-/// Turns the client's request into the upstream's.
+/// Turns the client's request into the upstream's: only end-to-end headers the client may
+/// send survive (see `headers::forwarded`), then iotgate's own are set. `websocket`: the
+/// request is an allowed WebSocket handshake on a stream route, the one upgrade forwarded.
 ///
 /// # Errors
 /// The upstream URI cannot be built.
@@ -183,88 +196,110 @@ pub fn rewrite(
     mut parts: http::request::Parts,
     body: Body,
     stamp: Stamp<'_>,
+    websocket: bool,
 ) -> Result<Request<Body>, UpstreamError> {
-    let upgrade = upgrade_protocol(&parts.headers);
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
-    let own: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(OWN_PREFIX))
-        .cloned()
-        .collect();
-    for name in own {
-        headers.remove(name);
+    let named: Vec<String> = crate::headers::connection_tokens(&parts.headers).collect();
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 8);
+    let mut name = None;
+    for (next, value) in std::mem::take(&mut parts.headers) {
+        name = next.or(name);
+        let Some(name) = &name else { continue };
+        let keep = name != header::HOST
+            && (stamp.cookies || name != header::COOKIE)
+            && crate::headers::forwarded(name, &named, stamp.trusted);
+        if keep {
+            headers.append(name.clone(), value);
+        }
     }
-    headers.remove(header::HOST);
-    append_forwarded_for(headers, stamp.peer);
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Some(host) = original_host {
-        headers.insert("x-forwarded-host", host);
-    }
-    set(headers, REQUEST_ID, stamp.request_id);
-    set(headers, "x-iotgate-principal", stamp.principal);
-    set(headers, "x-iotgate-policy-version", stamp.policy_version);
+    stamp_forwarded(&mut headers, stamp, original_host);
+    set(&mut headers, REQUEST_ID, stamp.request_id);
+    set(&mut headers, "x-iotgate-principal", stamp.principal);
     set(
-        headers,
+        &mut headers,
+        "x-iotgate-policy-version",
+        stamp.policy_version,
+    );
+    set(
+        &mut headers,
         "x-iotgate-directory-version",
         stamp.directory_version,
     );
-    if let Some(protocol) = upgrade {
+    if websocket {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
+    parts.headers = headers;
     parts.uri = upstream.uri(&parts.uri)?;
     parts.version = Version::HTTP_11;
     Ok(Request::from_parts(parts, body))
 }
 
-/// Cleans the upstream's response for the client (a 101 keeps its upgrade headers).
-pub fn clean_response(response: &mut Response<Incoming>, request_id: &str) {
+/// `X-Forwarded-For/Proto/Host`: a trusted proxy's are kept (the peer appended to the
+/// `For` chain); anyone else's were dropped and are set from the connection.
+fn stamp_forwarded(headers: &mut HeaderMap, stamp: Stamp<'_>, host: Option<HeaderValue>) {
+    let ip = stamp.peer.ip().to_string();
+    let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) if stamp.trusted && !prior.trim().is_empty() => format!("{prior}, {ip}"),
+        _ => ip,
+    };
+    set(headers, "x-forwarded-for", &chain);
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if let (false, Some(host)) = (headers.contains_key("x-forwarded-host"), host) {
+        headers.insert("x-forwarded-host", host);
+    }
+}
+
+/// Checks the upstream's answer and cleans it for the client. A `101` is accepted only as
+/// the answer to the WebSocket handshake iotgate forwarded, switching to `websocket`;
+/// any other is refused (502, connection closed), so no tunnel opens that was not decided.
+///
+/// # Errors
+/// [`UpstreamError::Upgrade`].
+pub fn clean_response(
+    response: &mut Response<Incoming>,
+    request_id: &str,
+    websocket: bool,
+) -> Result<(), UpstreamError> {
     let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    let upgrade = response.headers().get(header::UPGRADE).cloned();
-    strip_hop_by_hop(response.headers_mut());
-    if let (true, Some(protocol)) = (switching, upgrade) {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        response.headers_mut().insert(header::UPGRADE, protocol);
+    if switching {
+        let to_websocket = response
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+        if !websocket || !to_websocket {
+            return Err(UpstreamError::Upgrade);
+        }
+    }
+    let named: Vec<String> = crate::headers::connection_tokens(response.headers()).collect();
+    for name in named
+        .iter()
+        .map(String::as_str)
+        .chain(crate::headers::HOP_BY_HOP)
+    {
+        response.headers_mut().remove(name);
+    }
+    if switching {
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     set(response.headers_mut(), REQUEST_ID, request_id);
+    Ok(())
 }
 
 fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(name, v);
     }
-}
-
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-}
-
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip,
-    };
-    set(headers, "x-forwarded-for", &value);
 }
 
 /// Copies bytes both ways between the client's and the upstream's upgraded connections.
@@ -291,35 +326,38 @@ pub fn tunnel(
 mod tests {
     use super::*;
 
-    #[test]
-    fn hop_by_hop_and_connection_named_headers_are_removed() {
+    fn handshake() -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert("x-secret", "1".parse().unwrap());
-        h.insert(header::TE, "trailers".parse().unwrap());
-        h.insert(header::ACCEPT, "*/*".parse().unwrap());
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key(header::ACCEPT));
-    }
-
-    #[test]
-    fn upgrade_needs_both_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(header::UPGRADE, "websocket".parse().unwrap());
-        assert_eq!(upgrade_protocol(&h), None);
         h.insert(header::CONNECTION, "keep-alive, Upgrade".parse().unwrap());
-        assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
+        h.insert(header::UPGRADE, "WebSocket".parse().unwrap());
+        h.insert("sec-websocket-version", "13".parse().unwrap());
+        h.insert(
+            "sec-websocket-key",
+            "dGhlIHNhbXBsZSBub25jZQ==".parse().unwrap(),
+        );
+        h
     }
 
     #[test]
-    fn forwarded_for_appends() {
-        let mut h = HeaderMap::new();
-        let peer: SocketAddr = "10.1.2.3:5000".parse().unwrap();
-        append_forwarded_for(&mut h, peer);
-        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
-        append_forwarded_for(&mut h, "127.0.0.1:1".parse().unwrap());
-        assert_eq!(h["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    fn only_a_complete_websocket_handshake_is_an_upgrade() {
+        let get = http::Method::GET;
+        assert!(is_websocket(&get, &handshake()));
+        assert!(!is_websocket(&http::Method::POST, &handshake()));
+        let spoiled: [(&str, &str); 6] = [
+            ("upgrade", "h2c"),
+            ("upgrade", "websocket, h2c"),
+            ("connection", "keep-alive"),
+            ("sec-websocket-version", "8"),
+            ("sec-websocket-key", "short"),
+            ("sec-websocket-key", "bm90IHNpeHRlZW4gYnl0ZXMgYXQgYWxs"),
+        ];
+        for (name, value) in spoiled {
+            let mut h = handshake();
+            h.insert(HeaderName::from_static(name), value.parse().unwrap());
+            assert!(!is_websocket(&get, &h), "{name}: {value}");
+        }
+        let mut two = handshake();
+        two.append(header::UPGRADE, "h2c".parse().unwrap());
+        assert!(!is_websocket(&get, &two));
     }
 }

@@ -20,16 +20,16 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 use self::forward::{Stamp, Upstream};
 use crate::auth::Verifier;
 use crate::cache::Caches;
 use crate::config::Config;
 use crate::decision::{self, BadRequest, Credentials, Decision, Outcome, Rejection, RequestHead};
+use crate::listener::Limits;
 use crate::metrics::{Metrics, UpstreamFailure};
 use crate::problem::{Problem, Problems};
-use crate::response::{full, Body, Failure, UpstreamError, REQUEST_ID};
+use crate::response::{full, Body, BoxError, Failure, UpstreamError, REQUEST_ID};
 use crate::snapshot::Snapshot;
 use crate::telemetry;
 
@@ -45,6 +45,9 @@ pub struct Gateway {
     metrics: Metrics,
     upstream: Upstream,
     max_body: usize,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    forward_cookies: bool,
+    limits: Limits,
     /// Milliseconds since the epoch of the upstream's last answer (0: never).
     upstream_answered: AtomicU64,
 }
@@ -62,13 +65,18 @@ impl Gateway {
         let server = config.server.as_ref().ok_or_else(|| {
             Problem::in_file(config.source.path(), "`serve` needs a [server] section")
         })?;
+        let metrics = Metrics::default();
+        let limits = Limits::new(server, metrics.connections());
         Ok(Gateway {
             verifier,
             snapshot: ArcSwap::from_pointee(snapshot),
             caches: Caches::new(&config.cache),
-            metrics: Metrics::default(),
+            metrics,
+            limits,
             upstream: Upstream::new(server)?,
             max_body: server.max_body_bytes,
+            trusted_proxies: server.trusted_proxies.clone(),
+            forward_cookies: server.forward_cookies,
             upstream_answered: AtomicU64::new(0),
         })
     }
@@ -90,6 +98,11 @@ impl Gateway {
         &self.metrics
     }
 
+    /// The client listener's connection limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// The caches.
     pub fn caches(&self) -> &Caches {
         &self.caches
@@ -108,51 +121,63 @@ impl Gateway {
         ok
     }
 
-    /// Serves one request.
-    pub async fn handle(&self, mut request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// Serves one request. The decision is logged once: when the answer is ready, or, if
+    /// the client goes away first (the future is dropped), by the [`Record`] guard.
+    pub async fn handle<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         let started = Instant::now();
         let request_id = request_id(request.headers());
-        let method = request.method().clone();
         let snapshot = self.snapshot.load_full();
-        let client_upgrade =
-            forward::upgrade_protocol(request.headers()).map(|_| hyper::upgrade::on(&mut request));
-        let (parts, body) = request.into_parts();
-        let (decision, body) = self.decide(&snapshot, &parts, body).await;
-        let decided = started.elapsed();
-        let response = match (&decision.outcome, body) {
+        let (mut parts, body) = request.into_parts();
+        let (decision, stream, body) = self.decide(&snapshot, &parts, body).await;
+        let mut record = Record {
+            gateway: self,
+            shadow_version: snapshot.shadow_version.clone(),
+            request_id,
+            method: parts.method.clone(),
+            decision,
+            decided: started.elapsed(),
+            started,
+            status: None,
+        };
+        let response = match (&record.decision.outcome, body) {
             (Outcome::Allow, Some(body)) => {
+                let websocket = stream && forward::is_websocket(&parts.method, &parts.headers);
+                let client_upgrade = parts
+                    .extensions
+                    .remove::<hyper::upgrade::OnUpgrade>()
+                    .filter(|_| websocket);
                 let stamp = Stamp {
                     peer,
-                    request_id: &request_id,
-                    principal: decision.principal.as_deref().unwrap_or_default(),
-                    policy_version: &decision.policy_version,
-                    directory_version: &decision.directory_version,
+                    trusted: self.trusted(peer),
+                    cookies: self.forward_cookies,
+                    request_id: &record.request_id,
+                    principal: record.decision.principal.as_deref().unwrap_or_default(),
+                    policy_version: &record.decision.policy_version,
+                    directory_version: &record.decision.directory_version,
                 };
                 match self.forward(parts, body, stamp, client_upgrade).await {
                     Ok(response) => response,
-                    Err(e) => self.upstream_failed(e, &request_id, &decision),
+                    Err(e) => self.upstream_failed(e, &record.request_id, &record.decision),
                 }
             }
-            (Outcome::Reject(r), _) => {
-                Failure::Rejected(r.clone()).to_response(&request_id, &decision.policy_version)
-            }
+            (Outcome::Reject(r), _) => Failure::Rejected(r.clone())
+                .to_response(&record.request_id, &record.decision.policy_version),
             (Outcome::Allow, None) => Failure::Rejected(Rejection::Forbidden)
-                .to_response(&request_id, &decision.policy_version),
+                .to_response(&record.request_id, &record.decision.policy_version),
         };
-        let status = response.status().as_u16();
-        self.metrics
-            .record_request(decision.route.as_deref().unwrap_or("-"), status);
-        self.metrics.record_decision(decision.is_allowed(), decided);
-        if decision.shadow_disagrees() {
-            self.metrics.record_shadow_disagreement();
-            telemetry::shadow_disagreement(
-                &request_id,
-                &decision,
-                snapshot.shadow_version.as_deref(),
-            );
-        }
-        telemetry::decision(&request_id, &method, &decision, status, started.elapsed());
+        record.status = Some(response.status().as_u16());
         response
+    }
+
+    /// Whether a peer is one of `[server] trusted_proxies`.
+    fn trusted(&self, peer: SocketAddr) -> bool {
+        self.trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer.ip()))
     }
 
     fn upstream_failed(
@@ -161,22 +186,37 @@ impl Gateway {
         request_id: &str,
         decision: &Decision,
     ) -> Response<Body> {
-        tracing::warn!(request_id, error = %e, "upstream failed");
-        self.metrics.record_upstream_error(match e {
-            UpstreamError::Unreachable(_) => UpstreamFailure::Unreachable,
-            UpstreamError::Timeout => UpstreamFailure::Timeout,
-        });
+        match &e {
+            UpstreamError::ClientBody(_) => {
+                tracing::info!(request_id, error = %e, "client body failed");
+                self.metrics.record_client_abort();
+            }
+            UpstreamError::Unreachable(_) | UpstreamError::Upgrade => {
+                tracing::warn!(request_id, error = %e, "upstream failed");
+                self.metrics
+                    .record_upstream_error(UpstreamFailure::Unreachable);
+            }
+            UpstreamError::Timeout => {
+                tracing::warn!(request_id, error = %e, "upstream failed");
+                self.metrics.record_upstream_error(UpstreamFailure::Timeout);
+            }
+        }
         Failure::Upstream(e).to_response(request_id, &decision.policy_version)
     }
 
-    /// Decides, reading the body first when the route needs it. Returns the body to
-    /// forward (the same bytes when it was read).
-    async fn decide(
+    /// Decides, reading the body first when the route needs it. Returns the decision,
+    /// whether the route is a stream, and the body to forward (the same bytes when it was
+    /// read; a streamed body's errors are marked as the client's).
+    async fn decide<B>(
         &self,
         snapshot: &Snapshot,
         parts: &http::request::Parts,
-        body: Incoming,
-    ) -> (Decision, Option<Body>) {
+        body: B,
+    ) -> (Decision, bool, Option<Body>)
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         let head = RequestHead {
             method: &parts.method,
             uri: &parts.uri,
@@ -189,20 +229,25 @@ impl Gateway {
             Credentials::Token,
             Some(&self.caches),
         ) {
-            Err(rejected) => return (*rejected, None),
+            Err(rejected) => return (*rejected, false, None),
             Ok(p) => p,
         };
+        let stream = pending.route().stream;
         if !pending.needs_body() {
-            return (pending.decide(None), Some(body.map_err(Into::into).boxed()));
+            let body = body
+                .map_err(|e| -> BoxError { Box::new(ClientBodyError(Box::new(e))) })
+                .boxed();
+            return (pending.decide(None), stream, Some(body));
         }
         match read_bounded(body, &parts.headers, self.max_body).await {
             Ok(bytes) => {
                 let decision = pending.decide(Some(&bytes));
-                (decision, Some(full(bytes)))
+                (decision, stream, Some(full(bytes)))
             }
-            Err(BodyError::TooLarge) => (pending.reject(Rejection::BodyTooLarge), None),
+            Err(BodyError::TooLarge) => (pending.reject(Rejection::BodyTooLarge), stream, None),
             Err(BodyError::Read(e)) => (
                 pending.reject(Rejection::BadRequest(BadRequest::Body(e))),
+                stream,
                 None,
             ),
         }
@@ -215,17 +260,71 @@ impl Gateway {
         stamp: Stamp<'_>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Result<Response<Body>, UpstreamError> {
-        let request = forward::rewrite(&self.upstream, parts, body, stamp)?;
+        let websocket = client_upgrade.is_some();
+        let request = forward::rewrite(&self.upstream, parts, body, stamp, websocket)?;
         let mut response = self.upstream.send(request).await?;
         self.upstream_answered.store(now_ms(), Ordering::Relaxed);
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client) = client_upgrade {
+        forward::clean_response(&mut response, stamp.request_id, websocket)?;
+        if let Some(client) = client_upgrade {
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let upstream = hyper::upgrade::on(&mut response);
                 forward::tunnel(client, upstream, stamp.request_id.to_string());
             }
         }
-        forward::clean_response(&mut response, stamp.request_id);
         Ok(response.map(|b| b.map_err(Into::into).boxed()))
+    }
+}
+
+/// An error of the client's request body while it streams to the upstream (told apart
+/// from the upstream's own failures by `Upstream::send`).
+#[derive(Debug, thiserror::Error)]
+#[error("client body: {0}")]
+pub struct ClientBodyError(BoxError);
+
+/// The decision record of one request: logged and counted exactly once, when dropped.
+/// `status` is set when the answer is ready; a record dropped without one is a request
+/// whose client went away first (logged with status 499, counted as a client abort) — the
+/// upstream may have executed it, so it must not go unrecorded.
+struct Record<'g> {
+    gateway: &'g Gateway,
+    shadow_version: Option<Arc<str>>,
+    request_id: String,
+    method: http::Method,
+    decision: Decision,
+    decided: Duration,
+    started: Instant,
+    status: Option<u16>,
+}
+
+/// The status logged for a request whose client closed the connection before the answer
+/// (nginx's convention).
+const CLIENT_CLOSED: u16 = 499;
+
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        let metrics = &self.gateway.metrics;
+        let status = self.status.unwrap_or_else(|| {
+            metrics.record_client_abort();
+            CLIENT_CLOSED
+        });
+        let decision = &self.decision;
+        metrics.record_request(decision.route.as_deref().unwrap_or("-"), status);
+        metrics.record_decision(decision.is_allowed(), self.decided);
+        if decision.shadow_disagrees() {
+            metrics.record_shadow_disagreement();
+            telemetry::shadow_disagreement(
+                &self.request_id,
+                decision,
+                self.shadow_version.as_deref(),
+            );
+        }
+        telemetry::decision(
+            &self.request_id,
+            &self.method,
+            decision,
+            status,
+            self.started.elapsed(),
+        );
     }
 }
 
@@ -243,11 +342,15 @@ enum BodyError {
 }
 
 /// Reads a whole body of at most `limit` bytes.
-async fn read_bounded(
-    body: Incoming,
+async fn read_bounded<B>(
+    body: B,
     headers: &http::HeaderMap,
     limit: usize,
-) -> Result<Bytes, BodyError> {
+) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -47,9 +47,9 @@ use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use serde::Deserialize;
 
 use self::field::{Field, FieldError, FieldType, FieldValue, Inputs, Source, Template};
-use self::trie::{Found, PathTemplate, Trie};
+use self::trie::{Found, PathTemplate, Segment, Trie};
 use crate::directory::EntityRule;
-use crate::problem::Problems;
+use crate::problem::{Problem, Problems};
 use crate::schema::{qualify, Attr, Catalog, Type};
 use crate::tomlfile::{self, TomlFile};
 
@@ -114,6 +114,10 @@ struct FileRoute {
     resource: FileResource,
     #[serde(default)]
     context: Vec<String>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    reserved: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +150,10 @@ pub struct Route {
     resource_attrs: Vec<Arc<Field>>,
     context: Vec<Arc<Field>>,
     needs_body: bool,
+    /// Whether the route is a WebSocket stream (the only routes that may upgrade).
+    pub stream: bool,
+    /// Capture name → values it never takes (the path is then no route, 404).
+    reserved: Vec<(String, BTreeSet<String>)>,
 }
 
 /// What a route computed for one request.
@@ -164,6 +172,15 @@ impl Route {
     /// Whether the route's fields read the JSON body (so the body must be read first).
     pub fn needs_body(&self) -> bool {
         self.needs_body
+    }
+
+    /// Whether a capture took a value the route reserves (such a path is no route).
+    fn takes_reserved(&self, captures: &[(&str, String)]) -> bool {
+        self.reserved.iter().any(|(name, values)| {
+            captures
+                .iter()
+                .any(|(n, v)| n == name && values.contains(v.as_str()))
+        })
     }
 
     /// Computes resource and context for a request.
@@ -206,6 +223,8 @@ pub struct RouteTable {
     pub principal_type: EntityTypeName,
     /// Rules the directory's entities must follow (`[entities.<Type>]`).
     pub rules: Vec<EntityRule>,
+    /// Findings that do not stop loading (`validate` prints them).
+    pub warnings: Vec<Problem>,
     routes: Vec<Route>,
     trie: Trie,
 }
@@ -233,7 +252,8 @@ impl RouteTable {
         match self.trie.find(method, segments) {
             Found::Route(i) => {
                 let route = &self.routes[i];
-                Some((route, trie::bind(&route.path, segments)))
+                let captures = trie::bind(&route.path, segments);
+                (!route.takes_reserved(&captures)).then_some((route, captures))
             }
             Found::MethodNotRouted | Found::NoPath => None,
         }
@@ -242,6 +262,81 @@ impl RouteTable {
     /// Every route.
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+}
+
+/// Captures that take a literal which a route under a sibling API version (`/v1`, `/v2`, …)
+/// has at the same place
+/// (`/v2/…/devices/{device}/{resource}` taking the `stats` of `/v1/…/devices/{device}/stats`):
+/// the upstream likely runs another operation there than the one the capture authorizes.
+/// A literal route of the capture's own version, or `reserved`, settles it.
+fn shadowed_literals(routes: &[Route]) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (index, route) in routes.iter().enumerate() {
+        let segments = &route.path.segments;
+        let Some(version) = version_of(route) else {
+            continue;
+        };
+        for (pos, segment) in segments.iter().enumerate().skip(1) {
+            let Segment::Capture(name) = segment else {
+                continue;
+            };
+            for other in routes {
+                let Some(literal) = literal_at(other, pos, &segments[1..pos]) else {
+                    continue;
+                };
+                let sibling = version_of(other).is_some_and(|v| v != version);
+                if !sibling
+                    || route.takes_reserved(&[(name.as_str(), literal.to_string())])
+                    || routes.iter().any(|r| {
+                        version_of(r) == Some(version)
+                            && literal_at(r, pos, &segments[1..pos]) == Some(literal)
+                    })
+                    || !seen.insert((index, literal.to_string()))
+                {
+                    continue;
+                }
+                out.push((
+                    index,
+                    format!(
+                        "`{{{name}}}` of route `{}` takes `{literal}`, a literal of route `{}`; \
+                         add a literal route or `reserved = {{ {name} = [\"{literal}\"] }}`",
+                        route.name, other.name
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The API version a route's path starts with (`/v2/…`: `v2`).
+fn version_of(route: &Route) -> Option<&str> {
+    match route.path.segments.first() {
+        Some(Segment::Literal(v))
+            if v.len() > 1 && v.starts_with('v') && v[1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Some(v)
+        }
+        _ => None,
+    }
+}
+
+/// The literal `route` has at segment `pos`, when the segments between the version and it
+/// have the shape of `between`.
+fn literal_at<'r>(route: &'r Route, pos: usize, between: &[Segment]) -> Option<&'r str> {
+    let segments = &route.path.segments;
+    let same_shape = segments.get(1..pos).is_some_and(|mine| {
+        mine.iter().zip(between).all(|pair| match pair {
+            (Segment::Literal(a), Segment::Literal(b)) => a == b,
+            (Segment::Capture(_), Segment::Capture(_)) => true,
+            _ => false,
+        })
+    });
+    match segments.get(pos) {
+        Some(Segment::Literal(l)) if same_shape => Some(l),
+        _ => None,
     }
 }
 
@@ -288,6 +383,7 @@ impl<'a> Compiler<'a> {
             }
         }
         let mut routes = Vec::new();
+        let mut keys = Vec::new();
         let mut trie = Trie::default();
         for (i, r) in file.routes.iter().enumerate() {
             let key = format!("route.{i}");
@@ -312,16 +408,22 @@ impl<'a> Compiler<'a> {
                 continue;
             }
             routes.push(route);
+            keys.push(i);
         }
         let rules = file
             .entities
             .iter()
             .filter_map(|(ty, r)| self.entity_rule(ty, r))
             .collect();
+        let warnings = shadowed_literals(&routes)
+            .into_iter()
+            .map(|(i, message)| self.source.problem(&format!("route.{}", keys[i]), message))
+            .collect();
         match principal_type {
             Some(principal_type) if self.problems.is_empty() => Ok(RouteTable {
                 principal_type,
                 rules,
+                warnings,
                 routes,
                 trie,
             }),
@@ -493,6 +595,20 @@ impl<'a> Compiler<'a> {
             }
         }
         let needs_body = sources.iter().any(|s| matches!(s, Source::Body(_)));
+        if r.stream && methods != [http::Method::GET] {
+            self.problem(
+                &format!("{key}.stream"),
+                "a stream route takes only `GET` (WebSocket upgrades are GET requests)",
+            );
+        }
+        for name in r.reserved.keys() {
+            if !captures.contains(name.as_str()) {
+                self.problem(
+                    &format!("{key}.reserved"),
+                    format!("`{name}` is not a capture of the route's path"),
+                );
+            }
+        }
         let type_attrs = self
             .catalog
             .entity_types
@@ -542,6 +658,12 @@ impl<'a> Compiler<'a> {
             resource_attrs: attrs,
             context,
             needs_body,
+            stream: r.stream,
+            reserved: r
+                .reserved
+                .iter()
+                .map(|(name, values)| (name.clone(), values.iter().cloned().collect()))
+                .collect(),
         };
         Some((route, methods))
     }

@@ -21,26 +21,31 @@ fn table() -> RouteTable {
         .0
 }
 
-/// Loads route text (after the mini header) and returns its problems, file prefix removed.
-fn problems(routes: &str) -> Vec<String> {
+/// Loads route text (after the mini header): the table or its problems, and a function
+/// that prints a problem with its line relative to the text.
+fn load(routes: &str) -> (Result<RouteTable, Problems>, impl Fn(&Problem) -> String) {
     let dir = tempfile::tempdir().unwrap();
     let header = std::fs::read_to_string(mini().join("schema/mini.routes.toml")).unwrap();
     let header = &header[..header.find("[[route]]").unwrap()];
     let path = dir.path().join("r.toml");
     std::fs::write(&path, format!("{header}{routes}")).unwrap();
     let first_line = header.lines().count() + 1;
-    match RouteTable::load(&path, &catalog()) {
-        Ok(_) => vec![],
-        Err(p) => p
-            .iter()
-            .map(|p| {
-                let line = p
-                    .line
-                    .map(|l| format!("+{}", l - first_line))
-                    .unwrap_or_default();
-                format!("{line} {}", p.message)
-            })
-            .collect(),
+    let table = RouteTable::load(&path, &catalog()).map(|(t, _)| t);
+    let show = move |p: &Problem| {
+        let line = p
+            .line
+            .map(|l| format!("+{}", l - first_line))
+            .unwrap_or_default();
+        format!("{line} {}", p.message)
+    };
+    (table, show)
+}
+
+/// The problems of route text, lines relative to it.
+fn problems(routes: &str) -> Vec<String> {
+    match load(routes) {
+        (Ok(_), _) => vec![],
+        (Err(p), show) => p.iter().map(show).collect(),
     }
 }
 
@@ -261,4 +266,74 @@ context = ["token_kind"]
     for w in want {
         assert!(errs.iter().any(|e| e == w), "missing {w:?} in {errs:#?}");
     }
+}
+
+const LEGACY: &str = r#"
+[[route]]
+method = "GET"
+path = "/v1/users/{owner}/devices/{device}/stats"
+action = "ReadDevice"
+resource = { type = "Device", id = "{owner}/{device}", attrs = ["owner"] }
+
+[[route]]
+method = ["GET", "POST"]
+path = "/v2/users/{owner}/devices/{device}/{resource}"
+action = "ReadResource"
+resource = { type = "Device", id = "{owner}/{device}", attrs = ["owner"] }
+"#;
+
+#[test]
+fn captures_shadowing_a_sibling_versions_literal_are_warned_about() {
+    let (table, show) = load(LEGACY);
+    let warnings: Vec<String> = table.unwrap().warnings.iter().map(show).collect();
+    assert_eq!(
+        warnings,
+        vec!["+7 `{resource}` of route `GET,POST /v2/users/{owner}/devices/{device}/{resource}` takes \
+              `stats`, a literal of route `GET /v1/users/{owner}/devices/{device}/stats`; add a \
+              literal route or `reserved = { resource = [\"stats\"] }`"]
+    );
+    let reserved = format!("{LEGACY}reserved = {{ resource = [\"stats\"] }}\n");
+    let (table, _) = load(&reserved);
+    let table = table.unwrap();
+    assert!(table.warnings.is_empty());
+    // a reserved value is no route; any other value is the capture's
+    let find = |path: &str| {
+        let segments = crate::uri::segments(path).unwrap();
+        table
+            .find(&http::Method::POST, &segments)
+            .map(|(r, _)| r.action_name.clone())
+    };
+    assert_eq!(find("/v2/users/a/devices/d/stats"), None);
+    assert_eq!(
+        find("/v2/users/a/devices/d/temp").as_deref(),
+        Some("ReadResource")
+    );
+}
+
+#[test]
+fn stream_and_reserved_keys_are_checked() {
+    let text = r#"
+[[route]]
+method = ["GET", "POST"]
+path = "/v1/users/{owner}/devices/{device}/stream"
+action = "ReadResource"
+resource = { type = "Device", id = "{owner}/{device}", attrs = ["owner"] }
+stream = true
+reserved = { nothing = ["x"] }
+"#;
+    assert_eq!(
+        problems(text),
+        vec![
+            "+6 a stream route takes only `GET` (WebSocket upgrades are GET requests)",
+            "+7 `nothing` is not a capture of the route's path",
+        ]
+    );
+    let table = table();
+    let streams: Vec<&str> = table
+        .routes()
+        .iter()
+        .filter(|r| r.stream)
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(streams, ["GET /v1/users/{owner}/devices/{device}/stream"]);
 }

@@ -165,7 +165,7 @@ fn validate_accepts_the_mini_profile() {
     let (code, out) = iotgate(&["validate", "--config", &mini_config()]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.starts_with("ok: 7 routes, 9 policies, 8 entities; policy version mini-1@"),
+        out.starts_with("ok: 8 routes, 9 policies, 8 entities; policy version mini-1@"),
         "{out}"
     );
 }

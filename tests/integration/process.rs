@@ -159,6 +159,9 @@ async fn demo_prints_calls_that_get_the_statuses_it_announces() {
         if let Some(var) = &c.token {
             req = req.header("authorization", format!("Bearer {}", tokens[var]));
         }
+        if c.body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
         let body = c.body.clone().unwrap_or_default();
         let (status, _, _) = send(req.body(iotgate::response::full(body)).unwrap()).await;
         assert_eq!(status.as_u16(), c.expect, "{} {}", c.method, c.url);

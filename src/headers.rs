@@ -1,0 +1,295 @@
+//! What request headers mean to iotgate: the ones it refuses, the ones it never forwards,
+//! and the media types a body it reads may have.
+//!
+//! ```text
+//! request headers ──connection_names()──▶ `Connection` naming a header iotgate relies on? 400
+//!                 ──json_body()──────────▶ body read for a decision: JSON, no encoding? 415
+//! forward::rewrite ──forwarded()─────────▶ hop-by-hop, spoofable, underscore names dropped
+//! ```
+//!
+//! Names are compared case-insensitively with `_` read as `-`, as CGI-style upstreams do:
+//! `X_Iotgate_Principal` is `X-Iotgate-Principal` to them.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// Headers meaningful for one connection only (RFC 9110 §7.6.1), plus the h2c upgrade's
+/// `HTTP2-Settings` (RFC 7540 §3.2.1) and the legacy `Proxy-Connection`: never forwarded.
+pub const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Headers with which a client could make the upstream act on another method, path or
+/// client address than the one decided. Always removed; iotgate sets its own
+/// `X-Forwarded-*` (keeping a trusted proxy's).
+const SPOOFABLE: [&str; 13] = [
+    "x-original-url",
+    "x-original-uri",
+    "x-original-method",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-forwarded-uri",
+    "x-forwarded-method",
+    "x-forwarded-prefix",
+    "x-forwarded-path",
+    "x-real-ip",
+    "true-client-ip",
+];
+
+/// Headers the decision relies on: a `Connection` header naming one is refused, since a
+/// proxy would strip it after the decision read it.
+const RELIED_ON: [&str; 7] = [
+    "authorization",
+    "host",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "cookie",
+    "x-request-id",
+];
+
+/// Prefix of the headers iotgate sets; clients cannot send them.
+pub const OWN_PREFIX: &str = "x-iotgate-";
+
+/// Why request headers were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// `Connection` names a header the decision reads.
+    #[error("`Connection` names `{0}`, which iotgate reads")]
+    ConnectionNames(String),
+    /// A body read for the decision is not JSON.
+    #[error("body of type `{0}` cannot be read; send application/json")]
+    MediaType(String),
+    /// A body read for the decision is compressed.
+    #[error("body with `Content-Encoding: {0}` cannot be read")]
+    Encoding(String),
+}
+
+/// A header name as CGI-style servers read it: lowercase, `_` as `-`.
+fn canonical(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'_' => '-',
+            b => char::from(b.to_ascii_lowercase()),
+        })
+        .collect()
+}
+
+/// The tokens of every `Connection` header, lowercased.
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+}
+
+/// Refuses a `Connection` header that names a header the decision relies on, or the
+/// query parameter that carries tokens (`token_parameter`).
+///
+/// # Errors
+/// [`HeaderError::ConnectionNames`].
+pub fn connection_names(
+    headers: &HeaderMap,
+    token_parameter: Option<&str>,
+) -> Result<(), HeaderError> {
+    let parameter = token_parameter.map(canonical);
+    for token in connection_tokens(headers) {
+        let name = canonical(&token);
+        if RELIED_ON.contains(&name.as_str())
+            || name.starts_with(OWN_PREFIX)
+            || parameter.as_deref() == Some(name.as_str())
+        {
+            return Err(HeaderError::ConnectionNames(token));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a body iotgate reads is what it parses: `application/json` or
+/// `application/*+json` (UTF-8), not compressed.
+///
+/// # Errors
+/// [`HeaderError::MediaType`] or [`HeaderError::Encoding`].
+pub fn json_body(headers: &HeaderMap) -> Result<(), HeaderError> {
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let value = match (types.next(), types.next()) {
+        (Some(v), None) => v.to_str().unwrap_or_default(),
+        (None, _) => return Err(HeaderError::MediaType("none".into())),
+        (Some(_), Some(_)) => return Err(HeaderError::MediaType("several".into())),
+    };
+    let mut params = value.split(';');
+    let essence = params
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json") && sub.len() > "+json".len());
+    let utf8 = params.all(|p| match p.split_once('=') {
+        Some((k, v)) if k.trim().eq_ignore_ascii_case("charset") => {
+            v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        }
+        _ => true,
+    });
+    if !json || !utf8 {
+        return Err(HeaderError::MediaType(value.chars().take(64).collect()));
+    }
+    for encoding in headers.get_all(header::CONTENT_ENCODING) {
+        let encoding = encoding.to_str().unwrap_or("?");
+        if !encoding
+            .split(',')
+            .all(|e| e.trim().eq_ignore_ascii_case("identity"))
+        {
+            return Err(HeaderError::Encoding(encoding.chars().take(32).collect()));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a client header may reach the upstream: not hop-by-hop, not named by
+/// `Connection`, not one of iotgate's own or a spoofable one, and with no `_` in its name
+/// (dropped as nginx does, so no spelling can alias another header). `trusted` (the peer
+/// is a configured trusted proxy) keeps its `Forwarded` and `X-Forwarded-For/Proto/Host`.
+pub fn forwarded(name: &HeaderName, named_by_connection: &[String], trusted: bool) -> bool {
+    let raw = name.as_str();
+    let from_proxy = raw == "forwarded" || raw.starts_with("x-forwarded-");
+    !(raw.contains('_')
+        || HOP_BY_HOP.contains(&raw)
+        || named_by_connection.iter().any(|n| n == raw)
+        || raw.starts_with(OWN_PREFIX)
+        || SPOOFABLE.contains(&raw)
+        || (from_proxy && !trusted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn connection_may_not_name_what_the_decision_reads() {
+        for bad in [
+            "Authorization",
+            "keep-alive, authorization",
+            "Content_Type",
+            "HOST",
+            "cookie",
+            "x-iotgate-principal",
+            "Authorization",
+        ] {
+            let h = headers(&[("connection", bad)]);
+            assert!(
+                connection_names(&h, Some("authorization")).is_err(),
+                "{bad}"
+            );
+        }
+        let h = headers(&[("connection", "token")]);
+        assert!(connection_names(&h, Some("token")).is_err());
+        assert!(connection_names(&h, None).is_ok());
+        let h = headers(&[("connection", "keep-alive, Upgrade, x-trace")]);
+        assert!(connection_names(&h, Some("authorization")).is_ok());
+    }
+
+    #[test]
+    fn bodies_read_for_decisions_are_plain_json() {
+        for good in [
+            "application/json",
+            "Application/JSON; charset=UTF-8",
+            "application/merge-patch+json",
+            "application/json;charset=\"utf-8\"",
+        ] {
+            assert_eq!(
+                json_body(&headers(&[("content-type", good)])),
+                Ok(()),
+                "{good}"
+            );
+        }
+        for bad in [
+            "application/x-www-form-urlencoded",
+            "text/plain",
+            "multipart/form-data; boundary=x",
+            "application/json; charset=utf-16",
+            "application/+json",
+            "application/jsonp",
+        ] {
+            assert!(
+                matches!(
+                    json_body(&headers(&[("content-type", bad)])),
+                    Err(HeaderError::MediaType(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(json_body(&HeaderMap::new()).is_err());
+        let two = headers(&[
+            ("content-type", "application/json"),
+            ("content-type", "text/plain"),
+        ]);
+        assert!(json_body(&two).is_err());
+        let gz = headers(&[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ]);
+        assert_eq!(json_body(&gz), Err(HeaderError::Encoding("gzip".into())));
+        let id = headers(&[
+            ("content-type", "application/json"),
+            ("content-encoding", "identity"),
+        ]);
+        assert_eq!(json_body(&id), Ok(()));
+    }
+
+    #[test]
+    fn spoofable_and_aliasing_headers_are_not_forwarded() {
+        let named = vec!["x-secret".to_string()];
+        let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).unwrap();
+        for dropped in [
+            "x_iotgate_principal",
+            "x-iotgate-principal",
+            "forwarded",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-http-method-override",
+            "x-method-override",
+            "http2-settings",
+            "upgrade",
+            "x-secret",
+            "x-forwarded-for",
+            "x_forwarded_for",
+            "content_length",
+            "authorization_",
+        ] {
+            assert!(!forwarded(&name(dropped), &named, false), "{dropped}");
+        }
+        for kept in ["accept", "authorization", "content-type", "x-trace-id"] {
+            assert!(forwarded(&name(kept), &named, false), "{kept}");
+        }
+        assert!(forwarded(&name("x-forwarded-for"), &named, true));
+        assert!(forwarded(&name("forwarded"), &named, true));
+        assert!(!forwarded(&name("x-original-url"), &named, true));
+    }
+}
