@@ -30,6 +30,9 @@ const DEFAULT_CACHE_MAX_ENTRY_BYTES: u64 = 16 << 10;
 const DEFAULT_HEADER_READ_TIMEOUT_SECONDS: u64 = 10;
 const DEFAULT_IDLE_TIMEOUT_SECONDS: u64 = 60;
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+const DEFAULT_MAX_HEADER_BYTES: usize = 32 << 10;
+/// hyper's smallest HTTP/1 read buffer.
+const MIN_HEADER_BYTES: usize = 8192;
 
 // === file structs (as written) ===
 
@@ -63,6 +66,8 @@ struct FileServer {
     idle_timeout_seconds: u64,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+    #[serde(default = "default_max_header_bytes")]
+    max_header_bytes: usize,
     #[serde(default)]
     admin_hosts: Vec<String>,
 }
@@ -146,6 +151,9 @@ fn default_idle_timeout() -> u64 {
 fn default_max_connections() -> usize {
     DEFAULT_MAX_CONNECTIONS
 }
+fn default_max_header_bytes() -> usize {
+    DEFAULT_MAX_HEADER_BYTES
+}
 fn default_cache_max_bytes() -> u64 {
     DEFAULT_CACHE_MAX_BYTES
 }
@@ -213,6 +221,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Open client connections at most; beyond it, new ones wait in the listen backlog.
     pub max_connections: usize,
+    /// Largest request head (request line and headers); beyond it, 431.
+    pub max_header_bytes: usize,
     /// `Host` values the admin listener answers besides its own address and `localhost`.
     pub admin_hosts: Vec<String>,
 }
@@ -426,6 +436,7 @@ impl Ctx<'_> {
             header_read_timeout: Duration::from_secs(s.header_read_timeout_seconds.max(1)),
             idle_timeout: Duration::from_secs(s.idle_timeout_seconds.max(1)),
             max_connections: s.max_connections.max(1),
+            max_header_bytes: s.max_header_bytes.max(MIN_HEADER_BYTES),
             admin_hosts: s.admin_hosts,
         })
     }

@@ -4,7 +4,8 @@
 //! ```text
 //! permit (at most max_connections open; beyond, wait: counted) ─▶ accept (errors logged at
 //!   most once a second) ─▶ connection task: HTTP/1.1 + h2c with upgrades,
-//!   header_read_timeout (also bounds the wait between HTTP/1 keep-alive requests),
+//!   max_header_bytes (431 beyond), header_read_timeout (also bounds the wait between
+//!   HTTP/1 keep-alive requests),
 //!   idle watch (no request in flight and no byte moved for idle_timeout: closed)
 //! shutdown ─▶ stop accepting ─▶ in-flight requests finish (at most SHUTDOWN_GRACE)
 //! ```
@@ -50,6 +51,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Open connections at most.
     pub max_connections: usize,
+    /// Largest request head.
+    pub max_header_bytes: usize,
     /// Where connections are counted.
     pub counters: Arc<Connections>,
 }
@@ -61,6 +64,7 @@ impl Limits {
             header_read_timeout: server.header_read_timeout,
             idle_timeout: server.idle_timeout,
             max_connections: server.max_connections,
+            max_header_bytes: server.max_header_bytes,
             counters,
         }
     }
@@ -82,7 +86,10 @@ pub async fn serve_http<H, F>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
+    builder.http2().max_header_list_size(header_list);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut accept_log = RateLimited::default();
     tokio::pin!(shutdown);

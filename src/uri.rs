@@ -306,5 +306,23 @@ mod tests {
         let q = Query::new(Some("%61=encoded-name"));
         assert_eq!(q.get("a").unwrap().as_deref(), Some("encoded-name"));
         assert_eq!(Query::new(None).get("a").unwrap(), None);
+        let q = Query::new(Some("Token=1&x=2"));
+        assert_eq!(q.get("token").unwrap(), None);
+        assert_eq!(q.get_any_case("token").unwrap().as_deref(), Some("1"));
+        let q = Query::new(Some("token=1&TOKEN=2"));
+        assert_eq!(
+            q.get_any_case("token"),
+            Err(QueryError::Repeated("token".into()))
+        );
+    }
+
+    #[test]
+    fn semicolons_in_the_query_are_refused() {
+        assert_eq!(
+            check_query(Some("a=1;authorization=x")),
+            Err(QueryError::Semicolon)
+        );
+        assert_eq!(check_query(Some("a=1%3Bb")), Ok(()));
+        assert_eq!(check_query(None), Ok(()));
     }
 }

@@ -178,6 +178,58 @@ fn time_claims_respect_the_leeway() {
 }
 
 #[test]
+fn time_claims_are_numbers_read_to_the_second() {
+    let v = secret_verifier("leeway_seconds = 0");
+    let sign = |c: Value| secret_signer(Algorithm::HS256).sign(&claims(c)).unwrap();
+    let t = now() as f64;
+    // a fractional exp counts from its whole second: valid before it, expired after
+    assert!(v
+        .verify(&sign(json!({"usr": "a", "exp": t + 60.9})))
+        .is_ok());
+    assert_eq!(
+        v.verify(&sign(json!({"usr": "a", "exp": t - 1.5}))),
+        Err(AuthError::Expired)
+    );
+    assert_eq!(
+        v.verify(&sign(json!({"usr": "a", "exp": t + 60.0, "nbf": t + 30.5}))),
+        Err(AuthError::NotYetValid)
+    );
+    let verified = v
+        .verify(&sign(json!({"usr": "a", "exp": t + 60.9})))
+        .unwrap();
+    assert_eq!(expiry(&verified.claims), Some(now() + 60));
+    for (bad, claim) in [
+        (json!({"usr": "a", "exp": "2099-01-01"}), "exp"),
+        (json!({"usr": "a", "exp": t + 60.0, "nbf": true}), "nbf"),
+        (json!({"usr": "a", "exp": t + 60.0, "iat": -5}), "iat"),
+        (json!({"usr": "a", "exp": null}), "exp"),
+        (json!({"usr": "a", "exp": t + 60.0, "dev": null}), "dev"),
+    ] {
+        assert_eq!(
+            v.verify(&sign(bad.clone())),
+            Err(AuthError::Claim(claim.into())),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn critical_header_extensions_are_refused() {
+    let v = secret_verifier("");
+    let secret = key_file("hs.secret");
+    let key = jsonwebtoken::EncodingKey::from_secret(
+        String::from_utf8(secret).unwrap().trim().as_bytes(),
+    );
+    let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+    header.crit = Some(vec!["b64".into()]);
+    let token = jsonwebtoken::encode(&header, &good_claims(), &key).unwrap();
+    assert_eq!(v.verify(&token), Err(AuthError::Critical));
+    header.crit = Some(vec![]);
+    let token = jsonwebtoken::encode(&header, &good_claims(), &key).unwrap();
+    assert_eq!(v.verify(&token), Err(AuthError::Critical));
+}
+
+#[test]
 fn issuer_and_audience_are_checked_when_configured() {
     let v = secret_verifier("issuer = \"https://idp\"\naudience = \"iotgate\"");
     let sign = |c: Value| secret_signer(Algorithm::HS256).sign(&claims(c)).unwrap();
@@ -286,6 +338,25 @@ fn bad_key_material_is_a_load_problem() {
     assert!(
         load(r#"["RS256"]"#, "jwks_file = \"odd.json\"").contains("odd.json: key `#0`: unusable")
     );
+}
+
+#[test]
+fn a_token_parameter_counts_in_every_spelling() {
+    let v = secret_verifier("query_parameter = \"authorization\"");
+    let none = http::HeaderMap::new();
+    let mut bearer = http::HeaderMap::new();
+    bearer.insert(http::header::AUTHORIZATION, "Bearer a.b.c".parse().unwrap());
+    let q = |raw: &'static str| Query::new(Some(raw));
+    assert_eq!(v.token(&none, q("Authorization=x.y.z")).unwrap(), "x.y.z");
+    assert_eq!(
+        v.token(&bearer, q("AUTHORIZATION=x.y.z")),
+        Err(AuthError::Ambiguous)
+    );
+    assert_eq!(
+        v.token(&none, q("authorization=1&Authorization=2")),
+        Err(AuthError::Ambiguous)
+    );
+    assert_eq!(v.token(&bearer, q("authorizations=1")).unwrap(), "a.b.c");
 }
 
 #[test]

@@ -131,6 +131,39 @@ fn keys_differ_when_any_input_differs() {
 }
 
 #[test]
+fn the_decision_cache_is_bounded_in_bytes_and_skips_huge_entries() {
+    let config = CacheConfig {
+        max_entries: 1_000_000,
+        ttl: Duration::from_secs(60),
+        max_bytes: 64 << 10,
+        max_entry_bytes: 4 << 10,
+    };
+    let cache = DecisionCache::new(&config);
+    // a request with a big context (a long device_resource) is never cached
+    let huge = key(
+        1,
+        vec![("device_resource", FieldValue::Str("x".repeat(8 << 10)))],
+    );
+    cache.insert(huge.clone(), verdicts(true));
+    assert!(cache.get(&huge).is_none());
+    // many small ones: the estimate held stays under max_bytes, whatever the entry count
+    for i in 0..5_000 {
+        let k = key(
+            1,
+            vec![
+                ("n", FieldValue::Long(i)),
+                ("pad", FieldValue::Str("y".repeat(200))),
+            ],
+        );
+        cache.insert(k, verdicts(true));
+    }
+    let bytes = cache.weighted_bytes();
+    assert!(bytes > 0 && bytes <= config.max_bytes, "{bytes}");
+    assert!(cache.stats().entries < 5_000);
+    assert_eq!(cache.stats().bytes, bytes);
+}
+
+#[test]
 fn a_zero_sized_cache_is_off() {
     let cache = DecisionCache::new(&config(0, 60));
     let k = key(1, vec![]);

@@ -6,6 +6,7 @@
     reason = "tests fail loudly"
 )]
 
+mod attacks;
 mod cli;
 mod differential;
 mod operations;
