@@ -12,5 +12,6 @@ mod differential;
 mod operations;
 mod process;
 mod profiles;
+mod properties;
 mod proxy;
 mod support;
