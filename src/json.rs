@@ -5,8 +5,9 @@
 //! ```
 //!
 //! Parsers disagree on duplicate keys (`{"role":"user","role":"admin"}`: most keep the last,
-//! some the first), so a body with a duplicate key at any depth is refused: iotgate and the
-//! upstream must read the same values. The top level must be an object, since fields read
+//! some the first; case-insensitive binders also merge `role` and `Role`), so a body with a
+//! key repeated at any depth, in any ASCII case, is refused: iotgate and the upstream must
+//! read the same values. The top level must be an object, since fields read
 //! `{body.a.b}` paths.
 
 use std::fmt;
@@ -92,8 +93,13 @@ impl<'de> Visitor<'de> for Strict {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(de::Error::custom(format_args!("duplicate key `{key}`")));
+            if let Some(other) = out.keys().find(|k| k.eq_ignore_ascii_case(&key)) {
+                return Err(match other == &key {
+                    true => de::Error::custom(format_args!("duplicate key `{key}`")),
+                    false => {
+                        de::Error::custom(format_args!("duplicate key `{key}` (as `{other}`)"))
+                    }
+                });
             }
             let value = map.next_value_seed(Strict)?;
             out.insert(key, value);
@@ -117,6 +123,14 @@ mod tests {
             ),
             (br#"{"a":{"b":1,"b":2}}"#, "duplicate key `b`"),
             (br#"{"a":[{"c":1,"c":1}]}"#, "duplicate key `c`"),
+            (
+                br#"{"role":"member","Role":"admin"}"#,
+                "duplicate key `Role` (as `role`)",
+            ),
+            (
+                br#"{"role":"member","r\u006fle":"admin"}"#,
+                "duplicate key `role`",
+            ),
             (br#"["role","admin"]"#, "not a JSON object"),
             (br#""admin""#, "not a JSON object"),
             (br#"{"a":1} {"b":2}"#, "trailing"),

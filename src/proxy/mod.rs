@@ -235,6 +235,7 @@ impl Gateway {
         let stream = pending.route().stream;
         if !pending.needs_body() {
             let body = body
+                .map_frame(without_trailers)
                 .map_err(|e| -> BoxError { Box::new(ClientBodyError(Box::new(e))) })
                 .boxed();
             return (pending.decide(None), stream, Some(body));
@@ -272,6 +273,16 @@ impl Gateway {
             }
         }
         Ok(response.map(|b| b.map_err(Into::into).boxed()))
+    }
+}
+
+/// A streamed body's frames, minus trailer fields: no decision read them, and upstreams
+/// that merge trailers into headers would read a second `Authorization` there.
+fn without_trailers(frame: hyper::body::Frame<Bytes>) -> hyper::body::Frame<Bytes> {
+    if frame.is_trailers() {
+        hyper::body::Frame::data(Bytes::new())
+    } else {
+        frame
     }
 }
 

@@ -190,10 +190,10 @@ impl<'a> Inputs<'a> {
                     (Some(_), Some(_)) => return Err(FieldError::Ambiguous(ty.clone())),
                 }
             }
-            Source::Body(path) => json(self.body.and_then(|body| {
-                path.iter()
-                    .try_fold(body, |v, key| v.as_object().and_then(|o| o.get(key)))
-            })),
+            Source::Body(path) => match self.body {
+                None => None,
+                Some(body) => json(body_value(body, path)?),
+            },
         })
     }
 }
@@ -226,6 +226,42 @@ pub enum FieldError {
     /// The principal has several parents of the type a field reads.
     #[error("the principal has several parents of type `{0}`")]
     Ambiguous(String),
+    /// The body has a key that differs from one a field reads only in case: a
+    /// case-insensitive upstream would read it as that key.
+    #[error("body key `{found}` differs from `{expected}` only in case")]
+    KeyCase {
+        /// The key the field reads.
+        expected: String,
+        /// The key the body has.
+        found: String,
+    },
+}
+
+/// The value at `path` in a JSON body, if there is one. A key missing at some level but
+/// present there in another case is an error, never an absent value.
+///
+/// # Errors
+/// [`FieldError::KeyCase`].
+fn body_value<'v>(body: &'v Value, path: &[String]) -> Result<Option<&'v Value>, FieldError> {
+    let mut value = body;
+    for key in path {
+        let Some(object) = value.as_object() else {
+            return Ok(None);
+        };
+        match object.get(key) {
+            Some(v) => value = v,
+            None => {
+                return match object.keys().find(|k| k.eq_ignore_ascii_case(key)) {
+                    Some(found) => Err(FieldError::KeyCase {
+                        expected: key.clone(),
+                        found: found.clone(),
+                    }),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+    Ok(Some(value))
 }
 
 /// A computed value.

@@ -661,6 +661,27 @@ async fn the_upstream_sees_exactly_the_verified_credential() {
 }
 
 #[tokio::test]
+async fn trailer_fields_never_reach_the_upstream() {
+    let up = Recorder::start(false).await;
+    let gw = Thinger::start(&up.url(), "").await;
+    let acme = token(json!({"usr": "acme"}));
+    let call = format!(
+        "POST /v3/users/dave/devices/sensor1/resources/led HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {}\r\nTransfer-Encoding: chunked\r\nTrailer: Authorization\r\n\
+         TE: trailers\r\nConnection: close\r\n\r\n4\r\nabcd\r\n0\r\nAuthorization: Bearer {acme}\r\n\r\n",
+        dave()
+    );
+    let answer = exchange(gw.addr, call.as_bytes()).await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    assert_eq!(up.requests()[0].body, Bytes::from("abcd"));
+    assert!(
+        !up.raw().contains(&acme),
+        "a trailer token reached the upstream"
+    );
+    gw.running.stop().await;
+}
+
+#[tokio::test]
 async fn trusted_proxies_keep_their_forwarding_headers() {
     let up = Recorder::start(false).await;
     let gw = Thinger::start(&up.url(), "trusted_proxies = [\"127.0.0.0/8\"]").await;
