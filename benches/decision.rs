@@ -31,10 +31,11 @@ use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicyId, PolicySet
 use criterion::{BenchmarkId, Criterion};
 use iotgate::cache::Caches;
 use iotgate::cache::DecisionKey;
-use iotgate::check::{Loaded, Probe};
+use iotgate::check::Probe;
 use iotgate::decision::{self, Credentials, RequestHead};
 use iotgate::routes::field::FieldValue;
 use iotgate::routes::Resolved;
+use iotgate::snapshot::Loaded;
 
 /// p50 and p99 of `f`, over `n` runs.
 fn percentiles(n: usize, mut f: impl FnMut()) -> (Duration, Duration) {

@@ -20,6 +20,7 @@ use moka::sync::Cache;
 
 use crate::auth::Identity;
 use crate::config::CacheConfig;
+use crate::index::{Verdict, Verdicts};
 use crate::routes::Resolved;
 
 /// Everything a decision depends on.
@@ -33,28 +34,6 @@ pub struct DecisionKey {
     pub action: EntityUid,
     /// Resource, its route-built attributes and the whole context.
     pub resolved: Resolved,
-}
-
-/// The outcome of evaluating one policy set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    /// Allowed (Cedar allowed and reported no error).
-    pub allowed: bool,
-    /// Determining policy ids, sorted.
-    pub reasons: Vec<String>,
-    /// `@reason`s of the determining policies.
-    pub explanations: Vec<String>,
-    /// Evaluation errors.
-    pub errors: Vec<String>,
-}
-
-/// Live and (when configured) shadow verdicts of one decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdicts {
-    /// The enforced one.
-    pub live: Verdict,
-    /// The candidate policy set's, never enforced.
-    pub shadow: Option<Verdict>,
 }
 
 /// Hit, miss and eviction counters.

@@ -17,47 +17,15 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::auth::{now, Signer, Verifier};
+use crate::auth::{now, Signer};
 use crate::cli::{parse_claims, CheckArgs, ExitStatus};
-use crate::config::Config;
 use crate::decision::{self, Credentials, Decision, Outcome, RequestHead};
 use crate::problem::{Problem, Problems};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Loaded, Snapshot};
 use crate::tomlfile;
 
 /// Lifetime given to tokens minted for `sign = true` cases without `exp`.
 const SIGNED_CASE_TTL: u64 = 300;
-
-/// Everything needed to decide: built once per `check` run.
-pub struct Loaded {
-    /// The config.
-    pub config: Config,
-    /// The snapshot.
-    pub snapshot: Snapshot,
-    /// The verifier.
-    pub verifier: Verifier,
-}
-
-impl Loaded {
-    /// Loads config, keys and snapshot, reporting every problem.
-    ///
-    /// # Errors
-    /// All problems found.
-    pub fn load(path: &Path) -> Result<Loaded, Problems> {
-        let config = Config::load(path)?;
-        let mut problems = Problems::new();
-        let verifier = problems.take(Verifier::from_config(&config));
-        let snapshot = problems.take(Snapshot::load(&config));
-        match (verifier, snapshot) {
-            (Some(verifier), Some(snapshot)) => Ok(Loaded {
-                config,
-                snapshot,
-                verifier,
-            }),
-            _ => Err(problems),
-        }
-    }
-}
 
 /// One request to decide, as `check` describes it.
 #[derive(Debug, Clone)]

@@ -5,9 +5,9 @@ use std::io::Write;
 use serde_json::Value;
 
 use crate::auth::{now, Signer};
-use crate::check::Loaded;
 use crate::cli::{parse_claims, parse_ttl, ConfigArg, ExitStatus, TokenArgs};
 use crate::config::Config;
+use crate::snapshot::Loaded;
 
 /// `validate`: loads config, keys, schema, routes, policies and directory; prints every
 /// problem (exit 2) or a summary (exit 0).

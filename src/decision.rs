@@ -13,11 +13,10 @@
 //!   ─▶ is_authorized ─▶ Allow only if Cedar allows AND reported no error (fail closed)
 //! ```
 //!
-//! Every outcome is a [`Decision`]; the HTTP status of a rejection is decided in one place,
-//! `response::Failure`.
+//! Every outcome is a [`Decision`]; its HTTP status (and how it prints) is decided in one
+//! place, `response`, which depends on this module and not the other way round.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::sync::Arc;
 
 use cedar_policy::{Context, Entities, EntityId, EntityUid, Request};
@@ -25,11 +24,11 @@ use serde_json::Value;
 use smol_str::SmolStr;
 
 use crate::auth::{AuthError, Claims, Identity, Verifier};
-use crate::cache::{Caches, DecisionKey, TokenCache, Verdict, Verdicts};
+use crate::cache::{Caches, DecisionKey, TokenCache};
 use crate::cedar_core::{self, CoreEntity};
 use crate::directory::{Directory, NodeRef};
 use crate::headers::{self, HeaderError};
-use crate::index;
+use crate::index::{self, Verdict, Verdicts};
 use crate::policy::Policies;
 use crate::routes::field::{FieldError, Inputs};
 use crate::routes::{Resolved, Route};
@@ -198,27 +197,6 @@ impl Decision {
     /// Whether the request is forwarded.
     pub fn is_allowed(&self) -> bool {
         self.outcome == Outcome::Allow
-    }
-
-    /// HTTP status: 200 stands for "forwarded".
-    pub fn status(&self) -> http::StatusCode {
-        match &self.outcome {
-            Outcome::Allow => http::StatusCode::OK,
-            Outcome::Reject(r) => crate::response::Failure::Rejected(r.clone()).status(),
-        }
-    }
-}
-
-impl fmt::Display for Decision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.outcome {
-            Outcome::Allow => write!(f, "allow")?,
-            Outcome::Reject(r) => write!(f, "{} {r}", self.status().as_u16())?,
-        }
-        if !self.reasons.is_empty() {
-            write!(f, " by [{}]", self.reasons.join(", "))?;
-        }
-        Ok(())
     }
 }
 
@@ -439,7 +417,7 @@ pub fn authorize(
             &resolved.resource,
             &resource_ancestors,
         );
-        index::evaluate(&buckets, policies, &request, &entities)
+        index::evaluate(&buckets, &policies.set, &request, &entities)
     };
     Ok(Verdicts {
         live: decide(&snapshot.policies),

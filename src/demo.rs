@@ -24,11 +24,11 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::auth::{now, Signer};
-use crate::check::Loaded;
 use crate::cli::ExitStatus;
 use crate::proxy::Gateway;
 use crate::response::{full, Body};
 use crate::serve::{shutdown_signal, Running};
+use crate::snapshot::Loaded;
 
 /// The thinger example profile, as (path relative to the demo folder, content).
 pub const PROFILE: &[(&str, &str)] = &[
@@ -372,10 +372,10 @@ mod tests {
         let mut on_disk: Vec<PathBuf> = Vec::new();
         for dir in ["policies/thinger", "examples/thinger/directory"] {
             on_disk.extend(
-                crate::policy::files_with_extension(&root.join(dir), "cedar")
+                crate::files::files_with_extension(&root.join(dir), "cedar")
                     .unwrap()
                     .into_iter()
-                    .chain(crate::policy::files_with_extension(&root.join(dir), "json").unwrap()),
+                    .chain(crate::files::files_with_extension(&root.join(dir), "json").unwrap()),
             );
         }
         for file in &on_disk {

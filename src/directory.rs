@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 use smol_str::SmolStr;
 
 use crate::cedar_core;
-use crate::policy::files_with_extension;
+use crate::files::files_with_extension;
 use crate::problem::{read_text, LineCounter, Problem, Problems};
 use crate::schema::{Attr, Catalog, Type};
 

@@ -31,8 +31,6 @@ use cedar_policy::{
     PolicySet, PrincipalConstraint, Request, ResourceConstraint,
 };
 
-use crate::cache::Verdict;
-use crate::policy::Policies;
 use crate::schema::Catalog;
 
 /// What a policy scope pins on one side.
@@ -230,10 +228,33 @@ fn sides(uid: &EntityUid, ancestors: &[EntityUid], used: &HashSet<Side>) -> Vec<
     out
 }
 
+/// The outcome of evaluating one policy set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Allowed (Cedar allowed and reported no error).
+    pub allowed: bool,
+    /// Determining policy ids, sorted.
+    pub reasons: Vec<String>,
+    /// `@reason`s of the determining policies.
+    pub explanations: Vec<String>,
+    /// Evaluation errors.
+    pub errors: Vec<String>,
+}
+
+/// Live and (when configured) shadow verdicts of one decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdicts {
+    /// The enforced one.
+    pub live: Verdict,
+    /// The candidate policy set's, never enforced.
+    pub shadow: Option<Verdict>,
+}
+
 /// Evaluates the candidate buckets and combines them as one policy set would decide.
+/// `all` is the whole set, for the `@reason` annotations of the determining policies.
 pub fn evaluate(
     buckets: &[&PolicySet],
-    policies: &Policies,
+    all: &PolicySet,
     request: &Request,
     entities: &Entities,
 ) -> Verdict {
@@ -265,7 +286,7 @@ pub fn evaluate(
         Vec::new()
     } else {
         ids.iter()
-            .filter_map(|id| policies.reason(id).map(|r| format!("{id}: {r}")))
+            .filter_map(|id| all.annotation(id, "reason").map(|r| format!("{id}: {r}")))
             .collect()
     };
     Verdict {

@@ -11,6 +11,7 @@ pub mod decision;
 pub mod demo;
 pub mod diagnostic;
 pub mod directory;
+pub mod files;
 pub mod headers;
 pub mod index;
 pub mod json;

@@ -17,6 +17,7 @@ use std::str::FromStr;
 use cedar_policy::{PolicyId, PolicySet, ValidationMode, Validator};
 
 use crate::diagnostic;
+use crate::files::files_with_extension;
 use crate::index::PolicyIndex;
 use crate::problem::{read_text, LineCounter, Problem, Problems};
 use crate::schema::Catalog;
@@ -187,11 +188,6 @@ impl Policies {
             problems.push(problem);
         }
     }
-
-    /// The `@reason` annotation of a policy, if any.
-    pub fn reason(&self, id: &PolicyId) -> Option<&str> {
-        self.set.annotation(id, "reason")
-    }
 }
 
 /// The line of every `@id("…")` in a file's text (the first, for a repeated id), found in
@@ -224,52 +220,6 @@ fn id_lines(text: &str) -> HashMap<String, usize> {
 /// Every `*.cedar` file below `dir`, sorted, recursively.
 fn cedar_files(dir: &Path) -> Result<Vec<PathBuf>, Problems> {
     files_with_extension(dir, "cedar")
-}
-
-/// Every file with extension `ext` below `dir` (sorted, recursive); a file path names itself.
-///
-/// # Errors
-/// The path does not exist, or a folder or entry cannot be read; entries whose names are
-/// not UTF-8 are refused rather than skipped.
-pub fn files_with_extension(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, Problems> {
-    let meta =
-        std::fs::metadata(dir).map_err(|e| Problem::in_file(dir, format!("cannot read: {e}")))?;
-    if meta.is_file() {
-        return Ok(vec![dir.to_path_buf()]);
-    }
-    let mut problems = Problems::new();
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(folder) = stack.pop() {
-        let entries = match std::fs::read_dir(&folder) {
-            Ok(e) => e,
-            Err(e) => {
-                problems.push(Problem::in_file(
-                    &folder,
-                    format!("cannot read folder: {e}"),
-                ));
-                continue;
-            }
-        };
-        for entry in entries {
-            let path = match entry {
-                Ok(entry) => entry.path(),
-                Err(e) => {
-                    problems.push(Problem::in_file(&folder, format!("bad folder entry: {e}")));
-                    continue;
-                }
-            };
-            if path.file_name().and_then(|n| n.to_str()).is_none() {
-                problems.push(Problem::in_file(&path, "file name is not UTF-8"));
-            } else if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().and_then(|e| e.to_str()) == Some(ext) {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    problems.into_result(out)
 }
 
 #[cfg(test)]

@@ -15,13 +15,14 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::files::files_below;
 use crate::proxy::Gateway;
 use crate::snapshot::Snapshot;
 
@@ -180,7 +181,8 @@ async fn fingerprint_off_thread(paths: Vec<PathBuf>) -> u64 {
 fn fingerprint(paths: &[PathBuf]) -> u64 {
     let mut files = Vec::new();
     for p in paths {
-        walk(p, &mut files);
+        // a path that cannot be walked (not there yet) counts by its name
+        files.extend(files_below(p, |_| true).unwrap_or_else(|_| vec![p.clone()]));
     }
     files.sort();
     let mut h = DefaultHasher::new();
@@ -192,17 +194,6 @@ fn fingerprint(paths: &[PathBuf]) -> u64 {
         }
     }
     h.finish()
-}
-
-fn walk(path: &Path, out: &mut Vec<PathBuf>) {
-    match std::fs::read_dir(path) {
-        Ok(entries) => {
-            for entry in entries.flatten() {
-                walk(&entry.path(), out);
-            }
-        }
-        Err(_) => out.push(path.to_path_buf()),
-    }
 }
 
 /// `2026-11-22T14:57:43Z`.

@@ -14,7 +14,31 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::decision::Rejection;
+use crate::decision::{Decision, Outcome, Rejection};
+
+impl Decision {
+    /// HTTP status: 200 stands for "forwarded".
+    pub fn status(&self) -> StatusCode {
+        match &self.outcome {
+            Outcome::Allow => StatusCode::OK,
+            Outcome::Reject(r) => Failure::Rejected(r.clone()).status(),
+        }
+    }
+}
+
+/// `allow by [policies]` or `403 forbidden by [policies]`, as `check` and the log print it.
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.outcome {
+            Outcome::Allow => write!(f, "allow")?,
+            Outcome::Reject(r) => write!(f, "{} {r}", self.status().as_u16())?,
+        }
+        if !self.reasons.is_empty() {
+            write!(f, " by [{}]", self.reasons.join(", "))?;
+        }
+        Ok(())
+    }
+}
 
 /// A body that is either streamed from a peer or made here.
 pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;

@@ -18,7 +18,6 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
-use crate::check::Loaded;
 use crate::cli::{ExitStatus, ServeArgs};
 use crate::config::Reload;
 use crate::listener::{serve_http, Limits};
@@ -26,6 +25,7 @@ use crate::problem::Problems;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::response::Body;
+use crate::snapshot::Loaded;
 
 /// Runs `serve` until a shutdown signal.
 pub async fn run(args: &ServeArgs) -> ExitStatus {

@@ -17,6 +17,7 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
+use crate::auth::Verifier;
 use crate::config::Config;
 use crate::directory::Directory;
 use crate::policy::Policies;
@@ -168,6 +169,38 @@ fn hash<'a>(parts: impl Iterator<Item = (&'a Path, &'a str)>) -> String {
         .take(VERSION_LEN / 2)
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Everything needed to decide: the config, its keys and its first snapshot (`serve`,
+/// `check`, `validate` and `demo` start from it).
+pub struct Loaded {
+    /// The config.
+    pub config: Config,
+    /// The snapshot.
+    pub snapshot: Snapshot,
+    /// The verifier.
+    pub verifier: Verifier,
+}
+
+impl Loaded {
+    /// Loads config, keys and snapshot, reporting every problem.
+    ///
+    /// # Errors
+    /// All problems found.
+    pub fn load(path: &Path) -> Result<Loaded, Problems> {
+        let config = Config::load(path)?;
+        let mut problems = Problems::new();
+        let verifier = problems.take(Verifier::from_config(&config));
+        let snapshot = problems.take(Snapshot::load(&config));
+        match (verifier, snapshot) {
+            (Some(verifier), Some(snapshot)) => Ok(Loaded {
+                config,
+                snapshot,
+                verifier,
+            }),
+            _ => Err(problems),
+        }
+    }
 }
 
 #[cfg(test)]

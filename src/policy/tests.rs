@@ -38,7 +38,7 @@ fn ids_come_from_at_id_or_file_and_index() {
     ids.sort();
     assert_eq!(ids, vec!["a.cedar#policy1", "allow-read", "b1"]);
     assert!(p.origins[&PolicyId::new("b1")].file.starts_with(dir.path()));
-    assert_eq!(p.reason(&PolicyId::new("b1")), Some("no"));
+    assert_eq!(p.set.annotation(&PolicyId::new("b1"), "reason"), Some("no"));
     assert_eq!(p.origins[&PolicyId::new("allow-read")].line, Some(1));
     assert_eq!(p.files.len(), 2);
 }

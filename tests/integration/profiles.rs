@@ -35,11 +35,11 @@ async fn serve_agrees_with_check_on_the_bundled_suites() {
     let up = Upstream::start().await;
     for profile in PROFILES {
         let dir = root().join("examples").join(profile);
-        let loaded = iotgate::check::Loaded::load(&dir.join("iotgate.toml")).unwrap();
+        let loaded = iotgate::snapshot::Loaded::load(&dir.join("iotgate.toml")).unwrap();
         let cases = iotgate::check::load_suite(&dir.join("checks.toml"), &loaded).unwrap();
         let signer = iotgate::auth::Signer::from_config(&loaded.config).unwrap();
         // the same profile, served in front of the recording upstream
-        let mut served = iotgate::check::Loaded::load(&dir.join("iotgate.toml")).unwrap();
+        let mut served = iotgate::snapshot::Loaded::load(&dir.join("iotgate.toml")).unwrap();
         served.config.server.as_mut().unwrap().upstream =
             format!("http://{}", up.addr).parse().unwrap();
         let gateway =

@@ -429,7 +429,7 @@ async fn check_and_serve_agree_on_every_suite_case() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&format!("http://{}", up.addr)).await;
     let config = crate::support::fixture("mini/iotgate.toml");
-    let loaded = iotgate::check::Loaded::load(&config).unwrap();
+    let loaded = iotgate::snapshot::Loaded::load(&config).unwrap();
     let cases =
         iotgate::check::load_suite(&crate::support::fixture("mini/checks.toml"), &loaded).unwrap();
     assert!(cases.len() >= 10);
