@@ -29,13 +29,13 @@ use std::time::{Duration, Instant};
 
 use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicyId, PolicySet, Request};
 use criterion::{BenchmarkId, Criterion};
-use iotgate::cache::Caches;
-use iotgate::cache::DecisionKey;
-use iotgate::check::Probe;
-use iotgate::decision::{self, Credentials, RequestHead};
-use iotgate::routes::field::FieldValue;
-use iotgate::routes::Resolved;
-use iotgate::snapshot::Loaded;
+use iotgate::authz::cache::Caches;
+use iotgate::authz::cache::DecisionKey;
+use iotgate::authz::decision::{self, Credentials, RequestHead};
+use iotgate::authz::snapshot::Loaded;
+use iotgate::commands::check::Probe;
+use iotgate::model::routes::field::FieldValue;
+use iotgate::model::routes::Resolved;
 
 /// p50 and p99 of `f`, over `n` runs.
 fn percentiles(n: usize, mut f: impl FnMut()) -> (Duration, Duration) {

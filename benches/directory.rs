@@ -30,7 +30,7 @@ fn main() {
         let config = iotgate::config::Config::load(&world.config).unwrap();
         let before = scale::rss();
         let started = Instant::now();
-        let snapshot = iotgate::snapshot::Snapshot::load(&config).unwrap();
+        let snapshot = iotgate::authz::snapshot::Snapshot::load(&config).unwrap();
         let load = started.elapsed();
         let grown = scale::rss().saturating_sub(before);
         let count = snapshot.directory.len();
@@ -55,7 +55,7 @@ fn main() {
     for n in policies {
         let config = iotgate::config::Config::load(&world.add_policies(n)).unwrap();
         let started = Instant::now();
-        let snapshot = iotgate::snapshot::Snapshot::load(&config).unwrap();
+        let snapshot = iotgate::authz::snapshot::Snapshot::load(&config).unwrap();
         println!(
             "{:>10} {:>15.2}s {:>14}",
             snapshot.policies.set.policies().count(),

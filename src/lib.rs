@@ -1,34 +1,26 @@
 //! iotgate: an authorization sidecar for IoT platforms.
-pub mod admin;
-pub mod auth;
-pub mod cache;
-pub mod cedar_core;
-pub mod check;
-pub mod cli;
+//!
+//! Layers, each depending only on the ones above it:
+//!
+//! ```text
+//! config/     the gateway config, TOML with lines, load problems, folder walks
+//! request/    strict readers of what a client sends: path and query, headers, JSON bodies
+//! authn/      tokens → verified identities
+//! model/      schema, route table, directory, policies, license: what decisions read
+//! authz/      the decision path, policy index, caches, snapshots
+//! telemetry/  the decision log and metrics
+//! proxy/      the gateway: decide, forward, the one failure → HTTP mapping
+//! serve/      listeners, limits, admin endpoints, reload
+//! commands/   the command line: serve, check, validate, token, demo
+//! ```
+pub mod authn;
+pub mod authz;
 pub mod commands;
 pub mod config;
-pub mod decision;
-pub mod demo;
-pub mod diagnostic;
-pub mod directory;
-pub mod files;
-pub mod headers;
-pub mod index;
-pub mod json;
-pub mod license;
-pub mod listener;
-pub mod metrics;
-pub mod policy;
-pub mod problem;
+pub mod model;
 pub mod proxy;
-pub mod reload;
-pub mod response;
-pub mod routes;
-pub mod schema;
+pub mod request;
 pub mod serve;
-pub mod snapshot;
 pub mod telemetry;
 #[cfg(test)]
 mod testutil;
-pub mod tomlfile;
-pub mod uri;

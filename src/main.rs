@@ -2,13 +2,13 @@
 
 use clap::Parser;
 
-use iotgate::cli::{Cli, Command, ExitStatus};
+use iotgate::commands::cli::{Cli, Command, ExitStatus};
 
 fn main() -> ExitStatus {
     let cli = Cli::parse();
     let mut out = std::io::stdout().lock();
     let result = match &cli.command {
-        Command::Check(args) => iotgate::check::run(args, &mut out),
+        Command::Check(args) => iotgate::commands::check::run(args, &mut out),
         Command::Validate(args) => iotgate::commands::validate(args, &mut out),
         Command::Token(args) => iotgate::commands::token(args, &mut out),
         Command::Serve(args) => {
@@ -17,7 +17,7 @@ fn main() -> ExitStatus {
         }
         Command::Demo => {
             iotgate::telemetry::init(cli.log_format);
-            runtime().map(|rt| rt.block_on(iotgate::demo::run(&mut out)))
+            runtime().map(|rt| rt.block_on(iotgate::commands::demo::run(&mut out)))
         }
     };
     result.unwrap_or(ExitStatus::Error)

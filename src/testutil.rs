@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::problem::Problems;
+use crate::config::problem::Problems;
 
 /// Writes `files` (relative path, text) into a new temporary folder.
 pub fn write_tree(files: &[(&str, &str)]) -> tempfile::TempDir {

@@ -19,9 +19,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::config::problem::{Problem, Problems};
 use crate::config::ServerConfig;
-use crate::problem::{Problem, Problems};
-use crate::response::{Body, UpstreamError, REQUEST_ID};
+use crate::proxy::response::{Body, UpstreamError, REQUEST_ID};
 
 /// The pooled client to the existing IoT server.
 #[derive(Debug, Clone)]
@@ -87,7 +87,7 @@ impl Upstream {
     /// Whether the upstream answers at all (any HTTP status) to `GET /`.
     pub async fn probe(&self) -> bool {
         let request =
-            Request::get(self.base.clone()).body(crate::response::full(bytes::Bytes::new()));
+            Request::get(self.base.clone()).body(crate::proxy::response::full(bytes::Bytes::new()));
         match request {
             Ok(r) => self.send(r).await.is_ok(),
             Err(_) => false,
@@ -179,7 +179,7 @@ pub fn is_websocket(method: &http::Method, headers: &HeaderMap) -> bool {
             .is_ok_and(|raw| raw.len() == 16)
     });
     method == http::Method::GET
-        && crate::headers::connection_tokens(headers).any(|t| t == "upgrade")
+        && crate::request::headers::connection_tokens(headers).any(|t| t == "upgrade")
         && single(header::UPGRADE).is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
         && single(HeaderName::from_static("sec-websocket-version")) == Some("13")
         && key_ok
@@ -204,7 +204,7 @@ pub fn rewrite(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let named: Vec<String> = crate::headers::connection_tokens(&parts.headers).collect();
+    let named: Vec<String> = crate::request::headers::connection_tokens(&parts.headers).collect();
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 8);
     let mut name = None;
     for (next, value) in std::mem::take(&mut parts.headers) {
@@ -212,7 +212,7 @@ pub fn rewrite(
         let Some(name) = &name else { continue };
         let keep = name != header::HOST
             && (stamp.cookies || name != header::COOKIE)
-            && crate::headers::forwarded(name, &named, stamp.trusted);
+            && crate::request::headers::forwarded(name, &named, stamp.trusted);
         if keep {
             headers.append(name.clone(), value);
         }
@@ -279,11 +279,12 @@ pub fn clean_response(
             return Err(UpstreamError::Upgrade);
         }
     }
-    let named: Vec<String> = crate::headers::connection_tokens(response.headers()).collect();
+    let named: Vec<String> =
+        crate::request::headers::connection_tokens(response.headers()).collect();
     for name in named
         .iter()
         .map(String::as_str)
-        .chain(crate::headers::HOP_BY_HOP)
+        .chain(crate::request::headers::HOP_BY_HOP)
     {
         response.headers_mut().remove(name);
     }

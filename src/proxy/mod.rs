@@ -10,6 +10,7 @@
 //! ```
 
 pub mod forward;
+pub mod response;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,16 +23,18 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
 use self::forward::{Stamp, Upstream};
-use crate::auth::Verifier;
-use crate::cache::Caches;
+use crate::authn::Verifier;
+use crate::authz::cache::Caches;
+use crate::authz::decision::{
+    self, BadRequest, Credentials, Decision, Outcome, Rejection, RequestHead,
+};
+use crate::authz::snapshot::Snapshot;
+use crate::config::problem::{Problem, Problems};
 use crate::config::Config;
-use crate::decision::{self, BadRequest, Credentials, Decision, Outcome, Rejection, RequestHead};
-use crate::listener::Limits;
-use crate::metrics::{Metrics, UpstreamFailure};
-use crate::problem::{Problem, Problems};
-use crate::response::{full, Body, BoxError, Failure, UpstreamError, REQUEST_ID};
-use crate::snapshot::Snapshot;
+use crate::proxy::response::{full, Body, BoxError, Failure, UpstreamError, REQUEST_ID};
+use crate::serve::listener::Limits;
 use crate::telemetry;
+use crate::telemetry::metrics::{Metrics, UpstreamFailure};
 
 /// Longest client-sent `X-Request-Id` kept as is.
 const MAX_REQUEST_ID: usize = 128;

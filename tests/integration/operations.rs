@@ -264,7 +264,7 @@ async fn concurrent_requests_during_repeated_reloads_are_consistent() {
     let share = dir.path().join("mini/policies/projects/d2.cedar");
     let deny_version = {
         let c = iotgate::config::Config::load(&config_path).unwrap();
-        iotgate::snapshot::Snapshot::load(&c)
+        iotgate::authz::snapshot::Snapshot::load(&c)
             .unwrap()
             .policy_version
             .to_string()
@@ -272,14 +272,14 @@ async fn concurrent_requests_during_repeated_reloads_are_consistent() {
     write_atomic(&share, SHARE_D2);
     let allow_version = {
         let c = iotgate::config::Config::load(&config_path).unwrap();
-        iotgate::snapshot::Snapshot::load(&c)
+        iotgate::authz::snapshot::Snapshot::load(&c)
             .unwrap()
             .policy_version
             .to_string()
     };
     assert_ne!(allow_version, deny_version);
     let (gateway, config) = iotgate::serve::load(&config_path).unwrap();
-    let reloader = iotgate::reload::Reloader::new(config, gateway.clone());
+    let reloader = iotgate::serve::reload::Reloader::new(config, gateway.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let running = iotgate::serve::Running::start(listener, gateway).unwrap();
     let url = format!("http://{}/v1/users/alice/devices/d2", running.addr);
@@ -297,7 +297,7 @@ async fn concurrent_requests_during_repeated_reloads_are_consistent() {
                 let req = http::Request::get(&url)
                     .header("authorization", format!("Bearer {bob}"))
                     .header("x-request-id", &id)
-                    .body(iotgate::response::full(""))
+                    .body(iotgate::proxy::response::full(""))
                     .unwrap();
                 let (status, _, body) = send(req).await;
                 answers.push((id, status, body));

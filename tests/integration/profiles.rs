@@ -31,15 +31,16 @@ fn bundled_suites_pass() {
 /// Every case of both bundled suites gets the same status through `serve` as from `check`.
 #[tokio::test]
 async fn serve_agrees_with_check_on_the_bundled_suites() {
-    use iotgate::decision::Credentials;
+    use iotgate::authz::decision::Credentials;
     let up = Upstream::start().await;
     for profile in PROFILES {
         let dir = root().join("examples").join(profile);
-        let loaded = iotgate::snapshot::Loaded::load(&dir.join("iotgate.toml")).unwrap();
-        let cases = iotgate::check::load_suite(&dir.join("checks.toml"), &loaded).unwrap();
-        let signer = iotgate::auth::Signer::from_config(&loaded.config).unwrap();
+        let loaded = iotgate::authz::snapshot::Loaded::load(&dir.join("iotgate.toml")).unwrap();
+        let cases =
+            iotgate::commands::check::load_suite(&dir.join("checks.toml"), &loaded).unwrap();
+        let signer = iotgate::authn::Signer::from_config(&loaded.config).unwrap();
         // the same profile, served in front of the recording upstream
-        let mut served = iotgate::snapshot::Loaded::load(&dir.join("iotgate.toml")).unwrap();
+        let mut served = iotgate::authz::snapshot::Loaded::load(&dir.join("iotgate.toml")).unwrap();
         served.config.server.as_mut().unwrap().upstream =
             format!("http://{}", up.addr).parse().unwrap();
         let gateway =
@@ -58,14 +59,15 @@ async fn serve_agrees_with_check_on_the_bundled_suites() {
             }
             if let Credentials::Trusted(claims) = &case.probe.credentials {
                 let mut claims = claims.clone();
-                claims.insert("exp".into(), (iotgate::auth::now() + 300).into());
+                claims.insert("exp".into(), (iotgate::authn::now() + 300).into());
                 req = req.header(
                     "authorization",
                     format!("Bearer {}", signer.sign(&claims).unwrap()),
                 );
             }
             let body = case.probe.body.clone().unwrap_or_default();
-            let (status, _, _) = send(req.body(iotgate::response::full(body)).unwrap()).await;
+            let (status, _, _) =
+                send(req.body(iotgate::proxy::response::full(body)).unwrap()).await;
             assert_eq!(
                 status, decided,
                 "{profile}: case `{}` ({})",

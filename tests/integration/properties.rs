@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use iotgate::routes::trie::Segment;
-use iotgate::routes::RouteTable;
-use iotgate::uri::{self, Query};
+use iotgate::model::routes::trie::Segment;
+use iotgate::model::routes::RouteTable;
+use iotgate::request::uri::{self, Query};
 use proptest::prelude::*;
 
 fn root() -> PathBuf {
@@ -32,7 +32,8 @@ fn thinger_routes() -> &'static RouteTable {
     static TABLE: std::sync::OnceLock<RouteTable> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         let (catalog, _) =
-            iotgate::schema::Catalog::load(&root().join("schema/thinger.cedarschema")).unwrap();
+            iotgate::model::schema::Catalog::load(&root().join("schema/thinger.cedarschema"))
+                .unwrap();
         RouteTable::load(&root().join("schema/thinger.routes.toml"), &catalog)
             .unwrap()
             .0
@@ -85,7 +86,7 @@ fn forwarded(upstream: &iotgate::proxy::forward::Upstream, target: &str) -> Stri
         policy_version: "v",
         directory_version: "d",
     };
-    let body = iotgate::response::full(bytes::Bytes::new());
+    let body = iotgate::proxy::response::full(bytes::Bytes::new());
     let request = iotgate::proxy::forward::rewrite(upstream, parts, body, stamp, false).unwrap();
     request.uri().path_and_query().unwrap().to_string()
 }
@@ -178,7 +179,7 @@ proptest! {
     }
 }
 
-fn mini_verifier() -> iotgate::auth::Verifier {
+fn mini_verifier() -> iotgate::authn::Verifier {
     let secret = root().join("tests/fixtures/keys/hs.secret");
     let text = format!(
         "[auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"{}\"\nquery_parameter = \"authorization\"\n\
@@ -186,5 +187,5 @@ fn mini_verifier() -> iotgate::auth::Verifier {
         secret.display()
     );
     let config = iotgate::config::Config::parse(Path::new("/p/c.toml"), &text).unwrap();
-    iotgate::auth::Verifier::from_config(&config).unwrap()
+    iotgate::authn::Verifier::from_config(&config).unwrap()
 }

@@ -16,7 +16,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use iotgate::response::Body;
+use iotgate::proxy::response::Body;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 
@@ -49,8 +49,8 @@ pub fn token(claims: serde_json::Value) -> String {
     let mut claims = claims.as_object().unwrap().clone();
     claims
         .entry("exp")
-        .or_insert(serde_json::json!(iotgate::auth::now() + 300));
-    iotgate::auth::Signer::hmac(jsonwebtoken::Algorithm::HS256, secret.trim().as_bytes())
+        .or_insert(serde_json::json!(iotgate::authn::now() + 300));
+    iotgate::authn::Signer::hmac(jsonwebtoken::Algorithm::HS256, secret.trim().as_bytes())
         .sign(&claims)
         .unwrap()
 }
@@ -189,7 +189,7 @@ async fn upstream_handler(
     });
     if let Some((_, n)) = path.rsplit_once("/download/") {
         let n: usize = n.parse().unwrap();
-        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, iotgate::response::BoxError>>(4);
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, iotgate::proxy::response::BoxError>>(4);
         tokio::spawn(async move {
             let first = n.min(1024);
             let _ = tx
@@ -259,7 +259,7 @@ fn websocket_echo(req: &mut Request<Incoming>) -> Response<Body> {
         .header("connection", "upgrade")
         .header("upgrade", "websocket")
         .header("sec-websocket-accept", key)
-        .body(iotgate::response::full(Bytes::new()))
+        .body(iotgate::proxy::response::full(Bytes::new()))
         .unwrap()
 }
 
@@ -328,7 +328,8 @@ pub fn get(url: &str, bearer: Option<&str>) -> Request<Body> {
     if let Some(t) = bearer {
         b = b.header("authorization", format!("Bearer {t}"));
     }
-    b.body(iotgate::response::full(Bytes::new())).unwrap()
+    b.body(iotgate::proxy::response::full(Bytes::new()))
+        .unwrap()
 }
 
 /// Sends raw bytes over TCP and returns the status line and the whole answer.
@@ -433,7 +434,7 @@ impl Served {
         let url = format!("http://{}{}", self.admin, path);
         send(
             Request::post(url)
-                .body(iotgate::response::full(""))
+                .body(iotgate::proxy::response::full(""))
                 .unwrap(),
         )
         .await

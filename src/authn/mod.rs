@@ -1,0 +1,514 @@
+//! Authentication: from a request's credentials to a verified [`Identity`].
+//!
+//! ```text
+//! Authorization: Bearer <jwt>  ─┐
+//! ?<query_parameter>=<jwt>      ─┴─ token() ─▶ Verifier::verify
+//!     header alg in allow-list? ─▶ candidate keys (secret | PEM | JWKS by kid or by family)
+//!     ─▶ signature, exp / nbf (leeway), iss, aud ─▶ principal claim ─▶ Identity
+//! ```
+//!
+//! Keys are loaded once from the `[auth]` config; every failure is an [`AuthError`],
+//! which the gateway answers with 401.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+
+use crate::config::problem::{read_text, Problem, Problems};
+use crate::config::{AuthConfig, Config, KeySource, PemSource};
+use crate::request::uri::Query;
+
+/// The claims of a verified token.
+pub type Claims = Map<String, Value>;
+
+/// Who a request is from: the principal id and the claims that named it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// Value of the configured principal claim.
+    pub principal: String,
+    /// Every claim of the token (context mappings may read them).
+    pub claims: Claims,
+}
+
+/// Why a request is not authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token in the header or the query.
+    #[error("no token")]
+    Missing,
+    /// The token was given more than once (two headers, header and query, repeated query).
+    #[error("token given more than once")]
+    Ambiguous,
+    /// An `Authorization` header that is not `Bearer`.
+    #[error("authorization scheme is not bearer")]
+    NotBearer,
+    /// Not a JWT, or claims that are not a JSON object.
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// The header's algorithm is not in the allow-list.
+    #[error("algorithm `{0}` is not allowed")]
+    Algorithm(String),
+    /// No configured key can check this token (unknown `kid`).
+    #[error("no key for this token")]
+    NoKey,
+    /// The signature does not verify.
+    #[error("bad signature")]
+    Signature,
+    /// `exp` is in the past (beyond the leeway).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `iss` differs from the configured issuer.
+    #[error("wrong issuer")]
+    Issuer,
+    /// `aud` differs from the configured audience.
+    #[error("wrong audience")]
+    Audience,
+    /// A required claim (`exp`, the principal claim) is absent or not usable, a time claim
+    /// is not a number, or a claim is `null`.
+    #[error("missing or invalid claim `{0}`")]
+    Claim(String),
+    /// The header lists `crit` extensions; iotgate implements none (RFC 7515 §4.1.11).
+    #[error("critical header extension not understood")]
+    Critical,
+}
+
+/// A verification key and what it may verify.
+#[derive(Clone)]
+struct Key {
+    kid: Option<String>,
+    /// The algorithm a JWK pins with `alg`, if any.
+    alg: Option<Algorithm>,
+    key: DecodingKey,
+}
+
+/// Verifies tokens against the configured keys and rules.
+#[derive(Clone)]
+pub struct Verifier {
+    keys: Vec<Key>,
+    validations: HashMap<Algorithm, Validation>,
+    principal_claim: String,
+    query_parameter: Option<String>,
+    leeway: u64,
+    require_exp: bool,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("keys", &self.keys.len())
+            .field("algorithms", &self.validations.keys().collect::<Vec<_>>())
+            .field("principal_claim", &self.principal_claim)
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// Loads the keys named by `[auth]`.
+    ///
+    /// # Errors
+    /// A key file cannot be read or parsed, or a JWKS has no key usable with the allowed
+    /// algorithms; problems point at the config line that names the key.
+    pub fn from_config(config: &Config) -> Result<Verifier, Problems> {
+        let auth = &config.auth;
+        let keys = load_keys(auth, config)?;
+        let validations = auth
+            .algorithms
+            .iter()
+            .map(|alg| (*alg, validation(auth, *alg)))
+            .collect();
+        Ok(Verifier {
+            keys,
+            validations,
+            principal_claim: auth.principal_claim.clone(),
+            query_parameter: auth.query_parameter.clone(),
+            leeway: auth.leeway_seconds,
+            require_exp: auth.require_exp,
+        })
+    }
+
+    /// The query parameter that may carry the token.
+    pub fn query_parameter(&self) -> Option<&str> {
+        self.query_parameter.as_deref()
+    }
+
+    /// The claim that names the principal.
+    pub fn principal_claim(&self) -> &str {
+        &self.principal_claim
+    }
+
+    /// Finds the request's token: `Authorization: Bearer` or the configured query parameter.
+    ///
+    /// # Errors
+    /// No token, a non-bearer scheme, or a token given more than once.
+    pub fn token<'a>(
+        &self,
+        headers: &'a http::HeaderMap,
+        query: Query<'_>,
+    ) -> Result<std::borrow::Cow<'a, str>, AuthError> {
+        let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+        let header = match (values.next(), values.next()) {
+            (_, Some(_)) => return Err(AuthError::Ambiguous),
+            (Some(v), None) => Some(bearer(v)?),
+            (None, None) => None,
+        };
+        let from_query = match &self.query_parameter {
+            Some(name) => query.get_any_case(name).map_err(|_| AuthError::Ambiguous)?,
+            None => None,
+        };
+        match (header, from_query) {
+            (Some(_), Some(_)) => Err(AuthError::Ambiguous),
+            (Some(t), None) => Ok(std::borrow::Cow::Borrowed(t)),
+            (None, Some(t)) => Ok(std::borrow::Cow::Owned(t)),
+            (None, None) => Err(AuthError::Missing),
+        }
+    }
+
+    /// Verifies a token and extracts the principal.
+    ///
+    /// # Errors
+    /// Any [`AuthError`] but the extraction ones.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        refuse_critical(token)?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let validation = self
+            .validations
+            .get(&header.alg)
+            .ok_or_else(|| AuthError::Algorithm(format!("{:?}", header.alg)))?;
+        let mut last = AuthError::NoKey;
+        for key in self.candidates(header.alg, header.kid.as_deref()) {
+            match jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
+                Ok(data) => {
+                    self.check_claims(&data.claims)?;
+                    return self.identity(data.claims);
+                }
+                Err(e) => last = map_error(e.kind()),
+            }
+            if last != AuthError::Signature {
+                break;
+            }
+        }
+        Err(last)
+    }
+
+    /// Checks what a signed token's claims say about time, reading `exp`, `nbf` and `iat` as
+    /// numbers rounded down (a fractional `exp` counts from its whole second) and refusing
+    /// any other type, and refuses `null` claims (a present `null` is not an absent claim).
+    fn check_claims(&self, claims: &Claims) -> Result<(), AuthError> {
+        if let Some((name, _)) = claims.iter().find(|(_, v)| v.is_null()) {
+            return Err(AuthError::Claim(name.clone()));
+        }
+        let now = now();
+        match time_claim(claims, "exp")? {
+            Some(exp) if exp.saturating_add(self.leeway) < now => return Err(AuthError::Expired),
+            None if self.require_exp => return Err(AuthError::Claim("exp".into())),
+            _ => {}
+        }
+        if time_claim(claims, "nbf")?.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
+            return Err(AuthError::NotYetValid);
+        }
+        time_claim(claims, "iat")?;
+        Ok(())
+    }
+
+    /// Builds an identity from claims that are trusted without a signature (`check --as`).
+    ///
+    /// # Errors
+    /// The principal claim is missing or not a non-empty string.
+    pub fn identity(&self, claims: Claims) -> Result<Identity, AuthError> {
+        let principal = match claims.get(&self.principal_claim) {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return Err(AuthError::Claim(self.principal_claim.clone())),
+        };
+        Ok(Identity { principal, claims })
+    }
+
+    /// Keys that may verify a token of `alg` with this `kid`: the `kid`'s key when given,
+    /// else every key of the algorithm's family.
+    fn candidates<'a>(
+        &'a self,
+        alg: Algorithm,
+        kid: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Key> + 'a {
+        self.keys.iter().filter(move |k| {
+            let kid_ok = match (kid, &k.kid) {
+                (Some(want), Some(have)) => want == have,
+                _ => true,
+            };
+            kid_ok && k.alg.is_none_or(|a| a == alg) && k.key.family() == alg.family()
+        })
+    }
+}
+
+fn bearer(value: &http::HeaderValue) -> Result<&str, AuthError> {
+    let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::NotBearer);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    Ok(token)
+}
+
+/// Refuses a token whose header has `crit` (read from the raw header: the JWT library
+/// does not look at it).
+fn refuse_critical(token: &str) -> Result<(), AuthError> {
+    use base64::Engine;
+    let encoded = token.split('.').next().unwrap_or_default();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|e| AuthError::Malformed(e.to_string()))?;
+    let header: Map<String, Value> =
+        serde_json::from_slice(&raw).map_err(|e| AuthError::Malformed(e.to_string()))?;
+    if header.contains_key("crit") {
+        return Err(AuthError::Critical);
+    }
+    Ok(())
+}
+
+/// A time claim in whole seconds since the epoch (rounded down), if present.
+///
+/// # Errors
+/// The claim is not a non-negative number.
+fn time_claim(claims: &Claims, name: &str) -> Result<Option<u64>, AuthError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(whole), _) => Ok(Some(whole)),
+            (None, Some(f)) if f.is_finite() && f >= 0.0 => Ok(Some(f.floor() as u64)),
+            _ => Err(AuthError::Claim(name.to_string())),
+        },
+        Some(_) => Err(AuthError::Claim(name.to_string())),
+    }
+}
+
+/// When a verified token expires (its `exp`, rounded down), for caches.
+pub fn expiry(claims: &Claims) -> Option<u64> {
+    time_claim(claims, "exp").ok().flatten()
+}
+
+/// Signature, algorithm, `iss` and `aud` are checked by the JWT library; the time claims
+/// by [`Verifier::check_claims`], which reads them strictly.
+fn validation(auth: &AuthConfig, alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = auth.leeway_seconds;
+    v.validate_nbf = false;
+    v.validate_exp = false;
+    let mut required = Vec::new();
+    if let Some(iss) = &auth.issuer {
+        v.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    match &auth.audience {
+        Some(aud) => {
+            v.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => v.validate_aud = false,
+    }
+    v.set_required_spec_claims(&required);
+    v
+}
+
+fn map_error(kind: &ErrorKind) -> AuthError {
+    match kind {
+        ErrorKind::InvalidSignature => AuthError::Signature,
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidIssuer => AuthError::Issuer,
+        ErrorKind::InvalidAudience => AuthError::Audience,
+        ErrorKind::MissingRequiredClaim(c) | ErrorKind::InvalidClaimFormat(c) => {
+            AuthError::Claim(c.clone())
+        }
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+            AuthError::Algorithm("mismatch".to_string())
+        }
+        other => AuthError::Malformed(format!("{other:?}")),
+    }
+}
+
+// === key loading ===
+
+fn load_keys(auth: &AuthConfig, config: &Config) -> Result<Vec<Key>, Problems> {
+    let single = |key: DecodingKey| {
+        vec![Key {
+            kid: None,
+            alg: None,
+            key,
+        }]
+    };
+    match &auth.key {
+        KeySource::Secret(path) => {
+            let secret = read_text(path)?;
+            let secret = secret.trim();
+            if secret.is_empty() {
+                return Err(Problem::in_file(path, "secret is empty").into());
+            }
+            Ok(single(DecodingKey::from_secret(secret.as_bytes())))
+        }
+        KeySource::PublicPem(source) => {
+            let (pem, origin) = match source {
+                PemSource::Inline(text) => {
+                    (text.clone(), config.problem("auth.public_key_pem", ""))
+                }
+                PemSource::File(path) => (read_text(path)?, Problem::in_file(path, "")),
+            };
+            let key = pem_key(pem.as_bytes(), &auth.algorithms).map_err(|m| Problem {
+                message: m,
+                ..origin
+            })?;
+            Ok(single(key))
+        }
+        KeySource::Jwks(path) => jwks_keys(path, &auth.algorithms),
+    }
+}
+
+/// Reads a public key PEM of the family of the allowed algorithms.
+fn pem_key(pem: &[u8], algorithms: &[Algorithm]) -> Result<DecodingKey, String> {
+    use jsonwebtoken::AlgorithmFamily::*;
+    let family = algorithms
+        .first()
+        .map(|a| a.family())
+        .ok_or("no algorithm")?;
+    if algorithms.iter().any(|a| a.family() != family) {
+        return Err(
+            "a public key serves one algorithm family; the allowed algorithms mix families".into(),
+        );
+    }
+    let key = match family {
+        Rsa => DecodingKey::from_rsa_pem(pem),
+        Ec => DecodingKey::from_ec_pem(pem),
+        Ed => DecodingKey::from_ed_pem(pem),
+        Hmac => return Err("HMAC algorithms need a secret".into()),
+    };
+    key.map_err(|e| format!("not a {family:?} public key PEM: {e}"))
+}
+
+fn jwks_keys(path: &Path, algorithms: &[Algorithm]) -> Result<Vec<Key>, Problems> {
+    let text = read_text(path)?;
+    let set: JwkSet = serde_json::from_str(&text)
+        .map_err(|e| Problem::at_line(path, Some(e.line()), format!("not a JWKS: {e}")))?;
+    let mut problems = Problems::new();
+    let mut keys = Vec::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let name = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{i}"));
+        let alg = match jwk.common.key_algorithm.map(Algorithm::try_from) {
+            Some(Ok(alg)) => Some(alg),
+            Some(Err(_)) => {
+                problems.push(Problem::in_file(
+                    path,
+                    format!("key `{name}`: `alg` is not a signing algorithm"),
+                ));
+                continue;
+            }
+            None => None,
+        };
+        match DecodingKey::from_jwk(jwk) {
+            Ok(key) => keys.push(Key {
+                kid: jwk.common.key_id.clone(),
+                alg,
+                key,
+            }),
+            Err(e) => problems.push(Problem::in_file(
+                path,
+                format!("key `{name}`: unusable ({e})"),
+            )),
+        }
+    }
+    let usable = keys
+        .iter()
+        .any(|k| algorithms.iter().any(|a| a.family() == k.key.family()));
+    if !usable && problems.is_empty() {
+        problems.push(Problem::in_file(
+            path,
+            "no key in this JWKS fits the allowed algorithms",
+        ));
+    }
+    problems.into_result(keys)
+}
+
+// === minting (the `token` command, demos and tests) ===
+
+/// A key that signs tokens: the configured secret, or a private key PEM.
+pub struct Signer {
+    alg: Algorithm,
+    kid: Option<String>,
+    key: EncodingKey,
+}
+
+impl Signer {
+    /// A signer with an HMAC secret.
+    pub fn hmac(alg: Algorithm, secret: &[u8]) -> Signer {
+        Signer {
+            alg,
+            kid: None,
+            key: EncodingKey::from_secret(secret),
+        }
+    }
+
+    /// A signer with a private key PEM (PKCS#8) of `alg`'s family.
+    ///
+    /// # Errors
+    /// The PEM is not a private key of that family.
+    pub fn private_pem(alg: Algorithm, pem: &[u8], kid: Option<String>) -> Result<Signer, String> {
+        use jsonwebtoken::AlgorithmFamily::*;
+        let key = match alg.family() {
+            Rsa => EncodingKey::from_rsa_pem(pem),
+            Ec => EncodingKey::from_ec_pem(pem),
+            Ed => EncodingKey::from_ed_pem(pem),
+            Hmac => return Err("HMAC algorithms sign with a secret".into()),
+        };
+        Ok(Signer {
+            alg,
+            kid,
+            key: key.map_err(|e| format!("not a private key for {alg:?}: {e}"))?,
+        })
+    }
+
+    /// The signer for a config's own key, when it holds one (the HMAC secret).
+    ///
+    /// # Errors
+    /// The config verifies with a public key, so it cannot sign; or the secret is unreadable.
+    pub fn from_config(config: &Config) -> Result<Signer, String> {
+        match &config.auth.key {
+            KeySource::Secret(path) => {
+                let secret = read_text(path).map_err(|p| p.to_string())?;
+                let alg = config
+                    .auth
+                    .algorithms
+                    .first()
+                    .copied()
+                    .unwrap_or(Algorithm::HS256);
+                Ok(Signer::hmac(alg, secret.trim().as_bytes()))
+            }
+            _ => Err("the config verifies with a public key; pass --private-key to sign".into()),
+        }
+    }
+
+    /// Signs claims.
+    ///
+    /// # Errors
+    /// Signing failed (a key that does not fit the algorithm).
+    pub fn sign(&self, claims: &Claims) -> Result<String, String> {
+        let mut header = Header::new(self.alg);
+        header.kid = self.kid.clone();
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| e.to_string())
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+#[cfg(test)]
+mod tests;

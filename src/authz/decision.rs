@@ -1,0 +1,539 @@
+//! The decision path: one request in, one [`Decision`] out. `serve` and `check` both call
+//! exactly this.
+//!
+//! ```text
+//! begin(head, credentials)
+//!   token → Identity (401) ─▶ strict path (400) ─▶ route (404) ─▶ principal in directory
+//!   (401 deleted, 403 disabled) ─▶ Pending   [serve reads the body here when the route
+//!                                             needs it, bounded by max_body_bytes]
+//! Pending::decide(body)
+//!   JSON body (400) ─▶ fields → resource + context (400) ─▶ entity slice (principal,
+//!   resource, context entities, what their attributes name, all their ancestors, the
+//!   action and its groups) ─▶ Cedar request checked against the schema (400)
+//!   ─▶ is_authorized ─▶ Allow only if Cedar allows AND reported no error (fail closed)
+//! ```
+//!
+//! Every outcome is a [`Decision`]; its HTTP status (and how it prints) is decided in one
+//! place, `response`, which depends on this module and not the other way round.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use cedar_policy::{Context, Entities, EntityId, EntityUid, Request};
+use serde_json::Value;
+use smol_str::SmolStr;
+
+use crate::authn::{AuthError, Claims, Identity, Verifier};
+use crate::authz::cache::{Caches, DecisionKey, TokenCache};
+use crate::authz::index::{self, Verdict, Verdicts};
+use crate::authz::snapshot::Snapshot;
+use crate::model::cedar_core::{self, CoreEntity};
+use crate::model::directory::{Directory, NodeRef};
+use crate::model::policy::Policies;
+use crate::model::routes::field::{FieldError, Inputs};
+use crate::model::routes::{Resolved, Route};
+use crate::request::headers::{self, HeaderError};
+use crate::request::uri::{self, PathError, Query, QueryError};
+
+/// The parts of an HTTP request a decision reads before the body.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// Method.
+    pub method: &'a http::Method,
+    /// Path and query.
+    pub uri: &'a http::Uri,
+    /// Headers (for the token).
+    pub headers: &'a http::HeaderMap,
+}
+
+/// How the request's identity is established.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// Verify the token the request carries (serve, `check --token`).
+    Token,
+    /// Trust these claims without a signature (`check --as`, suite cases).
+    Trusted(Claims),
+}
+
+/// Why a request is not forwarded (`response::Failure` turns it into an HTTP answer).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// Malformed request: odd path, bad query, bad body, values that do not fit.
+    #[error("bad request: {0}")]
+    BadRequest(BadRequest),
+    /// No valid token.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(AuthError),
+    /// The token names an account the directory does not have (deleted).
+    #[error("unknown account `{0}`")]
+    UnknownPrincipal(String),
+    /// The account is disabled.
+    #[error("account `{0}` is disabled")]
+    Disabled(String),
+    /// No route matches.
+    #[error("no route")]
+    NoRoute,
+    /// The policies deny it (or an evaluation error made it deny).
+    #[error("forbidden")]
+    Forbidden,
+    /// The body exceeds `max_body_bytes` on a route that reads it.
+    #[error("body too large")]
+    BodyTooLarge,
+    /// A body the route reads is not plain JSON (other type, charset or encoding).
+    #[error("unsupported body: {0}")]
+    UnsupportedMediaType(HeaderError),
+}
+
+/// What was malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    /// The path.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// The query.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// A field (missing, wrong type, unmapped, bad query).
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    /// The body is not a JSON object, or repeats a key.
+    #[error("body is not a JSON object without repeated keys: {0}")]
+    Body(String),
+    /// A header the decision relies on is named by `Connection`.
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    /// The values do not fit the action's schema.
+    #[error("request does not fit the schema: {0}")]
+    Schema(String),
+}
+
+/// Allow, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forward the request.
+    Allow,
+    /// Answer with this rejection.
+    Reject(Rejection),
+}
+
+/// A decision, with everything needed to explain and log it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Allow or reject.
+    pub outcome: Outcome,
+    /// Principal id, once authenticated.
+    pub principal: Option<String>,
+    /// Route name, once matched.
+    pub route: Option<String>,
+    /// Cedar action, once matched.
+    pub action: Option<String>,
+    /// Cedar resource, once resolved.
+    pub resource: Option<EntityUid>,
+    /// Determining policy ids, sorted.
+    pub reasons: Vec<String>,
+    /// `@reason` annotations of the determining policies (`id: text`).
+    pub explanations: Vec<String>,
+    /// Evaluation errors (`policy: message`); any makes the decision a deny.
+    pub errors: Vec<String>,
+    /// The policy version that decided.
+    pub policy_version: Arc<str>,
+    /// The directory version that decided.
+    pub directory_version: Arc<str>,
+    /// What the shadow policy set would have decided, when one is configured.
+    pub shadow: Option<Verdict>,
+    /// Whether the verdict came from the decision cache.
+    pub cached: bool,
+}
+
+impl Decision {
+    fn new(snapshot: &Snapshot) -> Self {
+        Decision {
+            outcome: Outcome::Reject(Rejection::Forbidden),
+            principal: None,
+            route: None,
+            action: None,
+            resource: None,
+            reasons: Vec::new(),
+            explanations: Vec::new(),
+            errors: Vec::new(),
+            policy_version: snapshot.policy_version.clone(),
+            directory_version: snapshot.directory_version.clone(),
+            shadow: None,
+            cached: false,
+        }
+    }
+
+    fn reject(mut self, rejection: Rejection) -> Self {
+        self.outcome = Outcome::Reject(rejection);
+        self
+    }
+
+    fn boxed(self, rejection: Rejection) -> Box<Self> {
+        Box::new(self.reject(rejection))
+    }
+
+    /// Takes the live verdict (and the shadow one) as this decision's outcome.
+    fn apply(mut self, verdicts: &Verdicts) -> Self {
+        let live = &verdicts.live;
+        self.outcome = if live.allowed {
+            Outcome::Allow
+        } else {
+            Outcome::Reject(Rejection::Forbidden)
+        };
+        self.reasons.clone_from(&live.reasons);
+        self.explanations.clone_from(&live.explanations);
+        self.errors.clone_from(&live.errors);
+        self.shadow.clone_from(&verdicts.shadow);
+        self
+    }
+
+    /// Whether a shadow policy set decided differently (allow vs deny).
+    pub fn shadow_disagrees(&self) -> bool {
+        self.shadow
+            .as_ref()
+            .is_some_and(|s| s.allowed != self.is_allowed())
+    }
+
+    /// Whether the request is forwarded.
+    pub fn is_allowed(&self) -> bool {
+        self.outcome == Outcome::Allow
+    }
+}
+
+/// A request that passed authentication, routing and the principal checks.
+#[derive(Debug)]
+pub struct Pending<'s> {
+    snapshot: &'s Snapshot,
+    caches: Option<&'s Caches>,
+    route: &'s Route,
+    captures: Vec<(&'s str, String)>,
+    query: Option<String>,
+    identity: Identity,
+    principal: NodeRef<'s>,
+    /// Whether a body would be read as JSON (checked only when one is sent).
+    media: Result<(), HeaderError>,
+    decision: Decision,
+}
+
+/// Authenticates, routes and checks the principal. `serve` passes its caches; `check`
+/// passes none.
+///
+/// # Errors
+/// A rejection decision (401, 400, 404, 403 for a disabled account), boxed.
+pub fn begin<'s>(
+    snapshot: &'s Snapshot,
+    verifier: &Verifier,
+    head: RequestHead<'_>,
+    credentials: Credentials,
+    caches: Option<&'s Caches>,
+) -> Result<Pending<'s>, Box<Decision>> {
+    let mut decision = Decision::new(snapshot);
+    headers::connection_names(head.headers, verifier.query_parameter())
+        .map_err(|e| decision.clone().boxed(Rejection::BadRequest(e.into())))?;
+    uri::check_query(head.uri.query())
+        .map_err(|e| decision.clone().boxed(Rejection::BadRequest(e.into())))?;
+    let query = Query::new(head.uri.query());
+    let identity = match credentials {
+        Credentials::Token => verifier
+            .token(head.headers, query)
+            .and_then(|t| authenticate(verifier, &t, caches.map(|c| &c.tokens))),
+        Credentials::Trusted(claims) => verifier.identity(claims),
+    };
+    let identity = identity.map_err(|e| decision.clone().boxed(Rejection::Unauthenticated(e)))?;
+    decision.principal = Some(identity.principal.clone());
+    let segments = uri::segments(head.uri.path())
+        .map_err(|e| decision.clone().boxed(Rejection::BadRequest(e.into())))?;
+    let (route, captures) = snapshot
+        .routes
+        .find(head.method, &segments)
+        .ok_or_else(|| decision.clone().boxed(Rejection::NoRoute))?;
+    decision.route = Some(route.name.clone());
+    decision.action = Some(route.action_label.clone());
+    let principal_uid = EntityUid::from_type_name_and_id(
+        snapshot.routes.principal_type.clone(),
+        EntityId::new(&identity.principal),
+    );
+    let principal = snapshot.directory.get(&principal_uid).ok_or_else(|| {
+        decision
+            .clone()
+            .reject(Rejection::UnknownPrincipal(identity.principal.clone()))
+    })?;
+    if principal.is_disabled() {
+        return Err(decision.boxed(Rejection::Disabled(identity.principal.clone())));
+    }
+    Ok(Pending {
+        snapshot,
+        caches,
+        route,
+        captures,
+        query: head.uri.query().map(String::from),
+        identity,
+        principal,
+        media: if route.needs_body() {
+            headers::json_body(head.headers)
+        } else {
+            Ok(())
+        },
+        decision,
+    })
+}
+
+impl Pending<'_> {
+    /// Whether [`Pending::decide`] needs the request body.
+    pub fn needs_body(&self) -> bool {
+        self.route.needs_body()
+    }
+
+    /// The route matched.
+    pub fn route(&self) -> &Route {
+        self.route
+    }
+
+    /// The authenticated identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The decision so far (principal, route, action), e.g. to log a body that was too large.
+    pub fn reject(self, rejection: Rejection) -> Decision {
+        self.decision.reject(rejection)
+    }
+
+    /// Resolves resource and context and asks Cedar.
+    pub fn decide(self, body: Option<&[u8]>) -> Decision {
+        let mut decision = self.decision.clone();
+        let body: Option<Value> = match body.filter(|b| self.needs_body() && !b.is_empty()) {
+            None => None,
+            Some(bytes) => {
+                if let Err(e) = &self.media {
+                    return decision.reject(Rejection::UnsupportedMediaType(e.clone()));
+                }
+                match crate::request::json::object(bytes) {
+                    Ok(map) => Some(Value::Object(map)),
+                    Err(e) => return decision.reject(Rejection::BadRequest(BadRequest::Body(e))),
+                }
+            }
+        };
+        let principal = self.principal;
+        let principal_parents = move || principal.parents();
+        let inputs = Inputs {
+            captures: &self.captures,
+            query: Query::new(self.query.as_deref()),
+            claims: &self.identity.claims,
+            body: body.as_ref(),
+            principal_parents: &principal_parents,
+        };
+        let resolved = match self.route.resolve(&inputs) {
+            Ok(r) => r,
+            Err(e) => return decision.reject(Rejection::BadRequest(e.into())),
+        };
+        decision.resource = Some(resolved.resource.clone());
+        let Some(cache) = self.caches.map(|c| &c.decisions) else {
+            return match self.authorize(&resolved) {
+                Ok(verdicts) => decision.apply(&verdicts),
+                Err(e) => decision.reject(Rejection::BadRequest(BadRequest::Schema(e))),
+            };
+        };
+        let key = DecisionKey {
+            generation: self.snapshot.generation,
+            principal: self.principal.uid(),
+            action: self.route.action.clone(),
+            resolved,
+        };
+        if let Some(verdicts) = cache.get(&key) {
+            decision.cached = true;
+            return decision.apply(&verdicts);
+        }
+        match self.authorize(&key.resolved) {
+            Ok(verdicts) => {
+                let verdicts = Arc::new(verdicts);
+                let decision = decision.apply(&verdicts);
+                cache.insert(key, verdicts);
+                decision
+            }
+            Err(e) => decision.reject(Rejection::BadRequest(BadRequest::Schema(e))),
+        }
+    }
+
+    fn authorize(&self, resolved: &Resolved) -> Result<Verdicts, String> {
+        authorize(
+            self.snapshot,
+            self.principal,
+            &self.route.action_name,
+            resolved,
+        )
+    }
+}
+
+/// Decides a resolved request for a principal of the directory: builds the entity slice and
+/// the schema-checked Cedar request, and evaluates the live (and shadow) policies through
+/// their indexes. `serve` and `check` reach this through [`Pending::decide`]; benches and the
+/// differential tests call it directly.
+///
+/// # Errors
+/// The action is not in the schema, or the request does not fit it.
+pub fn authorize(
+    snapshot: &Snapshot,
+    principal: NodeRef<'_>,
+    action_name: &str,
+    resolved: &Resolved,
+) -> Result<Verdicts, String> {
+    let action = snapshot
+        .catalog
+        .actions
+        .get(action_name)
+        .ok_or_else(|| format!("action `{action_name}` is not in the schema"))?;
+    let resource = snapshot.directory.get(&resolved.resource);
+    let entities = slice(
+        snapshot,
+        principal,
+        resource,
+        &action.core_entities,
+        resolved,
+    )?;
+    let context = Context::from_pairs(
+        resolved
+            .context
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_expr())),
+    )
+    .map_err(|e| e.to_string())?;
+    let principal_uid = principal.uid();
+    let principal_ancestors = principal.ancestors();
+    let request = Request::new(
+        principal_uid.clone(),
+        action.uid.clone(),
+        resolved.resource.clone(),
+        context,
+        Some(&snapshot.catalog.schema),
+    )
+    .map_err(|e| e.to_string())?;
+    let resource_ancestors = resource.map(|n| n.ancestors()).unwrap_or_default();
+    let decide = |policies: &Policies| {
+        let buckets = policies.index.candidates(
+            &principal_uid,
+            &principal_ancestors,
+            &action.uid,
+            &resolved.resource,
+            &resource_ancestors,
+        );
+        index::evaluate(&buckets, &policies.set, &request, &entities)
+    };
+    Ok(Verdicts {
+        live: decide(&snapshot.policies),
+        shadow: snapshot.shadow.as_ref().map(decide),
+    })
+}
+
+/// The entities a request can reach: principal, resource and context entities, the entities
+/// their attributes name, all their ancestors, and the action with its groups.
+fn slice(
+    snapshot: &Snapshot,
+    principal: NodeRef<'_>,
+    resource: Option<NodeRef<'_>>,
+    action_entities: &[CoreEntity],
+    resolved: &Resolved,
+) -> Result<Entities, String> {
+    let directory = &snapshot.directory;
+    let mut slice = Slice::new(directory);
+    slice.add_root(principal)?;
+    match resource {
+        Some(node) => slice.add_root(node)?,
+        None if !resolved.resource_attrs.is_empty() => {
+            for (_, v) in &resolved.resource_attrs {
+                slice.add_uid(v.entity())?;
+            }
+            slice.entities.push(build_resource(resolved));
+        }
+        None => {}
+    }
+    for (_, v) in &resolved.context {
+        slice.add_uid(v.entity())?;
+    }
+    slice.entities.extend(action_entities.iter().cloned());
+    cedar_core::slice(slice.entities)
+}
+
+/// Verifies a token, through the token cache when there is one.
+fn authenticate(
+    verifier: &Verifier,
+    token: &str,
+    cache: Option<&TokenCache>,
+) -> Result<Identity, AuthError> {
+    let Some(cache) = cache else {
+        return verifier.verify(token);
+    };
+    if let Some(identity) = cache.get(token) {
+        return Ok((*identity).clone());
+    }
+    let identity = verifier.verify(token)?;
+    let exp = crate::authn::expiry(&identity.claims);
+    cache.insert(token, Arc::new(identity.clone()), exp);
+    Ok(identity)
+}
+
+/// A resource the directory does not have, built from the route's attributes (no parents).
+fn build_resource(resolved: &Resolved) -> CoreEntity {
+    let attrs = resolved
+        .resource_attrs
+        .iter()
+        .map(|(k, v)| (SmolStr::new(k), v.to_value()));
+    cedar_core::entity(resolved.resource.clone(), attrs, [])
+}
+
+/// Directory entities gathered for one request, each once.
+struct Slice<'d> {
+    directory: &'d Directory,
+    seen: HashSet<u32>,
+    entities: Vec<CoreEntity>,
+}
+
+impl<'d> Slice<'d> {
+    fn new(directory: &'d Directory) -> Self {
+        Slice {
+            directory,
+            seen: HashSet::new(),
+            entities: Vec::new(),
+        }
+    }
+
+    /// An entity present in the directory, once.
+    fn add_index(&mut self, index: u32) -> Result<(), String> {
+        if self.seen.insert(index) {
+            if let Some(node) = self.directory.node(index) {
+                self.entities.push(node.core_entity()?);
+            }
+        }
+        Ok(())
+    }
+
+    fn add_with_ancestors(&mut self, node: NodeRef<'d>) -> Result<(), String> {
+        self.add_index(node.index())?;
+        for a in node.ancestor_indices() {
+            self.add_index(a)?;
+        }
+        Ok(())
+    }
+
+    /// A root entity: itself, its ancestors, and the entities its attributes name with
+    /// their ancestors.
+    fn add_root(&mut self, node: NodeRef<'d>) -> Result<(), String> {
+        self.add_with_ancestors(node)?;
+        for r in node.refs() {
+            if let Some(n) = self.directory.node(r) {
+                self.add_with_ancestors(n)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn add_uid(&mut self, uid: Option<&EntityUid>) -> Result<(), String> {
+        match uid.and_then(|u| self.directory.get(u)) {
+            Some(node) => self.add_root(node),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,277 @@
+//! A snapshot: everything one decision needs, loaded and validated as a whole.
+//!
+//! ```text
+//! Config ──▶ schema ──▶ Catalog ─┬─▶ routes  ──▶ RouteTable
+//!                                ├─▶ policies ──▶ Policies (strict, level 2)
+//!                                └─▶ directory ──▶ Directory
+//!        ──▶ versions: policy = hash(schema, routes, policy files [, VERSION label]),
+//!                      directory = hash(entity files)
+//! ```
+//!
+//! A snapshot is immutable. Loading reports every problem of every part; a snapshot with a
+//! problem is never built, so whatever was serving keeps serving.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+use crate::authn::Verifier;
+use crate::config::problem::Problems;
+use crate::config::Config;
+use crate::model::directory::Directory;
+use crate::model::policy::Policies;
+use crate::model::routes::RouteTable;
+use crate::model::schema::Catalog;
+
+/// Characters of the hex digest shown as a version.
+const VERSION_LEN: usize = 12;
+
+/// Source of snapshot generations.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Everything a decision reads, immutable once built.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Schema and its catalog.
+    pub catalog: Catalog,
+    /// The route table.
+    pub routes: RouteTable,
+    /// The policies.
+    pub policies: Policies,
+    /// The directory.
+    pub directory: Directory,
+    /// Policy version: `hash` or `label@hash`.
+    pub policy_version: Arc<str>,
+    /// Directory content version.
+    pub directory_version: Arc<str>,
+    /// When it was built.
+    pub loaded_at: SystemTime,
+    /// Unique per load in this process (part of every decision cache key).
+    pub generation: u64,
+    /// Candidate policies decided beside the live ones (`[policy] shadow`), never enforced.
+    pub shadow: Option<Policies>,
+    /// Version of the shadow policies.
+    pub shadow_version: Option<Arc<str>>,
+}
+
+impl Snapshot {
+    /// Loads everything the config names.
+    ///
+    /// # Errors
+    /// Every problem found in schema, routes, policies and directory.
+    pub fn load(config: &Config) -> Result<Snapshot, Problems> {
+        let p = &config.policy;
+        let mut problems = Problems::new();
+        let schema = problems.take(Catalog::load(&p.schema));
+        let catalog = schema.as_ref().map(|(c, _)| c);
+        let routes = catalog.and_then(|c| problems.take(RouteTable::load(&p.routes, c)));
+        let policies = problems.take(Policies::load(&p.policies, catalog));
+        let shadow = match p.shadow.is_empty() {
+            true => None,
+            false => problems.take(Policies::load(&p.shadow, catalog)),
+        };
+        let rules = routes
+            .as_ref()
+            .map(|(r, _)| r.rules.as_slice())
+            .unwrap_or_default();
+        let directory =
+            catalog.and_then(|c| problems.take(Directory::load(&p.directory, c, rules)));
+        let (
+            Some((catalog, schema_text)),
+            Some((routes, routes_text)),
+            Some(policies),
+            Some(directory),
+        ) = (schema, routes, policies, directory)
+        else {
+            return Err(problems);
+        };
+        let mut directory = directory;
+        let mut license_text = String::new();
+        if let Some(license) = &config.license {
+            let installed = crate::model::license::install(
+                license,
+                &routes.principal_type,
+                &catalog,
+                &mut directory,
+            );
+            if let Err(m) = installed {
+                problems.push(config.problem("license", m));
+            }
+            license_text = format!("{} {:?}", license.max_accounts, license.licensed_roles);
+        }
+        let shadow_version = shadow
+            .as_ref()
+            .map(|s| Arc::from(policy_version(&schema_text, &routes_text, s)));
+        let policy_version = policy_version(&schema_text, &routes_text, &policies);
+        let license_part = (Path::new("[license]"), license_text.as_str());
+        let directory_version = hash(
+            directory
+                .digests()
+                .iter()
+                .map(|(path, digest)| (path.as_path(), digest.as_str()))
+                .chain(std::iter::once(license_part)),
+        );
+        problems.into_result(Snapshot {
+            catalog,
+            routes,
+            policies,
+            directory,
+            policy_version: policy_version.into(),
+            directory_version: directory_version.into(),
+            loaded_at: SystemTime::now(),
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            shadow,
+            shadow_version,
+        })
+    }
+}
+
+/// `hash` of schema, routes and policy files, as `label@hash` when policy directories carry
+/// `VERSION` labels.
+fn policy_version(schema_text: &str, routes_text: &str, policies: &Policies) -> String {
+    let parts = [
+        (Path::new("schema"), schema_text),
+        (Path::new("routes"), routes_text),
+    ]
+    .into_iter()
+    .chain(
+        policies
+            .files
+            .iter()
+            .map(|f| (f.name.as_path(), f.text.as_str())),
+    )
+    .chain(
+        policies
+            .labels
+            .iter()
+            .map(|l| (Path::new("VERSION"), l.as_str())),
+    );
+    let digest = hash(parts);
+    if policies.labels.is_empty() {
+        digest
+    } else {
+        format!("{}@{digest}", policies.labels.join("+"))
+    }
+}
+
+/// Short hex SHA-256 over (name, content) pairs, each length-prefixed so that no two
+/// different inputs hash alike.
+fn hash<'a>(parts: impl Iterator<Item = (&'a Path, &'a str)>) -> String {
+    let mut h = Sha256::new();
+    for (name, text) in parts {
+        let name = name.to_string_lossy();
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((text.len() as u64).to_le_bytes());
+        h.update(text.as_bytes());
+    }
+    let digest = h.finalize();
+    digest
+        .iter()
+        .take(VERSION_LEN / 2)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Everything needed to decide: the config, its keys and its first snapshot (`serve`,
+/// `check`, `validate` and `demo` start from it).
+pub struct Loaded {
+    /// The config.
+    pub config: Config,
+    /// The snapshot.
+    pub snapshot: Snapshot,
+    /// The verifier.
+    pub verifier: Verifier,
+}
+
+impl Loaded {
+    /// Loads config, keys and snapshot, reporting every problem.
+    ///
+    /// # Errors
+    /// All problems found.
+    pub fn load(path: &Path) -> Result<Loaded, Problems> {
+        let config = Config::load(path)?;
+        let mut problems = Problems::new();
+        let verifier = problems.take(Verifier::from_config(&config));
+        let snapshot = problems.take(Snapshot::load(&config));
+        match (verifier, snapshot) {
+            (Some(verifier), Some(snapshot)) => Ok(Loaded {
+                config,
+                snapshot,
+                verifier,
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::copy_dir;
+
+    fn copy_mini() -> tempfile::TempDir {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&src.join("mini"), &dir.path().join("mini"));
+        copy_dir(&src.join("keys"), &dir.path().join("keys"));
+        dir
+    }
+
+    fn load(dir: &tempfile::TempDir) -> Snapshot {
+        let config = Config::load(&dir.path().join("mini/iotgate.toml")).unwrap();
+        Snapshot::load(&config).unwrap()
+    }
+
+    #[test]
+    fn version_changes_with_policy_content_only() {
+        let dir = copy_mini();
+        let first = load(&dir);
+        assert!(
+            first.policy_version.starts_with("mini-1@"),
+            "{}",
+            first.policy_version
+        );
+        assert_eq!(first.policy_version.len(), "mini-1@".len() + VERSION_LEN);
+        // same content, same version
+        assert_eq!(load(&dir).policy_version, first.policy_version);
+        // a directory change does not touch the policy version
+        let users = dir.path().join("mini/directory/users.json");
+        let text = std::fs::read_to_string(&users)
+            .unwrap()
+            .replace("\"guest\"", "\"developer\"");
+        std::fs::write(&users, text).unwrap();
+        let second = load(&dir);
+        assert_eq!(second.policy_version, first.policy_version);
+        assert_ne!(second.directory_version, first.directory_version);
+        // a policy edit does
+        let file = dir.path().join("mini/policies/projects/shared.cedar");
+        let text = std::fs::read_to_string(&file).unwrap() + "\n// note\n";
+        std::fs::write(&file, text).unwrap();
+        assert_ne!(load(&dir).policy_version, first.policy_version);
+    }
+
+    #[test]
+    fn every_broken_part_is_reported_together() {
+        let dir = copy_mini();
+        let m = dir.path().join("mini");
+        std::fs::write(
+            m.join("policies/broken.cedar"),
+            "permit(principal, action resource);",
+        )
+        .unwrap();
+        std::fs::write(m.join("directory/bad.json"), "[{\"uid\": {\"type\": \"Mini::User\", \"id\": \"x\"}, \"attrs\": {}, \"parents\": []}]").unwrap();
+        let routes = std::fs::read_to_string(m.join("schema/mini.routes.toml"))
+            .unwrap()
+            .replace("\"ListDevices\"", "\"ListGadgets\"");
+        std::fs::write(m.join("schema/mini.routes.toml"), routes).unwrap();
+        let config = Config::load(&m.join("iotgate.toml")).unwrap();
+        let errs = Snapshot::load(&config).unwrap_err().to_string();
+        assert!(errs.contains("broken.cedar:1:"), "{errs}");
+        assert!(errs.contains("bad.json:1:"), "{errs}");
+        assert!(errs.contains("mini.routes.toml:"), "{errs}");
+        assert!(errs.contains("ListGadgets"), "{errs}");
+    }
+}

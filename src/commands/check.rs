@@ -1,0 +1,523 @@
+//! `iotgate check`: decision suites and single explained decisions, through the same
+//! decision path as `serve` (`decision::begin` → `Pending::decide`; no cache).
+//!
+//! ```text
+//! config ─▶ Snapshot + Verifier ─┬─ suite.toml [[case]] ─▶ Probe ─▶ Decision ─▶ PASS/FAIL line
+//!                                │                                    … "N passed, M failed"
+//!                                └─ --request/--as/--token/--body ─▶ Probe ─▶ explanation
+//! ```
+//!
+//! Exit status: 0 all cases passed (single mode: allowed), 1 a case failed (single mode:
+//! rejected), 2 the config, policies, directory or a suite file has a problem.
+
+use std::io::Write;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::authn::{now, Signer};
+use crate::authz::decision::{self, Credentials, Decision, Outcome, RequestHead};
+use crate::authz::snapshot::{Loaded, Snapshot};
+use crate::commands::cli::{parse_claims, CheckArgs, ExitStatus};
+use crate::config::problem::{Problem, Problems};
+use crate::config::tomlfile;
+
+/// Lifetime given to tokens minted for `sign = true` cases without `exp`.
+const SIGNED_CASE_TTL: u64 = 300;
+
+/// One request to decide, as `check` describes it.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// Method.
+    pub method: http::Method,
+    /// Path and query.
+    pub uri: http::Uri,
+    /// Headers (the token, when one is sent).
+    pub headers: http::HeaderMap,
+    /// How identity is established.
+    pub credentials: Credentials,
+    /// Body bytes.
+    pub body: Option<Vec<u8>>,
+}
+
+impl Probe {
+    /// Parses "METHOD /path?query".
+    ///
+    /// # Errors
+    /// Not a method and an absolute path.
+    pub fn parse(request: &str, credentials: Credentials) -> Result<Probe, String> {
+        let (method, target) = request
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| format!("`{request}` is not \"METHOD /path\""))?;
+        let method = http::Method::from_str(method)
+            .map_err(|_| format!("`{method}` is not an HTTP method"))?;
+        let uri = http::Uri::from_str(target.trim())
+            .map_err(|e| format!("`{target}` is not a path: {e}"))?;
+        if uri.scheme().is_some() || !uri.path().starts_with('/') {
+            return Err(format!("`{target}` must be a path starting with `/`"));
+        }
+        Ok(Probe {
+            method,
+            uri,
+            headers: http::HeaderMap::new(),
+            credentials,
+            body: None,
+        })
+    }
+
+    /// Sends `token` as `Authorization: Bearer` and verifies it.
+    ///
+    /// # Errors
+    /// The token has characters a header cannot carry.
+    pub fn with_token(mut self, token: &str) -> Result<Probe, String> {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the token is not a valid header value".to_string())?;
+        self.headers.insert(http::header::AUTHORIZATION, value);
+        self.credentials = Credentials::Token;
+        Ok(self)
+    }
+
+    /// Sends `bytes` as the body, typed `application/json` as clients of a JSON API do.
+    pub fn with_body(mut self, bytes: Vec<u8>) -> Probe {
+        self.headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        self.body = Some(bytes);
+        self
+    }
+
+    /// Decides it, exactly as `serve` would (minus the cache).
+    pub fn decide(&self, loaded: &Loaded) -> Decision {
+        let head = RequestHead {
+            method: &self.method,
+            uri: &self.uri,
+            headers: &self.headers,
+        };
+        match decision::begin(
+            &loaded.snapshot,
+            &loaded.verifier,
+            head,
+            self.credentials.clone(),
+            None,
+        ) {
+            Err(rejected) => *rejected,
+            Ok(pending) => pending.decide(self.body.as_deref()),
+        }
+    }
+}
+
+/// Runs `check`.
+pub fn run(args: &CheckArgs, out: &mut dyn Write) -> std::io::Result<ExitStatus> {
+    let loaded = match Loaded::load(&args.config.config) {
+        Ok(l) => l,
+        Err(problems) => {
+            write!(out, "{problems}")?;
+            return Ok(ExitStatus::Error);
+        }
+    };
+    match (&args.request, &args.against) {
+        (Some(request), _) => explain_one(&loaded, args, request, out),
+        (None, Some(dir)) => compare(&loaded, &args.suites, dir, out),
+        (None, None) => run_suites(&loaded, &args.suites, out),
+    }
+}
+
+/// `check --against DIR`: decides every case with the live policies and with the policies
+/// of `DIR` (same schema, routes and directory) and reports each case whose decision
+/// changes. Exit 0 when none would, 1 when some would.
+fn compare(
+    loaded: &Loaded,
+    suites: &[std::path::PathBuf],
+    dir: &Path,
+    out: &mut dyn Write,
+) -> std::io::Result<ExitStatus> {
+    let mut candidate_config = loaded.config.clone();
+    candidate_config.policy.policies = vec![dir.to_path_buf()];
+    let candidate = Snapshot::load(&candidate_config).map(|snapshot| Loaded {
+        config: candidate_config,
+        snapshot,
+        verifier: loaded.verifier.clone(),
+    });
+    let mut problems = Problems::new();
+    let candidate = problems.take(candidate);
+    let mut cases = Vec::new();
+    for path in suites {
+        if let Some(c) = problems.take(load_suite(path, loaded)) {
+            cases.extend(c);
+        }
+    }
+    let Some(candidate) = candidate.filter(|_| problems.is_empty()) else {
+        write!(out, "{problems}")?;
+        return Ok(ExitStatus::Error);
+    };
+    let mut changed = 0;
+    for case in &cases {
+        let (before, after) = (case.probe.decide(loaded), case.probe.decide(&candidate));
+        if before.status() != after.status() || before.reasons != after.reasons {
+            changed += 1;
+            writeln!(
+                out,
+                "CHANGED  {}  ({}): {before} → {after}",
+                case.name, case.request
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "{changed} of {} cases would change ({} → {})",
+        cases.len(),
+        loaded.snapshot.policy_version,
+        candidate.snapshot.policy_version
+    )?;
+    Ok(if changed == 0 {
+        ExitStatus::Ok
+    } else {
+        ExitStatus::Failed
+    })
+}
+
+fn explain_one(
+    loaded: &Loaded,
+    args: &CheckArgs,
+    request: &str,
+    out: &mut dyn Write,
+) -> std::io::Result<ExitStatus> {
+    let probe = match single_probe(loaded, args, request) {
+        Ok(p) => p,
+        Err(m) => {
+            writeln!(out, "error: {m}")?;
+            return Ok(ExitStatus::Error);
+        }
+    };
+    let decision = probe.decide(loaded);
+    let explanation = Explanation::from(&decision);
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&explanation).unwrap_or_default()
+        )?;
+    } else {
+        explanation.write_text(out)?;
+    }
+    Ok(if decision.is_allowed() {
+        ExitStatus::Ok
+    } else {
+        ExitStatus::Failed
+    })
+}
+
+fn single_probe(loaded: &Loaded, args: &CheckArgs, request: &str) -> Result<Probe, String> {
+    let probe = match (&args.token, &args.as_user) {
+        (Some(token), _) => Probe::parse(request, Credentials::Token)?.with_token(token)?,
+        (None, Some(user)) => {
+            let mut claims = parse_claims(&args.claims)?;
+            claims.insert(
+                loaded.config.auth.principal_claim.clone(),
+                Value::String(user.clone()),
+            );
+            Probe::parse(request, Credentials::Trusted(claims))?
+        }
+        (None, None) => return Err("give --token or --as".into()),
+    };
+    Ok(match &args.body {
+        Some(b) => probe.with_body(b.clone().into_bytes()),
+        None => probe,
+    })
+}
+
+/// A decision as `check` and logs present it.
+#[derive(Debug, Serialize)]
+pub struct Explanation<'d> {
+    /// HTTP status (200 = forwarded).
+    pub status: u16,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// Error code of the JSON body, when rejected.
+    pub error: Option<&'static str>,
+    /// Why, in words, when rejected.
+    pub detail: Option<String>,
+    /// Principal.
+    pub principal: Option<&'d str>,
+    /// Route name.
+    pub route: Option<&'d str>,
+    /// Cedar action.
+    pub action: Option<&'d str>,
+    /// Cedar resource.
+    pub resource: Option<String>,
+    /// Determining policy ids.
+    pub policies: &'d [String],
+    /// `@reason` annotations of the determining policies.
+    pub reasons: &'d [String],
+    /// Evaluation errors.
+    pub errors: &'d [String],
+    /// Policy version.
+    pub policy_version: &'d str,
+    /// Directory version.
+    pub directory_version: &'d str,
+}
+
+impl<'d> From<&'d Decision> for Explanation<'d> {
+    fn from(d: &'d Decision) -> Self {
+        let (error, detail) = match &d.outcome {
+            Outcome::Allow => (None, None),
+            Outcome::Reject(r) => (
+                Some(crate::proxy::response::Failure::Rejected(r.clone()).code()),
+                Some(r.to_string()),
+            ),
+        };
+        Explanation {
+            status: d.status().as_u16(),
+            decision: if d.is_allowed() { "allow" } else { "deny" },
+            error,
+            detail,
+            principal: d.principal.as_deref(),
+            route: d.route.as_deref(),
+            action: d.action.as_deref(),
+            resource: d.resource.as_ref().map(ToString::to_string),
+            policies: &d.reasons,
+            reasons: &d.explanations,
+            errors: &d.errors,
+            policy_version: &d.policy_version,
+            directory_version: &d.directory_version,
+        }
+    }
+}
+
+impl Explanation<'_> {
+    fn write_text(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let or_dash = |v: Option<&str>| v.unwrap_or("-").to_string();
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join("; ")
+            }
+        };
+        let verdict = match &self.detail {
+            Some(d) => format!("deny ({} {d})", self.status),
+            None => "allow".to_string(),
+        };
+        writeln!(out, "decision:       {verdict}")?;
+        writeln!(out, "principal:      {}", or_dash(self.principal))?;
+        writeln!(out, "route:          {}", or_dash(self.route))?;
+        writeln!(out, "action:         {}", or_dash(self.action))?;
+        writeln!(out, "resource:       {}", or_dash(self.resource.as_deref()))?;
+        writeln!(out, "policies:       {}", list(self.policies))?;
+        writeln!(out, "reasons:        {}", list(self.reasons))?;
+        writeln!(out, "errors:         {}", list(self.errors))?;
+        writeln!(out, "policy version: {}", self.policy_version)?;
+        writeln!(out, "directory:      {}", self.directory_version)
+    }
+}
+
+// === suites ===
+
+#[derive(Debug, Deserialize)]
+struct SuiteFile {
+    #[serde(default, rename = "case")]
+    cases: Vec<FileCase>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Expect {
+    Word(String),
+    Status(u16),
+}
+
+#[derive(Debug, Deserialize)]
+struct FileCase {
+    name: String,
+    #[serde(rename = "as")]
+    as_user: Option<String>,
+    token: Option<String>,
+    claims: Option<toml::Table>,
+    #[serde(default)]
+    sign: bool,
+    request: String,
+    body: Option<toml::Value>,
+    expect: Expect,
+    reasons: Option<Vec<String>>,
+}
+
+/// What a case expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Expected {
+    Allow,
+    Deny,
+    Status(u16),
+}
+
+impl Expected {
+    fn matches(&self, d: &Decision) -> bool {
+        match self {
+            Expected::Allow => d.is_allowed(),
+            Expected::Deny => d.status() == http::StatusCode::FORBIDDEN,
+            Expected::Status(s) => d.status().as_u16() == *s,
+        }
+    }
+}
+
+impl std::fmt::Display for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expected::Allow => write!(f, "allow"),
+            Expected::Deny => write!(f, "deny (403)"),
+            Expected::Status(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// A compiled suite case.
+#[derive(Debug)]
+pub struct Case {
+    /// Its name.
+    pub name: String,
+    /// The request line as written.
+    pub request: String,
+    /// The request to decide.
+    pub probe: Probe,
+    expect: Expected,
+    reasons: Option<Vec<String>>,
+}
+
+fn run_suites(
+    loaded: &Loaded,
+    suites: &[std::path::PathBuf],
+    out: &mut dyn Write,
+) -> std::io::Result<ExitStatus> {
+    let mut problems = Problems::new();
+    let mut cases = Vec::new();
+    for path in suites {
+        if let Some(c) = problems.take(load_suite(path, loaded)) {
+            cases.extend(c);
+        }
+    }
+    if !problems.is_empty() {
+        write!(out, "{problems}")?;
+        return Ok(ExitStatus::Error);
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for case in &cases {
+        let decision = case.probe.decide(loaded);
+        match verdict(case, &decision) {
+            Ok(()) => {
+                passed += 1;
+                writeln!(out, "PASS  {}  ({} → {decision})", case.name, case.request)?;
+            }
+            Err(why) => {
+                failed += 1;
+                writeln!(out, "FAIL  {}  ({}): {why}", case.name, case.request)?;
+            }
+        }
+    }
+    writeln!(out, "{passed} passed, {failed} failed")?;
+    Ok(if failed == 0 {
+        ExitStatus::Ok
+    } else {
+        ExitStatus::Failed
+    })
+}
+
+fn verdict(case: &Case, d: &Decision) -> Result<(), String> {
+    if !case.expect.matches(d) {
+        let mut why = format!("expected {}, got {d}", case.expect);
+        if !d.errors.is_empty() {
+            why.push_str(&format!(" (errors: {})", d.errors.join("; ")));
+        }
+        return Err(why);
+    }
+    if let Some(want) = &case.reasons {
+        let mut want = want.clone();
+        want.sort();
+        if want != d.reasons {
+            return Err(format!(
+                "expected determining policies [{}], got [{}]",
+                want.join(", "),
+                d.reasons.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads and compiles a suite file.
+///
+/// # Errors
+/// Every problem of the file and its cases, with lines.
+pub fn load_suite(path: &Path, loaded: &Loaded) -> Result<Vec<Case>, Problems> {
+    let parsed: tomlfile::Parsed<SuiteFile> = tomlfile::load(path)?;
+    let mut problems = parsed.unknown;
+    let mut cases = Vec::new();
+    for (i, c) in parsed.value.cases.into_iter().enumerate() {
+        match compile_case(c, loaded) {
+            Ok(case) => cases.push(case),
+            Err(m) => problems.push(parsed.file.problem(&format!("case.{i}"), m)),
+        }
+    }
+    if cases.is_empty() && problems.is_empty() {
+        problems.push(Problem::in_file(path, "no [[case]] in this suite"));
+    }
+    problems.into_result(cases)
+}
+
+fn compile_case(c: FileCase, loaded: &Loaded) -> Result<Case, String> {
+    let expect = match &c.expect {
+        Expect::Word(w) if w == "allow" => Expected::Allow,
+        Expect::Word(w) if w == "deny" => Expected::Deny,
+        Expect::Word(w) => {
+            return Err(format!(
+                "expect `{w}`: use \"allow\", \"deny\" or an HTTP status"
+            ))
+        }
+        Expect::Status(s) if (100..600).contains(s) => Expected::Status(*s),
+        Expect::Status(s) => return Err(format!("expect {s} is not an HTTP status")),
+    };
+    let mut claims: Map<String, Value> = match &c.claims {
+        Some(t) => serde_json::to_value(t)
+            .map_err(|e| e.to_string())?
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        None => Map::new(),
+    };
+    if let Some(user) = &c.as_user {
+        claims.insert(
+            loaded.config.auth.principal_claim.clone(),
+            Value::String(user.clone()),
+        );
+    }
+    let probe = match (&c.token, c.as_user.is_some() || c.claims.is_some(), c.sign) {
+        (Some(_), true, _) => return Err("give `token` or `as`/`claims`, not both".into()),
+        (Some(token), false, _) => {
+            Probe::parse(&c.request, Credentials::Token)?.with_token(token)?
+        }
+        (None, true, true) => {
+            claims
+                .entry("exp")
+                .or_insert_with(|| Value::from(now() + SIGNED_CASE_TTL));
+            let token = Signer::from_config(&loaded.config)?.sign(&claims)?;
+            Probe::parse(&c.request, Credentials::Token)?.with_token(&token)?
+        }
+        (None, true, false) => Probe::parse(&c.request, Credentials::Trusted(claims))?,
+        (None, false, _) => return Err("a case needs `as`, `claims` or `token`".into()),
+    };
+    let probe = match &c.body {
+        None => probe,
+        Some(toml::Value::String(s)) => probe.with_body(s.clone().into_bytes()),
+        Some(v) => probe.with_body(serde_json::to_vec(v).map_err(|e| e.to_string())?),
+    };
+    Ok(Case {
+        name: c.name,
+        request: c.request,
+        probe,
+        expect,
+        reasons: c.reasons,
+    })
+}

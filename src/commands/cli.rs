@@ -1,0 +1,191 @@
+//! Command-line interface: clap types and exit statuses. `main` parses, the command
+//! modules run.
+
+use crate::telemetry::LogFormat;
+use std::path::PathBuf;
+use std::process::{ExitCode, Termination};
+
+use clap::{Parser, Subcommand};
+
+/// iotgate: an authorization sidecar for IoT platforms.
+#[derive(Debug, Parser)]
+#[command(name = "iotgate", version, about)]
+pub struct Cli {
+    /// Log format (logs go to stderr).
+    #[arg(long, value_enum, global = true, default_value = "pretty")]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Run decision suites, or explain one decision.
+    Check(CheckArgs),
+    /// Load and validate everything; print every problem.
+    Validate(ConfigArg),
+    /// Mint a token signed with the configured key, for trying things out.
+    Token(TokenArgs),
+    /// Start a mock Thinger server and the gateway in front of it, with ready-to-paste curl lines.
+    Demo,
+}
+
+/// `--config FILE`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// The gateway configuration (TOML).
+    #[arg(long, short = 'c', env = "IOTGATE_CONFIG")]
+    pub config: PathBuf,
+}
+
+/// `serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The configuration.
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+/// `check`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    /// The configuration.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Decision suites (TOML files of `[[case]]`s).
+    #[arg(required_unless_present = "request", conflicts_with = "request")]
+    pub suites: Vec<PathBuf>,
+    /// One request to explain, as "METHOD /path?query".
+    #[arg(long)]
+    pub request: Option<String>,
+    /// Token to send with `--request` (verified like `serve` does).
+    #[arg(long, requires = "request", conflicts_with = "as_user")]
+    pub token: Option<String>,
+    /// Decide as this user without a token signature.
+    #[arg(long = "as", value_name = "USER", requires = "request", required_unless_present_any = ["token", "suites"])]
+    pub as_user: Option<String>,
+    /// Extra claims with `--as` (`k=v`, v read as JSON when it parses, else a string).
+    #[arg(long = "claim", value_name = "K=V", requires = "as_user")]
+    pub claims: Vec<String>,
+    /// JSON body for `--request`.
+    #[arg(long, requires = "request")]
+    pub body: Option<String>,
+    /// Print the explanation as JSON.
+    #[arg(long, requires = "request")]
+    pub json: bool,
+    /// Report every suite case whose decision would change with this policy folder instead.
+    #[arg(long, value_name = "DIR", conflicts_with = "request")]
+    pub against: Option<PathBuf>,
+}
+
+/// `token`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// The configuration.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The principal the token names.
+    #[arg(long = "as", value_name = "USER")]
+    pub as_user: String,
+    /// Extra claims (`k=v`, v read as JSON when it parses, else a string).
+    #[arg(long = "claim", value_name = "K=V")]
+    pub claims: Vec<String>,
+    /// Lifetime: `90s`, `30m`, `1h`, `2d` or seconds.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// Private key PEM (PKCS#8) to sign with, for configs that verify with a public key.
+    #[arg(long)]
+    pub private_key: Option<PathBuf>,
+    /// `kid` header to set.
+    #[arg(long, requires = "private_key")]
+    pub kid: Option<String>,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Everything passed / was allowed.
+    Ok,
+    /// A check case failed, or the explained request was rejected.
+    Failed,
+    /// Configuration, policy or usage error.
+    Error,
+}
+
+impl Termination for ExitStatus {
+    fn report(self) -> ExitCode {
+        match self {
+            ExitStatus::Ok => ExitCode::SUCCESS,
+            ExitStatus::Failed => ExitCode::from(1),
+            ExitStatus::Error => ExitCode::from(2),
+        }
+    }
+}
+
+/// Parses `k=v` claim arguments; `v` is JSON when it parses, else a string.
+///
+/// # Errors
+/// An argument without `=`.
+pub fn parse_claims(args: &[String]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let mut out = serde_json::Map::new();
+    for arg in args {
+        let (k, v) = arg
+            .split_once('=')
+            .ok_or_else(|| format!("claim `{arg}` is not k=v"))?;
+        let value =
+            serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+        out.insert(k.to_string(), value);
+    }
+    Ok(out)
+}
+
+/// Parses a duration: `90s`, `30m`, `1h`, `2d`, or plain seconds.
+///
+/// # Errors
+/// Not a number with an optional unit.
+pub fn parse_ttl(s: &str) -> Result<u64, String> {
+    let (n, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a duration"))?;
+    let factor = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(format!("`{s}`: unit must be s, m, h or d")),
+    };
+    Ok(n * factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_and_durations() {
+        let c = parse_claims(&["dev=d1".into(), "res=[\"a\"]".into(), "n=3".into()]).unwrap();
+        assert_eq!(c["dev"], "d1");
+        assert_eq!(c["res"], serde_json::json!(["a"]));
+        assert_eq!(c["n"], 3);
+        assert!(parse_claims(&["nope".into()]).is_err());
+        assert_eq!(parse_ttl("90s"), Ok(90));
+        assert_eq!(parse_ttl("30m"), Ok(1800));
+        assert_eq!(parse_ttl("1h"), Ok(3600));
+        assert_eq!(parse_ttl("2d"), Ok(172_800));
+        assert_eq!(parse_ttl("45"), Ok(45));
+        assert!(parse_ttl("1w").is_err());
+        assert!(parse_ttl("h").is_err());
+    }
+
+    #[test]
+    fn cli_shape_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

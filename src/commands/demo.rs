@@ -1,0 +1,400 @@
+//! `iotgate demo`: the thinger example profile in front of a built-in mock Thinger server,
+//! with ready-to-paste tokens and curl lines. No arguments, no files.
+//!
+//! ```text
+//! embedded examples/thinger profile ──written to a temp folder──▶ Loaded ──▶ Gateway
+//! mock Thinger API (127.0.0.1:<any>) ◀── gateway (127.0.0.1:8080, or any free port)
+//! tokens for an admin, a developer, a guest project member and a disabled account
+//!   ──▶ stdout: export lines + curl lines, each with the status it should get
+//! Ctrl-C ──▶ gateway drains, mock stops, temp folder removed, exit 0
+//! ```
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::authn::{now, Signer};
+use crate::authz::snapshot::Loaded;
+use crate::commands::cli::ExitStatus;
+use crate::proxy::response::{full, Body};
+use crate::proxy::Gateway;
+use crate::serve::{shutdown_signal, Running};
+
+/// The thinger example profile, as (path relative to the demo folder, content).
+pub const PROFILE: &[(&str, &str)] = &[
+    (
+        "schema/thinger.cedarschema",
+        include_str!("../../schema/thinger.cedarschema"),
+    ),
+    (
+        "schema/thinger.routes.toml",
+        include_str!("../../schema/thinger.routes.toml"),
+    ),
+    (
+        "policies/thinger/VERSION",
+        include_str!("../../policies/thinger/VERSION"),
+    ),
+    (
+        "policies/thinger/accounts.cedar",
+        include_str!("../../policies/thinger/accounts.cedar"),
+    ),
+    (
+        "policies/thinger/ownership.cedar",
+        include_str!("../../policies/thinger/ownership.cedar"),
+    ),
+    (
+        "policies/thinger/roles.cedar",
+        include_str!("../../policies/thinger/roles.cedar"),
+    ),
+    (
+        "policies/thinger/tokens.cedar",
+        include_str!("../../policies/thinger/tokens.cedar"),
+    ),
+    (
+        "policies/thinger/projects/dave@greenhouse.cedar",
+        include_str!("../../policies/thinger/projects/dave@greenhouse.cedar"),
+    ),
+    (
+        "policies/thinger/projects/erin@fleet.cedar",
+        include_str!("../../policies/thinger/projects/erin@fleet.cedar"),
+    ),
+    (
+        "examples/thinger/directory/users.json",
+        include_str!("../../examples/thinger/directory/users.json"),
+    ),
+    (
+        "examples/thinger/directory/resources.json",
+        include_str!("../../examples/thinger/directory/resources.json"),
+    ),
+    (
+        "examples/thinger/secret.key",
+        include_str!("../../examples/thinger/secret.key"),
+    ),
+];
+
+/// Where the gateway listens when the port is free.
+const PREFERRED: &str = "127.0.0.1:8080";
+
+/// Lifetime of the printed tokens.
+const TOKEN_TTL: u64 = 24 * 3600;
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(out: &mut dyn Write) -> ExitStatus {
+    match run_inner(out).await {
+        Ok(()) => ExitStatus::Ok,
+        Err(message) => {
+            eprintln!("demo: {message}");
+            ExitStatus::Error
+        }
+    }
+}
+
+async fn run_inner(out: &mut dyn Write) -> Result<(), String> {
+    let folder = TempFolder::new()?;
+    let upstream = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let upstream_addr = upstream.local_addr().map_err(|e| e.to_string())?;
+    let mock = tokio::spawn(mock_thinger(upstream));
+    let config = folder.write_profile(upstream_addr)?;
+    let loaded = Loaded::load(&config).map_err(|p| p.to_string())?;
+    let signer = Signer::from_config(&loaded.config)?;
+    let gateway = Gateway::new(&loaded.config, loaded.snapshot, loaded.verifier)
+        .map_err(|p| p.to_string())?;
+    let listener = match TcpListener::bind(PREFERRED).await {
+        Ok(l) => l,
+        Err(_) => TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?,
+    };
+    let running = Running::start(listener, Arc::new(gateway)).map_err(|e| e.to_string())?;
+    print_tour(out, running.addr, &signer).map_err(|e| e.to_string())?;
+    shutdown_signal().await;
+    running.stop().await;
+    mock.abort();
+    let _ = writeln!(out, "demo stopped");
+    Ok(())
+}
+
+/// A temporary folder removed on drop.
+struct TempFolder(PathBuf);
+
+impl TempFolder {
+    fn new() -> Result<TempFolder, String> {
+        let path = std::env::temp_dir().join(format!("iotgate-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(TempFolder(path))
+    }
+
+    /// Writes the embedded profile and a config pointing at the mock; returns the config path.
+    fn write_profile(&self, upstream: SocketAddr) -> Result<PathBuf, String> {
+        for (rel, text) in PROFILE {
+            let path = self.0.join(rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+            }
+            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        let config = self.0.join("examples/thinger/iotgate.toml");
+        std::fs::write(&config, demo_config(upstream)).map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+}
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn demo_config(upstream: SocketAddr) -> String {
+    format!(
+        "[server]\nlisten = \"{PREFERRED}\"\nupstream = \"http://{upstream}\"\n\n\
+         [auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"secret.key\"\nprincipal_claim = \"usr\"\nquery_parameter = \"authorization\"\n\n\
+         [policy]\nschema = \"../../schema/thinger.cedarschema\"\nroutes = \"../../schema/thinger.routes.toml\"\n\
+         policies = [\"../../policies/thinger\"]\ndirectory = [\"directory\"]\nreload = \"off\"\n\n\
+         [license]\nmax_accounts = 5\n"
+    )
+}
+
+/// One line of the tour: who, what, and the status it should get.
+struct Call {
+    who: &'static str,
+    method: &'static str,
+    path: &'static str,
+    body: Option<&'static str>,
+    expect: u16,
+    why: &'static str,
+}
+
+const CALLS: &[Call] = &[
+    Call {
+        who: "ADMIN",
+        method: "GET",
+        path: "/v1/users",
+        body: None,
+        expect: 200,
+        why: "admins list accounts",
+    },
+    Call {
+        who: "ADMIN",
+        method: "POST",
+        path: "/v1/users",
+        body: Some(r#"{"user":"hank","role":"member"}"#),
+        expect: 200,
+        why: "guest accounts are never limited",
+    },
+    Call {
+        who: "ADMIN",
+        method: "POST",
+        path: "/v1/users",
+        body: Some(r#"{"user":"ivy","role":"user"}"#),
+        expect: 403,
+        why: "license_exhausted: 5 of 5 developer/admin accounts in use",
+    },
+    Call {
+        who: "ADMIN",
+        method: "GET",
+        path: "/v1/users/dave/devices/lab",
+        body: None,
+        expect: 403,
+        why: "accounts are isolated, admins included",
+    },
+    Call {
+        who: "DEVELOPER",
+        method: "GET",
+        path: "/v1/users/dave/devices",
+        body: None,
+        expect: 200,
+        why: "a developer works in their own account",
+    },
+    Call {
+        who: "DEVELOPER",
+        method: "POST",
+        path: "/v3/users/dave/devices/sensor1/resources/led",
+        body: Some(r#"{"in":true}"#),
+        expect: 200,
+        why: "and calls their own devices",
+    },
+    Call {
+        who: "DEVELOPER",
+        method: "GET",
+        path: "/v1/users/erin/devices/truck2",
+        body: None,
+        expect: 403,
+        why: "but not another account's",
+    },
+    Call {
+        who: "GUEST",
+        method: "GET",
+        path: "/v1/users/dave/devices/sensor1",
+        body: None,
+        expect: 200,
+        why: "project dave@greenhouse shares sensor1 with bob",
+    },
+    Call {
+        who: "GUEST",
+        method: "POST",
+        path: "/v3/users/dave/devices/sensor1/resources/led",
+        body: Some(r#"{"in":true}"#),
+        expect: 403,
+        why: "the project's Deny section: no calls",
+    },
+    Call {
+        who: "GUEST",
+        method: "POST",
+        path: "/v1/users/bob/devices",
+        body: None,
+        expect: 403,
+        why: "guests create nothing",
+    },
+    Call {
+        who: "DISABLED",
+        method: "GET",
+        path: "/v1/users/frank/devices",
+        body: None,
+        expect: 403,
+        why: "disabled accounts can do nothing",
+    },
+];
+
+fn print_tour(out: &mut dyn Write, addr: SocketAddr, signer: &Signer) -> std::io::Result<()> {
+    let accounts = [
+        ("ADMIN", "olivia", "admin"),
+        ("DEVELOPER", "dave", "developer"),
+        ("GUEST", "bob", "guest, member of project dave@greenhouse"),
+        ("DISABLED", "frank", "developer, disabled"),
+    ];
+    writeln!(
+        out,
+        "iotgate demo: the thinger profile in front of a mock Thinger server"
+    )?;
+    writeln!(
+        out,
+        "gateway: http://{addr}   (decisions are logged on stderr; Ctrl-C stops)"
+    )?;
+    writeln!(out)?;
+    writeln!(out, "# tokens (valid 24 h):")?;
+    for (var, user, role) in accounts {
+        let mut claims = serde_json::Map::new();
+        claims.insert("usr".into(), Value::from(user));
+        claims.insert("iat".into(), Value::from(now()));
+        claims.insert("exp".into(), Value::from(now() + TOKEN_TTL));
+        let token = signer.sign(&claims).map_err(std::io::Error::other)?;
+        writeln!(out, "export {var}='{token}'   # {user}: {role}")?;
+    }
+    writeln!(out)?;
+    writeln!(out, "# calls, each with the status it gets:")?;
+    for c in CALLS {
+        let body = c
+            .body
+            .map(|b| format!(" -H 'Content-Type: application/json' -d '{b}'"))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "curl -si -X {} -H \"Authorization: Bearer ${}\"{body} http://{addr}{}   # {} {}",
+            c.method, c.who, c.path, c.expect, c.why
+        )?;
+    }
+    writeln!(
+        out,
+        "curl -si http://{addr}/v1/users/dave/devices   # 401 no token"
+    )?;
+    writeln!(out, "curl -si --path-as-is -H \"Authorization: Bearer $DEVELOPER\" http://{addr}/v1/users/dave/../erin/devices   # 400 dot segments are refused")?;
+    writeln!(out)?;
+    writeln!(out, "# explain a decision without the server:")?;
+    writeln!(out, "#   cargo run -- check --config examples/thinger/iotgate.toml --request \"POST /v3/users/dave/devices/sensor1/resources/led\" --as bob")?;
+    out.flush()
+}
+
+/// A tiny stand-in for the Thinger server: answers every request with what it received.
+async fn mock_thinger(listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let service = service_fn(|req: Request<Incoming>| async move {
+                Ok::<_, Infallible>(mock_answer(&req))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn mock_answer(req: &Request<Incoming>) -> Response<Body> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+    };
+    let body = json!({
+        "mock": "thinger",
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "principal": header("x-iotgate-principal"),
+        "policy_version": header("x-iotgate-policy-version"),
+    });
+    let mut response = Response::new(full(Bytes::from(body.to_string())));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The files the demo embeds, relative to the crate root (for the drift test).
+pub fn embedded_paths() -> impl Iterator<Item = &'static Path> {
+    PROFILE.iter().map(|(rel, _)| Path::new(*rel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo embeds every file of the example profile, so it cannot drift from it.
+    #[test]
+    fn embedded_profile_matches_the_files() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut on_disk: Vec<PathBuf> = Vec::new();
+        for dir in ["policies/thinger", "examples/thinger/directory"] {
+            on_disk.extend(
+                crate::config::files::files_with_extension(&root.join(dir), "cedar")
+                    .unwrap()
+                    .into_iter()
+                    .chain(
+                        crate::config::files::files_with_extension(&root.join(dir), "json")
+                            .unwrap(),
+                    ),
+            );
+        }
+        for file in &on_disk {
+            let rel = file.strip_prefix(root).unwrap();
+            assert!(
+                embedded_paths().any(|p| p == rel),
+                "{} is not embedded in the demo",
+                rel.display()
+            );
+        }
+        for (rel, text) in PROFILE {
+            assert_eq!(
+                &std::fs::read_to_string(root.join(rel)).unwrap(),
+                text,
+                "{rel}"
+            );
+        }
+    }
+}

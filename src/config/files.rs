@@ -1,0 +1,66 @@
+//! Walking the folders a config names: policy folders, directory folders, watched paths.
+//!
+//! ```text
+//! folder ──files_below(keep)──▶ every file below it that `keep` accepts, sorted
+//!        (a file path names itself; unreadable entries and non-UTF-8 names are problems)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::config::problem::{Problem, Problems};
+
+/// Every file with extension `ext` below `dir` (sorted, recursive); a file path names itself.
+///
+/// # Errors
+/// The path does not exist, or a folder or entry cannot be read; entries whose names are
+/// not UTF-8 are refused rather than skipped.
+pub fn files_with_extension(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, Problems> {
+    files_below(dir, |path| {
+        path.extension().and_then(|e| e.to_str()) == Some(ext)
+    })
+}
+
+/// Every file below `dir` that `keep` accepts (sorted, recursive); a file path names itself.
+///
+/// # Errors
+/// As [`files_with_extension`].
+pub fn files_below(dir: &Path, keep: impl Fn(&Path) -> bool) -> Result<Vec<PathBuf>, Problems> {
+    let meta =
+        std::fs::metadata(dir).map_err(|e| Problem::in_file(dir, format!("cannot read: {e}")))?;
+    if meta.is_file() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    let mut problems = Problems::new();
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(Problem::in_file(
+                    &folder,
+                    format!("cannot read folder: {e}"),
+                ));
+                continue;
+            }
+        };
+        for entry in entries {
+            let path = match entry {
+                Ok(entry) => entry.path(),
+                Err(e) => {
+                    problems.push(Problem::in_file(&folder, format!("bad folder entry: {e}")));
+                    continue;
+                }
+            };
+            if path.file_name().and_then(|n| n.to_str()).is_none() {
+                problems.push(Problem::in_file(&path, "file name is not UTF-8"));
+            } else if path.is_dir() {
+                stack.push(path);
+            } else if keep(&path) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    problems.into_result(out)
+}

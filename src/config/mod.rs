@@ -1,0 +1,674 @@
+//! The gateway configuration (SPEC §3): strict TOML in, validated [`Config`] out.
+//!
+//! ```text
+//! iotgate.toml ──tomlfile::load──▶ FileConfig (serde, unknown keys reported)
+//!              ──Config::from_file──▶ Config (typed addresses, paths resolved against the
+//!                                      config file's folder, every problem collected)
+//! ```
+//!
+//! Key material, routes, schema, policies and the directory are only *named* here; their
+//! loaders (`auth`, `routes`, `policy`, `directory`) read and check them.
+
+pub mod diagnostic;
+pub mod files;
+pub mod problem;
+pub mod tomlfile;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+use self::tomlfile::TomlFile;
+use crate::config::problem::{Problem, Problems};
+
+const DEFAULT_MAX_BODY_BYTES: usize = 65_536;
+const DEFAULT_UPSTREAM_TIMEOUT_SECONDS: u64 = 30;
+const DEFAULT_LEEWAY_SECONDS: u64 = 30;
+const DEFAULT_PRINCIPAL_CLAIM: &str = "sub";
+const DEFAULT_CACHE_ENTRIES: u64 = 100_000;
+const DEFAULT_CACHE_TTL_SECONDS: u64 = 30;
+const DEFAULT_CACHE_MAX_BYTES: u64 = 64 << 20;
+const DEFAULT_CACHE_MAX_ENTRY_BYTES: u64 = 16 << 10;
+const DEFAULT_HEADER_READ_TIMEOUT_SECONDS: u64 = 10;
+const DEFAULT_IDLE_TIMEOUT_SECONDS: u64 = 60;
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+const DEFAULT_MAX_HEADER_BYTES: usize = 32 << 10;
+/// hyper's smallest HTTP/1 read buffer.
+const MIN_HEADER_BYTES: usize = 8192;
+
+// === file structs (as written) ===
+
+#[derive(Debug, Deserialize)]
+struct FileConfig {
+    server: Option<FileServer>,
+    auth: FileAuth,
+    policy: FilePolicy,
+    #[serde(default)]
+    cache: FileCache,
+    license: Option<FileLicense>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileServer {
+    listen: String,
+    upstream: String,
+    admin_listen: Option<String>,
+    #[serde(default = "default_max_body")]
+    max_body_bytes: usize,
+    #[serde(default = "default_upstream_timeout")]
+    upstream_timeout_seconds: u64,
+    upstream_ca_file: Option<String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
+    forward_cookies: bool,
+    #[serde(default = "default_header_read_timeout")]
+    header_read_timeout_seconds: u64,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout_seconds: u64,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_max_header_bytes")]
+    max_header_bytes: usize,
+    #[serde(default)]
+    admin_hosts: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileAuth {
+    algorithms: Vec<String>,
+    hs256_secret_file: Option<String>,
+    public_key_pem: Option<String>,
+    jwks_file: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    #[serde(default = "default_leeway")]
+    leeway_seconds: u64,
+    #[serde(default = "default_principal_claim")]
+    principal_claim: String,
+    query_parameter: Option<String>,
+    #[serde(default = "default_true")]
+    require_exp: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct FilePolicy {
+    schema: String,
+    routes: String,
+    policies: Vec<String>,
+    #[serde(default)]
+    directory: Vec<String>,
+    #[serde(default)]
+    reload: Reload,
+    #[serde(default)]
+    shadow: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileCache {
+    #[serde(default = "default_cache_entries")]
+    max_entries: u64,
+    #[serde(default = "default_cache_ttl")]
+    ttl_seconds: u64,
+    #[serde(default = "default_cache_max_bytes")]
+    max_bytes: u64,
+    #[serde(default = "default_cache_max_entry_bytes")]
+    max_entry_bytes: u64,
+}
+
+impl Default for FileCache {
+    fn default() -> Self {
+        Self {
+            max_entries: DEFAULT_CACHE_ENTRIES,
+            ttl_seconds: DEFAULT_CACHE_TTL_SECONDS,
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            max_entry_bytes: DEFAULT_CACHE_MAX_ENTRY_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct FileLicense {
+    max_accounts: u64,
+    #[serde(default = "default_licensed_roles")]
+    licensed_roles: Vec<String>,
+}
+
+fn default_licensed_roles() -> Vec<String> {
+    vec!["admin".to_string(), "developer".to_string()]
+}
+
+fn default_max_body() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+fn default_upstream_timeout() -> u64 {
+    DEFAULT_UPSTREAM_TIMEOUT_SECONDS
+}
+fn default_header_read_timeout() -> u64 {
+    DEFAULT_HEADER_READ_TIMEOUT_SECONDS
+}
+fn default_idle_timeout() -> u64 {
+    DEFAULT_IDLE_TIMEOUT_SECONDS
+}
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_max_header_bytes() -> usize {
+    DEFAULT_MAX_HEADER_BYTES
+}
+fn default_cache_max_bytes() -> u64 {
+    DEFAULT_CACHE_MAX_BYTES
+}
+fn default_cache_max_entry_bytes() -> u64 {
+    DEFAULT_CACHE_MAX_ENTRY_BYTES
+}
+fn default_leeway() -> u64 {
+    DEFAULT_LEEWAY_SECONDS
+}
+fn default_principal_claim() -> String {
+    DEFAULT_PRINCIPAL_CLAIM.to_string()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_cache_entries() -> u64 {
+    DEFAULT_CACHE_ENTRIES
+}
+fn default_cache_ttl() -> u64 {
+    DEFAULT_CACHE_TTL_SECONDS
+}
+
+// === validated config ===
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file, for locating problems found by later loaders.
+    pub source: TomlFile,
+    /// `[server]`; only `serve` needs it.
+    pub server: Option<ServerConfig>,
+    /// `[auth]`.
+    pub auth: AuthConfig,
+    /// `[policy]`.
+    pub policy: PolicyConfig,
+    /// `[cache]`.
+    pub cache: CacheConfig,
+    /// `[license]`.
+    pub license: Option<LicenseConfig>,
+}
+
+/// `[server]`: where to listen and where to forward.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Client-facing listener.
+    pub listen: SocketAddr,
+    /// The existing IoT server (`http://` or `https://`, no path).
+    pub upstream: http::Uri,
+    /// Optional admin listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// Largest body read for context extraction (413 beyond).
+    pub max_body_bytes: usize,
+    /// How long to wait for the upstream's response head.
+    pub upstream_timeout: Duration,
+    /// Extra CA certificate (PEM) trusted for an `https://` upstream.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Peers whose `Forwarded` / `X-Forwarded-For/Proto/Host` are kept (else replaced).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Whether client `Cookie` headers reach the upstream (off: the bearer token that was
+    /// verified is the only credential forwarded).
+    pub forward_cookies: bool,
+    /// Longest wait for a request's headers (and between keep-alive requests on HTTP/1).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open client connections at most; beyond it, new ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers); beyond it, 431.
+    pub max_header_bytes: usize,
+    /// `Host` values the admin listener answers besides its own address and `localhost`.
+    pub admin_hosts: Vec<String>,
+}
+
+/// Where verification keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A shared secret file (HS256/384/512); surrounding whitespace is trimmed.
+    Secret(PathBuf),
+    /// A PEM public key, inline (starts with `-----BEGIN`) or a path.
+    PublicPem(PemSource),
+    /// A JWKS file.
+    Jwks(PathBuf),
+}
+
+/// A PEM given inline or by path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PemSource {
+    /// The PEM text itself.
+    Inline(String),
+    /// A file holding it.
+    File(PathBuf),
+}
+
+/// `[auth]`: how tokens are verified and who they name.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Accepted algorithms (never `none`).
+    pub algorithms: Vec<Algorithm>,
+    /// Verification keys.
+    pub key: KeySource,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` / `nbf`.
+    pub leeway_seconds: u64,
+    /// Claim holding the principal id.
+    pub principal_claim: String,
+    /// Query parameter that may carry the token.
+    pub query_parameter: Option<String>,
+    /// Whether tokens without `exp` are rejected.
+    pub require_exp: bool,
+}
+
+/// `[policy]`: what the decision snapshot is built from.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// `.cedarschema` file.
+    pub schema: PathBuf,
+    /// Route table (TOML).
+    pub routes: PathBuf,
+    /// Policy directories, read recursively for `*.cedar`.
+    pub policies: Vec<PathBuf>,
+    /// Entity JSON files or directories of `*.json`.
+    pub directory: Vec<PathBuf>,
+    /// How changes are picked up.
+    pub reload: Reload,
+    /// Candidate policy directories decided beside the live ones (never enforced).
+    pub shadow: Vec<PathBuf>,
+}
+
+/// `[policy] reload`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reload {
+    /// Watch the files and reload on change.
+    #[default]
+    Watch,
+    /// Reload on SIGHUP (and `POST /reload`) only.
+    Signal,
+    /// Never reload.
+    Off,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheConfig {
+    /// Bound on cached decisions (0 disables the cache).
+    pub max_entries: u64,
+    /// Lifetime of a cached decision.
+    pub ttl: Duration,
+    /// Bound on the decision cache's estimated size in bytes.
+    pub max_bytes: u64,
+    /// Decisions estimated larger than this are never cached.
+    pub max_entry_bytes: u64,
+}
+
+/// `[license]`.
+#[derive(Debug, Clone)]
+pub struct LicenseConfig {
+    /// Licensed accounts (admins and developers) the instance may have.
+    pub max_accounts: u64,
+    /// Roles whose accounts count against the license, enabled or not.
+    pub licensed_roles: Vec<String>,
+}
+
+impl Config {
+    /// Loads and validates a config file, reporting every problem found.
+    ///
+    /// # Errors
+    /// All problems with the file, each with its line.
+    pub fn load(path: &Path) -> Result<Config, Problems> {
+        Self::from_file(tomlfile::load(path)?)
+    }
+
+    /// Loads config text held in memory (`path` locates relative paths and messages).
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn parse(path: &Path, text: &str) -> Result<Config, Problems> {
+        Self::from_file(tomlfile::parse(path, text)?)
+    }
+
+    fn from_file(parsed: tomlfile::Parsed<FileConfig>) -> Result<Config, Problems> {
+        let tomlfile::Parsed {
+            value: file,
+            file: source,
+            unknown,
+        } = parsed;
+        let base = source
+            .path()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut problems = unknown;
+        let ctx = Ctx {
+            source: &source,
+            base: &base,
+        };
+        let server = file
+            .server
+            .and_then(|s| problems.take(ctx.server(s).map_err(Problems::from)));
+        let auth = problems.take(ctx.auth(file.auth));
+        let policy = ctx.policy(file.policy);
+        let cache = CacheConfig {
+            max_entries: file.cache.max_entries,
+            ttl: Duration::from_secs(file.cache.ttl_seconds),
+            max_bytes: file.cache.max_bytes,
+            max_entry_bytes: file.cache.max_entry_bytes,
+        };
+        let license = file.license.map(|l| LicenseConfig {
+            max_accounts: l.max_accounts,
+            licensed_roles: l.licensed_roles,
+        });
+        match auth {
+            Some(auth) if problems.is_empty() => Ok(Config {
+                source,
+                server,
+                auth,
+                policy,
+                cache,
+                license,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// A problem located at a key of the config file.
+    pub fn problem(&self, key: &str, message: impl Into<String>) -> Problem {
+        self.source.problem(key, message)
+    }
+}
+
+/// What the section validators share.
+struct Ctx<'a> {
+    source: &'a TomlFile,
+    base: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn path(&self, p: &str) -> PathBuf {
+        self.base.join(p)
+    }
+
+    fn server(&self, s: FileServer) -> Result<ServerConfig, Problem> {
+        let addr = |key: &str, value: &str| {
+            value.parse::<SocketAddr>().map_err(|_| {
+                self.source
+                    .problem(key, format!("`{value}` is not a socket address (ip:port)"))
+            })
+        };
+        let listen = addr("server.listen", &s.listen)?;
+        let admin_listen = match &s.admin_listen {
+            Some(a) => Some(addr("server.admin_listen", a)?),
+            None => None,
+        };
+        let upstream =
+            parse_upstream(&s.upstream).map_err(|m| self.source.problem("server.upstream", m))?;
+        Ok(ServerConfig {
+            listen,
+            upstream,
+            admin_listen,
+            max_body_bytes: s.max_body_bytes,
+            upstream_timeout: Duration::from_secs(s.upstream_timeout_seconds.max(1)),
+            upstream_ca_file: s.upstream_ca_file.as_deref().map(|p| self.path(p)),
+            trusted_proxies: s
+                .trusted_proxies
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    parse_net(p).ok_or_else(|| {
+                        self.source.problem(
+                            &format!("server.trusted_proxies.{i}"),
+                            format!("`{p}` is not an IP address or network (10.0.0.0/8)"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            forward_cookies: s.forward_cookies,
+            header_read_timeout: Duration::from_secs(s.header_read_timeout_seconds.max(1)),
+            idle_timeout: Duration::from_secs(s.idle_timeout_seconds.max(1)),
+            max_connections: s.max_connections.max(1),
+            max_header_bytes: s.max_header_bytes.max(MIN_HEADER_BYTES),
+            admin_hosts: s.admin_hosts,
+        })
+    }
+
+    fn auth(&self, a: FileAuth) -> Result<AuthConfig, Problems> {
+        let mut problems = Problems::new();
+        let mut algorithms = Vec::new();
+        for (i, name) in a.algorithms.iter().enumerate() {
+            match parse_algorithm(name) {
+                Ok(alg) => algorithms.push(alg),
+                Err(m) => problems.push(self.source.problem(&format!("auth.algorithms.{i}"), m)),
+            }
+        }
+        if a.algorithms.is_empty() {
+            problems.push(
+                self.source
+                    .problem("auth.algorithms", "no algorithm is allowed"),
+            );
+        }
+        let sources = [
+            a.hs256_secret_file
+                .as_deref()
+                .map(|p| KeySource::Secret(self.path(p))),
+            a.public_key_pem.as_deref().map(|p| {
+                KeySource::PublicPem(if p.trim_start().starts_with("-----BEGIN") {
+                    PemSource::Inline(p.to_string())
+                } else {
+                    PemSource::File(self.path(p))
+                })
+            }),
+            a.jwks_file
+                .as_deref()
+                .map(|p| KeySource::Jwks(self.path(p))),
+        ];
+        let mut keys = sources.into_iter().flatten();
+        let key = match (keys.next(), keys.next()) {
+            (Some(key), None) => Some(key),
+            (None, _) => {
+                problems.push(self.source.problem(
+                    "auth",
+                    "no key: set one of `hs256_secret_file`, `public_key_pem`, `jwks_file`",
+                ));
+                None
+            }
+            (Some(_), Some(_)) => {
+                problems.push(self.source.problem(
+                    "auth",
+                    "several keys: set only one of `hs256_secret_file`, `public_key_pem`, `jwks_file`",
+                ));
+                None
+            }
+        };
+        if let Some(key) = &key {
+            check_key_family(key, &algorithms, self.source, &mut problems);
+        }
+        if a.principal_claim.is_empty() {
+            problems.push(
+                self.source
+                    .problem("auth.principal_claim", "must not be empty"),
+            );
+        }
+        match key {
+            Some(key) if problems.is_empty() => Ok(AuthConfig {
+                algorithms,
+                key,
+                issuer: a.issuer,
+                audience: a.audience,
+                leeway_seconds: a.leeway_seconds,
+                principal_claim: a.principal_claim,
+                query_parameter: a.query_parameter,
+                require_exp: a.require_exp,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    fn policy(&self, p: FilePolicy) -> PolicyConfig {
+        let paths = |v: &[String]| v.iter().map(|p| self.path(p)).collect();
+        PolicyConfig {
+            schema: self.path(&p.schema),
+            routes: self.path(&p.routes),
+            policies: paths(&p.policies),
+            directory: paths(&p.directory),
+            reload: p.reload,
+            shadow: paths(&p.shadow),
+        }
+    }
+}
+
+/// Parses an algorithm name of the allow-list; `none` is refused by name.
+fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
+    if name.eq_ignore_ascii_case("none") {
+        return Err("algorithm `none` is never accepted".to_string());
+    }
+    name.parse::<Algorithm>()
+        .map_err(|_| format!("unknown algorithm `{name}`"))
+}
+
+/// HMAC algorithms need the secret; the others need a public key or a JWKS.
+fn check_key_family(key: &KeySource, algs: &[Algorithm], source: &TomlFile, out: &mut Problems) {
+    use jsonwebtoken::AlgorithmFamily::Hmac;
+    for alg in algs {
+        let hmac = alg.family() == Hmac;
+        match key {
+            KeySource::Secret(_) if !hmac => out.push(source.problem(
+                "auth.algorithms",
+                format!("`{alg:?}` needs a public key, not `hs256_secret_file`"),
+            )),
+            KeySource::PublicPem(_) | KeySource::Jwks(_) if hmac => out.push(source.problem(
+                "auth.algorithms",
+                format!("`{alg:?}` needs `hs256_secret_file`, not a public key"),
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// `10.0.0.0/8`, or a single address.
+fn parse_net(value: &str) -> Option<ipnet::IpNet> {
+    value.parse().ok().or_else(|| {
+        value
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
+fn parse_upstream(value: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|e| format!("`{value}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("`{value}` must start with http:// or https://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("`{value}` has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("`{value}` must not have a path or query"));
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+upstream = "http://127.0.0.1:8081"
+
+[auth]
+algorithms = ["HS256"]
+hs256_secret_file = "secret.key"
+principal_claim = "usr"
+
+[policy]
+schema = "schema/s.cedarschema"
+routes = "schema/s.routes.toml"
+policies = ["policies"]
+directory = ["dir"]
+"#;
+
+    fn errors(text: &str) -> Vec<String> {
+        Config::parse(Path::new("/etc/gw/c.toml"), text)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn good_config_resolves_paths_against_its_folder() {
+        let c = Config::parse(Path::new("/etc/gw/c.toml"), GOOD).unwrap();
+        assert_eq!(c.policy.schema, Path::new("/etc/gw/schema/s.cedarschema"));
+        assert_eq!(c.auth.key, KeySource::Secret("/etc/gw/secret.key".into()));
+        assert_eq!(c.auth.principal_claim, "usr");
+        assert_eq!(c.auth.leeway_seconds, 30);
+        assert_eq!(c.policy.reload, Reload::Watch);
+        assert_eq!(c.server.unwrap().max_body_bytes, 65_536);
+    }
+
+    #[test]
+    fn all_semantic_problems_are_reported_at_once() {
+        let text = GOOD
+            .replace("127.0.0.1:8080", "localhost")
+            .replace("[\"HS256\"]", "[\"none\", \"RS256\", \"XX1\"]");
+        let errs = errors(&text);
+        assert_eq!(
+            errs,
+            vec![
+                "/etc/gw/c.toml:3: `localhost` is not a socket address (ip:port)",
+                "/etc/gw/c.toml:7: algorithm `none` is never accepted",
+                "/etc/gw/c.toml:7: unknown algorithm `XX1`",
+                "/etc/gw/c.toml:7: `RS256` needs a public key, not `hs256_secret_file`",
+            ]
+        );
+    }
+
+    #[test]
+    fn key_sources_are_exclusive_and_required() {
+        let both = GOOD.replace("principal_claim", "jwks_file = \"k.json\"\nprincipal_claim");
+        assert!(errors(&both)[0].contains("several keys"));
+        let none = GOOD.replace("hs256_secret_file = \"secret.key\"", "");
+        assert!(errors(&none)[0].contains("no key"));
+    }
+
+    #[test]
+    fn upstream_must_be_a_bare_http_url() {
+        for bad in ["ftp://x", "http://x/path", "nonsense url", "http://x?q=1"] {
+            let text = GOOD.replace("http://127.0.0.1:8081", bad);
+            assert!(errors(&text)[0].contains("c.toml:4:"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn inline_pem_is_told_apart_from_a_path() {
+        let text = GOOD.replace("[\"HS256\"]", "[\"RS256\"]").replace(
+            "hs256_secret_file = \"secret.key\"",
+            "public_key_pem = \"k.pem\"",
+        );
+        let c = Config::parse(Path::new("/g/c.toml"), &text).unwrap();
+        assert_eq!(
+            c.auth.key,
+            KeySource::PublicPem(PemSource::File("/g/k.pem".into()))
+        );
+    }
+}

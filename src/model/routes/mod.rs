@@ -1,0 +1,789 @@
+//! The route table: HTTP method + path → Cedar action, resource and context.
+//!
+//! ```text
+//! <profile>.routes.toml ──tomlfile──▶ FileRoutes ──compile + check against the schema──▶ RouteTable
+//! (method, decoded segments) ──RouteTable::find──▶ (Route, captures) | no route (404)
+//! Route + Inputs (captures, query, claims, body) ──Route::resolve──▶ Resolved {
+//!     resource uid, resource attributes (for resources absent from the directory), context }
+//! ```
+//!
+//! File format (see the README for a full example):
+//!
+//! ```toml
+//! namespace = "Thinger"            # qualifies every type and action below
+//! principal = "User"               # entity type of token principals
+//! [fields.owner]                   # reusable typed values
+//! type = "entity"                  # string | long | bool | entity | set
+//! entity = "User"
+//! value = "{owner}"                # {capture} {query.x} {claim.x} {body.a.b}
+//! [defaults]
+//! context = ["token_kind"]         # fields every route puts in its context
+//! [[route]]
+//! method = "GET"                   # or ["GET", "POST"]
+//! path = "/v1/users/{owner}/devices/{device}"
+//! action = "ReadDeviceStatus"
+//! resource = { type = "Device", id = "{owner}/{device}", attrs = ["owner"] }
+//! context = ["device_resource"]
+//! [entities.User]                  # directory rules, checked at load
+//! parents = { Org = 1 }            # exactly one direct parent of type Org
+//! values = { role = ["admin", "developer", "user"] }
+//! ```
+//!
+//! Loading checks every route against the schema: the action exists and applies to the
+//! principal and resource types, every context field is declared for the action with a
+//! matching type, every required context attribute is filled, and resource attributes
+//! cover what the resource type requires.
+
+pub mod field;
+pub mod trie;
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cedar_policy::{EntityId, EntityTypeName, EntityUid};
+use serde::Deserialize;
+
+use self::field::{Field, FieldError, FieldType, FieldValue, Inputs, Source, Template};
+use self::trie::{Found, PathTemplate, Segment, Trie};
+use crate::config::problem::{Problem, Problems};
+use crate::config::tomlfile::{self, TomlFile};
+use crate::model::directory::EntityRule;
+use crate::model::schema::{qualify, Attr, Catalog, Type};
+
+// === file structs ===
+
+#[derive(Debug, Deserialize)]
+struct FileRoutes {
+    #[serde(default)]
+    namespace: String,
+    principal: String,
+    #[serde(default)]
+    fields: BTreeMap<String, FileField>,
+    #[serde(default)]
+    defaults: FileDefaults,
+    #[serde(default, rename = "route")]
+    routes: Vec<FileRoute>,
+    #[serde(default)]
+    entities: BTreeMap<String, FileEntityRule>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileEntityRule {
+    #[serde(default)]
+    parents: BTreeMap<String, usize>,
+    #[serde(default)]
+    values: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct FileDefaults {
+    #[serde(default)]
+    context: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileField {
+    #[serde(rename = "type")]
+    ty: String,
+    value: String,
+    entity: Option<String>,
+    name: Option<String>,
+    when: Option<String>,
+    default: Option<toml::Value>,
+    #[serde(default)]
+    optional: bool,
+    map: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Methods {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct FileRoute {
+    name: Option<String>,
+    method: Methods,
+    path: String,
+    action: String,
+    resource: FileResource,
+    #[serde(default)]
+    context: Vec<String>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    reserved: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileResource {
+    #[serde(rename = "type")]
+    ty: String,
+    id: String,
+    #[serde(default)]
+    attrs: Vec<String>,
+}
+
+// === compiled table ===
+
+/// One compiled route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Stable name for logs and metrics (`GET /v1/users/{owner}/devices` unless named).
+    pub name: String,
+    /// The path template.
+    pub path: PathTemplate,
+    /// The Cedar action.
+    pub action: EntityUid,
+    /// The action's name in the schema catalog.
+    pub action_name: String,
+    /// The action as Cedar prints it (for decisions and logs, formatted once).
+    pub action_label: String,
+    /// Resource entity type.
+    pub resource_type: EntityTypeName,
+    resource_id: Field,
+    resource_attrs: Vec<Arc<Field>>,
+    context: Vec<Arc<Field>>,
+    needs_body: bool,
+    /// Whether the route is a WebSocket stream (the only routes that may upgrade).
+    pub stream: bool,
+    /// Capture name → values it never takes (the path is then no route, 404).
+    reserved: Vec<(String, BTreeSet<String>)>,
+}
+
+/// What a route computed for one request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Resolved {
+    /// The resource.
+    pub resource: EntityUid,
+    /// Attributes of the resource, used when the directory does not have it (empty when the
+    /// route does not build resources).
+    pub resource_attrs: Vec<(String, FieldValue)>,
+    /// The context record.
+    pub context: Vec<(String, FieldValue)>,
+}
+
+impl Route {
+    /// Whether the route's fields read the JSON body (so the body must be read first).
+    pub fn needs_body(&self) -> bool {
+        self.needs_body
+    }
+
+    /// Whether a capture took a value the route reserves (such a path is no route).
+    fn takes_reserved(&self, captures: &[(&str, String)]) -> bool {
+        self.reserved.iter().any(|(name, values)| {
+            captures
+                .iter()
+                .any(|(n, v)| n == name && values.contains(v.as_str()))
+        })
+    }
+
+    /// Computes resource and context for a request.
+    ///
+    /// # Errors
+    /// A field is missing or has a bad value.
+    pub fn resolve(&self, inputs: &Inputs<'_>) -> Result<Resolved, FieldError> {
+        let id = match self.resource_id.resolve(inputs)? {
+            Some(FieldValue::Str(id)) => id,
+            _ => return Err(FieldError::Missing(self.resource_id.name.clone())),
+        };
+        Ok(Resolved {
+            resource: EntityUid::from_type_name_and_id(
+                self.resource_type.clone(),
+                EntityId::new(&id),
+            ),
+            resource_attrs: resolve_all(&self.resource_attrs, inputs)?,
+            context: resolve_all(&self.context, inputs)?,
+        })
+    }
+}
+
+fn resolve_all(
+    fields: &[Arc<Field>],
+    inputs: &Inputs<'_>,
+) -> Result<Vec<(String, FieldValue)>, FieldError> {
+    let mut out = Vec::with_capacity(fields.len());
+    for f in fields {
+        if let Some(v) = f.resolve(inputs)? {
+            out.push((f.name.clone(), v));
+        }
+    }
+    Ok(out)
+}
+
+/// The compiled route table of a profile.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    /// Entity type of principals.
+    pub principal_type: EntityTypeName,
+    /// Rules the directory's entities must follow (`[entities.<Type>]`).
+    pub rules: Vec<EntityRule>,
+    /// Findings that do not stop loading (`validate` prints them).
+    pub warnings: Vec<Problem>,
+    routes: Vec<Route>,
+    trie: Trie,
+}
+
+impl RouteTable {
+    /// Loads a route file and checks it against the schema catalog.
+    ///
+    /// # Errors
+    /// Every problem of every route, with its line.
+    pub fn load(path: &Path, catalog: &Catalog) -> Result<(RouteTable, String), Problems> {
+        let text = crate::config::problem::read_text(path)?;
+        let parsed: tomlfile::Parsed<FileRoutes> = tomlfile::parse(path, &text)?;
+        let mut compiler = Compiler::new(&parsed.file, catalog, &parsed.value.namespace);
+        compiler.problems.extend(parsed.unknown);
+        let table = compiler.compile(&parsed.value)?;
+        Ok((table, text))
+    }
+
+    /// The route for a method and decoded path, with its captures.
+    pub fn find<'t>(
+        &'t self,
+        method: &http::Method,
+        segments: &[Cow<'_, str>],
+    ) -> Option<(&'t Route, Vec<(&'t str, String)>)> {
+        match self.trie.find(method, segments) {
+            Found::Route(i) => {
+                let route = &self.routes[i];
+                let captures = trie::bind(&route.path, segments);
+                (!route.takes_reserved(&captures)).then_some((route, captures))
+            }
+            Found::MethodNotRouted | Found::NoPath => None,
+        }
+    }
+
+    /// Every route.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+/// Captures that take a literal which a route under a sibling API version (`/v1`, `/v2`, …)
+/// has at the same place
+/// (`/v2/…/devices/{device}/{resource}` taking the `stats` of `/v1/…/devices/{device}/stats`):
+/// the upstream likely runs another operation there than the one the capture authorizes.
+/// A literal route of the capture's own version, or `reserved`, settles it.
+fn shadowed_literals(routes: &[Route]) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (index, route) in routes.iter().enumerate() {
+        let segments = &route.path.segments;
+        let Some(version) = version_of(route) else {
+            continue;
+        };
+        for (pos, segment) in segments.iter().enumerate().skip(1) {
+            let Segment::Capture(name) = segment else {
+                continue;
+            };
+            for other in routes {
+                let Some(literal) = literal_at(other, pos, &segments[1..pos]) else {
+                    continue;
+                };
+                let sibling = version_of(other).is_some_and(|v| v != version);
+                if !sibling
+                    || route.takes_reserved(&[(name.as_str(), literal.to_string())])
+                    || routes.iter().any(|r| {
+                        version_of(r) == Some(version)
+                            && literal_at(r, pos, &segments[1..pos]) == Some(literal)
+                    })
+                    || !seen.insert((index, literal.to_string()))
+                {
+                    continue;
+                }
+                out.push((
+                    index,
+                    format!(
+                        "`{{{name}}}` of route `{}` takes `{literal}`, a literal of route `{}`; \
+                         add a literal route or `reserved = {{ {name} = [\"{literal}\"] }}`",
+                        route.name, other.name
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The API version a route's path starts with (`/v2/…`: `v2`).
+fn version_of(route: &Route) -> Option<&str> {
+    match route.path.segments.first() {
+        Some(Segment::Literal(v))
+            if v.len() > 1 && v.starts_with('v') && v[1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Some(v)
+        }
+        _ => None,
+    }
+}
+
+/// The literal `route` has at segment `pos`, when the segments between the version and it
+/// have the shape of `between`.
+fn literal_at<'r>(route: &'r Route, pos: usize, between: &[Segment]) -> Option<&'r str> {
+    let segments = &route.path.segments;
+    let same_shape = segments.get(1..pos).is_some_and(|mine| {
+        mine.iter().zip(between).all(|pair| match pair {
+            (Segment::Literal(a), Segment::Literal(b)) => a == b,
+            (Segment::Capture(_), Segment::Capture(_)) => true,
+            _ => false,
+        })
+    });
+    match segments.get(pos) {
+        Some(Segment::Literal(l)) if same_shape => Some(l),
+        _ => None,
+    }
+}
+
+/// Compiles file structs, collecting problems.
+struct Compiler<'a> {
+    source: &'a TomlFile,
+    catalog: &'a Catalog,
+    namespace: &'a str,
+    problems: Problems,
+}
+
+impl<'a> Compiler<'a> {
+    fn new(source: &'a TomlFile, catalog: &'a Catalog, namespace: &'a str) -> Self {
+        Self {
+            source,
+            catalog,
+            namespace,
+            problems: Problems::new(),
+        }
+    }
+
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(self.source.problem(key, message));
+    }
+
+    fn entity_type(&mut self, key: &str, name: &str) -> Option<EntityTypeName> {
+        let qualified = qualify(self.namespace, name);
+        if !self.catalog.has_entity_type(&qualified) {
+            self.problem(
+                key,
+                format!("entity type `{qualified}` is not in the schema"),
+            );
+            return None;
+        }
+        EntityTypeName::from_str(&qualified).ok()
+    }
+
+    fn compile(mut self, file: &FileRoutes) -> Result<RouteTable, Problems> {
+        let principal_type = self.entity_type("principal", &file.principal);
+        let mut fields = BTreeMap::new();
+        for (key, f) in &file.fields {
+            if let Some(field) = self.field(key, f) {
+                fields.insert(key.clone(), Arc::new(field));
+            }
+        }
+        let mut routes = Vec::new();
+        let mut keys = Vec::new();
+        let mut trie = Trie::default();
+        for (i, r) in file.routes.iter().enumerate() {
+            let key = format!("route.{i}");
+            let Some((route, methods)) = self.route(
+                &key,
+                r,
+                &fields,
+                &file.defaults.context,
+                principal_type.as_ref(),
+            ) else {
+                continue;
+            };
+            if let Err(first) = trie.insert(&route.path, &methods, routes.len()) {
+                let first: &Route = &routes[first];
+                self.problem(
+                    &key,
+                    format!(
+                        "route `{}` has the same path and method as route `{}`",
+                        route.name, first.name
+                    ),
+                );
+                continue;
+            }
+            routes.push(route);
+            keys.push(i);
+        }
+        let rules = file
+            .entities
+            .iter()
+            .filter_map(|(ty, r)| self.entity_rule(ty, r))
+            .collect();
+        let warnings = shadowed_literals(&routes)
+            .into_iter()
+            .map(|(i, message)| self.source.problem(&format!("route.{}", keys[i]), message))
+            .collect();
+        match principal_type {
+            Some(principal_type) if self.problems.is_empty() => Ok(RouteTable {
+                principal_type,
+                rules,
+                warnings,
+                routes,
+                trie,
+            }),
+            _ => Err(self.problems),
+        }
+    }
+
+    fn entity_rule(&mut self, ty: &str, rule: &FileEntityRule) -> Option<EntityRule> {
+        let key = format!("entities.{ty}");
+        let entity_type = self.entity_type(&key, ty)?.to_string();
+        let mut parents = Vec::new();
+        for (parent, n) in &rule.parents {
+            let parent = self.entity_type(&format!("{key}.parents.{parent}"), parent)?;
+            parents.push((parent.to_string(), *n));
+        }
+        let values = rule
+            .values
+            .iter()
+            .map(|(a, v)| (a.clone(), v.clone()))
+            .collect();
+        Some(EntityRule {
+            entity_type,
+            parents,
+            values,
+        })
+    }
+
+    fn field(&mut self, key: &str, f: &FileField) -> Option<Field> {
+        let at = format!("fields.{key}");
+        let name = f.name.clone().unwrap_or_else(|| key.to_string());
+        let ty = match (f.ty.as_str(), &f.entity) {
+            ("string", None) => FieldType::String,
+            ("long", None) => FieldType::Long,
+            ("bool", None) => FieldType::Bool,
+            ("set", None) => FieldType::Set,
+            ("entity", Some(t)) => FieldType::Entity(self.entity_type(&format!("{at}.entity"), t)?),
+            ("entity", None) => {
+                self.problem(&at, "an `entity` field needs `entity = \"<type>\"`");
+                return None;
+            }
+            (_, Some(_)) if ["string", "long", "bool", "set"].contains(&f.ty.as_str()) => {
+                self.problem(
+                    &format!("{at}.entity"),
+                    "only `entity` fields take an entity type",
+                );
+                return None;
+            }
+            (other, _) => {
+                self.problem(
+                    &format!("{at}.type"),
+                    format!("unknown field type `{other}` (string, long, bool, entity, set)"),
+                );
+                return None;
+            }
+        };
+        let value = match Template::parse(&f.value) {
+            Ok(t) => t,
+            Err(m) => {
+                self.problem(&format!("{at}.value"), m);
+                return None;
+            }
+        };
+        let when = match f.when.as_deref().map(Template::parse) {
+            None => None,
+            Some(Ok(t)) if t.sources().count() == 1 && t.sources().next().is_some() => {
+                t.sources().next().cloned()
+            }
+            Some(_) => {
+                self.problem(
+                    &format!("{at}.when"),
+                    "`when` must be a single placeholder like `{claim.dev}`",
+                );
+                return None;
+            }
+        };
+        if f.map.is_some() && ty != FieldType::String {
+            self.problem(&format!("{at}.map"), "only `string` fields can be mapped");
+        }
+        let default = match &f.default {
+            Some(v) => match default_value(&ty, v) {
+                Some(d) => Some(d),
+                None => {
+                    self.problem(
+                        &format!("{at}.default"),
+                        format!("default does not fit type `{}`", f.ty),
+                    );
+                    return None;
+                }
+            },
+            None => None,
+        };
+        Some(Field {
+            name,
+            ty,
+            value,
+            when,
+            default,
+            optional: f.optional,
+            map: f
+                .map
+                .as_ref()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        })
+    }
+
+    fn route(
+        &mut self,
+        key: &str,
+        r: &FileRoute,
+        fields: &BTreeMap<String, Arc<Field>>,
+        defaults: &[String],
+        principal: Option<&EntityTypeName>,
+    ) -> Option<(Route, Vec<http::Method>)> {
+        let before = self.problems.iter().count();
+        let methods = self.methods(key, &r.method);
+        let path = PathTemplate::parse(&r.path)
+            .map_err(|m| self.problem(&format!("{key}.path"), m))
+            .ok();
+        let Some(action) = self.catalog.actions.get(&r.action) else {
+            self.problem(
+                &format!("{key}.action"),
+                format!("action `{}` is not in the schema", r.action),
+            );
+            return None;
+        };
+        if let Some(p) = principal {
+            if !action.principals.contains(&p.to_string()) {
+                self.problem(
+                    &format!("{key}.action"),
+                    format!(
+                        "action `{}` does not apply to principal type `{p}`",
+                        r.action
+                    ),
+                );
+            }
+        }
+        let resource_type = self.entity_type(&format!("{key}.resource.type"), &r.resource.ty);
+        if let Some(t) = &resource_type {
+            if !action.resources.contains(&t.to_string()) {
+                self.problem(
+                    &format!("{key}.resource.type"),
+                    format!(
+                        "action `{}` does not apply to resource type `{t}`",
+                        r.action
+                    ),
+                );
+            }
+        }
+        let resource_id = Template::parse(&r.resource.id)
+            .map_err(|m| self.problem(&format!("{key}.resource.id"), m))
+            .ok();
+        let attrs = self.pick(&format!("{key}.resource.attrs"), &r.resource.attrs, fields);
+        let names: BTreeSet<&String> = defaults.iter().chain(&r.context).collect();
+        let names: Vec<String> = names.into_iter().cloned().collect();
+        let context = self.pick(&format!("{key}.context"), &names, fields);
+        let (path, resource_type, resource_id) = (path?, resource_type?, resource_id?);
+        // captures used by the resource id and fields must exist in the path
+        let captures: BTreeSet<&str> = path.captures().collect();
+        let mut sources: Vec<&Source> = resource_id.sources().collect();
+        sources.extend(attrs.iter().chain(&context).flat_map(|f| f.sources()));
+        for s in &sources {
+            if let Source::Capture(c) = s {
+                if !captures.contains(c.as_str()) {
+                    self.problem(
+                        &format!("{key}.path"),
+                        format!("`{{{c}}}` is used by the route but not captured by its path"),
+                    );
+                }
+            }
+        }
+        let needs_body = sources.iter().any(|s| matches!(s, Source::Body(_)));
+        if r.stream && methods != [http::Method::GET] {
+            self.problem(
+                &format!("{key}.stream"),
+                "a stream route takes only `GET` (WebSocket upgrades are GET requests)",
+            );
+        }
+        for name in r.reserved.keys() {
+            if !captures.contains(name.as_str()) {
+                self.problem(
+                    &format!("{key}.reserved"),
+                    format!("`{name}` is not a capture of the route's path"),
+                );
+            }
+        }
+        let type_attrs = self
+            .catalog
+            .entity_types
+            .get(&resource_type.to_string())
+            .cloned()
+            .unwrap_or_default();
+        // A route that names no attributes never builds its resource: one absent from the
+        // directory stays absent, as it would be in a full entity store.
+        if !attrs.is_empty() {
+            self.check_record(
+                &format!("{key}.resource.attrs"),
+                &format!("resource type `{resource_type}`"),
+                &type_attrs,
+                &attrs,
+            );
+        }
+        self.check_record(
+            &format!("{key}.context"),
+            &format!("the context of `{}`", r.action),
+            &action.context,
+            &context,
+        );
+        if self.problems.iter().count() != before {
+            return None;
+        }
+        let name = r.name.clone().unwrap_or_else(|| {
+            let m: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
+            format!("{} {}", m.join(","), r.path)
+        });
+        let resource_id = Field {
+            name: "resource id".into(),
+            ty: FieldType::String,
+            value: resource_id,
+            when: None,
+            default: None,
+            optional: false,
+            map: None,
+        };
+        let route = Route {
+            name,
+            path,
+            action: action.uid.clone(),
+            action_name: r.action.clone(),
+            action_label: action.uid.to_string(),
+            resource_type,
+            resource_id,
+            resource_attrs: attrs,
+            context,
+            needs_body,
+            stream: r.stream,
+            reserved: r
+                .reserved
+                .iter()
+                .map(|(name, values)| (name.clone(), values.iter().cloned().collect()))
+                .collect(),
+        };
+        Some((route, methods))
+    }
+
+    fn methods(&mut self, key: &str, m: &Methods) -> Vec<http::Method> {
+        let names: Vec<&String> = match m {
+            Methods::One(one) => vec![one],
+            Methods::Many(many) => many.iter().collect(),
+        };
+        let mut out = Vec::new();
+        for name in names {
+            match http::Method::from_bytes(name.as_bytes()) {
+                Ok(m) if name.chars().all(|c| c.is_ascii_uppercase()) => out.push(m),
+                _ => self.problem(
+                    &format!("{key}.method"),
+                    format!("`{name}` is not an HTTP method"),
+                ),
+            }
+        }
+        if out.is_empty() {
+            self.problem(
+                &format!("{key}.method"),
+                "a route needs at least one method",
+            );
+        }
+        out
+    }
+
+    fn pick(
+        &mut self,
+        key: &str,
+        names: &[String],
+        fields: &BTreeMap<String, Arc<Field>>,
+    ) -> Vec<Arc<Field>> {
+        let mut out = Vec::new();
+        for n in names {
+            match fields.get(n) {
+                Some(f) => out.push(f.clone()),
+                None => self.problem(key, format!("field `{n}` is not defined under [fields]")),
+            }
+        }
+        out
+    }
+
+    /// Checks that `fields` fill the record `declared` (context or entity attributes).
+    fn check_record(
+        &mut self,
+        key: &str,
+        what: &str,
+        declared: &std::collections::HashMap<String, Attr>,
+        fields: &[Arc<Field>],
+    ) {
+        for f in fields {
+            match declared.get(&f.name) {
+                None => self.problem(key, format!("`{}` is not declared in {what}", f.name)),
+                Some(attr) if !fits(&f.ty, &attr.ty) => self.problem(
+                    key,
+                    format!(
+                        "`{}` is a {} here but {what} declares it {:?}",
+                        f.name,
+                        describe(&f.ty),
+                        attr.ty
+                    ),
+                ),
+                Some(attr) if attr.required && f.optional && f.default.is_none() => self.problem(
+                    key,
+                    format!("`{}` is optional here but required in {what}", f.name),
+                ),
+                Some(_) => {}
+            }
+        }
+        for (name, attr) in declared {
+            if attr.required && !fields.iter().any(|f| &f.name == name) {
+                self.problem(
+                    key,
+                    format!("{what} requires `{name}`, which the route does not fill"),
+                );
+            }
+        }
+    }
+}
+
+fn fits(field: &FieldType, declared: &Type) -> bool {
+    match (field, declared) {
+        (FieldType::String, Type::String)
+        | (FieldType::Long, Type::Long)
+        | (FieldType::Bool, Type::Bool) => true,
+        (FieldType::Entity(t), Type::Entity(d)) => &t.to_string() == d,
+        (FieldType::Set, Type::Set(inner)) => **inner == Type::String,
+        _ => false,
+    }
+}
+
+fn describe(ty: &FieldType) -> &'static str {
+    match ty {
+        FieldType::String => "string",
+        FieldType::Long => "long",
+        FieldType::Bool => "bool",
+        FieldType::Entity(_) => "entity",
+        FieldType::Set => "set",
+    }
+}
+
+fn default_value(ty: &FieldType, v: &toml::Value) -> Option<FieldValue> {
+    Some(match (ty, v) {
+        (FieldType::String, toml::Value::String(s)) => FieldValue::Str(s.clone()),
+        (FieldType::Long, toml::Value::Integer(n)) => FieldValue::Long(*n),
+        (FieldType::Bool, toml::Value::Boolean(b)) => FieldValue::Bool(*b),
+        (FieldType::Entity(t), toml::Value::String(id)) => FieldValue::Entity(
+            EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id)),
+        ),
+        (FieldType::Set, toml::Value::Array(items)) => FieldValue::Set(
+            items
+                .iter()
+                .map(|i| i.as_str().map(String::from))
+                .collect::<Option<_>>()?,
+        ),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,12 @@
+//! Strict readers of what a client sends, shared by the decision and the forwarding:
+//! nothing a lenient server could read differently is accepted.
+//!
+//! ```text
+//! path, query ──uri──▶ decoded segments, parameters      (400)
+//! headers     ──headers──▶ refused, forwarded or dropped  (400, 415)
+//! body        ──json──▶ one object, no repeated key       (400)
+//! ```
+
+pub mod headers;
+pub mod json;
+pub mod uri;

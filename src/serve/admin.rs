@@ -1,0 +1,175 @@
+//! The admin listener (`[server] admin_listen`): health, readiness, status, metrics, reload.
+//!
+//! ```text
+//! GET  /healthz  200 while the process runs
+//! GET  /readyz   200 when a snapshot serves and the upstream answered in the last 30 s
+//!                (probed with GET / when it has not), else 503
+//! GET  /status   JSON: versions, loaded-at, counts, last reload attempt, cache stats
+//! GET  /metrics  Prometheus text format
+//! POST /reload   build and swap a new snapshot now (409 when reload = "off")
+//! ```
+//!
+//! Bind it to loopback or a private network: it is not authenticated.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::config::Reload;
+use crate::proxy::response::{full, Body};
+use crate::proxy::Gateway;
+use crate::serve::reload::{rfc3339, Reloader};
+
+/// How recently the upstream must have answered for `/readyz`.
+const READY_WINDOW: Duration = Duration::from_secs(30);
+
+/// The admin endpoints.
+#[derive(Debug)]
+pub struct Admin {
+    gateway: Arc<Gateway>,
+    reloader: Arc<Reloader>,
+    mode: Reload,
+    /// `Host` values answered: the listener's address, `localhost`, `[server] admin_hosts`.
+    hosts: Vec<String>,
+}
+
+impl Admin {
+    /// Admin endpoints over a gateway and its reloader, listening on `addr`; `extra_hosts`
+    /// are further `Host` values it answers (a name it is reached by).
+    pub fn new(
+        gateway: Arc<Gateway>,
+        reloader: Arc<Reloader>,
+        mode: Reload,
+        addr: SocketAddr,
+        extra_hosts: &[String],
+    ) -> Admin {
+        let port = addr.port();
+        let mut hosts = vec![
+            addr.to_string(),
+            "localhost".to_string(),
+            format!("localhost:{port}"),
+        ];
+        hosts.extend(extra_hosts.iter().map(|h| h.to_ascii_lowercase()));
+        Admin {
+            gateway,
+            reloader,
+            mode,
+            hosts,
+        }
+    }
+
+    /// Whether a request may be answered: no `Origin` (browsers send one on cross-site
+    /// requests) and a `Host` the listener is known by (DNS rebinding sends the attacker's).
+    fn may_answer(&self, request: &Request<Incoming>) -> bool {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()))
+            .map(str::to_ascii_lowercase);
+        !request.headers().contains_key(header::ORIGIN)
+            && host.is_some_and(|h| self.hosts.contains(&h))
+    }
+
+    /// Answers one admin request.
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        if !self.may_answer(&request) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "application/json",
+                json!({"error": "forbidden", "reason": "admin_host"}).to_string(),
+            );
+        }
+        match (request.method(), request.uri().path()) {
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
+            (&Method::GET, "/readyz") => self.ready().await,
+            (&Method::GET, "/status") => text(
+                StatusCode::OK,
+                "application/json",
+                self.status().to_string(),
+            ),
+            (&Method::GET, "/metrics") => {
+                let caches = self.gateway.caches();
+                let body = self
+                    .gateway
+                    .metrics()
+                    .render(caches.decisions.stats(), caches.tokens.stats());
+                text(StatusCode::OK, "text/plain; version=0.0.4", body)
+            }
+            (&Method::POST, "/reload") if self.mode == Reload::Off => text(
+                StatusCode::CONFLICT,
+                "application/json",
+                json!({"error": "reload is off"}).to_string(),
+            ),
+            (&Method::POST, "/reload") => {
+                let attempt = self.reloader.reload("admin").await;
+                let status = if attempt.ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
+                text(status, "application/json", json!(attempt).to_string())
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "application/json",
+                json!({"error": "not_found"}).to_string(),
+            ),
+        }
+    }
+
+    async fn ready(&self) -> Response<Body> {
+        if self.gateway.upstream_ready(READY_WINDOW).await {
+            text(
+                StatusCode::OK,
+                "application/json",
+                json!({"ready": true}).to_string(),
+            )
+        } else {
+            let body = json!({"ready": false, "reason": "upstream has not answered"});
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/json",
+                body.to_string(),
+            )
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let s = self.gateway.snapshot();
+        let caches = self.gateway.caches();
+        json!({
+            "policy_version": &*s.policy_version,
+            "directory_version": &*s.directory_version,
+            "shadow_version": s.shadow_version.as_deref(),
+            "loaded_at": rfc3339(s.loaded_at),
+            "generation": s.generation,
+            "counts": {
+                "policies": s.policies.set.policies().count(),
+                "shadow_policies": s.shadow.as_ref().map(|p| p.set.policies().count()),
+                "routes": s.routes.routes().len(),
+                "entities": s.directory.len(),
+            },
+            "reload": format!("{:?}", self.mode).to_lowercase(),
+            "last_reload": self.reloader.last(),
+            "shadow_disagreements": self.gateway.metrics().shadow_disagreements(),
+            "caches": {
+                "decisions": caches.decisions.stats(),
+                "tokens": caches.tokens.stats(),
+            },
+        })
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

@@ -1,0 +1,222 @@
+//! `iotgate serve`: load everything, bind, accept, reload, shut down gracefully.
+//!
+//! ```text
+//! config ─▶ Loaded (snapshot + keys; every problem printed, exit 2, nothing bound)
+//!        ─▶ Gateway ─▶ bind listen (+ admin_listen) ─▶ accept loops (HTTP/1.1 + h2c, upgrades)
+//!        ─▶ Reloader: file watch + SIGHUP (reload = "watch"), SIGHUP only ("signal"), none ("off")
+//! SIGTERM / SIGINT ─▶ stop accepting ─▶ in-flight requests finish (bounded) ─▶ exit 0
+//! ```
+
+pub mod admin;
+pub mod listener;
+pub mod reload;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::authz::snapshot::Loaded;
+use crate::commands::cli::{ExitStatus, ServeArgs};
+use crate::config::problem::Problems;
+use crate::config::Reload;
+use crate::proxy::response::Body;
+use crate::proxy::Gateway;
+use crate::serve::admin::Admin;
+use crate::serve::listener::{serve_http, Limits};
+use crate::serve::reload::Reloader;
+
+/// Runs `serve` until a shutdown signal.
+pub async fn run(args: &ServeArgs) -> ExitStatus {
+    match run_inner(&args.config.config).await {
+        Ok(()) => ExitStatus::Ok,
+        Err(message) => {
+            eprint!("{message}");
+            ExitStatus::Error
+        }
+    }
+}
+
+async fn run_inner(config_path: &std::path::Path) -> Result<(), String> {
+    let (gateway, config) = load(config_path).map_err(|p| p.to_string())?;
+    let server = config
+        .server
+        .clone()
+        .ok_or("`serve` needs a [server] section\n")?;
+    let listener = TcpListener::bind(server.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}\n", server.listen))?;
+    let admin_listener = match server.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}\n"))?,
+        ),
+        None => None,
+    };
+    let reloader = Reloader::new(config.clone(), gateway.clone());
+    let mode = config.policy.reload;
+    let background = match mode {
+        Reload::Watch => vec![reloader.spawn_watch(), reloader.spawn_sighup()],
+        Reload::Signal => vec![reloader.spawn_sighup()],
+        Reload::Off => Vec::new(),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let admin = admin_listener.zip(admin_addr).map(|(l, addr)| {
+        let admin = Arc::new(Admin::new(
+            gateway.clone(),
+            reloader.clone(),
+            mode,
+            addr,
+            &server.admin_hosts,
+        ));
+        let stopped = stopped(stop_rx.clone());
+        let limits = Limits::new(&server, Arc::default());
+        tokio::spawn(serve_http(
+            l,
+            move |req, _| admin.clone().handle(req),
+            stopped,
+            limits,
+        ))
+    });
+    log_start(&listener, admin_addr, &gateway);
+    let limits = gateway.limits().clone();
+    serve_http(
+        listener,
+        gateway_handler(gateway),
+        async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        },
+        limits,
+    )
+    .await;
+    for task in background {
+        task.abort();
+    }
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+    tracing::info!("iotgate stopped");
+    Ok(())
+}
+
+fn log_start(listener: &TcpListener, admin: Option<SocketAddr>, gateway: &Gateway) {
+    let snapshot = gateway.snapshot();
+    for warning in &snapshot.routes.warnings {
+        tracing::warn!(%warning, "route table");
+    }
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let admin = admin.map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(
+        listen = bound.as_str(),
+        admin = admin.as_str(),
+        policy_version = &*snapshot.policy_version,
+        directory_version = &*snapshot.directory_version,
+        routes = snapshot.routes.routes().len(),
+        entities = snapshot.directory.len(),
+        "iotgate serving"
+    );
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Loads config, snapshot and keys into a gateway.
+///
+/// # Errors
+/// Every problem found.
+pub fn load(config: &std::path::Path) -> Result<(Arc<Gateway>, crate::config::Config), Problems> {
+    let Loaded {
+        config,
+        snapshot,
+        verifier,
+    } = Loaded::load(config)?;
+    let gateway = Gateway::new(&config, snapshot, verifier)?;
+    Ok((Arc::new(gateway), config))
+}
+
+/// The request handler of a gateway.
+pub fn gateway_handler(
+    gateway: Arc<Gateway>,
+) -> impl Fn(
+    Request<Incoming>,
+    SocketAddr,
+) -> std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    move |request, peer| {
+        let gateway = gateway.clone();
+        Box::pin(async move { gateway.handle(request, peer).await })
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// A gateway serving in the background (tests, `demo`).
+#[derive(Debug)]
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Serves `gateway` on `listener` in a background task.
+    ///
+    /// # Errors
+    /// The listener has no local address.
+    pub fn start(listener: TcpListener, gateway: Arc<Gateway>) -> std::io::Result<Running> {
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let limits = gateway.limits().clone();
+        let task = tokio::spawn(serve_http(
+            listener,
+            gateway_handler(gateway),
+            async {
+                let _ = stopped.await;
+            },
+            limits,
+        ));
+        Ok(Running { addr, stop, task })
+    }
+
+    /// Stops accepting and waits for in-flight requests.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}

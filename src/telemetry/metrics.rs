@@ -1,0 +1,375 @@
+//! Counters of the serving path, rendered in the Prometheus text format on `/metrics`.
+//!
+//! ```text
+//! proxy ──record_request(route template, status)──┐
+//!       ──record_decision(allow|deny, latency)────┤
+//!       ──record_upstream_error / shadow ─────────┼─▶ Metrics ──render()──▶ text/plain; version=0.0.4
+//! reload ──record_reload(ok)───────────────────────┘      (+ cache stats passed in)
+//! ```
+//!
+//! Requests are labelled by route template, never by raw path.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::authz::cache::Stats;
+
+/// Upper bounds (seconds) of the decision latency histogram.
+const BUCKETS: [f64; 12] = [
+    0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.05,
+];
+
+/// All counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// route template → status → count (looked up by `&str`: no allocation per request)
+    requests: RwLock<HashMap<String, HashMap<u16, AtomicU64>>>,
+    allowed: AtomicU64,
+    denied: AtomicU64,
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_micros: AtomicU64,
+    upstream_unreachable: AtomicU64,
+    upstream_timeout: AtomicU64,
+    reload_ok: AtomicU64,
+    reload_failed: AtomicU64,
+    shadow_disagreements: AtomicU64,
+    client_aborts: AtomicU64,
+    connections: Arc<Connections>,
+}
+
+/// Connection counters, shared with the accept loop.
+#[derive(Debug, Default)]
+pub struct Connections {
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections that had to wait because `max_connections` were open.
+    pub limited: AtomicU64,
+    /// Failed `accept` calls.
+    pub accept_errors: AtomicU64,
+    /// Connections closed for idling.
+    pub idle_closed: AtomicU64,
+}
+
+/// Kinds of upstream failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// Refused, reset, TLS...
+    Unreachable,
+    /// No answer in time.
+    Timeout,
+}
+
+fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Metrics {
+    /// Counts a finished request by route template (`-` when none matched) and status.
+    pub fn record_request(&self, route: &str, status: u16) {
+        if let Ok(map) = self.requests.read() {
+            if let Some(counter) = map.get(route).and_then(|by_status| by_status.get(&status)) {
+                inc(counter);
+                return;
+            }
+        }
+        if let Ok(mut map) = self.requests.write() {
+            inc(map
+                .entry(route.to_string())
+                .or_default()
+                .entry(status)
+                .or_default());
+        }
+    }
+
+    /// Counts a decision and its latency.
+    pub fn record_decision(&self, allowed: bool, latency: Duration) {
+        inc(if allowed { &self.allowed } else { &self.denied });
+        let secs = latency.as_secs_f64();
+        for (bound, counter) in BUCKETS.iter().zip(&self.latency_buckets) {
+            if secs <= *bound {
+                inc(counter);
+            }
+        }
+        inc(&self.latency_count);
+        self.latency_micros.fetch_add(
+            latency.as_micros().try_into().unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Counts an upstream failure.
+    pub fn record_upstream_error(&self, kind: UpstreamFailure) {
+        inc(match kind {
+            UpstreamFailure::Unreachable => &self.upstream_unreachable,
+            UpstreamFailure::Timeout => &self.upstream_timeout,
+        });
+    }
+
+    /// Counts a reload attempt.
+    pub fn record_reload(&self, ok: bool) {
+        inc(if ok {
+            &self.reload_ok
+        } else {
+            &self.reload_failed
+        });
+    }
+
+    /// Counts a decision the shadow policies would have made differently.
+    pub fn record_shadow_disagreement(&self) {
+        inc(&self.shadow_disagreements);
+    }
+
+    /// Counts a request whose client went away before its answer, or whose body failed.
+    pub fn record_client_abort(&self) {
+        inc(&self.client_aborts);
+    }
+
+    /// The connection counters, for the accept loop.
+    pub fn connections(&self) -> Arc<Connections> {
+        self.connections.clone()
+    }
+
+    /// Shadow disagreements so far.
+    pub fn shadow_disagreements(&self) -> u64 {
+        self.shadow_disagreements.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, decisions: Stats, tokens: Stats) -> String {
+        let mut out = String::new();
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut requests: Vec<(String, u64)> = self
+            .requests
+            .read()
+            .map(|m| {
+                m.iter()
+                    .flat_map(|(route, by_status)| {
+                        by_status.iter().map(move |(status, c)| (route, status, c))
+                    })
+                    .map(|(route, status, c)| {
+                        (
+                            format!("{{route=\"{}\",status=\"{status}\"}}", escape(route)),
+                            get(c),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        requests.sort();
+        family(
+            &mut out,
+            "iotgate_requests_total",
+            "counter",
+            "Requests by route template and status.",
+            requests,
+        );
+        family(
+            &mut out,
+            "iotgate_decisions_total",
+            "counter",
+            "Decisions by result.",
+            vec![
+                ("{decision=\"allow\"}".into(), get(&self.allowed)),
+                ("{decision=\"deny\"}".into(), get(&self.denied)),
+            ],
+        );
+        let mut latency: Vec<(String, u64)> = BUCKETS
+            .iter()
+            .zip(&self.latency_buckets)
+            .map(|(b, c)| (format!("_bucket{{le=\"{b}\"}}"), get(c)))
+            .collect();
+        latency.push(("_bucket{le=\"+Inf\"}".into(), get(&self.latency_count)));
+        latency.push(("_count".into(), get(&self.latency_count)));
+        family(
+            &mut out,
+            "iotgate_decision_duration_seconds",
+            "histogram",
+            "Time to decide (authentication to verdict).",
+            latency,
+        );
+        let _ = writeln!(
+            out,
+            "iotgate_decision_duration_seconds_sum {}",
+            get(&self.latency_micros) as f64 / 1e6
+        );
+        for (cache, s) in [("decision", decisions), ("token", tokens)] {
+            family(
+                &mut out,
+                &format!("iotgate_{cache}_cache_hits_total"),
+                "counter",
+                "Cache hits.",
+                vec![(String::new(), s.hits)],
+            );
+            family(
+                &mut out,
+                &format!("iotgate_{cache}_cache_misses_total"),
+                "counter",
+                "Cache misses.",
+                vec![(String::new(), s.misses)],
+            );
+            family(
+                &mut out,
+                &format!("iotgate_{cache}_cache_evictions_total"),
+                "counter",
+                "Entries evicted for size or age.",
+                vec![(String::new(), s.evictions)],
+            );
+        }
+        family(
+            &mut out,
+            "iotgate_reloads_total",
+            "counter",
+            "Snapshot reload attempts by result.",
+            vec![
+                ("{result=\"success\"}".into(), get(&self.reload_ok)),
+                ("{result=\"failure\"}".into(), get(&self.reload_failed)),
+            ],
+        );
+        family(
+            &mut out,
+            "iotgate_upstream_errors_total",
+            "counter",
+            "Upstream failures by kind.",
+            vec![
+                (
+                    "{kind=\"unreachable\"}".into(),
+                    get(&self.upstream_unreachable),
+                ),
+                ("{kind=\"timeout\"}".into(), get(&self.upstream_timeout)),
+            ],
+        );
+        family(
+            &mut out,
+            "iotgate_shadow_disagreements_total",
+            "counter",
+            "Decisions the shadow policies would have made differently.",
+            vec![(String::new(), get(&self.shadow_disagreements))],
+        );
+        let c = &self.connections;
+        let single = [
+            (
+                "iotgate_client_aborts_total",
+                "counter",
+                "Requests whose client went away or whose body failed before the answer.",
+                get(&self.client_aborts),
+            ),
+            (
+                "iotgate_decision_cache_bytes",
+                "gauge",
+                "Estimated bytes held by the decision cache.",
+                decisions.bytes,
+            ),
+            (
+                "iotgate_connections_open",
+                "gauge",
+                "Client connections open now.",
+                get(&c.open),
+            ),
+            (
+                "iotgate_connections_limited_total",
+                "counter",
+                "Connections that waited because max_connections were open.",
+                get(&c.limited),
+            ),
+            (
+                "iotgate_connections_idle_closed_total",
+                "counter",
+                "Connections closed after idle_timeout_seconds.",
+                get(&c.idle_closed),
+            ),
+            (
+                "iotgate_accept_errors_total",
+                "counter",
+                "Failed accepts.",
+                get(&c.accept_errors),
+            ),
+        ];
+        for (name, kind, help, value) in single {
+            family(&mut out, name, kind, help, vec![(String::new(), value)]);
+        }
+        out
+    }
+}
+
+/// One metric family: HELP and TYPE lines, then its samples.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{labels} {v}");
+    }
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendering_has_every_family_and_counts() {
+        let m = Metrics::default();
+        m.record_request("GET /v1/users/{owner}/devices", 200);
+        m.record_request("GET /v1/users/{owner}/devices", 200);
+        m.record_request("-", 404);
+        m.record_decision(true, Duration::from_micros(30));
+        m.record_decision(false, Duration::from_micros(3));
+        m.record_upstream_error(UpstreamFailure::Timeout);
+        m.record_reload(true);
+        m.record_reload(false);
+        m.record_shadow_disagreement();
+        m.record_client_abort();
+        let s = Stats {
+            hits: 4,
+            misses: 2,
+            evictions: 1,
+            entries: 3,
+            bytes: 700,
+        };
+        let text = m.render(
+            s,
+            Stats {
+                hits: 0,
+                misses: 0,
+                evictions: 0,
+                entries: 0,
+                bytes: 0,
+            },
+        );
+        for line in [
+            "iotgate_requests_total{route=\"GET /v1/users/{owner}/devices\",status=\"200\"} 2",
+            "iotgate_requests_total{route=\"-\",status=\"404\"} 1",
+            "iotgate_decisions_total{decision=\"allow\"} 1",
+            "iotgate_decisions_total{decision=\"deny\"} 1",
+            "iotgate_decision_duration_seconds_bucket{le=\"0.000005\"} 1",
+            "iotgate_decision_duration_seconds_bucket{le=\"0.00005\"} 2",
+            "iotgate_decision_duration_seconds_bucket{le=\"+Inf\"} 2",
+            "iotgate_decision_duration_seconds_count 2",
+            "iotgate_decision_cache_hits_total 4",
+            "iotgate_decision_cache_misses_total 2",
+            "iotgate_decision_cache_evictions_total 1",
+            "iotgate_reloads_total{result=\"success\"} 1",
+            "iotgate_reloads_total{result=\"failure\"} 1",
+            "iotgate_upstream_errors_total{kind=\"timeout\"} 1",
+            "iotgate_shadow_disagreements_total 1",
+            "iotgate_client_aborts_total 1",
+            "iotgate_decision_cache_bytes 700",
+            "iotgate_connections_open 0",
+            "# TYPE iotgate_decision_duration_seconds histogram",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in\n{text}"
+            );
+        }
+    }
+}
