@@ -13,7 +13,7 @@ fn main() -> ExitStatus {
         Command::Token(args) => iotgate::commands::token(args, &mut out),
         Command::Serve(args) => {
             iotgate::telemetry::init(cli.log_format);
-            runtime().map(|rt| rt.block_on(iotgate::serve::run(args)))
+            runtime().map(|rt| rt.block_on(iotgate::commands::serve(args)))
         }
         Command::Demo => {
             iotgate::telemetry::init(cli.log_format);

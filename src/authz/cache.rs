@@ -19,7 +19,7 @@ use moka::notification::RemovalCause;
 use moka::sync::Cache;
 
 use crate::authn::Identity;
-use crate::authz::index::{Verdict, Verdicts};
+use crate::authz::evaluate::{Verdict, Verdicts};
 use crate::config::CacheConfig;
 use crate::model::routes::Resolved;
 

@@ -25,7 +25,7 @@ use smol_str::SmolStr;
 
 use crate::authn::{AuthError, Claims, Identity, Verifier};
 use crate::authz::cache::{Caches, DecisionKey, TokenCache};
-use crate::authz::index::{self, Verdict, Verdicts};
+use crate::authz::evaluate::{self, Verdict, Verdicts};
 use crate::authz::snapshot::Snapshot;
 use crate::model::cedar_core::{self, CoreEntity};
 use crate::model::directory::{Directory, NodeRef};
@@ -417,7 +417,7 @@ pub fn authorize(
             &resolved.resource,
             &resource_ancestors,
         );
-        index::evaluate(&buckets, &policies.set, &request, &entities)
+        evaluate::evaluate(&buckets, &policies.set, &request, &entities)
     };
     Ok(Verdicts {
         live: decide(&snapshot.policies),

@@ -1,11 +1,12 @@
 //! Authorization: one request in, one decision out.
 //!
 //! ```text
-//! snapshot (model + versions) ──decision::begin/decide──▶ entity slice ──index──▶ candidate
-//!   policy sets ──Cedar──▶ Verdict ──▶ Decision          (cache: decisions and tokens)
+//! snapshot (model + versions) ──decision::begin/decide──▶ entity slice ──model::index──▶
+//!   candidate policy sets ──evaluate (Cedar)──▶ Verdict ──▶ Decision
+//!   (cache: decisions and tokens)
 //! ```
 
 pub mod cache;
 pub mod decision;
-pub mod index;
+pub mod evaluate;
 pub mod snapshot;

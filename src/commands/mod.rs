@@ -10,8 +10,19 @@ use serde_json::Value;
 
 use crate::authn::{now, Signer};
 use crate::authz::snapshot::Loaded;
-use crate::commands::cli::{parse_claims, parse_ttl, ConfigArg, ExitStatus, TokenArgs};
+use crate::commands::cli::{parse_claims, parse_ttl, ConfigArg, ExitStatus, ServeArgs, TokenArgs};
 use crate::config::Config;
+
+/// `serve`: runs the gateway until a shutdown signal; load problems are printed (exit 2).
+pub async fn serve(args: &ServeArgs) -> ExitStatus {
+    match crate::serve::run(&args.config.config).await {
+        Ok(()) => ExitStatus::Ok,
+        Err(message) => {
+            eprint!("{message}");
+            ExitStatus::Error
+        }
+    }
+}
 
 /// `validate`: loads config, keys, schema, routes, policies and directory; prints every
 /// problem (exit 2) or a summary (exit 0).

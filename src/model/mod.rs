@@ -9,6 +9,7 @@
 
 pub mod cedar_core;
 pub mod directory;
+pub mod index;
 pub mod license;
 pub mod policy;
 pub mod routes;

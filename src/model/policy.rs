@@ -16,10 +16,10 @@ use std::str::FromStr;
 
 use cedar_policy::{PolicyId, PolicySet, ValidationMode, Validator};
 
-use crate::authz::index::PolicyIndex;
 use crate::config::diagnostic;
 use crate::config::files::files_with_extension;
 use crate::config::problem::{read_text, LineCounter, Problem, Problems};
+use crate::model::index::PolicyIndex;
 use crate::model::schema::Catalog;
 
 /// How many entity dereferences a policy may chain (see the module docs).

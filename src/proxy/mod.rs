@@ -30,9 +30,8 @@ use crate::authz::decision::{
 };
 use crate::authz::snapshot::Snapshot;
 use crate::config::problem::{Problem, Problems};
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::proxy::response::{full, Body, BoxError, Failure, UpstreamError, REQUEST_ID};
-use crate::serve::listener::Limits;
 use crate::telemetry;
 use crate::telemetry::metrics::{Metrics, UpstreamFailure};
 
@@ -50,7 +49,7 @@ pub struct Gateway {
     max_body: usize,
     trusted_proxies: Vec<ipnet::IpNet>,
     forward_cookies: bool,
-    limits: Limits,
+    server: ServerConfig,
     /// Milliseconds since the epoch of the upstream's last answer (0: never).
     upstream_answered: AtomicU64,
 }
@@ -69,13 +68,12 @@ impl Gateway {
             Problem::in_file(config.source.path(), "`serve` needs a [server] section")
         })?;
         let metrics = Metrics::default();
-        let limits = Limits::new(server, metrics.connections());
         Ok(Gateway {
             verifier,
             snapshot: ArcSwap::from_pointee(snapshot),
             caches: Caches::new(&config.cache),
             metrics,
-            limits,
+            server: server.clone(),
             upstream: Upstream::new(server)?,
             max_body: server.max_body_bytes,
             trusted_proxies: server.trusted_proxies.clone(),
@@ -101,9 +99,9 @@ impl Gateway {
         &self.metrics
     }
 
-    /// The client listener's connection limits.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
+    /// The `[server]` section it serves.
+    pub fn server(&self) -> &ServerConfig {
+        &self.server
     }
 
     /// The caches.

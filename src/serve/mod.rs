@@ -22,7 +22,6 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::authz::snapshot::Loaded;
-use crate::commands::cli::{ExitStatus, ServeArgs};
 use crate::config::problem::Problems;
 use crate::config::Reload;
 use crate::proxy::response::Body;
@@ -31,18 +30,11 @@ use crate::serve::admin::Admin;
 use crate::serve::listener::{serve_http, Limits};
 use crate::serve::reload::Reloader;
 
-/// Runs `serve` until a shutdown signal.
-pub async fn run(args: &ServeArgs) -> ExitStatus {
-    match run_inner(&args.config.config).await {
-        Ok(()) => ExitStatus::Ok,
-        Err(message) => {
-            eprint!("{message}");
-            ExitStatus::Error
-        }
-    }
-}
-
-async fn run_inner(config_path: &std::path::Path) -> Result<(), String> {
+/// Runs `serve` with the config at `config_path` until a shutdown signal.
+///
+/// # Errors
+/// Every load problem, or a listener that cannot bind, as the text to print.
+pub async fn run(config_path: &std::path::Path) -> Result<(), String> {
     let (gateway, config) = load(config_path).map_err(|p| p.to_string())?;
     let server = config
         .server
@@ -86,7 +78,7 @@ async fn run_inner(config_path: &std::path::Path) -> Result<(), String> {
         ))
     });
     log_start(&listener, admin_addr, &gateway);
-    let limits = gateway.limits().clone();
+    let limits = Limits::new(gateway.server(), gateway.metrics().connections());
     serve_http(
         listener,
         gateway_handler(gateway),
@@ -202,7 +194,7 @@ impl Running {
     pub fn start(listener: TcpListener, gateway: Arc<Gateway>) -> std::io::Result<Running> {
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let limits = gateway.limits().clone();
+        let limits = Limits::new(gateway.server(), gateway.metrics().connections());
         let task = tokio::spawn(serve_http(
             listener,
             gateway_handler(gateway),

@@ -9,6 +9,7 @@
 mod attacks;
 mod cli;
 mod differential;
+mod layers;
 mod operations;
 mod process;
 mod profiles;

@@ -8,9 +8,8 @@
 //!          through the action groups, or unconstrained); a smaller one: a single set
 //! request: principal sides {Any, Eq(p), In(p), In(a) for a in ancestors(p)}
 //!        × resource sides  {Any, Eq(r), In(r), In(a) for a in ancestors(r)}
-//!          ──present buckets only, the request action's set──▶ evaluate each on the same
-//!          request and entity slice
-//!          ──combine──▶ Verdict
+//!          ──present buckets only, the request action's set──▶ `authz::evaluate` runs
+//!          each on the same request and entity slice and combines them into a Verdict
 //! ```
 //!
 //! Why the combination equals evaluating the whole set: Cedar evaluates every policy on its
@@ -27,8 +26,7 @@
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Decision as CedarDecision, Entities, EntityUid, Policy, PolicyId,
-    PolicySet, PrincipalConstraint, Request, ResourceConstraint,
+    ActionConstraint, EntityUid, Policy, PolicySet, PrincipalConstraint, ResourceConstraint,
 };
 
 use crate::model::schema::Catalog;
@@ -226,73 +224,4 @@ fn sides(uid: &EntityUid, ancestors: &[EntityUid], used: &HashSet<Side>) -> Vec<
         add(Side::In(a.clone()));
     }
     out
-}
-
-/// The outcome of evaluating one policy set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    /// Allowed (Cedar allowed and reported no error).
-    pub allowed: bool,
-    /// Determining policy ids, sorted.
-    pub reasons: Vec<String>,
-    /// `@reason`s of the determining policies.
-    pub explanations: Vec<String>,
-    /// Evaluation errors.
-    pub errors: Vec<String>,
-}
-
-/// Live and (when configured) shadow verdicts of one decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdicts {
-    /// The enforced one.
-    pub live: Verdict,
-    /// The candidate policy set's, never enforced.
-    pub shadow: Option<Verdict>,
-}
-
-/// Evaluates the candidate buckets and combines them as one policy set would decide.
-/// `all` is the whole set, for the `@reason` annotations of the determining policies.
-pub fn evaluate(
-    buckets: &[&PolicySet],
-    all: &PolicySet,
-    request: &Request,
-    entities: &Entities,
-) -> Verdict {
-    let authorizer = Authorizer::new();
-    let (mut forbids, mut permits, mut errors): (Vec<PolicyId>, Vec<PolicyId>, Vec<String>) =
-        Default::default();
-    for bucket in buckets {
-        let response = authorizer.is_authorized(request, bucket, entities);
-        errors.extend(response.diagnostics().errors().map(ToString::to_string));
-        let reasons = response.diagnostics().reason().cloned();
-        match response.decision() {
-            CedarDecision::Allow => permits.extend(reasons),
-            CedarDecision::Deny => forbids.extend(reasons),
-        }
-    }
-    errors.sort();
-    forbids.sort();
-    permits.sort();
-    let cedar_allows = forbids.is_empty() && !permits.is_empty();
-    let allowed = cedar_allows && errors.is_empty();
-    let ids = if !forbids.is_empty() {
-        forbids
-    } else if allowed {
-        permits
-    } else {
-        Vec::new()
-    };
-    let explanations = if allowed {
-        Vec::new()
-    } else {
-        ids.iter()
-            .filter_map(|id| all.annotation(id, "reason").map(|r| format!("{id}: {r}")))
-            .collect()
-    };
-    Verdict {
-        allowed,
-        reasons: ids.iter().map(ToString::to_string).collect(),
-        explanations,
-        errors,
-    }
 }
