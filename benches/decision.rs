@@ -192,6 +192,7 @@ fn bench_one(
             method: &method,
             uri: &uri,
             headers: &headers,
+            has_body: false,
         };
         match decision::begin(
             &loaded.snapshot,

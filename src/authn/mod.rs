@@ -174,7 +174,7 @@ impl Verifier {
     /// # Errors
     /// Any [`AuthError`] but the extraction ones.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        refuse_critical(token)?;
+        check_segments(token)?;
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         let validation = self
@@ -259,18 +259,21 @@ fn bearer(value: &http::HeaderValue) -> Result<&str, AuthError> {
     Ok(token)
 }
 
-/// Refuses a token whose header has `crit` (read from the raw header: the JWT library
-/// does not look at it).
-fn refuse_critical(token: &str) -> Result<(), AuthError> {
+/// Reads the token's header and claims strictly before the JWT library does: each must be
+/// one JSON object with no repeated key (`{"usr":"bob","usr":"olivia"}` reads as either
+/// account, depending on the parser), and the header must not have `crit` (iotgate
+/// implements no extension; the library does not look at it).
+fn check_segments(token: &str) -> Result<(), AuthError> {
     use base64::Engine;
-    let encoded = token.split('.').next().unwrap_or_default();
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(encoded)
-        .map_err(|e| AuthError::Malformed(e.to_string()))?;
-    let header: Map<String, Value> =
-        serde_json::from_slice(&raw).map_err(|e| AuthError::Malformed(e.to_string()))?;
-    if header.contains_key("crit") {
-        return Err(AuthError::Critical);
+    let mut parts = token.split('.');
+    for (part, is_header) in [(parts.next(), true), (parts.next(), false)] {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part.unwrap_or_default())
+            .map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let object = crate::request::json::object(&raw).map_err(AuthError::Malformed)?;
+        if is_header && object.contains_key("crit") {
+            return Err(AuthError::Critical);
+        }
     }
     Ok(())
 }

@@ -214,6 +214,27 @@ fn time_claims_are_numbers_read_to_the_second() {
 }
 
 #[test]
+fn repeated_claims_are_refused() {
+    use base64::Engine;
+    let v = secret_verifier("");
+    let b64 = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
+    let secret = String::from_utf8(key_file("hs.secret")).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes());
+    let signed = |claims: &str| {
+        let message = format!("{}.{}", b64(r#"{"alg":"HS256","typ":"JWT"}"#), b64(claims));
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{message}.{sig}")
+    };
+    let exp = now() + 60;
+    let fine = signed(&format!(r#"{{"usr":"bob","exp":{exp}}}"#));
+    assert_eq!(v.verify(&fine).unwrap().principal, "bob");
+    let twice = signed(&format!(r#"{{"usr":"bob","usr":"olivia","exp":{exp}}}"#));
+    assert!(
+        matches!(v.verify(&twice), Err(AuthError::Malformed(m)) if m.contains("duplicate key `usr`"))
+    );
+}
+
+#[test]
 fn critical_header_extensions_are_refused() {
     let v = secret_verifier("");
     let secret = key_file("hs.secret");

@@ -44,6 +44,8 @@ pub struct RequestHead<'a> {
     pub uri: &'a http::Uri,
     /// Headers (for the token).
     pub headers: &'a http::HeaderMap,
+    /// Whether a body follows (a `GET` or `HEAD` with one is refused).
+    pub has_body: bool,
 }
 
 /// How the request's identity is established.
@@ -99,6 +101,13 @@ pub enum BadRequest {
     /// The body is not a JSON object, or repeats a key.
     #[error("body is not a JSON object without repeated keys: {0}")]
     Body(String),
+    /// The body could not be read (the client went away, bad chunking).
+    #[error("body could not be read: {0}")]
+    BodyRead(String),
+    /// A `GET` or `HEAD` with a body: an upstream that ignores it would read it as the next
+    /// request on the connection.
+    #[error("a {0} request carries no body")]
+    BodyNotAllowed(http::Method),
     /// A header the decision relies on is named by `Connection`.
     #[error(transparent)]
     Header(#[from] HeaderError),
@@ -228,10 +237,21 @@ pub fn begin<'s>(
     caches: Option<&'s Caches>,
 ) -> Result<Pending<'s>, Box<Decision>> {
     let mut decision = Decision::new(snapshot);
-    headers::connection_names(head.headers, verifier.query_parameter())
-        .map_err(|e| decision.clone().boxed(Rejection::BadRequest(e.into())))?;
-    uri::check_query(head.uri.query())
-        .map_err(|e| decision.clone().boxed(Rejection::BadRequest(e.into())))?;
+    if head.has_body && matches!(*head.method, http::Method::GET | http::Method::HEAD) {
+        let refused = BadRequest::BodyNotAllowed(head.method.clone());
+        return Err(decision.boxed(Rejection::BadRequest(refused)));
+    }
+    let token_parameter = verifier.query_parameter();
+    let framing = headers::check_head(head.headers, token_parameter)
+        .map_err(BadRequest::from)
+        .and_then(|()| {
+            uri::check_query(head.uri.query(), token_parameter).map_err(BadRequest::from)
+        })
+        .and_then(|()| {
+            headers::second_credential(head.headers, head.uri.query(), token_parameter)
+                .map_err(BadRequest::from)
+        });
+    framing.map_err(|e| decision.clone().boxed(Rejection::BadRequest(e)))?;
     let query = Query::new(head.uri.query());
     let identity = match credentials {
         Credentials::Token => verifier

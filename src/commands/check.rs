@@ -97,6 +97,7 @@ impl Probe {
             method: &self.method,
             uri: &self.uri,
             headers: &self.headers,
+            has_body: self.body.is_some(),
         };
         match decision::begin(
             &loaded.snapshot,

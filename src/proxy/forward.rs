@@ -198,12 +198,13 @@ pub fn rewrite(
     stamp: Stamp<'_>,
     websocket: bool,
 ) -> Result<Request<Body>, UpstreamError> {
-    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // the target's authority (HTTP/2 `:authority`, an absolute-form target) wins over
+    // `Host`, as RFC 9112 §3.2.2 says
+    let original_host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(header::HOST).cloned());
     let named: Vec<String> = crate::request::headers::connection_tokens(&parts.headers).collect();
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 8);
     let mut name = None;

@@ -222,6 +222,7 @@ impl Gateway {
             method: &parts.method,
             uri: &parts.uri,
             headers: &parts.headers,
+            has_body: !body.is_end_stream(),
         };
         let pending = match decision::begin(
             snapshot,
@@ -248,7 +249,7 @@ impl Gateway {
             }
             Err(BodyError::TooLarge) => (pending.reject(Rejection::BodyTooLarge), stream, None),
             Err(BodyError::Read(e)) => (
-                pending.reject(Rejection::BadRequest(BadRequest::Body(e))),
+                pending.reject(Rejection::BadRequest(BadRequest::BodyRead(e))),
                 stream,
                 None,
             ),

@@ -27,10 +27,17 @@ pub const HOP_BY_HOP: [&str; 10] = [
     "http2-settings",
 ];
 
-/// Headers with which a client could make the upstream act on another method, path or
-/// client address than the one decided. Always removed; iotgate sets its own
+/// Headers with which a client could make the upstream act on another method, path,
+/// client address or credential than the one decided. Always removed; iotgate sets its own
 /// `X-Forwarded-*` (keeping a trusted proxy's).
-const SPOOFABLE: [&str; 13] = [
+const SPOOFABLE: [&str; 19] = [
+    // credentials of other schemes: the verified token is the one credential forwarded
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-access-token",
+    "x-authorization",
+    "x-amz-security-token",
     "x-original-url",
     "x-original-uri",
     "x-original-method",
@@ -67,6 +74,13 @@ pub enum HeaderError {
     /// `Connection` names a header the decision reads.
     #[error("`Connection` names `{0}`, which iotgate reads")]
     ConnectionNames(String),
+    /// More than one `Host` (RFC 9112 §3.2: answered 400).
+    #[error("more than one `Host` header")]
+    Hosts,
+    /// A token-shaped value besides the one iotgate verifies: the upstream could
+    /// authenticate the request as someone else.
+    #[error("a second credential in {0}")]
+    SecondCredential(String),
     /// A body read for the decision is not JSON.
     #[error("body of type `{0}` cannot be read; send application/json")]
     MediaType(String),
@@ -96,15 +110,15 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + 
         .filter(|t| !t.is_empty())
 }
 
-/// Refuses a `Connection` header that names a header the decision relies on, or the
-/// query parameter that carries tokens (`token_parameter`).
+/// Refuses several `Host` headers, and a `Connection` header that names a header the
+/// decision relies on or the query parameter that carries tokens (`token_parameter`).
 ///
 /// # Errors
-/// [`HeaderError::ConnectionNames`].
-pub fn connection_names(
-    headers: &HeaderMap,
-    token_parameter: Option<&str>,
-) -> Result<(), HeaderError> {
+/// [`HeaderError::Hosts`], [`HeaderError::ConnectionNames`].
+pub fn check_head(headers: &HeaderMap, token_parameter: Option<&str>) -> Result<(), HeaderError> {
+    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(HeaderError::Hosts);
+    }
     let parameter = token_parameter.map(canonical);
     for token in connection_tokens(headers) {
         let name = canonical(&token);
@@ -116,6 +130,60 @@ pub fn connection_names(
         }
     }
     Ok(())
+}
+
+/// Refuses a request that carries a JWT-shaped value anywhere but where iotgate reads its
+/// token (`Authorization`, the `token_parameter` in any case): in another header
+/// (`X-Api-Key`, `Sec-WebSocket-Protocol`, ...) or another query parameter's name or value.
+/// `Cookie` is not forwarded (unless the operator opts in) and so not looked at.
+///
+/// # Errors
+/// [`HeaderError::SecondCredential`] naming where it was.
+pub fn second_credential(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    token_parameter: Option<&str>,
+) -> Result<(), HeaderError> {
+    for (name, value) in headers {
+        if name != header::AUTHORIZATION && name != header::COOKIE && has_jwt(value.as_bytes()) {
+            return Err(HeaderError::SecondCredential(format!("header `{name}`")));
+        }
+    }
+    for (name, value) in query
+        .into_iter()
+        .flat_map(crate::request::uri::decoded_pairs)
+    {
+        let is_token = token_parameter.is_some_and(|t| t.eq_ignore_ascii_case(&name));
+        if has_jwt(name.as_bytes()) || (!is_token && has_jwt(value.as_bytes())) {
+            let name: String = name.chars().take(32).collect();
+            return Err(HeaderError::SecondCredential(format!(
+                "query parameter `{name}`"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `text` holds a JWT: `eyJ` (a base64url JSON header) and base64url runs joined by
+/// two dots.
+fn has_jwt(text: &[u8]) -> bool {
+    let b64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
+    let run = |from: usize| text[from..].iter().take_while(|b| b64(b)).count();
+    let mut from = 0;
+    while let Some(at) = text[from..].windows(3).position(|w| w == b"eyJ") {
+        let start = from + at;
+        let header = run(start);
+        let claims_at = start + header + 1;
+        let dot = |i: usize| text.get(i) == Some(&b'.');
+        if header >= 8 && dot(start + header) && claims_at < text.len() {
+            let claims = run(claims_at);
+            if claims >= 2 && dot(claims_at + claims) {
+                return true;
+            }
+        }
+        from = start + 3;
+    }
+    false
 }
 
 /// Checks that a body iotgate reads is what it parses: `application/json` or
@@ -203,16 +271,54 @@ mod tests {
             "Authorization",
         ] {
             let h = headers(&[("connection", bad)]);
-            assert!(
-                connection_names(&h, Some("authorization")).is_err(),
-                "{bad}"
-            );
+            assert!(check_head(&h, Some("authorization")).is_err(), "{bad}");
         }
         let h = headers(&[("connection", "token")]);
-        assert!(connection_names(&h, Some("token")).is_err());
-        assert!(connection_names(&h, None).is_ok());
+        assert!(check_head(&h, Some("token")).is_err());
+        assert!(check_head(&h, None).is_ok());
         let h = headers(&[("connection", "keep-alive, Upgrade, x-trace")]);
-        assert!(connection_names(&h, Some("authorization")).is_ok());
+        assert!(check_head(&h, Some("authorization")).is_ok());
+    }
+
+    #[test]
+    fn second_credentials_anywhere_else_are_refused() {
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJ1c3IiOiJvbGl2aWEifQ.c2ln";
+        assert!(has_jwt(jwt.as_bytes()));
+        assert!(has_jwt(format!("Bearer {jwt}").as_bytes()));
+        for not in [
+            "eyJ",
+            "eyJhbGciOiJIUzI1NiJ9",
+            "eyJhbGciOiJIUzI1NiJ9.x",
+            "thinger.v1",
+            "eyJhbGciOiJIUzI1NiJ9..sig",
+        ] {
+            assert!(!has_jwt(not.as_bytes()), "{not}");
+        }
+        let token = Some("authorization");
+        let ok = headers(&[("authorization", &format!("Bearer {jwt}")), ("cookie", jwt)]);
+        assert_eq!(
+            second_credential(&ok, Some(&format!("Authorization={jwt}&x=1")), token),
+            Ok(())
+        );
+        for (name, value) in [
+            ("x-api-key", jwt.to_string()),
+            ("sec-websocket-protocol", format!("chat, {jwt}")),
+            ("x-custom", format!("Bearer {jwt}")),
+        ] {
+            let h = headers(&[(name, value.as_str())]);
+            assert!(second_credential(&h, None, token).is_err(), "{name}");
+        }
+        let none = HeaderMap::new();
+        for q in [
+            format!("access={jwt}"),
+            "x=%65yJhbGciOiJIUzI1NiJ9.eyJ1c3IiOiJvbGl2aWEifQ.c2ln".to_string(),
+            format!("{jwt}=1"),
+        ] {
+            assert!(second_credential(&none, Some(&q), token).is_err(), "{q}");
+        }
+        assert!(second_credential(&none, Some(&format!("authorization={jwt}")), None).is_err());
+        let two_hosts = headers(&[("host", "a"), ("host", "b")]);
+        assert_eq!(check_head(&two_hosts, None), Err(HeaderError::Hosts));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! Parsers disagree on duplicate keys (`{"role":"user","role":"admin"}`: most keep the last,
 //! some the first; case-insensitive binders also merge `role` and `Role`), so a body with a
 //! key repeated at any depth, in any ASCII case, is refused: iotgate and the upstream must
-//! read the same values. The top level must be an object, since fields read
+//! read the same values. Keys with control characters (`"role\u0000"`, which C-string
+//! servers read as `role`) are refused too. The top level must be an object, since fields read
 //! `{body.a.b}` paths.
 
 use std::fmt;
@@ -93,6 +94,11 @@ impl<'de> Visitor<'de> for Strict {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
+            if key.chars().any(char::is_control) {
+                return Err(de::Error::custom(format_args!(
+                    "key {key:?} has a control character"
+                )));
+            }
             if let Some(other) = out.keys().find(|k| k.eq_ignore_ascii_case(&key)) {
                 return Err(match other == &key {
                     true => de::Error::custom(format_args!("duplicate key `{key}`")),

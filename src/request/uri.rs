@@ -67,17 +67,61 @@ pub enum QueryError {
     /// so they would see parameters iotgate did not.
     #[error("query has a `;` (send it as %3B)")]
     Semicolon,
+    /// A parameter name that is not plain ASCII (`[A-Za-z0-9_.~-]`, after decoding): other
+    /// parsers strip, decode again or fold such names into the ones iotgate reads
+    /// (`??authorization=`, `%2561uthorization=`, `authorization[]=`, `+authorization=`).
+    #[error("query parameter name `{0}` is not plain (letters, digits, `_.~-`)")]
+    Name(String),
+    /// A parameter that carries a credential or a method iotgate does not decide on
+    /// (`access_token`, `api_key`, `_method`).
+    #[error("query parameter `{0}` is not accepted")]
+    Refused(String),
 }
 
-/// Refuses a query that servers could split differently from iotgate.
+/// Query parameters that carry a credential other than the configured one, or override the
+/// method: the upstream would act on them, iotgate would not.
+const REFUSED_PARAMETERS: [&str; 5] = [
+    "access_token",
+    "api_key",
+    "apikey",
+    "_method",
+    "x-http-method-override",
+];
+
+/// Refuses a query that servers could read differently from iotgate: a raw `;`, a name
+/// that is not plain, a name or value that is not valid percent-encoded UTF-8, or a
+/// parameter in [`REFUSED_PARAMETERS`] (in any case) other than `token_parameter`.
 ///
 /// # Errors
-/// [`QueryError::Semicolon`].
-pub fn check_query(raw: Option<&str>) -> Result<(), QueryError> {
-    match raw {
-        Some(q) if q.contains(';') => Err(QueryError::Semicolon),
-        _ => Ok(()),
+/// Any [`QueryError`] but `Repeated`.
+pub fn check_query(raw: Option<&str>, token_parameter: Option<&str>) -> Result<(), QueryError> {
+    let Some(raw) = raw else {
+        return Ok(());
+    };
+    if raw.contains(';') {
+        return Err(QueryError::Semicolon);
     }
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let name =
+            form_decode(k).ok_or_else(|| QueryError::BadEncoding(k.chars().take(32).collect()))?;
+        form_decode(v).ok_or_else(|| QueryError::BadEncoding(name.clone()))?;
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.~-".contains(&b))
+        {
+            return Err(QueryError::Name(name.chars().take(32).collect()));
+        }
+        let refused = REFUSED_PARAMETERS
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(&name))
+            && !token_parameter.is_some_and(|t| t.eq_ignore_ascii_case(&name));
+        if refused {
+            return Err(QueryError::Refused(name));
+        }
+    }
+    Ok(())
 }
 
 /// Splits an absolute path into percent-decoded segments (the root `/` has none).
@@ -224,6 +268,15 @@ impl<'a> Query<'a> {
     }
 }
 
+/// Every `name=value` pair of a query, decoded; pairs that do not decode are left out
+/// ([`check_query`] refuses them first).
+pub fn decoded_pairs(raw: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    raw.split('&').filter(|p| !p.is_empty()).filter_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        Some((form_decode(k)?, form_decode(v)?))
+    })
+}
+
 fn form_decode(raw: &str) -> Option<String> {
     let plus = raw.replace('+', " ");
     String::from_utf8(decode(&plus)?).ok()
@@ -317,12 +370,57 @@ mod tests {
     }
 
     #[test]
-    fn semicolons_in_the_query_are_refused() {
+    fn queries_other_parsers_read_differently_are_refused() {
+        let check = |q: &str| check_query(Some(q), Some("authorization"));
+        assert_eq!(check("a=1;authorization=x"), Err(QueryError::Semicolon));
+        for fine in [
+            "a=1%3Bb",
+            "authorization=x.y.z",
+            "x=1&y=&z",
+            "project=greenhouse&fields=a,b",
+            "a.b_c-d~e=%25",
+            "q=caf%C3%A9",
+        ] {
+            assert_eq!(check(fine), Ok(()), "{fine}");
+        }
+        assert_eq!(check_query(None, None), Ok(()));
+        for name in [
+            "?authorization=x",
+            "%2561uthorization=x",
+            "authorization%00=x",
+            "+authorization=x",
+            "authorization[]=x",
+            "authorization%20=x",
+            "%EF%BD%81uthorization=x",
+            "=x",
+        ] {
+            assert!(
+                matches!(check(name), Err(QueryError::Name(_))),
+                "{name}: {:?}",
+                check(name)
+            );
+        }
+        for bad in ["%C1%A1uthorization=x", "a=%zz", "a=%FF", "%4=1"] {
+            assert!(
+                matches!(check(bad), Err(QueryError::BadEncoding(_))),
+                "{bad}: {:?}",
+                check(bad)
+            );
+        }
+        for refused in [
+            "access_token=x",
+            "Access_Token=x",
+            "_method=DELETE",
+            "api_key=k",
+        ] {
+            assert!(
+                matches!(check(refused), Err(QueryError::Refused(_))),
+                "{refused}"
+            );
+        }
         assert_eq!(
-            check_query(Some("a=1;authorization=x")),
-            Err(QueryError::Semicolon)
+            check_query(Some("access_token=x"), Some("access_token")),
+            Ok(())
         );
-        assert_eq!(check_query(Some("a=1%3Bb")), Ok(()));
-        assert_eq!(check_query(None), Ok(()));
     }
 }

@@ -1001,3 +1001,141 @@ async fn the_admin_listener_answers_only_its_own_host_and_no_browser_origin() {
         .count();
     assert!(reloads >= 2, "{:#?}", served.logs());
 }
+
+// === a second look (review findings) ===
+
+#[tokio::test]
+async fn body_values_keep_their_json_types() {
+    let up = Recorder::start(false).await;
+    let gw = Thinger::start(&up.url(), "").await;
+    let olivia = token(json!({"usr": "olivia"}));
+    let cases = [
+        // the original account cannot be disabled: "true" is not true, null is not absent
+        (&olivia, "/v1/users/acme", r#"{"enabled":"true"}"#),
+        (&olivia, "/v1/users/acme", r#"{"enabled":null}"#),
+        (&bob(), "/v1/users/bob", r#"{"role":null}"#),
+        (&bob(), "/v1/users/bob", "{\"role\\u0000\":\"admin\"}"),
+    ];
+    for (who, path, body) in cases {
+        let extra = ["Content-Type: application/json", "Connection: close"];
+        let answer = exchange(
+            gw.addr,
+            request("PUT", path, Some(who), &extra, body).as_bytes(),
+        )
+        .await;
+        assert_eq!(statuses(&answer), [400], "{path} {body}: {answer}");
+    }
+    up.assert_untouched();
+    gw.running.stop().await;
+}
+
+#[tokio::test]
+async fn second_credentials_in_any_other_place_are_refused() {
+    let up = Recorder::start(false).await;
+    let gw = Thinger::start(&up.url(), "").await;
+    let olivia = token(json!({"usr": "olivia"}));
+    let headers = [
+        format!("X-Authorization: Bearer {olivia}"),
+        format!("X-Access-Token: {olivia}"),
+        format!("X-Api-Key: {olivia}"),
+        format!("Sec-WebSocket-Protocol: {olivia}"),
+    ];
+    for h in &headers {
+        let answer = exchange(
+            gw.addr,
+            request("GET", DEVICE, Some(&bob()), &[h, "Connection: close"], "").as_bytes(),
+        )
+        .await;
+        assert_eq!(statuses(&answer), [400], "{h}: {answer}");
+    }
+    let queries = [
+        format!("?authorization={olivia}"),
+        format!("%2561uthorization={olivia}"),
+        format!("authorization%00={olivia}"),
+        format!("+authorization={olivia}"),
+        format!("authorization[]={olivia}"),
+        format!("authorization%20={olivia}"),
+        format!("%EF%BD%81uthorization={olivia}"),
+        format!("%C1%A1uthorization={olivia}"),
+        format!("access_token={olivia}"),
+        format!("state={olivia}"),
+        "_method=DELETE".to_string(),
+    ];
+    for q in &queries {
+        let target = format!("{DEVICE}?{q}");
+        let answer = exchange(
+            gw.addr,
+            request("GET", &target, Some(&bob()), &["Connection: close"], "").as_bytes(),
+        )
+        .await;
+        assert_eq!(statuses(&answer), [400], "{target}: {answer}");
+    }
+    up.assert_untouched();
+    // an opaque key of another scheme is not forwarded either
+    let extra = [
+        "X-Api-Key: k-123",
+        "X-Auth-Token: t-456",
+        "Connection: close",
+    ];
+    let answer = exchange(
+        gw.addr,
+        request("GET", DEVICE, Some(&bob()), &extra, "").as_bytes(),
+    )
+    .await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    let raw = up.raw();
+    assert!(!raw.contains("k-123") && !raw.contains("t-456"), "{raw}");
+    gw.running.stop().await;
+}
+
+#[tokio::test]
+async fn requests_servers_frame_or_route_differently_are_refused() {
+    let up = Recorder::start(false).await;
+    let gw = Thinger::start(&up.url(), "").await;
+    let tail = "GET /v1/users HTTP/1.1\r\nHost: x\r\n\r\n";
+    let t = bob();
+    let cases = [
+        // a GET body an upstream could read as the next request
+        (format!("GET {DEVICE} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{tail}", tail.len()), 400),
+        (format!("GET {DEVICE} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), 400),
+        (format!("GET {DEVICE} HTTP/1.1\r\nHost: x\r\nHost: y\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"), 400),
+        // a literal in another case is the literal's operation to a case-insensitive router
+        (request("GET", &format!("{DEVICE}/Tokens"), Some(&t), &["Connection: close"], ""), 404),
+        (request("GET", &format!("{DEVICE}/STATS"), Some(&t), &["Connection: close"], ""), 404),
+        (request("GET", &format!("{DEVICE}/tokens."), Some(&t), &["Connection: close"], ""), 404),
+        (request("GET", "/v2/users/dave/devices/sensor1/Clone", Some(&t), &["Connection: close"], ""), 404),
+    ];
+    for (bytes, want) in &cases {
+        let answer = exchange(gw.addr, bytes.as_bytes()).await;
+        assert_eq!(statuses(&answer), [*want], "{bytes}\n{answer}");
+    }
+    up.assert_untouched();
+    gw.running.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_with_a_repeated_claim_is_refused() {
+    use base64::Engine;
+    let up = Recorder::start(false).await;
+    let gw = Thinger::start(&up.url(), "").await;
+    let b64 = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
+    let secret = std::fs::read_to_string(root().join("examples/thinger/secret.key")).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes());
+    let exp = iotgate::authn::now() + 60;
+    let message = format!(
+        "{}.{}",
+        b64(r#"{"alg":"HS256"}"#),
+        b64(&format!(r#"{{"usr":"bob","usr":"olivia","exp":{exp}}}"#))
+    );
+    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+        .unwrap();
+    let twice = format!("{message}.{sig}");
+    let answer = exchange(
+        gw.addr,
+        request("GET", "/v1/users", Some(&twice), &["Connection: close"], "").as_bytes(),
+    )
+    .await;
+    assert_eq!(statuses(&answer), [401], "{answer}");
+    up.assert_untouched();
+    gw.running.stop().await;
+}

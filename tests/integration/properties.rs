@@ -100,7 +100,7 @@ proptest! {
         let q = Query::new(Some(&query));
         let _ = q.get("authorization");
         let _ = q.get_any_case("authorization");
-        let _ = uri::check_query(Some(&query));
+        let _ = uri::check_query(Some(&query), Some("authorization"));
     }
 
     #[test]

@@ -49,6 +49,7 @@ impl Fixture {
             method: &method,
             uri: &uri,
             headers: &headers,
+            has_body: body.is_some(),
         };
         let credentials = match claims {
             serde_json::Value::Null => Credentials::Token,

@@ -167,7 +167,7 @@ impl Raw<'_> {
 
 impl<'a> Inputs<'a> {
     fn lookup(&self, source: &Source) -> Result<Option<Raw<'a>>, FieldError> {
-        let json = |v: Option<&'a Value>| v.filter(|v| !v.is_null()).map(Raw::Json);
+        let json = |v: Option<&'a Value>| v.map(Raw::Json);
         Ok(match source {
             Source::Capture(name) => self
                 .captures
@@ -396,13 +396,15 @@ impl Field {
                 return Ok(None);
             };
             match (&self.ty, &raw) {
-                (FieldType::Long, Raw::Json(v)) if !v.is_string() => {
+                // JSON values keep their JSON type: `"true"` is a string, not a bool, and
+                // `null` is no value at all (an upstream may read either another way)
+                (FieldType::Long, Raw::Json(v)) => {
                     return v
                         .as_i64()
                         .map(|n| Some(FieldValue::Long(n)))
                         .ok_or_else(|| type_error("a whole number"));
                 }
-                (FieldType::Bool, Raw::Json(v)) if !v.is_string() => {
+                (FieldType::Bool, Raw::Json(v)) => {
                     return v
                         .as_bool()
                         .map(|b| Some(FieldValue::Bool(b)))

@@ -152,7 +152,8 @@ pub struct Route {
     needs_body: bool,
     /// Whether the route is a WebSocket stream (the only routes that may upgrade).
     pub stream: bool,
-    /// Capture name → values it never takes (the path is then no route, 404).
+    /// Capture name → values it never takes, folded (`trie::fold`): a path where a capture
+    /// takes one, in any case or with trailing dots, is no route (404).
     reserved: Vec<(String, BTreeSet<String>)>,
 }
 
@@ -179,7 +180,7 @@ impl Route {
         self.reserved.iter().any(|(name, values)| {
             captures
                 .iter()
-                .any(|(n, v)| n == name && values.contains(v.as_str()))
+                .any(|(n, v)| n == name && values.contains(&trie::fold(v)))
         })
     }
 
@@ -662,7 +663,9 @@ impl<'a> Compiler<'a> {
             reserved: r
                 .reserved
                 .iter()
-                .map(|(name, values)| (name.clone(), values.iter().cloned().collect()))
+                .map(|(name, values)| {
+                    (name.clone(), values.iter().map(|v| trie::fold(v)).collect())
+                })
                 .collect(),
         };
         Some((route, methods))

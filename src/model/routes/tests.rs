@@ -304,6 +304,8 @@ fn captures_shadowing_a_sibling_versions_literal_are_warned_about() {
             .map(|(r, _)| r.action_name.clone())
     };
     assert_eq!(find("/v2/users/a/devices/d/stats"), None);
+    assert_eq!(find("/v2/users/a/devices/d/Stats"), None);
+    assert_eq!(find("/v2/users/a/devices/d/stats."), None);
     assert_eq!(
         find("/v2/users/a/devices/d/temp").as_deref(),
         Some("ReadResource")

@@ -6,7 +6,9 @@
 //! ```
 //!
 //! At every segment a literal child is tried before a `{capture}`, and a capture before a
-//! `{rest..}` tail; the search backtracks only when a *path* fails to match. The method is
+//! `{rest..}` tail; the search backtracks only when a *path* fails to match. A capture never
+//! takes a segment that differs from a literal at its place only in case or trailing dots
+//! and spaces (`/devices/d/Tokens`): such a path is no route. The method is
 //! checked on the path found, with no fallback to a less specific path: a `PUT` on
 //! `/devices/{d}/tokens` is not a device-resource call just because `{resource}` would take it.
 
@@ -200,10 +202,27 @@ fn find_leaf<'t>(node: &'t Node, segments: &[Cow<'_, str>]) -> Option<&'t Leaf> 
     {
         return Some(found);
     }
+    if !node.literals.contains_key(first.as_ref()) && shadows(node, first) {
+        return None;
+    }
     if let Some(found) = node.capture.as_deref().and_then(|n| find_leaf(n, rest)) {
         return Some(found);
     }
     node.rest.as_ref()
+}
+
+/// A segment as servers that match case-insensitively, or strip trailing dots and spaces
+/// (Windows-style), read it.
+pub fn fold(segment: &str) -> String {
+    segment.trim_end_matches(['.', ' ']).to_ascii_lowercase()
+}
+
+/// Whether `segment` is, to such a server, one of the node's literals (`Tokens`, `tokens.`
+/// for `tokens`): then no capture may take it, since the upstream would serve the literal's
+/// operation.
+fn shadows(node: &Node, segment: &str) -> bool {
+    let folded = fold(segment);
+    node.literals.keys().any(|literal| fold(literal) == folded)
 }
 
 /// Binds capture names of `template` to the values in `segments` (which it matches).
@@ -303,6 +322,32 @@ mod tests {
                 Found::Route(3),
                 &[("owner", "alice"), ("device", "d1"), ("resource", "temp")],
             ),
+            // a literal in another case, or with trailing dots or spaces, is no capture's
+            (
+                Method::GET,
+                "/v1/users/alice/devices/d1/Tokens",
+                Found::NoPath,
+                &[],
+            ),
+            (
+                Method::GET,
+                "/v1/users/alice/devices/d1/TOKENS",
+                Found::NoPath,
+                &[],
+            ),
+            (
+                Method::GET,
+                "/v1/users/alice/devices/d1/tokens.",
+                Found::NoPath,
+                &[],
+            ),
+            (
+                Method::GET,
+                "/v1/users/alice/devices/d1/tokens%20",
+                Found::NoPath,
+                &[],
+            ),
+            (Method::GET, "/V1/users/alice/devices", Found::NoPath, &[]),
             // literal wins even when its method does not fit: never a device-resource call
             (
                 Method::DELETE,

@@ -44,7 +44,8 @@ impl Req {
                     .unwrap()
                     .clone(),
             body: Some(
-                json!({"role": "user", "org": {"id": "eu"}, "count": 5, "on": true, "tags": ["a", 1]}),
+                json!({"role": "user", "org": {"id": "eu"}, "count": 5, "on": true, "tags": ["a", 1],
+                        "on_text": "true", "count_text": "5", "gone": null, "Case": "x"}),
             ),
         }
     }
@@ -163,9 +164,34 @@ fn resolution_table() {
             field(FieldType::String, "{body.nope}"),
             Err(FieldError::Missing("f".into())),
         ),
+        // JSON keeps its types: a string is not a bool or a number, null is not absent
+        (
+            field(FieldType::Bool, "{body.on_text}"),
+            type_err("true or false"),
+        ),
+        (
+            field(FieldType::Long, "{body.count_text}"),
+            type_err("a whole number"),
+        ),
+        (
+            field(FieldType::Bool, "{body.gone}"),
+            type_err("true or false"),
+        ),
+        (
+            field(FieldType::String, "{body.gone}"),
+            type_err("a string"),
+        ),
         (
             field(FieldType::String, "{claim.nul}"),
-            Err(FieldError::Missing("f".into())),
+            type_err("a string"),
+        ),
+        // a key another case would read
+        (
+            field(FieldType::String, "{body.case}"),
+            Err(FieldError::KeyCase {
+                expected: "case".into(),
+                found: "Case".into(),
+            }),
         ),
         (
             field(FieldType::String, "{query.zzz}"),
