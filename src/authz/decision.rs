@@ -27,8 +27,9 @@ use crate::authn::{AuthError, Claims, Identity, Verifier};
 use crate::authz::cache::{Caches, DecisionKey, TokenCache};
 use crate::authz::evaluate::{self, Verdict, Verdicts};
 use crate::authz::snapshot::Snapshot;
+use crate::model::cedar_core::SliceError;
 use crate::model::cedar_core::{self, CoreEntity};
-use crate::model::directory::{Directory, NodeRef};
+use crate::model::directory::{Directory, EntityError, NodeRef};
 use crate::model::policy::Policies;
 use crate::model::routes::field::{FieldError, Inputs};
 use crate::model::routes::{Resolved, Route};
@@ -84,6 +85,43 @@ pub enum Rejection {
     /// A body the route reads is not plain JSON (other type, charset or encoding).
     #[error("unsupported body: {0}")]
     UnsupportedMediaType(HeaderError),
+    /// iotgate's own fault (500): the request was fine, the decision could not be made.
+    #[error("internal fault: {0}")]
+    Internal(InternalError),
+}
+
+/// Why a resolved request could not be evaluated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorizeError {
+    /// The request's values do not fit the action's schema: the request's fault (400).
+    #[error("request does not fit the schema: {0}")]
+    Schema(String),
+    /// iotgate's own fault (500).
+    #[error(transparent)]
+    Internal(#[from] InternalError),
+}
+
+/// A fault of iotgate's own on the decision path; it denies, like every error there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InternalError {
+    /// A route names an action the schema does not have (load checks prevent it).
+    #[error("action `{0}` is not in the schema")]
+    UnknownAction(String),
+    /// A directory entity Cedar refuses.
+    #[error(transparent)]
+    Entity(#[from] EntityError),
+    /// The entity slice is not a store.
+    #[error(transparent)]
+    Slice(#[from] SliceError),
+}
+
+impl From<AuthorizeError> for Rejection {
+    fn from(e: AuthorizeError) -> Rejection {
+        match e {
+            AuthorizeError::Schema(m) => Rejection::BadRequest(BadRequest::Schema(m)),
+            AuthorizeError::Internal(i) => Rejection::Internal(i),
+        }
+    }
 }
 
 /// What was malformed.
@@ -351,7 +389,7 @@ impl Pending<'_> {
         let Some(cache) = self.caches.map(|c| &c.decisions) else {
             return match self.authorize(&resolved) {
                 Ok(verdicts) => decision.apply(&verdicts),
-                Err(e) => decision.reject(Rejection::BadRequest(BadRequest::Schema(e))),
+                Err(e) => decision.reject(e.into()),
             };
         };
         let key = DecisionKey {
@@ -371,11 +409,11 @@ impl Pending<'_> {
                 cache.insert(key, verdicts);
                 decision
             }
-            Err(e) => decision.reject(Rejection::BadRequest(BadRequest::Schema(e))),
+            Err(e) => decision.reject(e.into()),
         }
     }
 
-    fn authorize(&self, resolved: &Resolved) -> Result<Verdicts, String> {
+    fn authorize(&self, resolved: &Resolved) -> Result<Verdicts, AuthorizeError> {
         authorize(
             self.snapshot,
             self.principal,
@@ -391,18 +429,18 @@ impl Pending<'_> {
 /// differential tests call it directly.
 ///
 /// # Errors
-/// The action is not in the schema, or the request does not fit it.
+/// The request does not fit the action's schema, or an internal fault.
 pub fn authorize(
     snapshot: &Snapshot,
     principal: NodeRef<'_>,
     action_name: &str,
     resolved: &Resolved,
-) -> Result<Verdicts, String> {
+) -> Result<Verdicts, AuthorizeError> {
     let action = snapshot
         .catalog
         .actions
         .get(action_name)
-        .ok_or_else(|| format!("action `{action_name}` is not in the schema"))?;
+        .ok_or_else(|| InternalError::UnknownAction(action_name.to_string()))?;
     let resource = snapshot.directory.get(&resolved.resource);
     let entities = slice(
         snapshot,
@@ -417,7 +455,7 @@ pub fn authorize(
             .iter()
             .map(|(k, v)| (k.clone(), v.to_expr())),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| AuthorizeError::Schema(e.to_string()))?;
     let principal_uid = principal.uid();
     let principal_ancestors = principal.ancestors();
     let request = Request::new(
@@ -427,7 +465,7 @@ pub fn authorize(
         context,
         Some(&snapshot.catalog.schema),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| AuthorizeError::Schema(e.to_string()))?;
     let resource_ancestors = resource.map(|n| n.ancestors()).unwrap_or_default();
     let decide = |policies: &Policies| {
         let buckets = policies.index.candidates(
@@ -453,7 +491,7 @@ fn slice(
     resource: Option<NodeRef<'_>>,
     action_entities: &[CoreEntity],
     resolved: &Resolved,
-) -> Result<Entities, String> {
+) -> Result<Entities, InternalError> {
     let directory = &snapshot.directory;
     let mut slice = Slice::new(directory);
     slice.add_root(principal)?;
@@ -471,7 +509,7 @@ fn slice(
         slice.add_uid(v.entity())?;
     }
     slice.entities.extend(action_entities.iter().cloned());
-    cedar_core::slice(slice.entities)
+    Ok(cedar_core::slice(slice.entities)?)
 }
 
 /// Verifies a token, through the token cache when there is one.
@@ -518,7 +556,7 @@ impl<'d> Slice<'d> {
     }
 
     /// An entity present in the directory, once.
-    fn add_index(&mut self, index: u32) -> Result<(), String> {
+    fn add_index(&mut self, index: u32) -> Result<(), EntityError> {
         if self.seen.insert(index) {
             if let Some(node) = self.directory.node(index) {
                 self.entities.push(node.core_entity()?);
@@ -527,7 +565,7 @@ impl<'d> Slice<'d> {
         Ok(())
     }
 
-    fn add_with_ancestors(&mut self, node: NodeRef<'d>) -> Result<(), String> {
+    fn add_with_ancestors(&mut self, node: NodeRef<'d>) -> Result<(), EntityError> {
         self.add_index(node.index())?;
         for a in node.ancestor_indices() {
             self.add_index(a)?;
@@ -537,7 +575,7 @@ impl<'d> Slice<'d> {
 
     /// A root entity: itself, its ancestors, and the entities its attributes name with
     /// their ancestors.
-    fn add_root(&mut self, node: NodeRef<'d>) -> Result<(), String> {
+    fn add_root(&mut self, node: NodeRef<'d>) -> Result<(), EntityError> {
         self.add_with_ancestors(node)?;
         for r in node.refs() {
             if let Some(n) = self.directory.node(r) {
@@ -547,7 +585,7 @@ impl<'d> Slice<'d> {
         Ok(())
     }
 
-    fn add_uid(&mut self, uid: Option<&EntityUid>) -> Result<(), String> {
+    fn add_uid(&mut self, uid: Option<&EntityUid>) -> Result<(), EntityError> {
         match uid.and_then(|u| self.directory.get(u)) {
             Some(node) => self.add_root(node),
             None => Ok(()),

@@ -74,11 +74,16 @@ pub fn record(fields: impl IntoIterator<Item = (SmolStr, Value)>) -> Value {
     Value::record(fields, None)
 }
 
+/// Entities that do not form a store (two share a uid): a fault of the slice builder.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("entities do not form a store: {0}")]
+pub struct SliceError(String);
+
 /// The slice as a Cedar `Entities`, trusting that ancestors are already complete.
 ///
 /// # Errors
 /// Two entities share a uid.
-pub fn slice(entities: Vec<CoreEntity>) -> Result<Entities, String> {
+pub fn slice(entities: Vec<CoreEntity>) -> Result<Entities, SliceError> {
     CoreEntities::from_entities(
         entities,
         None::<&NoEntitiesSchema>,
@@ -86,5 +91,5 @@ pub fn slice(entities: Vec<CoreEntity>) -> Result<Entities, String> {
         Extensions::all_available(),
     )
     .map(Entities::from)
-    .map_err(|e| e.to_string())
+    .map_err(|e| SliceError(e.to_string()))
 }

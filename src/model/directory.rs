@@ -184,7 +184,7 @@ impl<'d> NodeRef<'d> {
     ///
     /// # Errors
     /// An extension value that Cedar refuses.
-    pub fn core_entity(&self) -> Result<cedar_core::CoreEntity, String> {
+    pub fn core_entity(&self) -> Result<cedar_core::CoreEntity, EntityError> {
         let slot = self.slot();
         if slot.attrs.iter().any(|(_, v)| has_extension(v)) {
             return self.entity().map(|e| cedar_core::from_public(&e));
@@ -203,7 +203,7 @@ impl<'d> NodeRef<'d> {
     ///
     /// # Errors
     /// An extension value that Cedar refuses.
-    pub fn entity(&self) -> Result<Entity, String> {
+    pub fn entity(&self) -> Result<Entity, EntityError> {
         let slot = self.slot();
         let attrs: HashMap<String, RestrictedExpression> = slot
             .attrs
@@ -216,8 +216,19 @@ impl<'d> NodeRef<'d> {
             })
             .collect();
         let parents = self.ancestor_indices().map(|p| self.dir.uid(p));
-        Entity::new(self.uid(), attrs, parents.collect()).map_err(|e| e.to_string())
+        Entity::new(self.uid(), attrs, parents.collect()).map_err(|e| EntityError {
+            uid: self.uid().to_string(),
+            message: e.to_string(),
+        })
     }
+}
+
+/// A directory entity that Cedar refuses to build (an extension value it does not accept).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("entity `{uid}` cannot be built: {message}")]
+pub struct EntityError {
+    uid: String,
+    message: String,
 }
 
 fn has_extension(v: &Val) -> bool {

@@ -31,6 +31,12 @@ use cedar_policy::{
 
 use crate::model::schema::Catalog;
 
+/// A policy that could not join its bucket's set (it was in the validated set already, so
+/// this does not happen in practice).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a bucket cannot hold its policies: {0}")]
+pub struct IndexError(String);
+
 /// What a policy scope pins on one side.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Side {
@@ -94,7 +100,7 @@ impl PolicyIndex {
     /// # Errors
     /// A policy could not be added to its set (it was already in the validated set, so this
     /// does not happen in practice).
-    pub fn build(set: &PolicySet, catalog: &Catalog) -> Result<PolicyIndex, String> {
+    pub fn build(set: &PolicySet, catalog: &Catalog) -> Result<PolicyIndex, IndexError> {
         let mut grouped: HashMap<BucketKey, Vec<Policy>> = HashMap::new();
         for p in set.policies() {
             let key = BucketKey {
@@ -108,7 +114,7 @@ impl PolicyIndex {
         for (key, policies) in grouped {
             let bucket = if policies.len() <= SPLIT_ABOVE {
                 Bucket::All(Box::new(
-                    PolicySet::from_policies(policies).map_err(|e| e.to_string())?,
+                    PolicySet::from_policies(policies).map_err(|e| IndexError(e.to_string()))?,
                 ))
             } else {
                 let mut by_action: HashMap<EntityUid, Vec<Policy>> = HashMap::new();
@@ -121,7 +127,8 @@ impl PolicyIndex {
                 for (action, policies) in by_action {
                     sets.insert(
                         action,
-                        PolicySet::from_policies(policies).map_err(|e| e.to_string())?,
+                        PolicySet::from_policies(policies)
+                            .map_err(|e| IndexError(e.to_string()))?,
                     );
                 }
                 Bucket::ByAction(sets)

@@ -321,6 +321,10 @@ impl Drop for Record<'_> {
             CLIENT_CLOSED
         });
         let decision = &self.decision;
+        if let Outcome::Reject(Rejection::Internal(e)) = &decision.outcome {
+            metrics.record_internal_error();
+            tracing::error!(request_id = self.request_id.as_str(), error = %e, "internal fault on the decision path");
+        }
         metrics.record_request(decision.route.as_deref().unwrap_or("-"), status);
         metrics.record_decision(decision.is_allowed(), self.decided);
         if decision.shadow_disagrees() {

@@ -1,9 +1,9 @@
 //! The one place where anything iotgate refuses becomes an HTTP answer.
 //!
 //! ```text
-//! Rejection (decision) ─┐
-//! UpstreamError (proxy) ─┼─▶ Failure ──status() / code()──▶ JSON body
-//! NotReady ──────────────┘        {"error", "request_id", "policy_version"}
+//! Rejection (decision) ──┐
+//! UpstreamError (proxy) ──┼─▶ Failure ──status() / code()──▶ JSON body
+//! AdminRefusal (admin) ───┘        {"error", "request_id", "policy_version"}
 //!                                  + WWW-Authenticate on 401, X-Request-Id always
 //! ```
 //!
@@ -76,51 +76,65 @@ pub enum Failure {
     /// Forwarding failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-    /// No snapshot is loaded yet.
-    #[error("not ready")]
-    NotReady,
+    /// The admin listener refused the request.
+    #[error(transparent)]
+    Admin(#[from] AdminRefusal),
+}
+
+/// Why the admin listener did not answer a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdminRefusal {
+    /// No such endpoint.
+    #[error("no admin endpoint")]
+    NotFound,
+    /// `POST /reload` while `reload = "off"`.
+    #[error("reload is off")]
+    ReloadOff,
+    /// A browser `Origin`, or a `Host` the listener is not known by.
+    #[error("origin or host not accepted")]
+    Host,
 }
 
 impl Failure {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
-        match self {
-            Failure::Rejected(r) => match r {
-                Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
-                Rejection::Unauthenticated(_) | Rejection::UnknownPrincipal(_) => {
-                    StatusCode::UNAUTHORIZED
-                }
-                Rejection::Disabled(_) | Rejection::Forbidden => StatusCode::FORBIDDEN,
-                Rejection::NoRoute => StatusCode::NOT_FOUND,
-                Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                Rejection::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            },
-            Failure::Upstream(UpstreamError::Unreachable(_) | UpstreamError::Upgrade) => {
-                StatusCode::BAD_GATEWAY
-            }
-            Failure::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
-            Failure::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
-            Failure::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-        }
+        self.class().0
     }
 
     /// The `error` code of the JSON body.
     pub fn code(&self) -> &'static str {
+        self.class().1
+    }
+
+    /// Status and code, decided together, for every failure there is.
+    fn class(&self) -> (StatusCode, &'static str) {
+        use StatusCode as S;
         match self {
             Failure::Rejected(r) => match r {
-                Rejection::BadRequest(_) => "bad_request",
-                Rejection::Unauthenticated(_) | Rejection::UnknownPrincipal(_) => "unauthorized",
-                Rejection::Disabled(_) | Rejection::Forbidden => "forbidden",
-                Rejection::NoRoute => "no_route",
-                Rejection::BodyTooLarge => "payload_too_large",
-                Rejection::UnsupportedMediaType(_) => "unsupported_media_type",
+                Rejection::BadRequest(_) => (S::BAD_REQUEST, "bad_request"),
+                Rejection::Unauthenticated(_) | Rejection::UnknownPrincipal(_) => {
+                    (S::UNAUTHORIZED, "unauthorized")
+                }
+                Rejection::Disabled(_) | Rejection::Forbidden => (S::FORBIDDEN, "forbidden"),
+                Rejection::NoRoute => (S::NOT_FOUND, "no_route"),
+                Rejection::BodyTooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
+                Rejection::UnsupportedMediaType(_) => {
+                    (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+                }
+                Rejection::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error"),
             },
-            Failure::Upstream(UpstreamError::Unreachable(_) | UpstreamError::Upgrade) => {
-                "bad_gateway"
-            }
-            Failure::Upstream(UpstreamError::Timeout) => "gateway_timeout",
-            Failure::Upstream(UpstreamError::ClientBody(_)) => "bad_request",
-            Failure::NotReady => "not_ready",
+            Failure::Upstream(u) => match u {
+                UpstreamError::Unreachable(_) | UpstreamError::Upgrade => {
+                    (S::BAD_GATEWAY, "bad_gateway")
+                }
+                UpstreamError::Timeout => (S::GATEWAY_TIMEOUT, "gateway_timeout"),
+                UpstreamError::ClientBody(_) => (S::BAD_REQUEST, "bad_request"),
+            },
+            Failure::Admin(a) => match a {
+                AdminRefusal::NotFound => (S::NOT_FOUND, "not_found"),
+                AdminRefusal::ReloadOff => (S::CONFLICT, "reload_off"),
+                AdminRefusal::Host => (S::FORBIDDEN, "admin_host"),
+            },
         }
     }
 
@@ -214,7 +228,17 @@ mod tests {
                 S::GATEWAY_TIMEOUT,
                 "gateway_timeout",
             ),
-            (Failure::NotReady, S::SERVICE_UNAVAILABLE, "not_ready"),
+            (
+                Rejection::Internal(crate::authz::decision::InternalError::UnknownAction(
+                    "x".into(),
+                ))
+                .into(),
+                S::INTERNAL_SERVER_ERROR,
+                "internal_error",
+            ),
+            (AdminRefusal::NotFound.into(), S::NOT_FOUND, "not_found"),
+            (AdminRefusal::ReloadOff.into(), S::CONFLICT, "reload_off"),
+            (AdminRefusal::Host.into(), S::FORBIDDEN, "admin_host"),
         ];
         for (failure, status, code) in cases {
             let r = failure.to_response("req-1", "v1@abc");

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::config::Reload;
-use crate::proxy::response::{full, Body};
+use crate::proxy::response::{full, AdminRefusal, Body, Failure};
 use crate::proxy::Gateway;
 use crate::serve::reload::{rfc3339, Reloader};
 
@@ -78,11 +78,7 @@ impl Admin {
     /// Answers one admin request.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         if !self.may_answer(&request) {
-            return text(
-                StatusCode::FORBIDDEN,
-                "application/json",
-                json!({"error": "forbidden", "reason": "admin_host"}).to_string(),
-            );
+            return self.refuse(AdminRefusal::Host);
         }
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
@@ -100,11 +96,9 @@ impl Admin {
                     .render(caches.decisions.stats(), caches.tokens.stats());
                 text(StatusCode::OK, "text/plain; version=0.0.4", body)
             }
-            (&Method::POST, "/reload") if self.mode == Reload::Off => text(
-                StatusCode::CONFLICT,
-                "application/json",
-                json!({"error": "reload is off"}).to_string(),
-            ),
+            (&Method::POST, "/reload") if self.mode == Reload::Off => {
+                self.refuse(AdminRefusal::ReloadOff)
+            }
             (&Method::POST, "/reload") => {
                 let attempt = self.reloader.reload("admin").await;
                 let status = if attempt.ok {
@@ -114,12 +108,14 @@ impl Admin {
                 };
                 text(status, "application/json", json!(attempt).to_string())
             }
-            _ => text(
-                StatusCode::NOT_FOUND,
-                "application/json",
-                json!({"error": "not_found"}).to_string(),
-            ),
+            _ => self.refuse(AdminRefusal::NotFound),
         }
+    }
+
+    /// A refusal, through the one failure → HTTP mapping.
+    fn refuse(&self, refusal: AdminRefusal) -> Response<Body> {
+        let version = self.gateway.snapshot().policy_version.clone();
+        Failure::Admin(refusal).to_response("-", &version)
     }
 
     async fn ready(&self) -> Response<Body> {

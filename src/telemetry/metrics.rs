@@ -39,6 +39,7 @@ pub struct Metrics {
     reload_failed: AtomicU64,
     shadow_disagreements: AtomicU64,
     client_aborts: AtomicU64,
+    internal_errors: AtomicU64,
     connections: Arc<Connections>,
 }
 
@@ -127,6 +128,11 @@ impl Metrics {
     /// Counts a request whose client went away before its answer, or whose body failed.
     pub fn record_client_abort(&self) {
         inc(&self.client_aborts);
+    }
+
+    /// Counts a request refused for a fault of iotgate's own (500).
+    pub fn record_internal_error(&self) {
+        inc(&self.internal_errors);
     }
 
     /// The connection counters, for the accept loop.
