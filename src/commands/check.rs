@@ -1,10 +1,11 @@
-//! `iotgate check`: decision suites and single explained decisions, through the same
-//! decision path as `serve` (`decision::begin` → `Pending::decide`; no cache).
+//! `iotgate check`: decision suites and single explained decisions, answered by the same
+//! HTTP handler as `serve` (`Gateway::exchange` on an offline gateway: no cache, a
+//! stand-in upstream), so statuses and error codes are `serve`'s.
 //!
 //! ```text
-//! config ─▶ Snapshot + Verifier ─┬─ suite.toml [[case]] ─▶ Probe ─▶ Decision ─▶ PASS/FAIL line
-//!                                │                                    … "N passed, M failed"
-//!                                └─ --request/--as/--token/--body ─▶ Probe ─▶ explanation
+//! config ─▶ Loaded ─┬─ suite.toml [[case]] ─▶ Probe ─▶ Checker ─▶ Answer ─▶ PASS/FAIL line
+//!                   │                                    (status, error, decision) … "N passed, M failed"
+//!                   └─ --request/--as/--token/--body ─▶ Probe ─▶ Checker ─▶ explanation
 //! ```
 //!
 //! Exit status: 0 all cases passed (single mode: allowed), 1 a case failed (single mode:
@@ -14,15 +15,18 @@ use std::io::Write;
 use std::path::Path;
 use std::str::FromStr;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::authn::{now, Signer};
-use crate::authz::decision::{self, Credentials, Decision, Outcome, RequestHead};
+use crate::authz::decision::{Credentials, Decision, Outcome};
 use crate::authz::snapshot::{Loaded, Snapshot};
 use crate::commands::cli::{parse_claims, CheckArgs, ExitStatus};
 use crate::config::problem::{Problem, Problems};
 use crate::config::tomlfile;
+use crate::proxy::{Gateway, TrustedClaims};
 
 /// Lifetime given to tokens minted for `sign = true` cases without `exp`.
 const SIGNED_CASE_TTL: u64 = 300;
@@ -90,24 +94,68 @@ impl Probe {
         self.body = Some(bytes);
         self
     }
+}
 
-    /// Decides it, exactly as `serve` would (minus the cache).
-    pub fn decide(&self, loaded: &Loaded) -> Decision {
-        let head = RequestHead {
-            method: &self.method,
-            uri: &self.uri,
-            headers: &self.headers,
-            has_body: self.body.is_some(),
-        };
-        match decision::begin(
-            &loaded.snapshot,
-            &loaded.verifier,
-            head,
-            self.credentials.clone(),
-            None,
-        ) {
-            Err(rejected) => *rejected,
-            Ok(pending) => pending.decide(self.body.as_deref()),
+/// The handler `serve` runs, offline: each probe is answered by [`Gateway::exchange`] on a
+/// gateway with no cache and a stand-in upstream (allowed requests get `200`), so status,
+/// headers and error codes are what `serve` would answer.
+#[derive(Debug)]
+pub struct Checker {
+    gateway: Gateway,
+}
+
+/// What `serve` would answer a probe, and the decision behind it.
+#[derive(Debug)]
+pub struct Answer {
+    /// The status (200: forwarded).
+    pub status: http::StatusCode,
+    /// The `error` code of a refusal's JSON body.
+    pub error: Option<String>,
+    /// The decision.
+    pub decision: Decision,
+}
+
+impl Checker {
+    /// A checker deciding with `loaded`.
+    pub fn new(loaded: Loaded) -> Checker {
+        Checker {
+            gateway: Gateway::offline(loaded),
+        }
+    }
+
+    /// The policy version it decides with.
+    pub fn policy_version(&self) -> std::sync::Arc<str> {
+        self.gateway.snapshot().policy_version.clone()
+    }
+
+    /// Answers a probe as `serve` would.
+    pub async fn answer(&self, probe: &Probe) -> Answer {
+        let body = Full::new(Bytes::from(probe.body.clone().unwrap_or_default()));
+        let mut request = http::Request::new(body);
+        *request.method_mut() = probe.method.clone();
+        *request.uri_mut() = probe.uri.clone();
+        *request.headers_mut() = probe.headers.clone();
+        if let Credentials::Trusted(claims) = &probe.credentials {
+            request
+                .extensions_mut()
+                .insert(TrustedClaims(claims.clone()));
+        }
+        let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let (response, decision) = self.gateway.exchange(request, peer, Decision::clone).await;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let error = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(String::from));
+        Answer {
+            status,
+            error,
+            decision,
         }
     }
 }
@@ -121,18 +169,23 @@ pub fn run(args: &CheckArgs, out: &mut dyn Write) -> std::io::Result<ExitStatus>
             return Ok(ExitStatus::Error);
         }
     };
-    match (&args.request, &args.against) {
-        (Some(request), _) => explain_one(&loaded, args, request, out),
-        (None, Some(dir)) => compare(&loaded, &args.suites, dir, out),
-        (None, None) => run_suites(&loaded, &args.suites, out),
-    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match (&args.request, &args.against) {
+            (Some(request), _) => explain_one(loaded, args, request, out).await,
+            (None, Some(dir)) => compare(loaded, &args.suites, dir, out).await,
+            (None, None) => run_suites(loaded, &args.suites, out).await,
+        }
+    })
 }
 
 /// `check --against DIR`: decides every case with the live policies and with the policies
 /// of `DIR` (same schema, routes and directory) and reports each case whose decision
 /// changes. Exit 0 when none would, 1 when some would.
-fn compare(
-    loaded: &Loaded,
+async fn compare(
+    loaded: Loaded,
     suites: &[std::path::PathBuf],
     dir: &Path,
     out: &mut dyn Write,
@@ -148,7 +201,7 @@ fn compare(
     let candidate = problems.take(candidate);
     let mut cases = Vec::new();
     for path in suites {
-        if let Some(c) = problems.take(load_suite(path, loaded)) {
+        if let Some(c) = problems.take(load_suite(path, &loaded)) {
             cases.extend(c);
         }
     }
@@ -156,15 +209,17 @@ fn compare(
         write!(out, "{problems}")?;
         return Ok(ExitStatus::Error);
     };
+    let (live, candidate) = (Checker::new(loaded), Checker::new(candidate));
     let mut changed = 0;
     for case in &cases {
-        let (before, after) = (case.probe.decide(loaded), case.probe.decide(&candidate));
-        if before.status() != after.status() || before.reasons != after.reasons {
+        let before = live.answer(&case.probe).await;
+        let after = candidate.answer(&case.probe).await;
+        if before.status != after.status || before.decision.reasons != after.decision.reasons {
             changed += 1;
             writeln!(
                 out,
-                "CHANGED  {}  ({}): {before} → {after}",
-                case.name, case.request
+                "CHANGED  {}  ({}): {} → {}",
+                case.name, case.request, before.decision, after.decision
             )?;
         }
     }
@@ -172,8 +227,8 @@ fn compare(
         out,
         "{changed} of {} cases would change ({} → {})",
         cases.len(),
-        loaded.snapshot.policy_version,
-        candidate.snapshot.policy_version
+        live.policy_version(),
+        candidate.policy_version()
     )?;
     Ok(if changed == 0 {
         ExitStatus::Ok
@@ -182,21 +237,21 @@ fn compare(
     })
 }
 
-fn explain_one(
-    loaded: &Loaded,
+async fn explain_one(
+    loaded: Loaded,
     args: &CheckArgs,
     request: &str,
     out: &mut dyn Write,
 ) -> std::io::Result<ExitStatus> {
-    let probe = match single_probe(loaded, args, request) {
+    let probe = match single_probe(&loaded, args, request) {
         Ok(p) => p,
         Err(m) => {
             writeln!(out, "error: {m}")?;
             return Ok(ExitStatus::Error);
         }
     };
-    let decision = probe.decide(loaded);
-    let explanation = Explanation::from(&decision);
+    let answer = Checker::new(loaded).answer(&probe).await;
+    let explanation = Explanation::from(&answer);
     if args.json {
         writeln!(
             out,
@@ -206,7 +261,7 @@ fn explain_one(
     } else {
         explanation.write_text(out)?;
     }
-    Ok(if decision.is_allowed() {
+    Ok(if answer.decision.is_allowed() {
         ExitStatus::Ok
     } else {
         ExitStatus::Failed
@@ -240,7 +295,7 @@ pub struct Explanation<'d> {
     /// `allow` or `deny`.
     pub decision: &'static str,
     /// Error code of the JSON body, when rejected.
-    pub error: Option<&'static str>,
+    pub error: Option<&'d str>,
     /// Why, in words, when rejected.
     pub detail: Option<String>,
     /// Principal.
@@ -263,19 +318,17 @@ pub struct Explanation<'d> {
     pub directory_version: &'d str,
 }
 
-impl<'d> From<&'d Decision> for Explanation<'d> {
-    fn from(d: &'d Decision) -> Self {
-        let (error, detail) = match &d.outcome {
-            Outcome::Allow => (None, None),
-            Outcome::Reject(r) => (
-                Some(crate::proxy::response::Failure::Rejected(r.clone()).code()),
-                Some(r.to_string()),
-            ),
+impl<'d> From<&'d Answer> for Explanation<'d> {
+    fn from(answer: &'d Answer) -> Self {
+        let d = &answer.decision;
+        let detail = match &d.outcome {
+            Outcome::Allow => None,
+            Outcome::Reject(r) => Some(r.to_string()),
         };
         Explanation {
-            status: d.status().as_u16(),
+            status: answer.status.as_u16(),
             decision: if d.is_allowed() { "allow" } else { "deny" },
-            error,
+            error: answer.error.as_deref(),
             detail,
             principal: d.principal.as_deref(),
             route: d.route.as_deref(),
@@ -356,11 +409,11 @@ enum Expected {
 }
 
 impl Expected {
-    fn matches(&self, d: &Decision) -> bool {
+    fn matches(&self, answer: &Answer) -> bool {
         match self {
-            Expected::Allow => d.is_allowed(),
-            Expected::Deny => d.status() == http::StatusCode::FORBIDDEN,
-            Expected::Status(s) => d.status().as_u16() == *s,
+            Expected::Allow => answer.decision.is_allowed() && answer.status.is_success(),
+            Expected::Deny => answer.status == http::StatusCode::FORBIDDEN,
+            Expected::Status(s) => answer.status.as_u16() == *s,
         }
     }
 }
@@ -388,15 +441,15 @@ pub struct Case {
     reasons: Option<Vec<String>>,
 }
 
-fn run_suites(
-    loaded: &Loaded,
+async fn run_suites(
+    loaded: Loaded,
     suites: &[std::path::PathBuf],
     out: &mut dyn Write,
 ) -> std::io::Result<ExitStatus> {
     let mut problems = Problems::new();
     let mut cases = Vec::new();
     for path in suites {
-        if let Some(c) = problems.take(load_suite(path, loaded)) {
+        if let Some(c) = problems.take(load_suite(path, &loaded)) {
             cases.extend(c);
         }
     }
@@ -404,12 +457,14 @@ fn run_suites(
         write!(out, "{problems}")?;
         return Ok(ExitStatus::Error);
     }
+    let checker = Checker::new(loaded);
     let (mut passed, mut failed) = (0, 0);
     for case in &cases {
-        let decision = case.probe.decide(loaded);
-        match verdict(case, &decision) {
+        let answer = checker.answer(&case.probe).await;
+        match verdict(case, &answer) {
             Ok(()) => {
                 passed += 1;
+                let decision = &answer.decision;
                 writeln!(out, "PASS  {}  ({} → {decision})", case.name, case.request)?;
             }
             Err(why) => {
@@ -426,9 +481,17 @@ fn run_suites(
     })
 }
 
-fn verdict(case: &Case, d: &Decision) -> Result<(), String> {
-    if !case.expect.matches(d) {
-        let mut why = format!("expected {}, got {d}", case.expect);
+fn verdict(case: &Case, answer: &Answer) -> Result<(), String> {
+    let d = &answer.decision;
+    if !case.expect.matches(answer) {
+        let mut why = match answer.status == d.status() {
+            true => format!("expected {}, got {d}", case.expect),
+            false => format!(
+                "expected {}, got {} ({d})",
+                case.expect,
+                answer.status.as_u16()
+            ),
+        };
         if !d.errors.is_empty() {
             why.push_str(&format!(" (errors: {})", d.errors.join("; ")));
         }

@@ -232,6 +232,28 @@ pub struct ServerConfig {
     pub admin_hosts: Vec<String>,
 }
 
+impl ServerConfig {
+    /// The `[server]` a config without one decides with offline (`check`): the defaults,
+    /// nothing to listen on, no upstream to reach.
+    pub fn offline() -> ServerConfig {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            upstream: http::Uri::from_static("http://127.0.0.1:9"),
+            admin_listen: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            upstream_timeout: Duration::from_secs(DEFAULT_UPSTREAM_TIMEOUT_SECONDS),
+            upstream_ca_file: None,
+            trusted_proxies: Vec::new(),
+            forward_cookies: false,
+            header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECONDS),
+            idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECONDS),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            admin_hosts: Vec::new(),
+        }
+    }
+}
+
 /// Where verification keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {

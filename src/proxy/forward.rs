@@ -26,7 +26,8 @@ use crate::proxy::response::{Body, UpstreamError, REQUEST_ID};
 /// The pooled client to the existing IoT server.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    /// None: a stand-in that sends nothing (`check` answers with [`stand_in_answer`]).
+    client: Option<Client<HttpsConnector<HttpConnector>, Body>>,
     base: Uri,
     timeout: Duration,
 }
@@ -65,10 +66,25 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
         Ok(Upstream {
-            client,
+            client: Some(client),
             base: server.upstream.clone(),
             timeout: server.upstream_timeout,
         })
+    }
+
+    /// An upstream that is never reached: allowed requests are rewritten as for a real one,
+    /// then answered by [`stand_in_answer`] (`check`).
+    pub fn stand_in(server: &ServerConfig) -> Upstream {
+        Upstream {
+            client: None,
+            base: server.upstream.clone(),
+            timeout: server.upstream_timeout,
+        }
+    }
+
+    /// Whether this is [`Upstream::stand_in`].
+    pub fn is_stand_in(&self) -> bool {
+        self.client.is_none()
     }
 
     /// Sends a request, waiting at most the configured timeout for the response head.
@@ -76,7 +92,12 @@ impl Upstream {
     /// # Errors
     /// Unreachable (502) or timed out (504).
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        let Some(client) = &self.client else {
+            return Err(UpstreamError::Unreachable(
+                "a stand-in upstream sends nothing".into(),
+            ));
+        };
+        match tokio::time::timeout(self.timeout, client.request(request)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(e)) if caused_by_client(&e) => Err(UpstreamError::ClientBody(error_chain(&e))),
             Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
@@ -159,6 +180,14 @@ pub struct Stamp<'a> {
     pub policy_version: &'a str,
     /// The directory version that allowed it.
     pub directory_version: &'a str,
+}
+
+/// What the stand-in upstream answers an allowed request: `200`, an empty body, the request
+/// id, as a real answer is cleaned.
+pub fn stand_in_answer(request_id: &str) -> Response<Body> {
+    let mut response = Response::new(crate::proxy::response::full(bytes::Bytes::new()));
+    set(response.headers_mut(), REQUEST_ID, request_id);
+    response
 }
 
 /// Whether a request is a WebSocket opening handshake (RFC 6455 §4.1): `GET`,

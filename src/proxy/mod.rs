@@ -28,9 +28,10 @@ use crate::authz::cache::Caches;
 use crate::authz::decision::{
     self, BadRequest, Credentials, Decision, Outcome, Rejection, RequestHead,
 };
+use crate::authz::snapshot::Loaded;
 use crate::authz::snapshot::Snapshot;
 use crate::config::problem::{Problem, Problems};
-use crate::config::{Config, ServerConfig};
+use crate::config::{CacheConfig, Config, ServerConfig};
 use crate::proxy::response::{full, Body, BoxError, Failure, UpstreamError, REQUEST_ID};
 use crate::telemetry;
 use crate::telemetry::metrics::{Metrics, UpstreamFailure};
@@ -46,10 +47,9 @@ pub struct Gateway {
     caches: Caches,
     metrics: Metrics,
     upstream: Upstream,
-    max_body: usize,
-    trusted_proxies: Vec<ipnet::IpNet>,
-    forward_cookies: bool,
     server: ServerConfig,
+    /// Whether requests may carry [`TrustedClaims`] (only the offline gateway of `check`).
+    trusts_claims: bool,
     /// Milliseconds since the epoch of the upstream's last answer (0: never).
     upstream_answered: AtomicU64,
 }
@@ -75,11 +75,34 @@ impl Gateway {
             metrics,
             server: server.clone(),
             upstream: Upstream::new(server)?,
-            max_body: server.max_body_bytes,
-            trusted_proxies: server.trusted_proxies.clone(),
-            forward_cookies: server.forward_cookies,
+            trusts_claims: false,
             upstream_answered: AtomicU64::new(0),
         })
+    }
+
+    /// The gateway `check` decides with: the same handling, no cache, a stand-in upstream
+    /// that answers allowed requests `200`, and [`TrustedClaims`] honoured for `--as`.
+    pub fn offline(loaded: Loaded) -> Gateway {
+        let Loaded {
+            config,
+            snapshot,
+            verifier,
+        } = loaded;
+        let server = config.server.clone().unwrap_or_else(ServerConfig::offline);
+        let no_cache = CacheConfig {
+            max_entries: 0,
+            ..config.cache
+        };
+        Gateway {
+            verifier,
+            snapshot: ArcSwap::from_pointee(snapshot),
+            caches: Caches::new(&no_cache),
+            metrics: Metrics::default(),
+            upstream: Upstream::stand_in(&server),
+            server,
+            trusts_claims: true,
+            upstream_answered: AtomicU64::new(0),
+        }
     }
 
     /// The snapshot new requests use.
@@ -129,6 +152,21 @@ impl Gateway {
         B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        self.exchange(request, peer, |_| ()).await.0
+    }
+
+    /// [`Gateway::handle`], showing `observe` the decision before it is logged (`check`
+    /// explains it).
+    pub async fn exchange<B, R>(
+        &self,
+        request: Request<B>,
+        peer: SocketAddr,
+        observe: impl FnOnce(&Decision) -> R,
+    ) -> (Response<Body>, R)
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         let started = Instant::now();
         let request_id = request_id(request.headers());
         let snapshot = self.snapshot.load_full();
@@ -154,7 +192,7 @@ impl Gateway {
                 let stamp = Stamp {
                     peer,
                     trusted: self.trusted(peer),
-                    cookies: self.forward_cookies,
+                    cookies: self.server.forward_cookies,
                     request_id: &record.request_id,
                     principal: record.decision.principal.as_deref().unwrap_or_default(),
                     policy_version: &record.decision.policy_version,
@@ -171,14 +209,14 @@ impl Gateway {
                 .to_response(&record.request_id, &record.decision.policy_version),
         };
         record.status = Some(response.status().as_u16());
-        response
+        let observed = observe(&record.decision);
+        (response, observed)
     }
 
     /// Whether a peer is one of `[server] trusted_proxies`.
     fn trusted(&self, peer: SocketAddr) -> bool {
-        self.trusted_proxies
-            .iter()
-            .any(|net| net.contains(&peer.ip()))
+        let proxies = &self.server.trusted_proxies;
+        proxies.iter().any(|net| net.contains(&peer.ip()))
     }
 
     fn upstream_failed(
@@ -224,11 +262,17 @@ impl Gateway {
             headers: &parts.headers,
             has_body: !body.is_end_stream(),
         };
+        let credentials = match parts.extensions.get::<TrustedClaims>() {
+            Some(TrustedClaims(claims)) if self.trusts_claims => {
+                Credentials::Trusted(claims.clone())
+            }
+            _ => Credentials::Token,
+        };
         let pending = match decision::begin(
             snapshot,
             &self.verifier,
             head,
-            Credentials::Token,
+            credentials,
             Some(&self.caches),
         ) {
             Err(rejected) => return (*rejected, false, None),
@@ -242,7 +286,7 @@ impl Gateway {
                 .boxed();
             return (pending.decide(None), stream, Some(body));
         }
-        match read_bounded(body, &parts.headers, self.max_body).await {
+        match read_bounded(body, &parts.headers, self.server.max_body_bytes).await {
             Ok(bytes) => {
                 let decision = pending.decide(Some(&bytes));
                 (decision, stream, Some(full(bytes)))
@@ -265,6 +309,9 @@ impl Gateway {
     ) -> Result<Response<Body>, UpstreamError> {
         let websocket = client_upgrade.is_some();
         let request = forward::rewrite(&self.upstream, parts, body, stamp, websocket)?;
+        if self.upstream.is_stand_in() {
+            return Ok(forward::stand_in_answer(stamp.request_id));
+        }
         let mut response = self.upstream.send(request).await?;
         self.upstream_answered.store(now_ms(), Ordering::Relaxed);
         forward::clean_response(&mut response, stamp.request_id, websocket)?;
@@ -287,6 +334,11 @@ fn without_trailers(frame: hyper::body::Frame<Bytes>) -> hyper::body::Frame<Byte
         frame
     }
 }
+
+/// Claims `check --as` decides with, trusted without a signature. Only the offline gateway
+/// of `check` reads them; `serve` decides every request on its verified token.
+#[derive(Debug, Clone)]
+pub struct TrustedClaims(pub crate::authn::Claims);
 
 /// An error of the client's request body while it streams to the upstream (told apart
 /// from the upstream's own failures by `Upstream::send`).

@@ -120,6 +120,29 @@ fn single_request_is_explained_in_text_and_json() {
     assert_eq!(v["resource"], "Mini::Device::\"alice/d1\"");
 }
 
+/// `check` answers with `serve`'s HTTP handling: a body over `max_body_bytes` on a route that
+/// reads it is 413, as `serve` answers, not a decision on the body.
+#[test]
+fn check_answers_an_oversized_body_as_serve_does() {
+    let body = serde_json::json!({"id": "x", "role": "member", "pad": "p".repeat(70_000)});
+    let (code, out) = iotgate(&[
+        "check",
+        "--config",
+        &mini_config(),
+        "--request",
+        "POST /v1/users",
+        "--as",
+        "root",
+        "--body",
+        &body.to_string(),
+        "--json",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], 413, "{out}");
+    assert_eq!(v["error"], "payload_too_large");
+}
+
 #[test]
 fn minted_tokens_verify_through_check() {
     let (code, token) = iotgate(&[

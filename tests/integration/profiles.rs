@@ -39,6 +39,7 @@ async fn serve_agrees_with_check_on_the_bundled_suites() {
         let cases =
             iotgate::commands::check::load_suite(&dir.join("checks.toml"), &loaded).unwrap();
         let signer = iotgate::authn::Signer::from_config(&loaded.config).unwrap();
+        let checker = iotgate::commands::check::Checker::new(loaded);
         // the same profile, served in front of the recording upstream
         let mut served = iotgate::authz::snapshot::Loaded::load(&dir.join("iotgate.toml")).unwrap();
         served.config.server.as_mut().unwrap().upstream =
@@ -49,7 +50,7 @@ async fn serve_agrees_with_check_on_the_bundled_suites() {
         let running =
             iotgate::serve::Running::start(listener, std::sync::Arc::new(gateway)).unwrap();
         for case in &cases {
-            let decided = case.probe.decide(&loaded).status();
+            let decided = checker.answer(&case.probe).await.status;
             let uri = format!("http://{}{}", running.addr, case.probe.uri);
             let mut req = http::Request::builder()
                 .method(case.probe.method.clone())

@@ -434,8 +434,9 @@ async fn check_and_serve_agree_on_every_suite_case() {
         iotgate::commands::check::load_suite(&crate::support::fixture("mini/checks.toml"), &loaded)
             .unwrap();
     assert!(cases.len() >= 10);
+    let checker = iotgate::commands::check::Checker::new(loaded);
     for case in cases {
-        let decided = case.probe.decide(&loaded).status();
+        let decided = checker.answer(&case.probe).await.status;
         let mut req = Request::builder()
             .method(case.probe.method.clone())
             .uri(gw.url(&case.probe.uri.to_string()));
