@@ -45,6 +45,7 @@ fn decide(probe: &Probe, loaded: &Loaded) -> iotgate::authz::decision::Decision 
         uri: &probe.uri,
         headers: &probe.headers,
         has_body: probe.body.is_some(),
+        forwards_cookies: false,
     };
     let credentials = probe.credentials.clone();
     match decision::begin(&loaded.snapshot, &loaded.verifier, head, credentials, None) {
@@ -208,6 +209,7 @@ fn bench_one(
             uri: &uri,
             headers: &headers,
             has_body: false,
+            forwards_cookies: false,
         };
         match decision::begin(
             &loaded.snapshot,

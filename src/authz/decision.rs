@@ -47,6 +47,9 @@ pub struct RequestHead<'a> {
     pub headers: &'a http::HeaderMap,
     /// Whether a body follows (a `GET` or `HEAD` with one is refused).
     pub has_body: bool,
+    /// Whether `Cookie` reaches the upstream (`[server] forward_cookies`): then a token in it
+    /// is a second credential like any other.
+    pub forwards_cookies: bool,
 }
 
 /// How the request's identity is established.
@@ -142,6 +145,10 @@ pub enum BadRequest {
     /// The body could not be read (the client went away, bad chunking).
     #[error("body could not be read: {0}")]
     BodyRead(String),
+    /// An entity the directory does not have but has in another case or with trailing dots
+    /// or spaces (`DELETE /v1/users/ACME` for `acme`).
+    #[error("`{0}` is not in the directory, but an id that differs only in case is")]
+    LookalikeId(String),
     /// A `GET` or `HEAD` with a body: an upstream that ignores it would read it as the next
     /// request on the connection.
     #[error("a {0} request carries no body")]
@@ -286,7 +293,8 @@ pub fn begin<'s>(
             uri::check_query(head.uri.query(), token_parameter).map_err(BadRequest::from)
         })
         .and_then(|()| {
-            headers::second_credential(head.headers, head.uri.query(), token_parameter)
+            let query = head.uri.query();
+            headers::second_credential(head.headers, query, token_parameter, head.forwards_cookies)
                 .map_err(BadRequest::from)
         });
     framing.map_err(|e| decision.clone().boxed(Rejection::BadRequest(e)))?;
@@ -386,6 +394,10 @@ impl Pending<'_> {
             Err(e) => return decision.reject(Rejection::BadRequest(e.into())),
         };
         decision.resource = Some(resolved.resource.clone());
+        if let Some(uid) = lookalike(&self.snapshot.directory, &resolved) {
+            let refused = BadRequest::LookalikeId(uid.to_string());
+            return decision.reject(Rejection::BadRequest(refused));
+        }
         let Some(cache) = self.caches.map(|c| &c.decisions) else {
             return match self.authorize(&resolved) {
                 Ok(verdicts) => decision.apply(&verdicts),
@@ -510,6 +522,16 @@ fn slice(
     }
     slice.entities.extend(action_entities.iter().cloned());
     Ok(cedar_core::slice(slice.entities)?)
+}
+
+/// The resource or context entity of a request that the directory does not have but
+/// would have to a case-insensitive server, if any.
+fn lookalike<'r>(directory: &Directory, resolved: &'r Resolved) -> Option<&'r EntityUid> {
+    let entities = std::iter::once(&resolved.resource)
+        .chain(resolved.context.iter().filter_map(|(_, v)| v.entity()));
+    entities
+        .filter(|uid| directory.get(uid).is_none())
+        .find(|uid| directory.shadows_present(uid))
 }
 
 /// Verifies a token, through the token cache when there is one.

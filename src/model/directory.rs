@@ -95,6 +95,8 @@ pub struct Directory {
     table: HashTable<u32>,
     hasher: hashbrown::DefaultHashBuilder,
     present: usize,
+    /// Hashes of every present entity's (type, folded id): see [`Directory::shadows_present`].
+    folded: hashbrown::HashSet<u64>,
     /// (file, SHA-256 of its content) in load order, for the directory version.
     digests: Vec<(PathBuf, String)>,
 }
@@ -350,12 +352,14 @@ impl Directory {
             .into_iter()
             .map(|(k, v)| (self.intern_attr(k), v))
             .collect();
+        let folded = self.folded_hash(ty, id);
         let slot = &mut self.slots[index as usize];
         if !slot.present {
             self.present += 1;
         }
         slot.present = true;
         slot.attrs = attrs;
+        self.folded.insert(folded);
         Ok(())
     }
 
@@ -439,6 +443,21 @@ impl Directory {
 
     fn hash(&self, ty: u16, id: &str) -> u64 {
         self.hasher.hash_one((ty, id))
+    }
+
+    fn folded_hash(&self, ty: u16, id: &str) -> u64 {
+        self.hash(ty, &crate::request::uri::fold(id))
+    }
+
+    /// Whether an entity the directory does not have is, to a server that matches ids
+    /// ignoring ASCII case and trailing dots or spaces, one it has (`User::"ACME"` for
+    /// `acme`): deciding on it would decide on another entity than the upstream acts on.
+    pub fn shadows_present(&self, uid: &EntityUid) -> bool {
+        let Some(ty) = self.type_index.get(uid.type_name()) else {
+            return false;
+        };
+        self.folded
+            .contains(&self.folded_hash(*ty, uid.id().unescaped()))
     }
 
     fn find(&self, ty: u16, id: &str) -> Option<u32> {
@@ -681,6 +700,8 @@ impl Loader<'_> {
         slot.attrs = attrs;
         slot.parents = parents.into();
         self.dir.present += 1;
+        let folded = self.dir.folded_hash(ty, &id);
+        self.dir.folded.insert(folded);
         Ok(index)
     }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 
 use self::forward::{Stamp, Upstream};
 use crate::authn::Verifier;
@@ -256,11 +256,26 @@ impl Gateway {
         B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        let follows = !body.is_end_stream();
+        let body: Body = body
+            .map_frame(without_trailers)
+            .map_err(|e| -> BoxError { Box::new(ClientBodyError(Box::new(e))) })
+            .boxed();
+        // a GET or HEAD may announce a body that turns out empty (an HTTP/2 DATA frame with
+        // nothing but END_STREAM, a lone last chunk): read it, at most nothing
+        let (has_body, body) = match (&parts.method, follows) {
+            (&http::Method::GET | &http::Method::HEAD, true) => {
+                let empty = read_bounded(body, &parts.headers, 0).await.is_ok();
+                (!empty, full(Bytes::new()))
+            }
+            (_, follows) => (follows, body),
+        };
         let head = RequestHead {
             method: &parts.method,
             uri: &parts.uri,
             headers: &parts.headers,
-            has_body: !body.is_end_stream(),
+            has_body,
+            forwards_cookies: self.server.forward_cookies,
         };
         let credentials = match parts.extensions.get::<TrustedClaims>() {
             Some(TrustedClaims(claims)) if self.trusts_claims => {
@@ -280,10 +295,6 @@ impl Gateway {
         };
         let stream = pending.route().stream;
         if !pending.needs_body() {
-            let body = body
-                .map_frame(without_trailers)
-                .map_err(|e| -> BoxError { Box::new(ClientBodyError(Box::new(e))) })
-                .boxed();
             return (pending.decide(None), stream, Some(body));
         }
         match read_bounded(body, &parts.headers, self.server.max_body_bytes).await {
@@ -411,15 +422,11 @@ enum BodyError {
 }
 
 /// Reads a whole body of at most `limit` bytes.
-async fn read_bounded<B>(
-    body: B,
+async fn read_bounded(
+    mut body: Body,
     headers: &http::HeaderMap,
     limit: usize,
-) -> Result<Bytes, BodyError>
-where
-    B: hyper::body::Body<Data = Bytes>,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
+) -> Result<Bytes, BodyError> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -427,16 +434,17 @@ where
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge);
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(BodyError::TooLarge)
+    let mut read = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if read.len() + data.len() > limit {
+                return Err(BodyError::TooLarge);
+            }
+            read.extend_from_slice(&data);
         }
-        Err(e) => Err(BodyError::Read(e.to_string())),
     }
+    Ok(read.freeze())
 }
 
 /// The client's `X-Request-Id` when it is short and plain, else a new one.

@@ -135,7 +135,7 @@ pub fn check_head(headers: &HeaderMap, token_parameter: Option<&str>) -> Result<
 /// Refuses a request that carries a JWT-shaped value anywhere but where iotgate reads its
 /// token (`Authorization`, the `token_parameter` in any case): in another header
 /// (`X-Api-Key`, `Sec-WebSocket-Protocol`, ...) or another query parameter's name or value.
-/// `Cookie` is not forwarded (unless the operator opts in) and so not looked at.
+/// `Cookie` is looked at only when it is forwarded (`cookies`).
 ///
 /// # Errors
 /// [`HeaderError::SecondCredential`] naming where it was.
@@ -143,9 +143,11 @@ pub fn second_credential(
     headers: &HeaderMap,
     query: Option<&str>,
     token_parameter: Option<&str>,
+    cookies: bool,
 ) -> Result<(), HeaderError> {
     for (name, value) in headers {
-        if name != header::AUTHORIZATION && name != header::COOKIE && has_jwt(value.as_bytes()) {
+        let skipped = name == header::AUTHORIZATION || (name == header::COOKIE && !cookies);
+        if !skipped && has_jwt(value.as_bytes()) {
             return Err(HeaderError::SecondCredential(format!("header `{name}`")));
         }
     }
@@ -164,26 +166,59 @@ pub fn second_credential(
     Ok(())
 }
 
-/// Whether `text` holds a JWT: `eyJ` (a base64url JSON header) and base64url runs joined by
-/// two dots.
+/// Whether `text` holds a JWT or JWE: runs of base64url (padding allowed) joined by dots,
+/// the first of which decodes to a JSON object — whatever whitespace precedes its `{`
+/// (`eyJ…`, `eyAi…`, `ewog…` are all headers a lenient upstream accepts).
 fn has_jwt(text: &[u8]) -> bool {
-    let b64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
-    let run = |from: usize| text[from..].iter().take_while(|b| b64(b)).count();
-    let mut from = 0;
-    while let Some(at) = text[from..].windows(3).position(|w| w == b"eyJ") {
-        let start = from + at;
-        let header = run(start);
-        let claims_at = start + header + 1;
-        let dot = |i: usize| text.get(i) == Some(&b'.');
-        if header >= 8 && dot(start + header) && claims_at < text.len() {
-            let claims = run(claims_at);
-            if claims >= 2 && dot(claims_at + claims) {
-                return true;
-            }
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    // a base64url run from `from`, with its `=` padding
+    let part = |from: usize| {
+        let run = text[from..].iter().take_while(|b| b64(**b)).count();
+        run + text[from + run..]
+            .iter()
+            .take_while(|b| **b == b'=')
+            .count()
+    };
+    // a header at `at`: long enough, then `.claims.`, decoding to a JSON object
+    let jwt_at = |at: usize| {
+        let header = part(at);
+        let next = at + header;
+        let claims = match text.get(next) {
+            Some(b'.') => part(next + 1),
+            _ => 0,
+        };
+        header >= 8
+            && claims >= 2
+            && text.get(next + 1 + claims) == Some(&b'.')
+            && decodes_to_object(&LENIENT, &text[at..next])
+    };
+    let mut at = 0;
+    while at < text.len() {
+        let run = text[at..].iter().take_while(|b| b64(**b)).count();
+        if run == 0 {
+            at += 1;
+            continue;
         }
-        from = start + 3;
+        // the run itself, or a JSON header (`e…`) that a prefix hides (`id_eyJ…`)
+        let starts = std::iter::once(at).chain((at + 1..at + run).filter(|i| text[*i] == b'e'));
+        if starts.take(16).any(jwt_at) {
+            return true;
+        }
+        at += run;
     }
     false
+}
+
+/// Whether base64url `part` decodes to text that, past whitespace, opens a JSON object.
+fn decodes_to_object(engine: &impl base64::Engine, part: &[u8]) -> bool {
+    engine
+        .decode(part)
+        .is_ok_and(|raw| raw.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'))
 }
 
 /// Checks that a body iotgate reads is what it parses: `application/json` or
@@ -297,7 +332,7 @@ mod tests {
         let token = Some("authorization");
         let ok = headers(&[("authorization", &format!("Bearer {jwt}")), ("cookie", jwt)]);
         assert_eq!(
-            second_credential(&ok, Some(&format!("Authorization={jwt}&x=1")), token),
+            second_credential(&ok, Some(&format!("Authorization={jwt}&x=1")), token, false),
             Ok(())
         );
         for (name, value) in [
@@ -306,7 +341,7 @@ mod tests {
             ("x-custom", format!("Bearer {jwt}")),
         ] {
             let h = headers(&[(name, value.as_str())]);
-            assert!(second_credential(&h, None, token).is_err(), "{name}");
+            assert!(second_credential(&h, None, token, false).is_err(), "{name}");
         }
         let none = HeaderMap::new();
         for q in [
@@ -314,9 +349,18 @@ mod tests {
             "x=%65yJhbGciOiJIUzI1NiJ9.eyJ1c3IiOiJvbGl2aWEifQ.c2ln".to_string(),
             format!("{jwt}=1"),
         ] {
-            assert!(second_credential(&none, Some(&q), token).is_err(), "{q}");
+            assert!(
+                second_credential(&none, Some(&q), token, false).is_err(),
+                "{q}"
+            );
         }
-        assert!(second_credential(&none, Some(&format!("authorization={jwt}")), None).is_err());
+        assert!(
+            second_credential(&none, Some(&format!("authorization={jwt}")), None, false).is_err()
+        );
+        assert!(
+            second_credential(&ok, None, token, true).is_err(),
+            "a forwarded cookie is looked at"
+        );
         let two_hosts = headers(&[("host", "a"), ("host", "b")]);
         assert_eq!(check_head(&two_hosts, None), Err(HeaderError::Hosts));
     }

@@ -42,6 +42,10 @@ pub enum PathError {
     /// A control byte (`%00`..`%1F`, `%7F`).
     #[error("path has a control character")]
     ControlChar,
+    /// A raw byte outside ASCII: RFC 3986 requires it percent-encoded, and servers decode
+    /// and normalize raw text in their own ways (raw fullwidth `．．`).
+    #[error("path has a raw non-ASCII byte (percent-encode it)")]
+    NotAscii,
     /// `;` or `%3B`: path parameters, which Tomcat-style servers strip (`..;/`).
     #[error("path has a `;`")]
     Semicolon,
@@ -72,6 +76,10 @@ pub enum QueryError {
     /// (`??authorization=`, `%2561uthorization=`, `authorization[]=`, `+authorization=`).
     #[error("query parameter name `{0}` is not plain (letters, digits, `_.~-`)")]
     Name(String),
+    /// A value with a control character (`%0D%0A`), which an upstream could copy into a
+    /// header or a log line.
+    #[error("query parameter `{0}` has a control character")]
+    ControlChar(String),
     /// A parameter that carries a credential or a method iotgate does not decide on
     /// (`access_token`, `api_key`, `_method`).
     #[error("query parameter `{0}` is not accepted")]
@@ -101,11 +109,17 @@ pub fn check_query(raw: Option<&str>, token_parameter: Option<&str>) -> Result<(
     if raw.contains(';') {
         return Err(QueryError::Semicolon);
     }
+    if !raw.is_ascii() {
+        return Err(QueryError::BadEncoding("a raw non-ASCII byte".into()));
+    }
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let name =
             form_decode(k).ok_or_else(|| QueryError::BadEncoding(k.chars().take(32).collect()))?;
-        form_decode(v).ok_or_else(|| QueryError::BadEncoding(name.clone()))?;
+        let value = form_decode(v).ok_or_else(|| QueryError::BadEncoding(name.clone()))?;
+        if value.chars().any(char::is_control) {
+            return Err(QueryError::ControlChar(name));
+        }
         if name.is_empty()
             || !name
                 .bytes()
@@ -148,6 +162,9 @@ fn segment(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if raw.contains(';') {
         return Err(PathError::Semicolon);
     }
+    if !raw.is_ascii() {
+        return Err(PathError::NotAscii);
+    }
     if !raw.contains('%') {
         return Ok(Cow::Borrowed(raw));
     }
@@ -165,6 +182,9 @@ fn segment(raw: &str) -> Result<Cow<'_, str>, PathError> {
         }
     }
     let text = String::from_utf8(bytes).map_err(|_| PathError::NotUtf8)?;
+    if text.chars().any(char::is_control) {
+        return Err(PathError::ControlChar);
+    }
     if !unicode_normalization::is_nfkc(&text) {
         return Err(PathError::NotNormalized);
     }
@@ -212,6 +232,12 @@ fn hex(b: u8) -> Option<u8> {
         b'A'..=b'F' => Some(b - b'A' + 10),
         _ => None,
     }
+}
+
+/// A path segment or id as servers that match case-insensitively, or strip trailing dots
+/// and spaces (Windows-style), read it.
+pub fn fold(segment: &str) -> String {
+    segment.trim_end_matches(['.', ' ']).to_ascii_lowercase()
 }
 
 /// A query string, decoded on demand (`application/x-www-form-urlencoded` rules).
@@ -327,6 +353,9 @@ mod tests {
             ("/v1/%EF%BD%81dmin", Err(NotNormalized)),
             ("/v1/caf%C3%A9", Ok(&["v1", "café"])),
             ("/v1/cafe%CC%81", Err(NotNormalized)),
+            ("/v1/\u{ff0e}\u{ff0e}/users", Err(NotAscii)),
+            ("/v1/caf\u{e9}", Err(NotAscii)),
+            ("/v1/a%C2%85b", Err(ControlChar)),
         ];
         for (path, expected) in cases {
             let got = segments(path);
@@ -405,6 +434,12 @@ mod tests {
                 matches!(check(bad), Err(QueryError::BadEncoding(_))),
                 "{bad}: {:?}",
                 check(bad)
+            );
+        }
+        for control in ["a=%0D%0Aset-cookie", "a=%00", "a=%C2%85"] {
+            assert!(
+                matches!(check(control), Err(QueryError::ControlChar(_))),
+                "{control}"
             );
         }
         for refused in [

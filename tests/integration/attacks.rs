@@ -1139,3 +1139,74 @@ async fn a_token_with_a_repeated_claim_is_refused() {
     up.assert_untouched();
     gw.running.stop().await;
 }
+
+// === a third look ===
+
+/// A token whose JOSE header has whitespace before its `{` (lenient upstreams accept it).
+fn spaced_token(usr: &str) -> String {
+    use base64::Engine;
+    let b64 = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
+    let secret = std::fs::read_to_string(root().join("examples/thinger/secret.key")).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes());
+    let exp = iotgate::authn::now() + 60;
+    let message = format!(
+        "{}.{}",
+        b64("{ \"alg\":\"HS256\"}"),
+        b64(&format!(r#"{{"usr":"{usr}","exp":{exp}}}"#))
+    );
+    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+        .unwrap();
+    format!("{message}.{sig}")
+}
+
+#[tokio::test]
+async fn tokens_of_any_shape_and_raw_unicode_paths_are_refused() {
+    let up = Recorder::start(false).await;
+    let gw = Thinger::start(&up.url(), "").await;
+    let olivia = spaced_token("olivia");
+    assert!(!olivia.starts_with("eyJ"));
+    let close = "Connection: close";
+    let cases: Vec<(String, u16)> = vec![
+        (request("GET", DEVICE, Some(&bob()), &[&format!("X-Custom: {olivia}"), close], ""), 400),
+        (request("GET", &format!("{DEVICE}?x={olivia}"), Some(&bob()), &[close], ""), 400),
+        (request("GET", &format!("{DEVICE}?a=%0D%0ASet-Cookie:x"), Some(&bob()), &[close], ""), 400),
+        // raw (not percent-encoded) fullwidth dots: a normalizing server reads `..`
+        (request("GET", "/users/dave/plugins/p/\u{ff0e}\u{ff0e}/\u{ff0e}\u{ff0e}/v1/users", Some(&dave()), &[close], ""), 400),
+        // a GET that announces a body that is empty is a plain GET
+        (format!("GET {DEVICE} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n{close}\r\n\r\n0\r\n\r\n", bob()), 200),
+    ];
+    for (bytes, want) in &cases {
+        let answer = exchange(gw.addr, bytes.as_bytes()).await;
+        assert_eq!(statuses(&answer), [*want], "{bytes}\n{answer}");
+    }
+    assert_eq!(up.requests().len(), 1, "only the empty-bodied GET");
+    assert_eq!(up.requests()[0].body.len(), 0);
+    gw.running.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_cookies_are_looked_at_for_second_credentials() {
+    let up = Recorder::start(false).await;
+    let gw = Thinger::start(&up.url(), "forward_cookies = true").await;
+    let olivia = token(json!({"usr": "olivia"}));
+    let with_cookie = |cookie: String| {
+        request(
+            "GET",
+            DEVICE,
+            Some(&bob()),
+            &[&cookie, "Connection: close"],
+            "",
+        )
+    };
+    let answer = exchange(
+        gw.addr,
+        with_cookie(format!("Cookie: authorization={olivia}")).as_bytes(),
+    )
+    .await;
+    assert_eq!(statuses(&answer), [400], "{answer}");
+    up.assert_untouched();
+    let answer = exchange(gw.addr, with_cookie("Cookie: theme=dark".into()).as_bytes()).await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    assert_eq!(up.requests()[0].headers["cookie"], "theme=dark");
+    gw.running.stop().await;
+}

@@ -50,6 +50,7 @@ impl Fixture {
             uri: &uri,
             headers: &headers,
             has_body: body.is_some(),
+            forwards_cookies: false,
         };
         let credentials = match claims {
             serde_json::Value::Null => Credentials::Token,

@@ -180,7 +180,7 @@ impl Route {
         self.reserved.iter().any(|(name, values)| {
             captures
                 .iter()
-                .any(|(n, v)| n == name && values.contains(&trie::fold(v)))
+                .any(|(n, v)| n == name && values.contains(&crate::request::uri::fold(v)))
         })
     }
 
@@ -664,7 +664,13 @@ impl<'a> Compiler<'a> {
                 .reserved
                 .iter()
                 .map(|(name, values)| {
-                    (name.clone(), values.iter().map(|v| trie::fold(v)).collect())
+                    (
+                        name.clone(),
+                        values
+                            .iter()
+                            .map(|v| crate::request::uri::fold(v))
+                            .collect(),
+                    )
                 })
                 .collect(),
         };

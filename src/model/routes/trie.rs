@@ -211,18 +211,14 @@ fn find_leaf<'t>(node: &'t Node, segments: &[Cow<'_, str>]) -> Option<&'t Leaf> 
     node.rest.as_ref()
 }
 
-/// A segment as servers that match case-insensitively, or strip trailing dots and spaces
-/// (Windows-style), read it.
-pub fn fold(segment: &str) -> String {
-    segment.trim_end_matches(['.', ' ']).to_ascii_lowercase()
-}
-
 /// Whether `segment` is, to such a server, one of the node's literals (`Tokens`, `tokens.`
 /// for `tokens`): then no capture may take it, since the upstream would serve the literal's
 /// operation.
 fn shadows(node: &Node, segment: &str) -> bool {
-    let folded = fold(segment);
-    node.literals.keys().any(|literal| fold(literal) == folded)
+    let folded = crate::request::uri::fold(segment);
+    node.literals
+        .keys()
+        .any(|literal| crate::request::uri::fold(literal) == folded)
 }
 
 /// Binds capture names of `template` to the values in `segments` (which it matches).
