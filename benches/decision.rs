@@ -21,7 +21,7 @@
 )]
 
 #[path = "support/scale.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, reason = "each bench uses part of the shared world builder")]
 mod scale;
 
 use std::str::FromStr;
@@ -29,17 +29,17 @@ use std::time::{Duration, Instant};
 
 use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicyId, PolicySet, Request};
 use criterion::{BenchmarkId, Criterion};
-use iotgate::authz::cache::Caches;
-use iotgate::authz::cache::DecisionKey;
-use iotgate::authz::decision::{self, Credentials, RequestHead};
-use iotgate::authz::snapshot::Loaded;
-use iotgate::commands::check::Probe;
-use iotgate::model::routes::field::FieldValue;
-use iotgate::model::routes::Resolved;
+use iotgate::Caches;
+use iotgate::DecisionKey;
+use iotgate::FieldValue;
+use iotgate::Loaded;
+use iotgate::Probe;
+use iotgate::Resolved;
+use iotgate::{Credentials, RequestHead};
 
 /// p50 and p99 of `f`, over `n` runs.
 /// The decision alone, without the HTTP handling around it: what these benches measure.
-fn decide(probe: &Probe, loaded: &Loaded) -> iotgate::authz::decision::Decision {
+fn decide(probe: &Probe, loaded: &Loaded) -> iotgate::Decision {
     let head = RequestHead {
         method: &probe.method,
         uri: &probe.uri,
@@ -48,7 +48,7 @@ fn decide(probe: &Probe, loaded: &Loaded) -> iotgate::authz::decision::Decision 
         forwards_cookies: false,
     };
     let credentials = probe.credentials.clone();
-    match decision::begin(&loaded.snapshot, &loaded.verifier, head, credentials, None) {
+    match iotgate::begin(&loaded.snapshot, &loaded.verifier, head, credentials, None) {
         Err(rejected) => *rejected,
         Ok(pending) => pending.decide(probe.body.as_deref()),
     }
@@ -211,7 +211,7 @@ fn bench_one(
             has_body: false,
             forwards_cookies: false,
         };
-        match decision::begin(
+        match iotgate::begin(
             &loaded.snapshot,
             &loaded.verifier,
             head,

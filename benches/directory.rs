@@ -14,7 +14,7 @@
 )]
 
 #[path = "support/scale.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, reason = "each bench uses part of the shared world builder")]
 mod scale;
 
 use std::time::Instant;
@@ -27,10 +27,10 @@ fn main() {
     );
     for n in sizes {
         let world = scale::write(10, n);
-        let config = iotgate::config::Config::load(&world.config).unwrap();
+        let config = iotgate::Config::load(&world.config).unwrap();
         let before = scale::rss();
         let started = Instant::now();
-        let snapshot = iotgate::authz::snapshot::Snapshot::load(&config).unwrap();
+        let snapshot = iotgate::Snapshot::load(&config).unwrap();
         let load = started.elapsed();
         let grown = scale::rss().saturating_sub(before);
         let count = snapshot.directory.len();
@@ -53,9 +53,9 @@ fn main() {
     );
     let world = scale::write_directory_world(10_000);
     for n in policies {
-        let config = iotgate::config::Config::load(&world.add_policies(n)).unwrap();
+        let config = iotgate::Config::load(&world.add_policies(n)).unwrap();
         let started = Instant::now();
-        let snapshot = iotgate::authz::snapshot::Snapshot::load(&config).unwrap();
+        let snapshot = iotgate::Snapshot::load(&config).unwrap();
         println!(
             "{:>10} {:>15.2}s {:>14}",
             snapshot.policies.set.policies().count(),

@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use iotgate::authn::{now, Signer, Verifier};
-use iotgate::config::Config;
+use iotgate::Config;
+use iotgate::{now, Signer, Verifier};
 use jsonwebtoken::Algorithm;
 
 fn keys() -> PathBuf {
@@ -94,7 +94,7 @@ fn bench(c: &mut Criterion) {
         group.bench_function(*name, |b| b.iter(|| verifier.verify(&token).unwrap()));
     }
     group.finish();
-    let cache = iotgate::authz::cache::TokenCache::new(&iotgate::config::CacheConfig {
+    let cache = iotgate::TokenCache::new(&iotgate::CacheConfig {
         max_entries: 1000,
         ttl: std::time::Duration::from_secs(60),
         max_bytes: 1 << 20,

@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::config::problem::Problems;
 
 /// Writes `files` (relative path, text) into a new temporary folder.
-pub fn write_tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+pub(crate) fn write_tree(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in files {
         let path = dir.path().join(name);
@@ -16,7 +16,7 @@ pub fn write_tree(files: &[(&str, &str)]) -> tempfile::TempDir {
 }
 
 /// Problems as `file:line: message` lines, with the folder prefix removed.
-pub fn messages(dir: &Path, problems: Problems) -> Vec<String> {
+pub(crate) fn messages(dir: &Path, problems: Problems) -> Vec<String> {
     let prefix = format!("{}/", dir.display());
     problems
         .iter()
@@ -26,4 +26,4 @@ pub fn messages(dir: &Path, problems: Problems) -> Vec<String> {
 
 #[path = "../tests/common/fs.rs"]
 mod fs;
-pub use fs::copy_dir;
+pub(crate) use fs::copy_dir;

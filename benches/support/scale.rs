@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The world's sizes and where it was written.
-pub struct World {
+pub(crate) struct World {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub users: usize,
@@ -34,17 +34,17 @@ fn root() -> PathBuf {
 }
 
 /// Member of project `p` (a guest account).
-pub fn member(p: usize) -> String {
+pub(crate) fn member(p: usize) -> String {
     format!("m{}", p)
 }
 
 /// Owner account of project `p` (a developer).
-pub fn owner(p: usize, users: usize) -> String {
+pub(crate) fn owner(p: usize, users: usize) -> String {
     format!("u{}", p % (users / 2).max(1))
 }
 
 /// Writes a world with `policies` project policies and about `entities` entities.
-pub fn write(policies: usize, entities: usize) -> World {
+pub(crate) fn write(policies: usize, entities: usize) -> World {
     let world = write_directory_world(entities);
     world.add_policies(policies);
     world
@@ -52,7 +52,7 @@ pub fn write(policies: usize, entities: usize) -> World {
 
 /// Writes the schema, base policies and a directory of about `entities` entities; add
 /// policy sets with [`World::add_policies`].
-pub fn write_directory_world(entities: usize) -> World {
+pub(crate) fn write_directory_world(entities: usize) -> World {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // accounts: half developers (u*), half guests (m*, one per project)
@@ -79,7 +79,7 @@ pub fn write_directory_world(entities: usize) -> World {
 impl World {
     /// Adds a folder of `n` project policies and a config `iotgate-<n>.toml` using it
     /// (and makes it this world's `config`).
-    pub fn add_policies(&self, n: usize) -> PathBuf {
+    pub(crate) fn add_policies(&self, n: usize) -> PathBuf {
         let folder = self.dir.path().join(format!("projects-{n}"));
         std::fs::create_dir_all(&folder).unwrap();
         write_policies(&folder.join("generated.cedar"), n, self.users);
@@ -108,7 +108,7 @@ impl World {
     }
 
     /// A device shared through project 0, and that project's member: an allowed read.
-    pub fn shared_device(&self) -> (String, String) {
+    pub(crate) fn shared_device(&self) -> (String, String) {
         (
             member(0),
             format!("/v1/users/{}/devices/d0", owner(0, self.users)),
@@ -180,7 +180,7 @@ mod fs;
 use fs::copy_dir as copy;
 
 /// Sizes from a comma-separated environment variable, or the defaults.
-pub fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
+pub(crate) fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
     std::env::var(var)
         .ok()
         .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
@@ -188,7 +188,7 @@ pub fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
 }
 
 /// Resident set size of this process, in bytes (Linux).
-pub fn rss() -> u64 {
+pub(crate) fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
         .split_whitespace()

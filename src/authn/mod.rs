@@ -22,7 +22,7 @@ use crate::config::{AuthConfig, Config, KeySource, PemSource};
 use crate::request::uri::Query;
 
 /// The claims of a verified token.
-pub type Claims = Map<String, Value>;
+pub(crate) type Claims = Map<String, Value>;
 
 /// Who a request is from: the principal id and the claims that named it.
 #[derive(Debug, Clone, PartialEq)]
@@ -295,7 +295,7 @@ fn time_claim(claims: &Claims, name: &str) -> Result<Option<u64>, AuthError> {
 }
 
 /// When a verified token expires (its `exp`, rounded down), for caches.
-pub fn expiry(claims: &Claims) -> Option<u64> {
+pub(crate) fn expiry(claims: &Claims) -> Option<u64> {
     time_claim(claims, "exp").ok().flatten()
 }
 
@@ -446,6 +446,15 @@ pub struct Signer {
     alg: Algorithm,
     kid: Option<String>,
     key: EncodingKey,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Signer {

@@ -135,7 +135,7 @@ fn alg_none_and_garbage_are_malformed() {
 
 /// Minimal base64url (no padding) so the test can forge headers by hand.
 mod base64_url {
-    pub fn encode(s: &str) -> String {
+    pub(super) fn encode(s: &str) -> String {
         const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let b = s.as_bytes();
         let mut out = String::new();

@@ -38,7 +38,7 @@ pub struct DecisionKey {
 
 /// Hit, miss and eviction counters.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
     evictions: Arc<AtomicU64>,

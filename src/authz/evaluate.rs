@@ -35,7 +35,7 @@ pub struct Verdicts {
 
 /// Evaluates the candidate buckets and combines them as one policy set would decide.
 /// `all` is the whole set, for the `@reason` annotations of the determining policies.
-pub fn evaluate(
+pub(crate) fn evaluate(
     buckets: &[&PolicySet],
     all: &PolicySet,
     request: &Request,

@@ -6,7 +6,7 @@
 //!   (cache: decisions and tokens)
 //! ```
 
-pub mod cache;
-pub mod decision;
-pub mod evaluate;
-pub mod snapshot;
+pub(crate) mod cache;
+pub(crate) mod decision;
+pub(crate) mod evaluate;
+pub(crate) mod snapshot;

@@ -177,6 +177,7 @@ fn hash<'a>(parts: impl Iterator<Item = (&'a Path, &'a str)>) -> String {
 
 /// Everything needed to decide: the config, its keys and its first snapshot (`serve`,
 /// `check`, `validate` and `demo` start from it).
+#[derive(Debug)]
 pub struct Loaded {
     /// The config.
     pub config: Config,

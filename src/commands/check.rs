@@ -161,7 +161,7 @@ impl Checker {
 }
 
 /// Runs `check`.
-pub fn run(args: &CheckArgs, out: &mut dyn Write) -> std::io::Result<ExitStatus> {
+pub(crate) fn run(args: &CheckArgs, out: &mut dyn Write) -> std::io::Result<ExitStatus> {
     let loaded = match Loaded::load(&args.config.config) {
         Ok(l) => l,
         Err(problems) => {
@@ -289,7 +289,7 @@ fn single_probe(loaded: &Loaded, args: &CheckArgs, request: &str) -> Result<Prob
 
 /// A decision as `check` and logs present it.
 #[derive(Debug, Serialize)]
-pub struct Explanation<'d> {
+pub(crate) struct Explanation<'d> {
     /// HTTP status (200 = forwarded).
     pub status: u16,
     /// `allow` or `deny`.

@@ -130,7 +130,9 @@ impl Termination for ExitStatus {
 ///
 /// # Errors
 /// An argument without `=`.
-pub fn parse_claims(args: &[String]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+pub(crate) fn parse_claims(
+    args: &[String],
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
     let mut out = serde_json::Map::new();
     for arg in args {
         let (k, v) = arg
@@ -147,7 +149,7 @@ pub fn parse_claims(args: &[String]) -> Result<serde_json::Map<String, serde_jso
 ///
 /// # Errors
 /// Not a number with an optional unit.
-pub fn parse_ttl(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_ttl(s: &str) -> Result<u64, String> {
     let (n, unit) = match s.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
         _ => (s, 's'),

@@ -12,7 +12,7 @@
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -31,7 +31,7 @@ use crate::proxy::Gateway;
 use crate::serve::{shutdown_signal, Running};
 
 /// The thinger example profile, as (path relative to the demo folder, content).
-pub const PROFILE: &[(&str, &str)] = &[
+pub(crate) const PROFILE: &[(&str, &str)] = &[
     (
         "schema/thinger.cedarschema",
         include_str!("../../schema/thinger.cedarschema"),
@@ -89,7 +89,7 @@ const PREFERRED: &str = "127.0.0.1:8080";
 const TOKEN_TTL: u64 = 24 * 3600;
 
 /// Runs the demo until Ctrl-C.
-pub async fn run(out: &mut dyn Write) -> ExitStatus {
+pub(crate) async fn run(out: &mut dyn Write) -> ExitStatus {
     match run_inner(out).await {
         Ok(()) => ExitStatus::Ok,
         Err(message) => {
@@ -356,14 +356,16 @@ fn mock_answer(req: &Request<Incoming>) -> Response<Body> {
     response
 }
 
-/// The files the demo embeds, relative to the crate root (for the drift test).
-pub fn embedded_paths() -> impl Iterator<Item = &'static Path> {
-    PROFILE.iter().map(|(rel, _)| Path::new(*rel))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    /// The files the demo embeds, relative to the crate root.
+    fn embedded_paths() -> impl Iterator<Item = &'static Path> {
+        PROFILE.iter().map(|(rel, _)| Path::new(*rel))
+    }
 
     /// The demo embeds every file of the example profile, so it cannot drift from it.
     #[test]

@@ -1,8 +1,8 @@
 //! The small commands: `validate` and `token`.
 
-pub mod check;
-pub mod cli;
-pub mod demo;
+pub(crate) mod check;
+pub(crate) mod cli;
+pub(crate) mod demo;
 
 use std::io::Write;
 
@@ -10,11 +10,38 @@ use serde_json::Value;
 
 use crate::authn::{now, Signer};
 use crate::authz::snapshot::Loaded;
-use crate::commands::cli::{parse_claims, parse_ttl, ConfigArg, ExitStatus, ServeArgs, TokenArgs};
+use crate::commands::cli::{
+    parse_claims, parse_ttl, Cli, Command, ConfigArg, ExitStatus, ServeArgs, TokenArgs,
+};
 use crate::config::Config;
 
+/// Runs the command line's command, writing its output to stdout.
+pub fn run(cli: &Cli) -> ExitStatus {
+    let mut out = std::io::stdout().lock();
+    let result = match &cli.command {
+        Command::Check(args) => check::run(args, &mut out),
+        Command::Validate(args) => validate(args, &mut out),
+        Command::Token(args) => token(args, &mut out),
+        Command::Serve(args) => {
+            crate::telemetry::init(cli.log_format);
+            runtime().map(|rt| rt.block_on(serve(args)))
+        }
+        Command::Demo => {
+            crate::telemetry::init(cli.log_format);
+            runtime().map(|rt| rt.block_on(demo::run(&mut out)))
+        }
+    };
+    result.unwrap_or(ExitStatus::Error)
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
 /// `serve`: runs the gateway until a shutdown signal; load problems are printed (exit 2).
-pub async fn serve(args: &ServeArgs) -> ExitStatus {
+pub(crate) async fn serve(args: &ServeArgs) -> ExitStatus {
     match crate::serve::run(&args.config.config).await {
         Ok(()) => ExitStatus::Ok,
         Err(message) => {
@@ -26,7 +53,7 @@ pub async fn serve(args: &ServeArgs) -> ExitStatus {
 
 /// `validate`: loads config, keys, schema, routes, policies and directory; prints every
 /// problem (exit 2) or a summary (exit 0).
-pub fn validate(args: &ConfigArg, out: &mut dyn Write) -> std::io::Result<ExitStatus> {
+pub(crate) fn validate(args: &ConfigArg, out: &mut dyn Write) -> std::io::Result<ExitStatus> {
     match Loaded::load(&args.config) {
         Err(problems) => {
             write!(out, "{problems}")?;
@@ -54,7 +81,7 @@ pub fn validate(args: &ConfigArg, out: &mut dyn Write) -> std::io::Result<ExitSt
 }
 
 /// `token`: mints a token for `--as` with the configured secret (or `--private-key`).
-pub fn token(args: &TokenArgs, out: &mut dyn Write) -> std::io::Result<ExitStatus> {
+pub(crate) fn token(args: &TokenArgs, out: &mut dyn Write) -> std::io::Result<ExitStatus> {
     match mint(args) {
         Ok(token) => {
             writeln!(out, "{token}")?;

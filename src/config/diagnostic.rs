@@ -10,7 +10,7 @@ use miette::Diagnostic;
 use crate::config::problem::{Problem, Problems};
 
 /// One problem per diagnostic (and per related diagnostic), located in `text`.
-pub fn problems(file: &Path, text: &str, diagnostic: &dyn Diagnostic) -> Problems {
+pub(crate) fn problems(file: &Path, text: &str, diagnostic: &dyn Diagnostic) -> Problems {
     let mut out = Problems::new();
     let related: Vec<&dyn Diagnostic> = diagnostic
         .related()
@@ -27,7 +27,7 @@ pub fn problems(file: &Path, text: &str, diagnostic: &dyn Diagnostic) -> Problem
 }
 
 /// One problem for a diagnostic, at its first label.
-pub fn problem(file: &Path, text: &str, diagnostic: &dyn Diagnostic) -> Problem {
+pub(crate) fn problem(file: &Path, text: &str, diagnostic: &dyn Diagnostic) -> Problem {
     let offset = diagnostic
         .labels()
         .and_then(|mut labels| labels.next())

@@ -14,7 +14,7 @@ use crate::config::problem::{Problem, Problems};
 /// # Errors
 /// The path does not exist, or a folder or entry cannot be read; entries whose names are
 /// not UTF-8 are refused rather than skipped.
-pub fn files_with_extension(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, Problems> {
+pub(crate) fn files_with_extension(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, Problems> {
     files_below(dir, |path| {
         path.extension().and_then(|e| e.to_str()) == Some(ext)
     })
@@ -24,7 +24,10 @@ pub fn files_with_extension(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, Probl
 ///
 /// # Errors
 /// As [`files_with_extension`].
-pub fn files_below(dir: &Path, keep: impl Fn(&Path) -> bool) -> Result<Vec<PathBuf>, Problems> {
+pub(crate) fn files_below(
+    dir: &Path,
+    keep: impl Fn(&Path) -> bool,
+) -> Result<Vec<PathBuf>, Problems> {
     let meta =
         std::fs::metadata(dir).map_err(|e| Problem::in_file(dir, format!("cannot read: {e}")))?;
     if meta.is_file() {

@@ -9,10 +9,10 @@
 //! Key material, routes, schema, policies and the directory are only *named* here; their
 //! loaders (`auth`, `routes`, `policy`, `directory`) read and check them.
 
-pub mod diagnostic;
-pub mod files;
-pub mod problem;
-pub mod tomlfile;
+pub(crate) mod diagnostic;
+pub(crate) mod files;
+pub(crate) mod problem;
+pub(crate) mod tomlfile;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

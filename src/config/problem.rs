@@ -128,7 +128,7 @@ impl fmt::Display for Problems {
 impl std::error::Error for Problems {}
 
 /// 1-based line number of a byte offset (offsets past the end count as the last line).
-pub fn line_of_offset(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of_offset(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
     text.as_bytes()[..end]
         .iter()
@@ -140,7 +140,7 @@ pub fn line_of_offset(text: &str, offset: usize) -> usize {
 /// Line numbers of increasing offsets in one text, in time linear in the text (for files
 /// with a million entities, where counting from the start each time would be quadratic).
 #[derive(Debug)]
-pub struct LineCounter<'t> {
+pub(crate) struct LineCounter<'t> {
     text: &'t [u8],
     offset: usize,
     line: usize,
@@ -148,7 +148,7 @@ pub struct LineCounter<'t> {
 
 impl<'t> LineCounter<'t> {
     /// Starts at line 1, offset 0.
-    pub fn new(text: &'t str) -> Self {
+    pub(crate) fn new(text: &'t str) -> Self {
         Self {
             text: text.as_bytes(),
             offset: 0,
@@ -158,7 +158,7 @@ impl<'t> LineCounter<'t> {
 
     /// 1-based line of `offset`; offsets must not decrease between calls (a smaller one
     /// restarts from the beginning).
-    pub fn line_at(&mut self, offset: usize) -> usize {
+    pub(crate) fn line_at(&mut self, offset: usize) -> usize {
         let offset = offset.min(self.text.len());
         if offset < self.offset {
             *self = Self {
@@ -180,7 +180,7 @@ impl<'t> LineCounter<'t> {
 ///
 /// # Errors
 /// The file cannot be read or is not UTF-8.
-pub fn read_text(path: &Path) -> Result<String, Problem> {
+pub(crate) fn read_text(path: &Path) -> Result<String, Problem> {
     std::fs::read_to_string(path).map_err(|e| Problem::in_file(path, format!("cannot read: {e}")))
 }
 

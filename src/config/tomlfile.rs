@@ -50,7 +50,7 @@ impl TomlFile {
 /// A deserialized file, the line index of its keys, and its unknown keys as problems (so
 /// callers can go on checking and report everything at once).
 #[derive(Debug)]
-pub struct Parsed<T> {
+pub(crate) struct Parsed<T> {
     /// The value.
     pub value: T,
     /// Lines of its keys.
@@ -64,7 +64,7 @@ pub struct Parsed<T> {
 /// # Errors
 /// The file cannot be read, is not TOML, or does not fit `T` (with the unknown keys found
 /// before the error).
-pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Parsed<T>, Problems> {
+pub(crate) fn load<T: DeserializeOwned>(path: &Path) -> Result<Parsed<T>, Problems> {
     let text = read_text(path)?;
     parse(path, &text)
 }
@@ -73,7 +73,7 @@ pub fn load<T: DeserializeOwned>(path: &Path) -> Result<Parsed<T>, Problems> {
 ///
 /// # Errors
 /// As [`load`].
-pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<Parsed<T>, Problems> {
+pub(crate) fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<Parsed<T>, Problems> {
     let at = |e: &toml::de::Error| e.span().map(|s| line_of_offset(text, s.start));
     let table = DeTable::parse(text)
         .map_err(|e| Problem::at_line(path, at(&e), format!("invalid toml: {}", e.message())))?;

@@ -21,10 +21,10 @@ use cedar_policy_core::entities::{Entities as CoreEntities, NoEntitiesSchema, TC
 use cedar_policy_core::extensions::Extensions;
 use smol_str::SmolStr;
 
-pub use cedar_policy_core::ast::Entity as CoreEntity;
+pub(crate) use cedar_policy_core::ast::Entity as CoreEntity;
 
 /// A core entity with these attribute values and these ancestors (all of them).
-pub fn entity(
+pub(crate) fn entity(
     uid: EntityUid,
     attrs: impl IntoIterator<Item = (SmolStr, Value)>,
     ancestors: impl IntoIterator<Item = EntityUid>,
@@ -40,37 +40,37 @@ pub fn entity(
 }
 
 /// The core form of a public entity (action entities, extension-valued entities).
-pub fn from_public(entity: &cedar_policy::Entity) -> CoreEntity {
+pub(crate) fn from_public(entity: &cedar_policy::Entity) -> CoreEntity {
     entity.as_ref().clone()
 }
 
 /// Value constructors.
-pub fn bool(b: bool) -> Value {
+pub(crate) fn bool(b: bool) -> Value {
     Value::from(b)
 }
 
 /// A long.
-pub fn long(n: i64) -> Value {
+pub(crate) fn long(n: i64) -> Value {
     Value::from(n)
 }
 
 /// A string.
-pub fn string(s: &str) -> Value {
+pub(crate) fn string(s: &str) -> Value {
     Value::from(s)
 }
 
 /// An entity reference.
-pub fn entity_ref(uid: EntityUid) -> Value {
+pub(crate) fn entity_ref(uid: EntityUid) -> Value {
     Value::from(ast::EntityUID::from(uid))
 }
 
 /// A set.
-pub fn set(items: impl IntoIterator<Item = Value>) -> Value {
+pub(crate) fn set(items: impl IntoIterator<Item = Value>) -> Value {
     Value::set(items, None)
 }
 
 /// A record.
-pub fn record(fields: impl IntoIterator<Item = (SmolStr, Value)>) -> Value {
+pub(crate) fn record(fields: impl IntoIterator<Item = (SmolStr, Value)>) -> Value {
     Value::record(fields, None)
 }
 
@@ -83,7 +83,7 @@ pub struct SliceError(String);
 ///
 /// # Errors
 /// Two entities share a uid.
-pub fn slice(entities: Vec<CoreEntity>) -> Result<Entities, SliceError> {
+pub(crate) fn slice(entities: Vec<CoreEntity>) -> Result<Entities, SliceError> {
     CoreEntities::from_entities(
         entities,
         None::<&NoEntitiesSchema>,

@@ -39,7 +39,7 @@ pub struct IndexError(String);
 
 /// What a policy scope pins on one side.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Side {
+pub(crate) enum Side {
     /// Nothing (or only a type, which Cedar checks).
     Any,
     /// `== uid`.
@@ -50,7 +50,7 @@ pub enum Side {
 
 /// Where a policy is kept.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct BucketKey {
+pub(crate) struct BucketKey {
     /// The principal pin.
     pub principal: Side,
     /// The resource pin.

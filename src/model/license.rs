@@ -15,14 +15,14 @@ use crate::model::directory::{Directory, Val};
 use crate::model::schema::{Catalog, Type};
 
 /// Id of the server entity.
-pub const SERVER_ID: &str = "instance";
+pub(crate) const SERVER_ID: &str = "instance";
 
 /// Builds the server entity and adds it to the directory.
 ///
 /// # Errors
 /// The schema has no `<namespace>::Server` type with `Long` attributes `max_accounts` and
 /// `licensed_accounts`.
-pub fn install(
+pub(crate) fn install(
     license: &LicenseConfig,
     principal_type: &EntityTypeName,
     catalog: &Catalog,

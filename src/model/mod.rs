@@ -7,10 +7,10 @@
 //! cedar_core: the Cedar core entities the directory and slices are built from
 //! ```
 
-pub mod cedar_core;
-pub mod directory;
-pub mod index;
-pub mod license;
-pub mod policy;
-pub mod routes;
-pub mod schema;
+pub(crate) mod cedar_core;
+pub(crate) mod directory;
+pub(crate) mod index;
+pub(crate) mod license;
+pub(crate) mod policy;
+pub(crate) mod routes;
+pub(crate) mod schema;

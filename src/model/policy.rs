@@ -23,7 +23,7 @@ use crate::model::index::PolicyIndex;
 use crate::model::schema::Catalog;
 
 /// How many entity dereferences a policy may chain (see the module docs).
-pub const MAX_DEREF_LEVEL: u32 = 2;
+pub(crate) const MAX_DEREF_LEVEL: u32 = 2;
 
 /// A policy file that was read: its path and text.
 #[derive(Debug, Clone)]

@@ -304,7 +304,7 @@ fn type_names(ns: &str, list: Option<&Value>) -> Vec<String> {
 }
 
 /// `Ns::Name` unless `name` is already qualified or the namespace is empty.
-pub fn qualify(ns: &str, name: &str) -> String {
+pub(crate) fn qualify(ns: &str, name: &str) -> String {
     if ns.is_empty() || name.contains("::") {
         name.to_string()
     } else {

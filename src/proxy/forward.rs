@@ -184,7 +184,7 @@ pub struct Stamp<'a> {
 
 /// What the stand-in upstream answers an allowed request: `200`, an empty body, the request
 /// id, as a real answer is cleaned.
-pub fn stand_in_answer(request_id: &str) -> Response<Body> {
+pub(crate) fn stand_in_answer(request_id: &str) -> Response<Body> {
     let mut response = Response::new(crate::proxy::response::full(bytes::Bytes::new()));
     set(response.headers_mut(), REQUEST_ID, request_id);
     response
@@ -193,7 +193,7 @@ pub fn stand_in_answer(request_id: &str) -> Response<Body> {
 /// Whether a request is a WebSocket opening handshake (RFC 6455 §4.1): `GET`,
 /// `Connection: upgrade`, `Upgrade: websocket` as the one protocol, version 13 and a key of
 /// 16 base64 bytes. Anything else that asks to upgrade is forwarded as a plain request.
-pub fn is_websocket(method: &http::Method, headers: &HeaderMap) -> bool {
+pub(crate) fn is_websocket(method: &http::Method, headers: &HeaderMap) -> bool {
     use base64::Engine;
     let single = |name: HeaderName| {
         let mut values = headers.get_all(name).iter();
@@ -293,7 +293,7 @@ fn stamp_forwarded(headers: &mut HeaderMap, stamp: Stamp<'_>, host: Option<Heade
 ///
 /// # Errors
 /// [`UpstreamError::Upgrade`].
-pub fn clean_response(
+pub(crate) fn clean_response(
     response: &mut Response<Incoming>,
     request_id: &str,
     websocket: bool,
@@ -334,7 +334,7 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
 }
 
 /// Copies bytes both ways between the client's and the upstream's upgraded connections.
-pub fn tunnel(
+pub(crate) fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     request_id: String,

@@ -9,8 +9,8 @@
 //!   ─▶ one decision log event + metrics (+ shadow disagreement)
 //! ```
 
-pub mod forward;
-pub mod response;
+pub(crate) mod forward;
+pub(crate) mod response;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -349,13 +349,13 @@ fn without_trailers(frame: hyper::body::Frame<Bytes>) -> hyper::body::Frame<Byte
 /// Claims `check --as` decides with, trusted without a signature. Only the offline gateway
 /// of `check` reads them; `serve` decides every request on its verified token.
 #[derive(Debug, Clone)]
-pub struct TrustedClaims(pub crate::authn::Claims);
+pub(crate) struct TrustedClaims(pub crate::authn::Claims);
 
 /// An error of the client's request body while it streams to the upstream (told apart
 /// from the upstream's own failures by `Upstream::send`).
 #[derive(Debug, thiserror::Error)]
 #[error("client body: {0}")]
-pub struct ClientBodyError(BoxError);
+pub(crate) struct ClientBodyError(BoxError);
 
 /// The decision record of one request: logged and counted exactly once, when dropped.
 /// `status` is set when the answer is ready; a record dropped without one is a request

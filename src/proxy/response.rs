@@ -46,7 +46,7 @@ pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Header carrying the request id.
-pub const REQUEST_ID: &str = "x-request-id";
+pub(crate) const REQUEST_ID: &str = "x-request-id";
 
 /// Why the upstream could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,7 +69,7 @@ pub enum UpstreamError {
 
 /// Everything that ends a request without forwarding it (or without an upstream answer).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// The decision refused the request.
     #[error(transparent)]
     Rejected(#[from] Rejection),
@@ -83,7 +83,7 @@ pub enum Failure {
 
 /// Why the admin listener did not answer a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AdminRefusal {
+pub(crate) enum AdminRefusal {
     /// No such endpoint.
     #[error("no admin endpoint")]
     NotFound,
@@ -97,12 +97,12 @@ pub enum AdminRefusal {
 
 impl Failure {
     /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         self.class().0
     }
 
     /// The `error` code of the JSON body.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         self.class().1
     }
 
@@ -139,7 +139,7 @@ impl Failure {
     }
 
     /// The response: JSON body, `X-Request-Id`, and `WWW-Authenticate` on 401.
-    pub fn to_response(&self, request_id: &str, policy_version: &str) -> Response<Body> {
+    pub(crate) fn to_response(&self, request_id: &str, policy_version: &str) -> Response<Body> {
         let body = serde_json::json!({
             "error": self.code(),
             "request_id": request_id,

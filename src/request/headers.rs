@@ -14,7 +14,7 @@ use http::header::{self, HeaderMap, HeaderName};
 
 /// Headers meaningful for one connection only (RFC 9110 §7.6.1), plus the h2c upgrade's
 /// `HTTP2-Settings` (RFC 7540 §3.2.1) and the legacy `Proxy-Connection`: never forwarded.
-pub const HOP_BY_HOP: [&str; 10] = [
+pub(crate) const HOP_BY_HOP: [&str; 10] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -66,7 +66,7 @@ const RELIED_ON: [&str; 7] = [
 ];
 
 /// Prefix of the headers iotgate sets; clients cannot send them.
-pub const OWN_PREFIX: &str = "x-iotgate-";
+pub(crate) const OWN_PREFIX: &str = "x-iotgate-";
 
 /// Why request headers were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,7 +100,7 @@ fn canonical(name: &str) -> String {
 }
 
 /// The tokens of every `Connection` header, lowercased.
-pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
     headers
         .get_all(header::CONNECTION)
         .iter()
@@ -115,7 +115,10 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = String> + 
 ///
 /// # Errors
 /// [`HeaderError::Hosts`], [`HeaderError::ConnectionNames`].
-pub fn check_head(headers: &HeaderMap, token_parameter: Option<&str>) -> Result<(), HeaderError> {
+pub(crate) fn check_head(
+    headers: &HeaderMap,
+    token_parameter: Option<&str>,
+) -> Result<(), HeaderError> {
     if headers.get_all(header::HOST).iter().nth(1).is_some() {
         return Err(HeaderError::Hosts);
     }
@@ -139,7 +142,7 @@ pub fn check_head(headers: &HeaderMap, token_parameter: Option<&str>) -> Result<
 ///
 /// # Errors
 /// [`HeaderError::SecondCredential`] naming where it was.
-pub fn second_credential(
+pub(crate) fn second_credential(
     headers: &HeaderMap,
     query: Option<&str>,
     token_parameter: Option<&str>,
@@ -226,7 +229,7 @@ fn decodes_to_object(engine: &impl base64::Engine, part: &[u8]) -> bool {
 ///
 /// # Errors
 /// [`HeaderError::MediaType`] or [`HeaderError::Encoding`].
-pub fn json_body(headers: &HeaderMap) -> Result<(), HeaderError> {
+pub(crate) fn json_body(headers: &HeaderMap) -> Result<(), HeaderError> {
     let mut types = headers.get_all(header::CONTENT_TYPE).iter();
     let value = match (types.next(), types.next()) {
         (Some(v), None) => v.to_str().unwrap_or_default(),
@@ -268,7 +271,7 @@ pub fn json_body(headers: &HeaderMap) -> Result<(), HeaderError> {
 /// `Connection`, not one of iotgate's own or a spoofable one, and with no `_` in its name
 /// (dropped as nginx does, so no spelling can alias another header). `trusted` (the peer
 /// is a configured trusted proxy) keeps its `Forwarded` and `X-Forwarded-For/Proto/Host`.
-pub fn forwarded(name: &HeaderName, named_by_connection: &[String], trusted: bool) -> bool {
+pub(crate) fn forwarded(name: &HeaderName, named_by_connection: &[String], trusted: bool) -> bool {
     let raw = name.as_str();
     let from_proxy = raw == "forwarded" || raw.starts_with("x-forwarded-");
     !(raw.contains('_')

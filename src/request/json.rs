@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 ///
 /// # Errors
 /// Not JSON, not an object, or a repeated key (the message says which).
-pub fn object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
+pub(crate) fn object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = Strict
         .deserialize(&mut de)

@@ -7,6 +7,6 @@
 //! body        ──json──▶ one object, no repeated key       (400)
 //! ```
 
-pub mod headers;
-pub mod json;
-pub mod uri;
+pub(crate) mod headers;
+pub(crate) mod json;
+pub(crate) mod uri;

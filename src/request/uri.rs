@@ -236,7 +236,7 @@ fn hex(b: u8) -> Option<u8> {
 
 /// A path segment or id as servers that match case-insensitively, or strip trailing dots
 /// and spaces (Windows-style), read it.
-pub fn fold(segment: &str) -> String {
+pub(crate) fn fold(segment: &str) -> String {
     segment.trim_end_matches(['.', ' ']).to_ascii_lowercase()
 }
 
@@ -296,7 +296,7 @@ impl<'a> Query<'a> {
 
 /// Every `name=value` pair of a query, decoded; pairs that do not decode are left out
 /// ([`check_query`] refuses them first).
-pub fn decoded_pairs(raw: &str) -> impl Iterator<Item = (String, String)> + '_ {
+pub(crate) fn decoded_pairs(raw: &str) -> impl Iterator<Item = (String, String)> + '_ {
     raw.split('&').filter(|p| !p.is_empty()).filter_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         Some((form_decode(k)?, form_decode(v)?))

@@ -29,7 +29,7 @@ const READY_WINDOW: Duration = Duration::from_secs(30);
 
 /// The admin endpoints.
 #[derive(Debug)]
-pub struct Admin {
+pub(crate) struct Admin {
     gateway: Arc<Gateway>,
     reloader: Arc<Reloader>,
     mode: Reload,
@@ -40,7 +40,7 @@ pub struct Admin {
 impl Admin {
     /// Admin endpoints over a gateway and its reloader, listening on `addr`; `extra_hosts`
     /// are further `Host` values it answers (a name it is reached by).
-    pub fn new(
+    pub(crate) fn new(
         gateway: Arc<Gateway>,
         reloader: Arc<Reloader>,
         mode: Reload,
@@ -76,7 +76,7 @@ impl Admin {
     }
 
     /// Answers one admin request.
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+    pub(crate) async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         if !self.may_answer(&request) {
             return self.refuse(AdminRefusal::Host);
         }

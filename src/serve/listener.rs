@@ -44,7 +44,7 @@ const ACCEPT_LOG_PERIOD: Duration = Duration::from_secs(1);
 
 /// What bounds a listener's connections (`[server]`).
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Longest wait for a request's headers.
     pub header_read_timeout: Duration,
     /// A connection with no request in flight and no traffic for this long is closed.
@@ -59,7 +59,7 @@ pub struct Limits {
 
 impl Limits {
     /// The limits of `[server]`, counted into `counters`.
-    pub fn new(server: &ServerConfig, counters: Arc<Connections>) -> Limits {
+    pub(crate) fn new(server: &ServerConfig, counters: Arc<Connections>) -> Limits {
         Limits {
             header_read_timeout: server.header_read_timeout,
             idle_timeout: server.idle_timeout,
@@ -72,7 +72,7 @@ impl Limits {
 
 /// Accepts connections on `listener` and answers with `handler` until `shutdown` completes,
 /// then lets in-flight requests finish (at most [`SHUTDOWN_GRACE`]).
-pub async fn serve_http<H, F>(
+pub(crate) async fn serve_http<H, F>(
     listener: TcpListener,
     handler: H,
     shutdown: impl Future<Output = ()>,

@@ -7,9 +7,9 @@
 //! SIGTERM / SIGINT ─▶ stop accepting ─▶ in-flight requests finish (bounded) ─▶ exit 0
 //! ```
 
-pub mod admin;
-pub mod listener;
-pub mod reload;
+pub(crate) mod admin;
+pub(crate) mod listener;
+pub(crate) mod reload;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,7 +34,7 @@ use crate::serve::reload::Reloader;
 ///
 /// # Errors
 /// Every load problem, or a listener that cannot bind, as the text to print.
-pub async fn run(config_path: &std::path::Path) -> Result<(), String> {
+pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), String> {
     let (gateway, config) = load(config_path).map_err(|p| p.to_string())?;
     let server = config
         .server
@@ -139,7 +139,7 @@ pub fn load(config: &std::path::Path) -> Result<(Arc<Gateway>, crate::config::Co
 }
 
 /// The request handler of a gateway.
-pub fn gateway_handler(
+pub(crate) fn gateway_handler(
     gateway: Arc<Gateway>,
 ) -> impl Fn(
     Request<Incoming>,
@@ -156,7 +156,7 @@ pub fn gateway_handler(
 }
 
 /// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

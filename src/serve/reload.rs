@@ -197,7 +197,7 @@ fn fingerprint(paths: &[PathBuf]) -> u64 {
 }
 
 /// `2026-11-22T14:57:43Z`.
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let secs = t
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -3,7 +3,7 @@
 //! Fields are stable names; the raw path and query are never logged (Thinger tokens travel
 //! in `?authorization=`), only the route template, and no header value is ever logged.
 
-pub mod metrics;
+pub(crate) mod metrics;
 
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber (stderr; `RUST_LOG` filters, default `info`).
-pub fn init(format: LogFormat) {
+pub(crate) fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -36,7 +36,7 @@ pub fn init(format: LogFormat) {
 }
 
 /// Emits the decision event of one request.
-pub fn decision(
+pub(crate) fn decision(
     request_id: &str,
     method: &http::Method,
     d: &Decision,
@@ -67,7 +67,7 @@ pub fn decision(
 }
 
 /// Emits a shadow disagreement: the candidate policies would have decided otherwise.
-pub fn shadow_disagreement(request_id: &str, d: &Decision, shadow_version: Option<&str>) {
+pub(crate) fn shadow_disagreement(request_id: &str, d: &Decision, shadow_version: Option<&str>) {
     let Some(shadow) = &d.shadow else { return };
     tracing::warn!(
         target: "iotgate::shadow",

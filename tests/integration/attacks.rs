@@ -31,10 +31,8 @@ fn root() -> PathBuf {
 fn token(claims: Value) -> String {
     let secret = std::fs::read_to_string(root().join("examples/thinger/secret.key")).unwrap();
     let mut claims = claims.as_object().unwrap().clone();
-    claims
-        .entry("exp")
-        .or_insert(json!(iotgate::authn::now() + 300));
-    iotgate::authn::Signer::hmac(jsonwebtoken::Algorithm::HS256, secret.trim().as_bytes())
+    claims.entry("exp").or_insert(json!(iotgate::now() + 300));
+    iotgate::Signer::hmac(jsonwebtoken::Algorithm::HS256, secret.trim().as_bytes())
         .sign(&claims)
         .unwrap()
 }
@@ -116,7 +114,7 @@ async fn answer(
     mut req: Request<Incoming>,
     received: Arc<Mutex<Received>>,
     unsolicited: bool,
-) -> Result<Response<iotgate::proxy::response::Body>, std::convert::Infallible> {
+) -> Result<Response<iotgate::Body>, std::convert::Infallible> {
     let upgrade = req.headers().get(http::header::UPGRADE).cloned();
     let switch = match unsolicited {
         true => Some(http::HeaderValue::from_static("h2c")),
@@ -135,7 +133,7 @@ async fn answer(
         headers: parts.headers,
         body,
     });
-    let mut response = Response::new(iotgate::proxy::response::full(r#"{"upstream":"ok"}"#));
+    let mut response = Response::new(iotgate::full(r#"{"upstream":"ok"}"#));
     if let (Some(protocol), Some(on)) = (switch, on) {
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = response.headers_mut();
@@ -216,7 +214,7 @@ impl AsyncWrite for Tee {
 
 struct Thinger {
     addr: SocketAddr,
-    running: iotgate::serve::Running,
+    running: iotgate::Running,
     _dir: tempfile::TempDir,
 }
 
@@ -235,9 +233,9 @@ impl Thinger {
         );
         let config = dir.path().join("iotgate.toml");
         std::fs::write(&config, text).unwrap();
-        let (gateway, _) = iotgate::serve::load(&config).unwrap();
+        let (gateway, _) = iotgate::load(&config).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let running = iotgate::serve::Running::start(listener, gateway).unwrap();
+        let running = iotgate::Running::start(listener, gateway).unwrap();
         Thinger {
             addr: running.addr,
             running,
@@ -550,7 +548,7 @@ async fn fractional_exp_crit_and_null_claims_are_refused() {
     let gw = Thinger::start(&up.url(), "").await;
     let get = |t: &str| request("GET", DEVICE, Some(t), &["Connection: close"], "");
     // valid now, expired 1.5 s later: refused although the first use was cached
-    let soon = iotgate::authn::now() as f64 + 1.5;
+    let soon = iotgate::now() as f64 + 1.5;
     let fractional = token(json!({"usr": "bob", "exp": soon}));
     assert_eq!(
         statuses(&exchange(gw.addr, get(&fractional).as_bytes()).await),
@@ -574,7 +572,7 @@ async fn fractional_exp_crit_and_null_claims_are_refused() {
     let secret = std::fs::read_to_string(root().join("examples/thinger/secret.key")).unwrap();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.crit = Some(vec!["exp".into()]);
-    let claims = json!({"usr": "bob", "exp": iotgate::authn::now() + 60});
+    let claims = json!({"usr": "bob", "exp": iotgate::now() + 60});
     let key = jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes());
     let crit = jsonwebtoken::encode(&header, &claims, &key).unwrap();
     assert_eq!(
@@ -812,14 +810,13 @@ async fn http2_prior_knowledge_is_decided_like_http1() {
     let gw = Thinger::start(&up.url(), "").await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
-        .build_http::<iotgate::proxy::response::Body>();
+        .build_http::<iotgate::Body>();
     let get = |path: &str, token: Option<String>| {
         let mut b = Request::get(format!("http://{}{path}", gw.addr));
         if let Some(t) = token {
             b = b.header("authorization", format!("Bearer {t}"));
         }
-        b.body(iotgate::proxy::response::full(Bytes::new()))
-            .unwrap()
+        b.body(iotgate::full(Bytes::new())).unwrap()
     };
     let r = client.request(get("/v1/users", None)).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -1121,7 +1118,7 @@ async fn a_token_with_a_repeated_claim_is_refused() {
     let b64 = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
     let secret = std::fs::read_to_string(root().join("examples/thinger/secret.key")).unwrap();
     let key = jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes());
-    let exp = iotgate::authn::now() + 60;
+    let exp = iotgate::now() + 60;
     let message = format!(
         "{}.{}",
         b64(r#"{"alg":"HS256"}"#),
@@ -1148,7 +1145,7 @@ fn spaced_token(usr: &str) -> String {
     let b64 = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
     let secret = std::fs::read_to_string(root().join("examples/thinger/secret.key")).unwrap();
     let key = jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes());
-    let exp = iotgate::authn::now() + 60;
+    let exp = iotgate::now() + 60;
     let message = format!(
         "{}.{}",
         b64("{ \"alg\":\"HS256\"}"),

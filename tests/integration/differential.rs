@@ -14,8 +14,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 use cedar_policy::{Authorizer, Context, Decision, Entities, EntityUid, PolicySet, Request};
-use iotgate::model::routes::field::FieldValue;
-use iotgate::model::routes::Resolved;
+use iotgate::FieldValue;
+use iotgate::Resolved;
 
 const SCHEMA: &str = r#"
 namespace D {
@@ -362,10 +362,8 @@ fn indexed_and_sliced_decisions_equal_plain_cedar() {
         let policies = valid_policies(&schema, texts);
         let dir = tempfile::tempdir().unwrap();
         let config = write_profile(dir.path(), &world, &policies);
-        let snapshot = iotgate::authz::snapshot::Snapshot::load(
-            &iotgate::config::Config::load(&config).unwrap(),
-        )
-        .unwrap_or_else(|p| panic!("seed {seed}: {p}\n{policies}"));
+        let snapshot = iotgate::Snapshot::load(&iotgate::Config::load(&config).unwrap())
+            .unwrap_or_else(|p| panic!("seed {seed}: {p}\n{policies}"));
         let all: PolicySet = policies.parse().unwrap();
         let plain_set = rename_by_id(&all);
         let entities = Entities::from_json_value(
@@ -385,10 +383,9 @@ fn indexed_and_sliced_decisions_equal_plain_cedar() {
                 resource_attrs: vec![],
                 context: req.3.clone(),
             };
-            let verdict =
-                iotgate::authz::decision::authorize(&snapshot, principal, req.1, &resolved)
-                    .unwrap()
-                    .live;
+            let verdict = iotgate::authorize(&snapshot, principal, req.1, &resolved)
+                .unwrap()
+                .live;
             let got = Outcome {
                 allowed: verdict.allowed,
                 reasons: verdict.reasons.into_iter().collect(),

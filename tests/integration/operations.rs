@@ -263,25 +263,25 @@ async fn concurrent_requests_during_repeated_reloads_are_consistent() {
     std::fs::write(&config_path, text).unwrap();
     let share = dir.path().join("mini/policies/projects/d2.cedar");
     let deny_version = {
-        let c = iotgate::config::Config::load(&config_path).unwrap();
-        iotgate::authz::snapshot::Snapshot::load(&c)
+        let c = iotgate::Config::load(&config_path).unwrap();
+        iotgate::Snapshot::load(&c)
             .unwrap()
             .policy_version
             .to_string()
     };
     write_atomic(&share, SHARE_D2);
     let allow_version = {
-        let c = iotgate::config::Config::load(&config_path).unwrap();
-        iotgate::authz::snapshot::Snapshot::load(&c)
+        let c = iotgate::Config::load(&config_path).unwrap();
+        iotgate::Snapshot::load(&c)
             .unwrap()
             .policy_version
             .to_string()
     };
     assert_ne!(allow_version, deny_version);
-    let (gateway, config) = iotgate::serve::load(&config_path).unwrap();
-    let reloader = iotgate::serve::reload::Reloader::new(config, gateway.clone());
+    let (gateway, config) = iotgate::load(&config_path).unwrap();
+    let reloader = iotgate::Reloader::new(config, gateway.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let running = iotgate::serve::Running::start(listener, gateway).unwrap();
+    let running = iotgate::Running::start(listener, gateway).unwrap();
     let url = format!("http://{}/v1/users/alice/devices/d2", running.addr);
     let bob = Arc::new(token(json!({"usr": "bob"})));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -297,7 +297,7 @@ async fn concurrent_requests_during_repeated_reloads_are_consistent() {
                 let req = http::Request::get(&url)
                     .header("authorization", format!("Bearer {bob}"))
                     .header("x-request-id", &id)
-                    .body(iotgate::proxy::response::full(""))
+                    .body(iotgate::full(""))
                     .unwrap();
                 let (status, _, body) = send(req).await;
                 answers.push((id, status, body));

@@ -163,7 +163,7 @@ async fn demo_prints_calls_that_get_the_statuses_it_announces() {
             req = req.header("content-type", "application/json");
         }
         let body = c.body.clone().unwrap_or_default();
-        let (status, _, _) = send(req.body(iotgate::proxy::response::full(body)).unwrap()).await;
+        let (status, _, _) = send(req.body(iotgate::full(body)).unwrap()).await;
         assert_eq!(status.as_u16(), c.expect, "{} {}", c.method, c.url);
     }
     let pid = child.id().to_string();

@@ -31,24 +31,22 @@ fn bundled_suites_pass() {
 /// Every case of both bundled suites gets the same status through `serve` as from `check`.
 #[tokio::test]
 async fn serve_agrees_with_check_on_the_bundled_suites() {
-    use iotgate::authz::decision::Credentials;
+    use iotgate::Credentials;
     let up = Upstream::start().await;
     for profile in PROFILES {
         let dir = root().join("examples").join(profile);
-        let loaded = iotgate::authz::snapshot::Loaded::load(&dir.join("iotgate.toml")).unwrap();
-        let cases =
-            iotgate::commands::check::load_suite(&dir.join("checks.toml"), &loaded).unwrap();
-        let signer = iotgate::authn::Signer::from_config(&loaded.config).unwrap();
-        let checker = iotgate::commands::check::Checker::new(loaded);
+        let loaded = iotgate::Loaded::load(&dir.join("iotgate.toml")).unwrap();
+        let cases = iotgate::load_suite(&dir.join("checks.toml"), &loaded).unwrap();
+        let signer = iotgate::Signer::from_config(&loaded.config).unwrap();
+        let checker = iotgate::Checker::new(loaded);
         // the same profile, served in front of the recording upstream
-        let mut served = iotgate::authz::snapshot::Loaded::load(&dir.join("iotgate.toml")).unwrap();
+        let mut served = iotgate::Loaded::load(&dir.join("iotgate.toml")).unwrap();
         served.config.server.as_mut().unwrap().upstream =
             format!("http://{}", up.addr).parse().unwrap();
         let gateway =
-            iotgate::proxy::Gateway::new(&served.config, served.snapshot, served.verifier).unwrap();
+            iotgate::Gateway::new(&served.config, served.snapshot, served.verifier).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let running =
-            iotgate::serve::Running::start(listener, std::sync::Arc::new(gateway)).unwrap();
+        let running = iotgate::Running::start(listener, std::sync::Arc::new(gateway)).unwrap();
         for case in &cases {
             let decided = checker.answer(&case.probe).await.status;
             let uri = format!("http://{}{}", running.addr, case.probe.uri);
@@ -60,15 +58,14 @@ async fn serve_agrees_with_check_on_the_bundled_suites() {
             }
             if let Credentials::Trusted(claims) = &case.probe.credentials {
                 let mut claims = claims.clone();
-                claims.insert("exp".into(), (iotgate::authn::now() + 300).into());
+                claims.insert("exp".into(), (iotgate::now() + 300).into());
                 req = req.header(
                     "authorization",
                     format!("Bearer {}", signer.sign(&claims).unwrap()),
                 );
             }
             let body = case.probe.body.clone().unwrap_or_default();
-            let (status, _, _) =
-                send(req.body(iotgate::proxy::response::full(body)).unwrap()).await;
+            let (status, _, _) = send(req.body(iotgate::full(body)).unwrap()).await;
             assert_eq!(
                 status, decided,
                 "{profile}: case `{}` ({})",

@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use iotgate::model::routes::trie::Segment;
-use iotgate::model::routes::RouteTable;
-use iotgate::request::uri::{self, Query};
+use iotgate::Query;
+use iotgate::RouteTable;
+use iotgate::Segment;
 use proptest::prelude::*;
 
 fn root() -> PathBuf {
@@ -32,8 +32,7 @@ fn thinger_routes() -> &'static RouteTable {
     static TABLE: std::sync::OnceLock<RouteTable> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         let (catalog, _) =
-            iotgate::model::schema::Catalog::load(&root().join("schema/thinger.cedarschema"))
-                .unwrap();
+            iotgate::Catalog::load(&root().join("schema/thinger.cedarschema")).unwrap();
         RouteTable::load(&root().join("schema/thinger.routes.toml"), &catalog)
             .unwrap()
             .0
@@ -66,18 +65,18 @@ fn path() -> impl Strategy<Value = String> {
     prop::collection::vec(segment(), 0..9).prop_map(|s| format!("/{}", s.join("/")))
 }
 
-fn upstream() -> iotgate::proxy::forward::Upstream {
+fn upstream() -> iotgate::Upstream {
     let text = "[server]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://10.0.0.1:8081\"\n\
                 [auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"s\"\n\
                 [policy]\nschema = \"s\"\nroutes = \"r\"\npolicies = []\n";
-    let config = iotgate::config::Config::parse(Path::new("/p/c.toml"), text).unwrap();
-    iotgate::proxy::forward::Upstream::new(&config.server.unwrap()).unwrap()
+    let config = iotgate::Config::parse(Path::new("/p/c.toml"), text).unwrap();
+    iotgate::Upstream::new(&config.server.unwrap()).unwrap()
 }
 
 /// What the upstream is sent for a request to `target` that was allowed.
-fn forwarded(upstream: &iotgate::proxy::forward::Upstream, target: &str) -> String {
+fn forwarded(upstream: &iotgate::Upstream, target: &str) -> String {
     let (parts, ()) = http::Request::get(target).body(()).unwrap().into_parts();
-    let stamp = iotgate::proxy::forward::Stamp {
+    let stamp = iotgate::Stamp {
         peer: "127.0.0.1:1".parse().unwrap(),
         trusted: false,
         cookies: false,
@@ -86,8 +85,8 @@ fn forwarded(upstream: &iotgate::proxy::forward::Upstream, target: &str) -> Stri
         policy_version: "v",
         directory_version: "d",
     };
-    let body = iotgate::proxy::response::full(bytes::Bytes::new());
-    let request = iotgate::proxy::forward::rewrite(upstream, parts, body, stamp, false).unwrap();
+    let body = iotgate::full(bytes::Bytes::new());
+    let request = iotgate::rewrite(upstream, parts, body, stamp, false).unwrap();
     request.uri().path_and_query().unwrap().to_string()
 }
 
@@ -96,11 +95,11 @@ proptest! {
 
     #[test]
     fn readers_never_panic(raw in "\\PC{0,40}", query in "\\PC{0,40}") {
-        let _ = uri::segments(&raw);
+        let _ = iotgate::segments(&raw);
         let q = Query::new(Some(&query));
         let _ = q.get("authorization");
         let _ = q.get_any_case("authorization");
-        let _ = uri::check_query(Some(&query), Some("authorization"));
+        let _ = iotgate::check_query(Some(&query), Some("authorization"));
     }
 
     #[test]
@@ -116,7 +115,7 @@ proptest! {
         let Ok(uri) = target.parse::<http::Uri>() else {
             return Ok(());
         };
-        let Ok(segments) = uri::segments(uri.path()) else {
+        let Ok(segments) = iotgate::segments(uri.path()) else {
             return Ok(());
         };
         let target = uri.path_and_query().map(ToString::to_string).unwrap_or_default();
@@ -125,7 +124,7 @@ proptest! {
         // the forwarded target reads to the same segments, hence the same route
         let table = thinger_routes();
         let sent_path = sent.split('?').next().unwrap_or_default();
-        let again = uri::segments(sent_path).unwrap();
+        let again = iotgate::segments(sent_path).unwrap();
         prop_assert_eq!(&again, &segments);
         for method in [http::Method::GET, http::Method::POST, http::Method::PUT, http::Method::DELETE] {
             let first = table.find(&method, &segments).map(|(r, c)| (r.name.clone(), c));
@@ -136,7 +135,7 @@ proptest! {
 
     #[test]
     fn a_matched_route_is_the_path_it_was_decided_on(path in path()) {
-        let Ok(segments) = uri::segments(&path) else {
+        let Ok(segments) = iotgate::segments(&path) else {
             return Ok(());
         };
         let table = thinger_routes();
@@ -179,13 +178,13 @@ proptest! {
     }
 }
 
-fn mini_verifier() -> iotgate::authn::Verifier {
+fn mini_verifier() -> iotgate::Verifier {
     let secret = root().join("tests/fixtures/keys/hs.secret");
     let text = format!(
         "[auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"{}\"\nquery_parameter = \"authorization\"\n\
          [policy]\nschema = \"s\"\nroutes = \"r\"\npolicies = []\n",
         secret.display()
     );
-    let config = iotgate::config::Config::parse(Path::new("/p/c.toml"), &text).unwrap();
-    iotgate::authn::Verifier::from_config(&config).unwrap()
+    let config = iotgate::Config::parse(Path::new("/p/c.toml"), &text).unwrap();
+    iotgate::Verifier::from_config(&config).unwrap()
 }

@@ -28,7 +28,7 @@ async fn allowed_requests_are_forwarded_with_clean_stamped_headers() {
         .header("connection", "keep-alive, x-hop")
         .header("x-hop", "secret")
         .header("te", "trailers")
-        .body(iotgate::proxy::response::full(Bytes::new()))
+        .body(iotgate::full(Bytes::new()))
         .unwrap();
     let (status, headers, body) = send(req).await;
     assert_eq!(status, StatusCode::OK);
@@ -72,7 +72,7 @@ async fn rejections_answer_json_and_never_reach_the_upstream() {
     let up = Upstream::start().await;
     let gw = Gateway::start(&format!("http://{}", up.addr)).await;
     let bob = token(json!({"usr": "bob"}));
-    let cases: Vec<(Request<iotgate::proxy::response::Body>, StatusCode, &str)> = vec![
+    let cases: Vec<(Request<iotgate::Body>, StatusCode, &str)> = vec![
         (
             get(&gw.url("/v1/users/alice/devices/d2"), Some(&bob)),
             StatusCode::FORBIDDEN,
@@ -189,7 +189,7 @@ async fn body_reading_routes_are_bounded_and_forward_the_same_bytes() {
         Request::post(gw.url("/v1/users"))
             .header("authorization", format!("Bearer {root}"))
             .header("content-type", "application/json")
-            .body(iotgate::proxy::response::full(body))
+            .body(iotgate::full(body))
             .unwrap()
     };
     let body = br#"{"id": "dave", "role": "admin"}"#.to_vec();
@@ -218,9 +218,8 @@ async fn large_uploads_and_downloads_stream_through() {
     let alice = token(json!({"usr": "alice"}));
     // upload: 8 MiB in chunks to a route that does not read the body; the upstream must
     // see the first chunk before the client sends the last one.
-    let (tx, rx) = tokio::sync::mpsc::channel::<
-        Result<hyper::body::Frame<Bytes>, iotgate::proxy::response::BoxError>,
-    >(2);
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, iotgate::BoxError>>(2);
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
     let req = Request::post(gw.url("/v1/users/alice/devices"))
@@ -361,7 +360,7 @@ async fn http2_cleartext_clients_are_served() {
     let gw = Gateway::start(&format!("http://{}", up.addr)).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
-        .build_http::<iotgate::proxy::response::Body>();
+        .build_http::<iotgate::Body>();
     let alice = token(json!({"usr": "alice"}));
     let response = client
         .request(get(&gw.url("/v1/users/alice/devices/d1"), Some(&alice)))
@@ -425,16 +424,14 @@ async fn https_upstreams_are_verified_against_the_configured_ca() {
 /// Every case of the mini suite gets the same answer from `serve` as from `check`.
 #[tokio::test]
 async fn check_and_serve_agree_on_every_suite_case() {
-    use iotgate::authz::decision::Credentials;
+    use iotgate::Credentials;
     let up = Upstream::start().await;
     let gw = Gateway::start(&format!("http://{}", up.addr)).await;
     let config = crate::support::fixture("mini/iotgate.toml");
-    let loaded = iotgate::authz::snapshot::Loaded::load(&config).unwrap();
-    let cases =
-        iotgate::commands::check::load_suite(&crate::support::fixture("mini/checks.toml"), &loaded)
-            .unwrap();
+    let loaded = iotgate::Loaded::load(&config).unwrap();
+    let cases = iotgate::load_suite(&crate::support::fixture("mini/checks.toml"), &loaded).unwrap();
     assert!(cases.len() >= 10);
-    let checker = iotgate::commands::check::Checker::new(loaded);
+    let checker = iotgate::Checker::new(loaded);
     for case in cases {
         let decided = checker.answer(&case.probe).await.status;
         let mut req = Request::builder()
@@ -453,7 +450,7 @@ async fn check_and_serve_agree_on_every_suite_case() {
             );
         }
         let body = case.probe.body.clone().unwrap_or_default();
-        let (served, _, _) = send(req.body(iotgate::proxy::response::full(body)).unwrap()).await;
+        let (served, _, _) = send(req.body(iotgate::full(body)).unwrap()).await;
         assert_eq!(served, decided, "case `{}` ({})", case.name, case.request);
     }
     gw.running.stop().await;

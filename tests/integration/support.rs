@@ -16,12 +16,12 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use iotgate::proxy::response::Body;
+use iotgate::Body;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 
 /// `tests/fixtures/<rel>`.
-pub fn fixture(rel: &str) -> PathBuf {
+pub(crate) fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(rel)
@@ -29,7 +29,7 @@ pub fn fixture(rel: &str) -> PathBuf {
 
 /// Runs the `iotgate` binary.
 #[track_caller]
-pub fn iotgate(args: &[&str]) -> (i32, String) {
+pub(crate) fn iotgate(args: &[&str]) -> (i32, String) {
     let Output {
         status,
         stdout,
@@ -44,20 +44,20 @@ pub fn iotgate(args: &[&str]) -> (i32, String) {
 }
 
 /// A signed HS256 token for the mini profile's secret.
-pub fn token(claims: serde_json::Value) -> String {
+pub(crate) fn token(claims: serde_json::Value) -> String {
     let secret = std::fs::read_to_string(fixture("keys/hs.secret")).unwrap();
     let mut claims = claims.as_object().unwrap().clone();
     claims
         .entry("exp")
-        .or_insert(serde_json::json!(iotgate::authn::now() + 300));
-    iotgate::authn::Signer::hmac(jsonwebtoken::Algorithm::HS256, secret.trim().as_bytes())
+        .or_insert(serde_json::json!(iotgate::now() + 300));
+    iotgate::Signer::hmac(jsonwebtoken::Algorithm::HS256, secret.trim().as_bytes())
         .sign(&claims)
         .unwrap()
 }
 
 /// What the upstream received.
 #[derive(Debug, Clone)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub method: http::Method,
     /// Path and query as received.
     pub uri: String,
@@ -71,7 +71,7 @@ pub struct Seen {
 /// - `/slow`: waits 3 s;
 /// - a WebSocket upgrade: echoes every message;
 /// - anything else: 200 `{"upstream": "ok"}`.
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub release: Arc<Notify>,
@@ -80,12 +80,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub async fn start() -> Upstream {
+    pub(crate) async fn start() -> Upstream {
         Self::start_inner(None).await
     }
 
     /// The same upstream behind TLS with the test certificate of `fixtures/tls`.
-    pub async fn start_tls() -> Upstream {
+    pub(crate) async fn start_tls() -> Upstream {
         use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
         let certs = CertificateDer::pem_file_iter(fixture("tls/cert.pem"))
             .unwrap()
@@ -150,7 +150,7 @@ impl Upstream {
         up
     }
 
-    pub fn requests(&self) -> Vec<Seen> {
+    pub(crate) fn requests(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -189,7 +189,7 @@ async fn upstream_handler(
     });
     if let Some((_, n)) = path.rsplit_once("/download/") {
         let n: usize = n.parse().unwrap();
-        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, iotgate::proxy::response::BoxError>>(4);
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, iotgate::BoxError>>(4);
         tokio::spawn(async move {
             let first = n.min(1024);
             let _ = tx
@@ -259,12 +259,12 @@ fn websocket_echo(req: &mut Request<Incoming>) -> Response<Body> {
         .header("connection", "upgrade")
         .header("upgrade", "websocket")
         .header("sec-websocket-accept", key)
-        .body(iotgate::proxy::response::full(Bytes::new()))
+        .body(iotgate::full(Bytes::new()))
         .unwrap()
 }
 
 /// A config for the mini profile forwarding to `upstream`, written into `dir`.
-pub fn mini_config(dir: &Path, upstream: &str, extra_server: &str) -> PathBuf {
+pub(crate) fn mini_config(dir: &Path, upstream: &str, extra_server: &str) -> PathBuf {
     let m = fixture("mini");
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\nmax_body_bytes = 1024\nupstream_timeout_seconds = 1\n{extra_server}\n\
@@ -280,23 +280,23 @@ pub fn mini_config(dir: &Path, upstream: &str, extra_server: &str) -> PathBuf {
 }
 
 /// A gateway serving the mini profile in front of `upstream`.
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub addr: SocketAddr,
-    pub running: iotgate::serve::Running,
+    pub running: iotgate::Running,
     _dir: tempfile::TempDir,
 }
 
 impl Gateway {
-    pub async fn start(upstream: &str) -> Gateway {
+    pub(crate) async fn start(upstream: &str) -> Gateway {
         Self::start_with(upstream, "").await
     }
 
-    pub async fn start_with(upstream: &str, extra_server: &str) -> Gateway {
+    pub(crate) async fn start_with(upstream: &str, extra_server: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let config = mini_config(dir.path(), upstream, extra_server);
-        let (gateway, _config) = iotgate::serve::load(&config).unwrap();
+        let (gateway, _config) = iotgate::load(&config).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let running = iotgate::serve::Running::start(listener, gateway).unwrap();
+        let running = iotgate::Running::start(listener, gateway).unwrap();
         Gateway {
             addr: running.addr,
             running,
@@ -304,18 +304,18 @@ impl Gateway {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 }
 
 /// An HTTP/1.1 client.
-pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
+pub(crate) fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
 /// Sends a request and collects the response.
-pub async fn send(req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
+pub(crate) async fn send(req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
     let response = client().request(req).await.unwrap();
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.unwrap().to_bytes();
@@ -323,17 +323,16 @@ pub async fn send(req: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
 }
 
 /// A GET with an optional bearer token.
-pub fn get(url: &str, bearer: Option<&str>) -> Request<Body> {
+pub(crate) fn get(url: &str, bearer: Option<&str>) -> Request<Body> {
     let mut b = Request::get(url);
     if let Some(t) = bearer {
         b = b.header("authorization", format!("Bearer {t}"));
     }
-    b.body(iotgate::proxy::response::full(Bytes::new()))
-        .unwrap()
+    b.body(iotgate::full(Bytes::new())).unwrap()
 }
 
 /// Sends raw bytes over TCP and returns the status line and the whole answer.
-pub async fn raw(addr: SocketAddr, request: &str) -> String {
+pub(crate) async fn raw(addr: SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -344,17 +343,17 @@ pub async fn raw(addr: SocketAddr, request: &str) -> String {
 
 #[path = "../common/fs.rs"]
 mod fs;
-pub use fs::copy_dir;
+pub(crate) use fs::copy_dir;
 
 /// Writes a file atomically (temp file + rename), as an editor or a deploy tool would.
-pub fn write_atomic(path: &Path, text: &str) {
+pub(crate) fn write_atomic(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp~");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
 /// `iotgate serve` as a process, on a writable copy of the mini profile, with JSON logs.
-pub struct Served {
+pub(crate) struct Served {
     pub dir: tempfile::TempDir,
     pub addr: String,
     pub admin: String,
@@ -364,7 +363,7 @@ pub struct Served {
 
 impl Served {
     /// `reload` is "watch", "signal" or "off"; `shadow` lines go under `[policy]`.
-    pub fn start(upstream: &str, reload: &str, extra_policy: &str) -> Served {
+    pub(crate) fn start(upstream: &str, reload: &str, extra_policy: &str) -> Served {
         use std::io::{BufRead, BufReader};
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&fixture("mini"), &dir.path().join("mini"));
@@ -417,39 +416,34 @@ impl Served {
         }
     }
 
-    pub fn policies(&self) -> PathBuf {
+    pub(crate) fn policies(&self) -> PathBuf {
         self.dir.path().join("mini/policies")
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
+    pub(crate) async fn admin_get(&self, path: &str) -> (StatusCode, String) {
         let (status, _, body) = send(get(&format!("http://{}{}", self.admin, path), None)).await;
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
-    pub async fn admin_post(&self, path: &str) -> (StatusCode, HeaderMap, Bytes) {
+    pub(crate) async fn admin_post(&self, path: &str) -> (StatusCode, HeaderMap, Bytes) {
         let url = format!("http://{}{}", self.admin, path);
-        send(
-            Request::post(url)
-                .body(iotgate::proxy::response::full(""))
-                .unwrap(),
-        )
-        .await
+        send(Request::post(url).body(iotgate::full("")).unwrap()).await
     }
 
-    pub async fn status(&self) -> serde_json::Value {
+    pub(crate) async fn status(&self) -> serde_json::Value {
         serde_json::from_str(&self.admin_get("/status").await.1).unwrap()
     }
 
-    pub fn logs(&self) -> Vec<String> {
+    pub(crate) fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }
 
     /// Sends SIGTERM and waits for the exit code.
-    pub fn terminate(&mut self) -> Option<i32> {
+    pub(crate) fn terminate(&mut self) -> Option<i32> {
         self.signal("TERM");
         let code = self.child.wait().ok().and_then(|s| s.code());
         // let the log reader drain the last lines
@@ -457,7 +451,7 @@ impl Served {
         code
     }
 
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
             .args([&format!("-{name}"), &pid])
@@ -467,7 +461,7 @@ impl Served {
     }
 
     /// Polls `/status` until `done` holds (at most 15 s).
-    pub async fn wait_status(
+    pub(crate) async fn wait_status(
         &self,
         what: &str,
         done: impl Fn(&serde_json::Value) -> bool,

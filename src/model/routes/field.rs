@@ -23,7 +23,7 @@ use crate::request::uri::{Query, QueryError};
 
 /// Where a placeholder reads from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// A path capture.
     Capture(String),
     /// A query parameter.
@@ -68,7 +68,7 @@ enum Piece {
 
 /// A value template: text with placeholders.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
+pub(crate) struct Template {
     pieces: Vec<Piece>,
 }
 
@@ -77,7 +77,7 @@ impl Template {
     ///
     /// # Errors
     /// Unbalanced braces or an unknown placeholder form.
-    pub fn parse(text: &str) -> Result<Template, String> {
+    pub(crate) fn parse(text: &str) -> Result<Template, String> {
         let mut pieces = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find('{') {
@@ -100,7 +100,7 @@ impl Template {
     }
 
     /// The placeholders it reads.
-    pub fn sources(&self) -> impl Iterator<Item = &Source> {
+    pub(crate) fn sources(&self) -> impl Iterator<Item = &Source> {
         self.pieces.iter().filter_map(|p| match p {
             Piece::Source(s) => Some(s),
             Piece::Text(_) => None,
@@ -153,6 +153,16 @@ pub struct Inputs<'a> {
 enum Raw<'a> {
     Text(Cow<'a, str>),
     Json(&'a Value),
+}
+
+impl std::fmt::Debug for Inputs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inputs")
+            .field("captures", &self.captures)
+            .field("query", &self.query)
+            .field("body", &self.body)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Raw<'_> {
@@ -330,7 +340,7 @@ impl std::fmt::Display for FieldValue {
 
 /// The type of a field.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FieldType {
+pub(crate) enum FieldType {
     /// `string`.
     String,
     /// `long`.
@@ -345,7 +355,7 @@ pub enum FieldType {
 
 /// A compiled field definition.
 #[derive(Debug, Clone)]
-pub struct Field {
+pub(crate) struct Field {
     /// The attribute name it fills.
     pub name: String,
     /// Its type.
@@ -364,7 +374,7 @@ pub struct Field {
 
 impl Field {
     /// Every placeholder it reads (value and condition).
-    pub fn sources(&self) -> impl Iterator<Item = &Source> {
+    pub(crate) fn sources(&self) -> impl Iterator<Item = &Source> {
         self.value.sources().chain(self.when.iter())
     }
 
@@ -372,7 +382,7 @@ impl Field {
     ///
     /// # Errors
     /// A required value is absent, or a value has the wrong type or an unmapped value.
-    pub fn resolve(&self, inputs: &Inputs<'_>) -> Result<Option<FieldValue>, FieldError> {
+    pub(crate) fn resolve(&self, inputs: &Inputs<'_>) -> Result<Option<FieldValue>, FieldError> {
         let applies = match &self.when {
             Some(cond) => inputs.lookup(cond)?.is_some(),
             None => true,

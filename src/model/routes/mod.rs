@@ -34,8 +34,8 @@
 //! matching type, every required context attribute is filled, and resource attributes
 //! cover what the resource type requires.
 
-pub mod field;
-pub mod trie;
+pub(crate) mod field;
+pub(crate) mod trie;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};

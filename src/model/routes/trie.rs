@@ -111,7 +111,7 @@ fn segment(raw: &str) -> Result<Segment, String> {
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`.
-pub fn is_identifier(s: &str) -> bool {
+pub(crate) fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -130,7 +130,7 @@ struct Node {
 
 /// The outcome of matching a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
+pub(crate) enum Found {
     /// A route for this path and method.
     Route(usize),
     /// The path matched a route template, but not for this method.
@@ -141,7 +141,7 @@ pub enum Found {
 
 /// Matches decoded path segments to route indexes.
 #[derive(Debug, Default, Clone)]
-pub struct Trie {
+pub(crate) struct Trie {
     root: Node,
 }
 
@@ -150,7 +150,7 @@ impl Trie {
     ///
     /// # Errors
     /// Another route already has this path shape and method.
-    pub fn insert(
+    pub(crate) fn insert(
         &mut self,
         template: &PathTemplate,
         methods: &[http::Method],
@@ -181,7 +181,7 @@ impl Trie {
     }
 
     /// Finds the most specific template matching `segments`, then checks the method.
-    pub fn find(&self, method: &http::Method, segments: &[Cow<'_, str>]) -> Found {
+    pub(crate) fn find(&self, method: &http::Method, segments: &[Cow<'_, str>]) -> Found {
         match find_leaf(&self.root, segments) {
             None => Found::NoPath,
             Some(leaf) => leaf
@@ -222,7 +222,10 @@ fn shadows(node: &Node, segment: &str) -> bool {
 }
 
 /// Binds capture names of `template` to the values in `segments` (which it matches).
-pub fn bind<'a>(template: &'a PathTemplate, segments: &[Cow<'_, str>]) -> Vec<(&'a str, String)> {
+pub(crate) fn bind<'a>(
+    template: &'a PathTemplate,
+    segments: &[Cow<'_, str>],
+) -> Vec<(&'a str, String)> {
     let mut out = Vec::new();
     for (i, seg) in template.segments.iter().enumerate() {
         match seg {
