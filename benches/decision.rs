@@ -193,7 +193,7 @@ fn bench_one(
         .collect();
     plain_reasons.sort();
     assert_eq!(
-        plain_reasons, decided.reasons,
+        plain_reasons, decided.policies,
         "iotgate and plain Cedar disagree"
     );
 

@@ -3,7 +3,7 @@
 
 Every role (administrator, manager, technician, basic, all in org `emea`) x every operation of
 the seed's permission tables x own org (emea) / sub-org (spain) / parent org (acme) / sibling
-org (americas), with the expected answer computed here from SPEC §5.2 — not from the policies —
+org (americas), with the expected answer computed here from the central profile's rules (README, "The bundled profiles") — not from the policies —
 plus cases for moves, role ranks, disabled and deleted users and bad input.
 Run: python3 examples/central/checks.py
 """

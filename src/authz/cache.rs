@@ -85,12 +85,59 @@ impl Counters {
     }
 }
 
-/// The decision cache.
-#[derive(Debug)]
-pub struct DecisionCache {
-    cache: Option<Cache<DecisionKey, Arc<Verdicts>>>,
-    max_entry_bytes: u64,
+/// A moka cache (none when caching is off) with its hit, miss and eviction counters: what
+/// both caches share.
+struct Counted<K, V> {
+    cache: Option<Cache<K, V>>,
     counters: Counters,
+}
+
+impl<K, V> Counted<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// A cache configured by `build` (capacity, weigher, expiry), when `on`.
+    fn new(on: bool, build: impl FnOnce(CacheBuilder<K, V>) -> CacheBuilder<K, V>) -> Self {
+        let counters = Counters::default();
+        let cache =
+            on.then(|| build(Cache::builder().eviction_listener(counters.listener())).build());
+        Counted { cache, counters }
+    }
+
+    /// The value of `key` that `fresh` accepts, counted as a hit or a miss.
+    fn get<Q>(&self, key: &Q, fresh: impl Fn(&V) -> bool) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let found = self.cache.as_ref()?.get(key).filter(|v| fresh(v));
+        self.counters.record(found.is_some());
+        found
+    }
+
+    /// Counters, entries and `bytes`.
+    fn stats(&self, bytes: u64) -> Stats {
+        let entries = self.cache.as_ref().map_or(0, Cache::entry_count);
+        self.counters.stats(entries, bytes)
+    }
+}
+
+/// The builder both caches start from.
+type CacheBuilder<K, V> = moka::sync::CacheBuilder<K, V, Cache<K, V>>;
+
+/// The decision cache.
+pub struct DecisionCache {
+    cached: Counted<DecisionKey, Arc<Verdicts>>,
+    max_entry_bytes: u64,
+}
+
+impl std::fmt::Debug for DecisionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionCache")
+            .field("stats", &self.stats())
+            .finish()
+    }
 }
 
 /// Estimated bytes held by one cached decision: the structs plus every string they own.
@@ -110,7 +157,7 @@ fn estimated_bytes(key: &DecisionKey, verdicts: &Verdicts) -> u64 {
             .sum()
     };
     let strings = |v: &[String]| -> usize { v.iter().map(|s| s.len() + 24).sum() };
-    let verdict = |v: &Verdict| strings(&v.reasons) + strings(&v.explanations) + strings(&v.errors);
+    let verdict = |v: &Verdict| strings(&v.policies) + strings(&v.reasons) + strings(&v.errors);
     let bytes = std::mem::size_of::<DecisionKey>()
         + std::mem::size_of::<Verdicts>()
         + uid(&key.principal)
@@ -127,37 +174,31 @@ impl DecisionCache {
     /// `max_bytes` (estimated) and `max_entries` decisions: each entry weighs its estimated
     /// size, and at least `max_bytes / max_entries`.
     pub fn new(config: &CacheConfig) -> DecisionCache {
-        let counters = Counters::default();
         let floor = (config.max_bytes / config.max_entries.max(1)).max(1);
-        let cache =
-            (config.max_entries > 0 && config.max_bytes > 0 && !config.ttl.is_zero()).then(|| {
-                Cache::builder()
-                    .max_capacity(config.max_bytes)
-                    .weigher(move |k: &DecisionKey, v: &Arc<Verdicts>| {
-                        let weight = estimated_bytes(k, v).max(floor);
-                        u32::try_from(weight).unwrap_or(u32::MAX)
-                    })
-                    .time_to_live(config.ttl)
-                    .eviction_listener(counters.listener())
-                    .build()
-            });
+        let on = config.max_entries > 0 && config.max_bytes > 0 && !config.ttl.is_zero();
+        let cached = Counted::new(on, |builder| {
+            builder
+                .max_capacity(config.max_bytes)
+                .weigher(move |k: &DecisionKey, v: &Arc<Verdicts>| {
+                    let weight = estimated_bytes(k, v).max(floor);
+                    u32::try_from(weight).unwrap_or(u32::MAX)
+                })
+                .time_to_live(config.ttl)
+        });
         DecisionCache {
-            cache,
+            cached,
             max_entry_bytes: config.max_entry_bytes,
-            counters,
         }
     }
 
     /// The cached verdicts for a key.
     pub fn get(&self, key: &DecisionKey) -> Option<Arc<Verdicts>> {
-        let found = self.cache.as_ref()?.get(key);
-        self.counters.record(found.is_some());
-        found
+        self.cached.get(key, |_| true)
     }
 
     /// Remembers verdicts, unless the entry is estimated above `max_entry_bytes`.
     pub fn insert(&self, key: DecisionKey, verdicts: Arc<Verdicts>) {
-        if let Some(c) = &self.cache {
+        if let Some(c) = &self.cached.cache {
             if estimated_bytes(&key, &verdicts) <= self.max_entry_bytes {
                 c.insert(key, verdicts);
             }
@@ -166,7 +207,7 @@ impl DecisionCache {
 
     /// Estimated bytes held now (what `max_bytes` bounds).
     pub fn weighted_bytes(&self) -> u64 {
-        self.cache.as_ref().map_or(0, |c| {
+        self.cached.cache.as_ref().map_or(0, |c| {
             c.run_pending_tasks();
             c.weighted_size()
         })
@@ -174,15 +215,14 @@ impl DecisionCache {
 
     /// Drops everything (after a snapshot swap: old generations can never match again).
     pub fn clear(&self) {
-        if let Some(c) = &self.cache {
+        if let Some(c) = &self.cached.cache {
             c.invalidate_all();
         }
     }
 
     /// Counters.
     pub fn stats(&self) -> Stats {
-        let entries = self.cache.as_ref().map_or(0, Cache::entry_count);
-        self.counters.stats(entries, self.weighted_bytes())
+        self.cached.stats(self.weighted_bytes())
     }
 }
 
@@ -214,8 +254,7 @@ impl moka::Expiry<Arc<str>, Verified> for UntilExp {
 
 /// The verified-token cache, keyed by the whole token string.
 pub struct TokenCache {
-    cache: Option<Cache<Arc<str>, Verified>>,
-    counters: Counters,
+    cached: Counted<Arc<str>, Verified>,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -229,31 +268,26 @@ impl std::fmt::Debug for TokenCache {
 impl TokenCache {
     /// A cache per `[cache]`.
     pub fn new(config: &CacheConfig) -> TokenCache {
-        let counters = Counters::default();
-        let cache = (config.max_entries > 0 && !config.ttl.is_zero()).then(|| {
-            Cache::builder()
+        let on = config.max_entries > 0 && !config.ttl.is_zero();
+        let cached = Counted::new(on, |builder| {
+            builder
                 .max_capacity(config.max_entries)
                 .expire_after(UntilExp { ttl: config.ttl })
-                .eviction_listener(counters.listener())
-                .build()
         });
-        TokenCache { cache, counters }
+        TokenCache { cached }
     }
 
     /// The identity of an already verified token, while its `exp` has not passed.
     pub fn get(&self, token: &str) -> Option<Arc<Identity>> {
-        let cache = self.cache.as_ref()?;
-        let found = cache
-            .get(token)
-            .filter(|v| v.until.is_none_or(|until| Instant::now() < until))
-            .map(|v| v.identity);
-        self.counters.record(found.is_some());
-        found
+        let fresh = |v: &Verified| v.until.is_none_or(|until| Instant::now() < until);
+        self.cached.get(token, fresh).map(|v| v.identity)
     }
 
     /// Remembers a verified token until its `exp` (seconds since the epoch), if it has one.
     pub fn insert(&self, token: &str, identity: Arc<Identity>, exp: Option<u64>) {
-        let Some(cache) = &self.cache else { return };
+        let Some(cache) = &self.cached.cache else {
+            return;
+        };
         let now_s = crate::authn::now();
         let until = match exp {
             Some(exp) if exp <= now_s => return,
@@ -265,8 +299,7 @@ impl TokenCache {
 
     /// Counters.
     pub fn stats(&self) -> Stats {
-        let entries = self.cache.as_ref().map_or(0, Cache::entry_count);
-        self.counters.stats(entries, 0)
+        self.cached.stats(0)
     }
 }
 

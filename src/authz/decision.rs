@@ -184,9 +184,9 @@ pub struct Decision {
     /// Cedar resource, once resolved.
     pub resource: Option<EntityUid>,
     /// Determining policy ids, sorted.
-    pub reasons: Vec<String>,
+    pub policies: Vec<String>,
     /// `@reason` annotations of the determining policies (`id: text`).
-    pub explanations: Vec<String>,
+    pub reasons: Vec<String>,
     /// Evaluation errors (`policy: message`); any makes the decision a deny.
     pub errors: Vec<String>,
     /// The policy version that decided.
@@ -207,8 +207,8 @@ impl Decision {
             route: None,
             action: None,
             resource: None,
+            policies: Vec::new(),
             reasons: Vec::new(),
-            explanations: Vec::new(),
             errors: Vec::new(),
             policy_version: snapshot.policy_version.clone(),
             directory_version: snapshot.directory_version.clone(),
@@ -234,8 +234,8 @@ impl Decision {
         } else {
             Outcome::Reject(Rejection::Forbidden)
         };
+        self.policies.clone_from(&live.policies);
         self.reasons.clone_from(&live.reasons);
-        self.explanations.clone_from(&live.explanations);
         self.errors.clone_from(&live.errors);
         self.shadow.clone_from(&verdicts.shadow);
         self

@@ -17,9 +17,9 @@ pub struct Verdict {
     /// Allowed (Cedar allowed and reported no error).
     pub allowed: bool,
     /// Determining policy ids, sorted.
+    pub policies: Vec<String>,
+    /// `@reason`s of the determining policies (`id: text`).
     pub reasons: Vec<String>,
-    /// `@reason`s of the determining policies.
-    pub explanations: Vec<String>,
     /// Evaluation errors.
     pub errors: Vec<String>,
 }
@@ -65,7 +65,7 @@ pub(crate) fn evaluate(
     } else {
         Vec::new()
     };
-    let explanations = if allowed {
+    let reasons = if allowed {
         Vec::new()
     } else {
         ids.iter()
@@ -74,8 +74,8 @@ pub(crate) fn evaluate(
     };
     Verdict {
         allowed,
-        reasons: ids.iter().map(ToString::to_string).collect(),
-        explanations,
+        policies: ids.iter().map(ToString::to_string).collect(),
+        reasons,
         errors,
     }
 }

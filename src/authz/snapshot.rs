@@ -168,11 +168,7 @@ fn hash<'a>(parts: impl Iterator<Item = (&'a Path, &'a str)>) -> String {
         h.update(text.as_bytes());
     }
     let digest = h.finalize();
-    digest
-        .iter()
-        .take(VERSION_LEN / 2)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::config::files::hex(&digest[..VERSION_LEN / 2])
 }
 
 /// Everything needed to decide: the config, its keys and its first snapshot (`serve`,

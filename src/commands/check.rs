@@ -197,14 +197,8 @@ async fn compare(
         snapshot,
         verifier: loaded.verifier.clone(),
     });
-    let mut problems = Problems::new();
+    let (cases, mut problems) = load_suites(suites, &loaded);
     let candidate = problems.take(candidate);
-    let mut cases = Vec::new();
-    for path in suites {
-        if let Some(c) = problems.take(load_suite(path, &loaded)) {
-            cases.extend(c);
-        }
-    }
     let Some(candidate) = candidate.filter(|_| problems.is_empty()) else {
         write!(out, "{problems}")?;
         return Ok(ExitStatus::Error);
@@ -214,7 +208,7 @@ async fn compare(
     for case in &cases {
         let before = live.answer(&case.probe).await;
         let after = candidate.answer(&case.probe).await;
-        if before.status != after.status || before.decision.reasons != after.decision.reasons {
+        if before.status != after.status || before.decision.policies != after.decision.policies {
             changed += 1;
             writeln!(
                 out,
@@ -334,8 +328,8 @@ impl<'d> From<&'d Answer> for Explanation<'d> {
             route: d.route.as_deref(),
             action: d.action.as_deref(),
             resource: d.resource.as_ref().map(ToString::to_string),
-            policies: &d.reasons,
-            reasons: &d.explanations,
+            policies: &d.policies,
+            reasons: &d.reasons,
             errors: &d.errors,
             policy_version: &d.policy_version,
             directory_version: &d.directory_version,
@@ -446,13 +440,7 @@ async fn run_suites(
     suites: &[std::path::PathBuf],
     out: &mut dyn Write,
 ) -> std::io::Result<ExitStatus> {
-    let mut problems = Problems::new();
-    let mut cases = Vec::new();
-    for path in suites {
-        if let Some(c) = problems.take(load_suite(path, &loaded)) {
-            cases.extend(c);
-        }
-    }
+    let (cases, problems) = load_suites(suites, &loaded);
     if !problems.is_empty() {
         write!(out, "{problems}")?;
         return Ok(ExitStatus::Error);
@@ -500,15 +488,27 @@ fn verdict(case: &Case, answer: &Answer) -> Result<(), String> {
     if let Some(want) = &case.reasons {
         let mut want = want.clone();
         want.sort();
-        if want != d.reasons {
+        if want != d.policies {
             return Err(format!(
                 "expected determining policies [{}], got [{}]",
                 want.join(", "),
-                d.reasons.join(", ")
+                d.policies.join(", ")
             ));
         }
     }
     Ok(())
+}
+
+/// Reads and compiles suite files: every case that compiles, and every problem.
+fn load_suites(paths: &[std::path::PathBuf], loaded: &Loaded) -> (Vec<Case>, Problems) {
+    let mut problems = Problems::new();
+    let mut cases = Vec::new();
+    for path in paths {
+        if let Some(c) = problems.take(load_suite(path, loaded)) {
+            cases.extend(c);
+        }
+    }
+    (cases, problems)
 }
 
 /// Reads and compiles a suite file.

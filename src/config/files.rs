@@ -1,4 +1,5 @@
-//! Walking the folders a config names: policy folders, directory folders, watched paths.
+//! Walking the folders a config names (policy folders, directory folders, watched paths), and
+//! the hex form of their content digests.
 //!
 //! ```text
 //! folder ──files_below(keep)──▶ every file below it that `keep` accepts, sorted
@@ -8,6 +9,17 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::problem::{Problem, Problems};
+
+/// Lowercase hex of bytes (content digests in versions).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
 
 /// Every file with extension `ext` below `dir` (sorted, recursive); a file path names itself.
 ///

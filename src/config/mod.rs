@@ -1,4 +1,5 @@
-//! The gateway configuration (SPEC §3): strict TOML in, validated [`Config`] out.
+//! The gateway configuration (README, "Configuration"): strict TOML in, validated
+//! [`Config`] out.
 //!
 //! ```text
 //! iotgate.toml ──tomlfile::load──▶ FileConfig (serde, unknown keys reported)

@@ -310,8 +310,10 @@ impl Directory {
                     Ok(rel) if !rel.as_os_str().is_empty() => rel.to_path_buf(),
                     _ => file.file_name().map(PathBuf::from).unwrap_or_default(),
                 };
-                dir.digests
-                    .push((name, hex(&Sha256::digest(text.as_bytes()))));
+                dir.digests.push((
+                    name,
+                    crate::config::files::hex(&Sha256::digest(text.as_bytes())),
+                ));
             }
         }
         if let Err(index) = dir.compute_ancestors() {
@@ -580,10 +582,6 @@ fn extension(func: &str, arg: &str) -> RestrictedExpression {
         "datetime" => RestrictedExpression::new_datetime(arg),
         _ => RestrictedExpression::new_duration(arg),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An entity as written in the JSON.

@@ -33,8 +33,8 @@ impl std::fmt::Display for Decision {
             Outcome::Allow => write!(f, "allow")?,
             Outcome::Reject(r) => write!(f, "{} {r}", self.status().as_u16())?,
         }
-        if !self.reasons.is_empty() {
-            write!(f, " by [{}]", self.reasons.join(", "))?;
+        if !self.policies.is_empty() {
+            write!(f, " by [{}]", self.policies.join(", "))?;
         }
         Ok(())
     }

@@ -388,7 +388,7 @@ fn indexed_and_sliced_decisions_equal_plain_cedar() {
                 .live;
             let got = Outcome {
                 allowed: verdict.allowed,
-                reasons: verdict.reasons.into_iter().collect(),
+                reasons: verdict.policies.into_iter().collect(),
                 errors: verdict.errors.into_iter().collect(),
             };
             assert_eq!(

@@ -37,8 +37,8 @@ fn verdicts(allowed: bool) -> Arc<Verdicts> {
     Arc::new(Verdicts {
         live: Verdict {
             allowed,
-            reasons: vec!["p".into()],
-            explanations: vec![],
+            policies: vec!["p".into()],
+            reasons: vec![],
             errors: vec![],
         },
         shadow: None,

@@ -147,7 +147,7 @@ fn an_erroring_forbid_denies_where_plain_cedar_allows() {
     let f = fixture();
     let d = f.as_user("bob", "GET /v1/users/alice/devices/orphan");
     assert_eq!(d.outcome, Outcome::Reject(Rejection::Forbidden));
-    assert!(d.reasons.is_empty());
+    assert!(d.policies.is_empty());
     assert_eq!(d.errors.len(), 1, "{:?}", d.errors);
     assert!(d.errors[0].contains("owner-disabled"), "{:?}", d.errors);
     // Plain Cedar over the full directory allows the same request: it skips the erroring
@@ -207,7 +207,7 @@ fn device_tokens_are_confined_to_their_device_and_resources() {
     );
     let explained = f.decide(token, "GET /v1/users/alice/devices/d2", None, h());
     assert_eq!(
-        explained.explanations,
+        explained.reasons,
         vec!["device-token-device: device tokens reach only their own device"]
     );
 }
