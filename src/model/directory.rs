@@ -116,6 +116,8 @@ impl PartialEq for NodeRef<'_> {
 
 impl<'d> NodeRef<'d> {
     fn slot(&self) -> &'d Slot {
+        // INVARIANT: a NodeRef is only made by `Directory::node`, which checked the index
+        // against `slots`; slots are never removed.
         &self.dir.slots[self.index as usize]
     }
 
@@ -476,6 +478,8 @@ impl Directory {
         if let Some(i) = self.find(ty, id) {
             return i;
         }
+        // INVARIANT: fewer than u32::MAX slots (entities and the uids they name); at the
+        // documented scale (millions) the cast never truncates.
         let index = self.slots.len() as u32;
         self.slots.push(Slot {
             ty,
@@ -498,6 +502,7 @@ impl Directory {
         if let Some(i) = self.type_index.get(ty) {
             return *i;
         }
+        // INVARIANT: entity types come from the schema, far fewer than u16::MAX.
         let i = self.types.len() as u16;
         self.types.push(ty.clone());
         self.type_index.insert(ty.clone(), i);
@@ -508,6 +513,7 @@ impl Directory {
         if let Some(i) = self.attr_index.get(name) {
             return *i;
         }
+        // INVARIANT: attribute names come from the schema, far fewer than u16::MAX.
         let i = self.attr_names.len() as u16;
         self.attr_names.push(name.into());
         self.attr_index.insert(name.into(), i);

@@ -147,9 +147,146 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self, decisions: Stats, tokens: Stats) -> String {
-        let mut out = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut requests: Vec<(String, u64)> = self
+        let one = |v: u64| vec![(String::new(), v)];
+        let labelled = |label: &str, pairs: &[(&str, &AtomicU64)]| {
+            pairs
+                .iter()
+                .map(|(value, c)| (format!("{{{label}=\"{value}\"}}"), get(c)))
+                .collect::<Vec<_>>()
+        };
+        let c = &self.connections;
+        let mut families: Vec<Family<'_>> = vec![
+            (
+                "iotgate_requests_total".into(),
+                "counter",
+                "Requests by route template and status.",
+                self.request_samples(),
+            ),
+            (
+                "iotgate_decisions_total".into(),
+                "counter",
+                "Decisions by result.",
+                labelled(
+                    "decision",
+                    &[("allow", &self.allowed), ("deny", &self.denied)],
+                ),
+            ),
+            (
+                "iotgate_decision_duration_seconds".into(),
+                "histogram",
+                "Time to decide (authentication to verdict).",
+                self.latency_samples(),
+            ),
+        ];
+        for (cache, s) in [("decision", decisions), ("token", tokens)] {
+            families.push((
+                format!("iotgate_{cache}_cache_hits_total"),
+                "counter",
+                "Cache hits.",
+                one(s.hits),
+            ));
+            families.push((
+                format!("iotgate_{cache}_cache_misses_total"),
+                "counter",
+                "Cache misses.",
+                one(s.misses),
+            ));
+            families.push((
+                format!("iotgate_{cache}_cache_evictions_total"),
+                "counter",
+                "Entries evicted for size or age.",
+                one(s.evictions),
+            ));
+        }
+        families.extend([
+            (
+                "iotgate_reloads_total".into(),
+                "counter",
+                "Snapshot reload attempts by result.",
+                labelled(
+                    "result",
+                    &[
+                        ("success", &self.reload_ok),
+                        ("failure", &self.reload_failed),
+                    ],
+                ),
+            ),
+            (
+                "iotgate_upstream_errors_total".into(),
+                "counter",
+                "Upstream failures by kind.",
+                labelled(
+                    "kind",
+                    &[
+                        ("unreachable", &self.upstream_unreachable),
+                        ("timeout", &self.upstream_timeout),
+                    ],
+                ),
+            ),
+            (
+                "iotgate_shadow_disagreements_total".into(),
+                "counter",
+                "Decisions the shadow policies would have made differently.",
+                one(get(&self.shadow_disagreements)),
+            ),
+            (
+                "iotgate_client_aborts_total".into(),
+                "counter",
+                "Requests whose client went away or whose body failed before the answer.",
+                one(get(&self.client_aborts)),
+            ),
+            (
+                "iotgate_internal_errors_total".into(),
+                "counter",
+                "Requests refused for a fault of iotgate's own (500).",
+                one(get(&self.internal_errors)),
+            ),
+            (
+                "iotgate_decision_cache_bytes".into(),
+                "gauge",
+                "Estimated bytes held by the decision cache.",
+                one(decisions.bytes),
+            ),
+            (
+                "iotgate_connections_open".into(),
+                "gauge",
+                "Client connections open now.",
+                one(get(&c.open)),
+            ),
+            (
+                "iotgate_connections_limited_total".into(),
+                "counter",
+                "Connections that waited because max_connections were open.",
+                one(get(&c.limited)),
+            ),
+            (
+                "iotgate_connections_idle_closed_total".into(),
+                "counter",
+                "Connections closed after idle_timeout_seconds.",
+                one(get(&c.idle_closed)),
+            ),
+            (
+                "iotgate_accept_errors_total".into(),
+                "counter",
+                "Failed accepts.",
+                one(get(&c.accept_errors)),
+            ),
+        ]);
+        let mut out = String::new();
+        for (name, kind, help, samples) in families {
+            family(&mut out, &name, kind, help, samples);
+            if kind == "histogram" {
+                let sum = get(&self.latency_micros) as f64 / 1e6;
+                let _ = writeln!(out, "{name}_sum {sum}");
+            }
+        }
+        out
+    }
+
+    /// `{route, status}` request counts, sorted.
+    fn request_samples(&self) -> Vec<(String, u64)> {
+        let mut samples: Vec<(String, u64)> = self
             .requests
             .read()
             .map(|m| {
@@ -158,149 +295,32 @@ impl Metrics {
                         by_status.iter().map(move |(status, c)| (route, status, c))
                     })
                     .map(|(route, status, c)| {
-                        (
-                            format!("{{route=\"{}\",status=\"{status}\"}}", escape(route)),
-                            get(c),
-                        )
+                        let labels = format!("{{route=\"{}\",status=\"{status}\"}}", escape(route));
+                        (labels, c.load(Ordering::Relaxed))
                     })
                     .collect()
             })
             .unwrap_or_default();
-        requests.sort();
-        family(
-            &mut out,
-            "iotgate_requests_total",
-            "counter",
-            "Requests by route template and status.",
-            requests,
-        );
-        family(
-            &mut out,
-            "iotgate_decisions_total",
-            "counter",
-            "Decisions by result.",
-            vec![
-                ("{decision=\"allow\"}".into(), get(&self.allowed)),
-                ("{decision=\"deny\"}".into(), get(&self.denied)),
-            ],
-        );
-        let mut latency: Vec<(String, u64)> = BUCKETS
+        samples.sort();
+        samples
+    }
+
+    /// The decision latency histogram's buckets and count.
+    fn latency_samples(&self) -> Vec<(String, u64)> {
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let mut samples: Vec<(String, u64)> = BUCKETS
             .iter()
             .zip(&self.latency_buckets)
-            .map(|(b, c)| (format!("_bucket{{le=\"{b}\"}}"), get(c)))
+            .map(|(b, c)| (format!("_bucket{{le=\"{b}\"}}"), c.load(Ordering::Relaxed)))
             .collect();
-        latency.push(("_bucket{le=\"+Inf\"}".into(), get(&self.latency_count)));
-        latency.push(("_count".into(), get(&self.latency_count)));
-        family(
-            &mut out,
-            "iotgate_decision_duration_seconds",
-            "histogram",
-            "Time to decide (authentication to verdict).",
-            latency,
-        );
-        let _ = writeln!(
-            out,
-            "iotgate_decision_duration_seconds_sum {}",
-            get(&self.latency_micros) as f64 / 1e6
-        );
-        for (cache, s) in [("decision", decisions), ("token", tokens)] {
-            family(
-                &mut out,
-                &format!("iotgate_{cache}_cache_hits_total"),
-                "counter",
-                "Cache hits.",
-                vec![(String::new(), s.hits)],
-            );
-            family(
-                &mut out,
-                &format!("iotgate_{cache}_cache_misses_total"),
-                "counter",
-                "Cache misses.",
-                vec![(String::new(), s.misses)],
-            );
-            family(
-                &mut out,
-                &format!("iotgate_{cache}_cache_evictions_total"),
-                "counter",
-                "Entries evicted for size or age.",
-                vec![(String::new(), s.evictions)],
-            );
-        }
-        family(
-            &mut out,
-            "iotgate_reloads_total",
-            "counter",
-            "Snapshot reload attempts by result.",
-            vec![
-                ("{result=\"success\"}".into(), get(&self.reload_ok)),
-                ("{result=\"failure\"}".into(), get(&self.reload_failed)),
-            ],
-        );
-        family(
-            &mut out,
-            "iotgate_upstream_errors_total",
-            "counter",
-            "Upstream failures by kind.",
-            vec![
-                (
-                    "{kind=\"unreachable\"}".into(),
-                    get(&self.upstream_unreachable),
-                ),
-                ("{kind=\"timeout\"}".into(), get(&self.upstream_timeout)),
-            ],
-        );
-        family(
-            &mut out,
-            "iotgate_shadow_disagreements_total",
-            "counter",
-            "Decisions the shadow policies would have made differently.",
-            vec![(String::new(), get(&self.shadow_disagreements))],
-        );
-        let c = &self.connections;
-        let single = [
-            (
-                "iotgate_client_aborts_total",
-                "counter",
-                "Requests whose client went away or whose body failed before the answer.",
-                get(&self.client_aborts),
-            ),
-            (
-                "iotgate_decision_cache_bytes",
-                "gauge",
-                "Estimated bytes held by the decision cache.",
-                decisions.bytes,
-            ),
-            (
-                "iotgate_connections_open",
-                "gauge",
-                "Client connections open now.",
-                get(&c.open),
-            ),
-            (
-                "iotgate_connections_limited_total",
-                "counter",
-                "Connections that waited because max_connections were open.",
-                get(&c.limited),
-            ),
-            (
-                "iotgate_connections_idle_closed_total",
-                "counter",
-                "Connections closed after idle_timeout_seconds.",
-                get(&c.idle_closed),
-            ),
-            (
-                "iotgate_accept_errors_total",
-                "counter",
-                "Failed accepts.",
-                get(&c.accept_errors),
-            ),
-        ];
-        for (name, kind, help, value) in single {
-            family(&mut out, name, kind, help, vec![(String::new(), value)]);
-        }
-        out
+        samples.push(("_bucket{le=\"+Inf\"}".into(), count));
+        samples.push(("_count".into(), count));
+        samples
     }
 }
+
+/// A metric family to render: name, type, help, and (labels, value) samples.
+type Family<'a> = (String, &'a str, &'a str, Vec<(String, u64)>);
 
 /// One metric family: HELP and TYPE lines, then its samples.
 fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>) {

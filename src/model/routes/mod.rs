@@ -312,6 +312,20 @@ fn shadowed_literals(routes: &[Route]) -> Vec<(usize, String)> {
     out
 }
 
+/// `reserved` values, folded as the matcher compares them.
+fn folded_reserved(reserved: &BTreeMap<String, Vec<String>>) -> Vec<(String, BTreeSet<String>)> {
+    reserved
+        .iter()
+        .map(|(name, values)| {
+            let folded = values
+                .iter()
+                .map(|v| crate::request::uri::fold(v))
+                .collect();
+            (name.clone(), folded)
+        })
+        .collect()
+}
+
 /// The API version a route's path starts with (`/v2/…`: `v2`).
 fn version_of(route: &Route) -> Option<&str> {
     match route.path.segments.first() {
@@ -550,29 +564,8 @@ impl<'a> Compiler<'a> {
             );
             return None;
         };
-        if let Some(p) = principal {
-            if !action.principals.contains(&p.to_string()) {
-                self.problem(
-                    &format!("{key}.action"),
-                    format!(
-                        "action `{}` does not apply to principal type `{p}`",
-                        r.action
-                    ),
-                );
-            }
-        }
         let resource_type = self.entity_type(&format!("{key}.resource.type"), &r.resource.ty);
-        if let Some(t) = &resource_type {
-            if !action.resources.contains(&t.to_string()) {
-                self.problem(
-                    &format!("{key}.resource.type"),
-                    format!(
-                        "action `{}` does not apply to resource type `{t}`",
-                        r.action
-                    ),
-                );
-            }
-        }
+        self.check_applies(key, r, action, principal, resource_type.as_ref());
         let resource_id = Template::parse(&r.resource.id)
             .map_err(|m| self.problem(&format!("{key}.resource.id"), m))
             .ok();
@@ -581,11 +574,84 @@ impl<'a> Compiler<'a> {
         let names: Vec<String> = names.into_iter().cloned().collect();
         let context = self.pick(&format!("{key}.context"), &names, fields);
         let (path, resource_type, resource_id) = (path?, resource_type?, resource_id?);
-        // captures used by the resource id and fields must exist in the path
-        let captures: BTreeSet<&str> = path.captures().collect();
         let mut sources: Vec<&Source> = resource_id.sources().collect();
         sources.extend(attrs.iter().chain(&context).flat_map(|f| f.sources()));
-        for s in &sources {
+        self.check_captures(key, r, &path, &sources, &methods);
+        let needs_body = sources.iter().any(|s| matches!(s, Source::Body(_)));
+        self.check_records(key, r, action, &resource_type, &attrs, &context);
+        if self.problems.iter().count() != before {
+            return None;
+        }
+        let name = r.name.clone().unwrap_or_else(|| {
+            let m: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
+            format!("{} {}", m.join(","), r.path)
+        });
+        let route = Route {
+            name,
+            path,
+            action: action.uid.clone(),
+            action_name: r.action.clone(),
+            action_label: action.uid.to_string(),
+            resource_type,
+            resource_id: Field {
+                name: "resource id".into(),
+                ty: FieldType::String,
+                value: resource_id,
+                when: None,
+                default: None,
+                optional: false,
+                map: None,
+            },
+            resource_attrs: attrs,
+            context,
+            needs_body,
+            stream: r.stream,
+            reserved: folded_reserved(&r.reserved),
+        };
+        Some((route, methods))
+    }
+
+    /// The action applies to the table's principal type and the route's resource type.
+    fn check_applies(
+        &mut self,
+        key: &str,
+        r: &FileRoute,
+        action: &crate::model::schema::Action,
+        principal: Option<&EntityTypeName>,
+        resource_type: Option<&EntityTypeName>,
+    ) {
+        if let Some(p) = principal.filter(|p| !action.principals.contains(&p.to_string())) {
+            self.problem(
+                &format!("{key}.action"),
+                format!(
+                    "action `{}` does not apply to principal type `{p}`",
+                    r.action
+                ),
+            );
+        }
+        if let Some(t) = resource_type.filter(|t| !action.resources.contains(&t.to_string())) {
+            self.problem(
+                &format!("{key}.resource.type"),
+                format!(
+                    "action `{}` does not apply to resource type `{t}`",
+                    r.action
+                ),
+            );
+        }
+    }
+
+    /// Every capture the route's values read is in its path, `reserved` names captures of
+    /// the path, and a stream route is `GET` only.
+    fn check_captures(
+        &mut self,
+        key: &str,
+        r: &FileRoute,
+        path: &PathTemplate,
+        sources: &[&Source],
+        methods: &[http::Method],
+    ) {
+        let captures: BTreeSet<&str> = path.captures().collect();
+        for s in sources {
             if let Source::Capture(c) = s {
                 if !captures.contains(c.as_str()) {
                     self.problem(
@@ -595,21 +661,31 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        let needs_body = sources.iter().any(|s| matches!(s, Source::Body(_)));
         if r.stream && methods != [http::Method::GET] {
             self.problem(
                 &format!("{key}.stream"),
                 "a stream route takes only `GET` (WebSocket upgrades are GET requests)",
             );
         }
-        for name in r.reserved.keys() {
-            if !captures.contains(name.as_str()) {
-                self.problem(
-                    &format!("{key}.reserved"),
-                    format!("`{name}` is not a capture of the route's path"),
-                );
-            }
+        for name in r.reserved.keys().filter(|n| !captures.contains(n.as_str())) {
+            self.problem(
+                &format!("{key}.reserved"),
+                format!("`{name}` is not a capture of the route's path"),
+            );
         }
+    }
+
+    /// The resource attributes fit the resource type (when the route builds resources) and
+    /// the context fields fill the action's context.
+    fn check_records(
+        &mut self,
+        key: &str,
+        r: &FileRoute,
+        action: &crate::model::schema::Action,
+        resource_type: &EntityTypeName,
+        attrs: &[Arc<Field>],
+        context: &[Arc<Field>],
+    ) {
         let type_attrs = self
             .catalog
             .entity_types
@@ -623,58 +699,15 @@ impl<'a> Compiler<'a> {
                 &format!("{key}.resource.attrs"),
                 &format!("resource type `{resource_type}`"),
                 &type_attrs,
-                &attrs,
+                attrs,
             );
         }
         self.check_record(
             &format!("{key}.context"),
             &format!("the context of `{}`", r.action),
             &action.context,
-            &context,
-        );
-        if self.problems.iter().count() != before {
-            return None;
-        }
-        let name = r.name.clone().unwrap_or_else(|| {
-            let m: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
-            format!("{} {}", m.join(","), r.path)
-        });
-        let resource_id = Field {
-            name: "resource id".into(),
-            ty: FieldType::String,
-            value: resource_id,
-            when: None,
-            default: None,
-            optional: false,
-            map: None,
-        };
-        let route = Route {
-            name,
-            path,
-            action: action.uid.clone(),
-            action_name: r.action.clone(),
-            action_label: action.uid.to_string(),
-            resource_type,
-            resource_id,
-            resource_attrs: attrs,
             context,
-            needs_body,
-            stream: r.stream,
-            reserved: r
-                .reserved
-                .iter()
-                .map(|(name, values)| {
-                    (
-                        name.clone(),
-                        values
-                            .iter()
-                            .map(|v| crate::request::uri::fold(v))
-                            .collect(),
-                    )
-                })
-                .collect(),
-        };
-        Some((route, methods))
+        );
     }
 
     fn methods(&mut self, key: &str, m: &Methods) -> Vec<http::Method> {
