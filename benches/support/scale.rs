@@ -16,16 +16,18 @@ pub(crate) struct World {
     pub devices: usize,
 }
 
-/// splitmix64.
-struct Rng(u64);
+/// Proptest's deterministic generator: the same sizes give the same world.
+struct Rng(proptest::test_runner::TestRng);
 
 impl Rng {
+    fn new() -> Rng {
+        use proptest::test_runner::{RngAlgorithm, TestRng};
+        Rng(TestRng::deterministic_rng(RngAlgorithm::ChaCha))
+    }
+
     fn below(&mut self, n: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) % n.max(1) as u64) as usize
+        use proptest::prelude::Rng as _;
+        (self.0.next_u64() % n.max(1) as u64) as usize
     }
 }
 
@@ -131,7 +133,7 @@ fn write_policies(path: &Path, n: usize, users: usize) {
 }
 
 fn write_directory(path: &Path, users: usize, projects: usize, devices: usize) {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new();
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     let user = |id: &str| format!("{{\"type\":\"Thinger::User\",\"id\":\"{id}\"}}");
     writeln!(f, "[").unwrap();

@@ -1,7 +1,8 @@
 //! Differential tests: iotgate's indexed policies and per-request entity slices against
 //! plain Cedar over the whole policy set and the full entity store, on random data.
 //!
-//! A seeded generator builds random worlds — a group hierarchy, users, nested folders and
+//! Proptest draws the random choices (a tape that shrinks toward a smaller failing world) from
+//! which a generator builds random worlds — a group hierarchy, users, nested folders and
 //! items, with dangling references that make policies error — and random policies (permit
 //! and forbid; scopes pinned with `==`, `in`, `is … in`; `when` and `unless` conditions over
 //! attributes up to two entity hops away, `in` over the hierarchies, optional attributes and
@@ -33,16 +34,19 @@ namespace D {
 
 const ACTIONS: [&str; 3] = ["read", "write", "remove"];
 
-/// splitmix64: small, seeded, good enough to spread test cases.
-struct Rng(u64);
+/// The random choices of one case, drawn by proptest as a tape of numbers read in order
+/// (zero once it runs out). Proptest shrinks a failing tape toward fewer and smaller
+/// numbers, and so the failing world toward fewer entities, policies and conditions.
+struct Rng {
+    tape: Vec<u64>,
+    at: usize,
+}
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        let choice = self.tape.get(self.at).copied().unwrap_or(0);
+        self.at += 1;
+        choice
     }
 
     fn below(&mut self, n: usize) -> usize {
@@ -344,65 +348,105 @@ fn valid_policies(schema: &cedar_policy::Schema, texts: Vec<String>) -> String {
         .join("\n")
 }
 
+/// What the compared decisions were, so that the run proves something.
+#[derive(Default)]
+struct Tally {
+    compared: usize,
+    allowed: usize,
+    errored: usize,
+    forbidden: usize,
+}
+
+/// Decides every request of one generated world both ways.
+fn compare_world(
+    tape: Vec<u64>,
+    schema: &cedar_policy::Schema,
+    tally: &mut Tally,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    let requests_per_world = 25;
+    let mut rng = Rng { tape, at: 0 };
+    let world = World::generate(&mut rng);
+    let texts = (0..5 + rng.below(36))
+        .map(|n| world.policy(&mut rng, n))
+        .collect();
+    let policies = valid_policies(schema, texts);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_profile(dir.path(), &world, &policies);
+    let snapshot = iotgate::Snapshot::load(&iotgate::Config::load(&config).unwrap())
+        .unwrap_or_else(|p| panic!("{p}\n{policies}"));
+    let all: PolicySet = policies.parse().unwrap();
+    let plain_set = rename_by_id(&all);
+    let entities = Entities::from_json_value(
+        serde_json::Value::Array(world.entities.clone()),
+        Some(schema),
+    )
+    .unwrap();
+    for _ in 0..requests_per_world {
+        let req = world.request(&mut rng);
+        let expected = plain_cedar(&plain_set, &entities, schema, &req);
+        let principal = snapshot
+            .directory
+            .get(&EntityUid::from_str(&req.0).unwrap())
+            .unwrap();
+        let resolved = Resolved {
+            resource: EntityUid::from_str(&req.2).unwrap(),
+            resource_attrs: vec![],
+            context: req.3.clone(),
+        };
+        let verdict = iotgate::authorize(&snapshot, principal, req.1, &resolved)
+            .unwrap()
+            .live;
+        let got = Outcome {
+            allowed: verdict.allowed,
+            reasons: verdict.policies.into_iter().collect(),
+            errors: verdict.errors.into_iter().collect(),
+        };
+        proptest::prop_assert_eq!(
+            &got,
+            &expected,
+            "{:?}\npolicies:\n{}\nentities: {}",
+            req,
+            policies,
+            serde_json::to_string(&world.entities).unwrap()
+        );
+        tally.compared += 1;
+        tally.allowed += usize::from(got.allowed);
+        tally.errored += usize::from(!got.errors.is_empty());
+        tally.forbidden += usize::from(!got.allowed && !got.reasons.is_empty());
+    }
+    Ok(())
+}
+
 #[test]
 fn indexed_and_sliced_decisions_equal_plain_cedar() {
-    let worlds: u64 = std::env::var("IOTGATE_DIFF_WORLDS")
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let worlds: u32 = std::env::var("IOTGATE_DIFF_WORLDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(150);
-    let requests_per_world = 25;
     let (schema, _) = cedar_policy::Schema::from_cedarschema_str(SCHEMA).unwrap();
-    let (mut compared, mut allowed, mut errored, mut forbidden) = (0, 0, 0, 0);
-    for seed in 0..worlds {
-        let mut rng = Rng(seed);
-        let world = World::generate(&mut rng);
-        let texts = (0..5 + rng.below(36))
-            .map(|n| world.policy(&mut rng, n))
-            .collect();
-        let policies = valid_policies(&schema, texts);
-        let dir = tempfile::tempdir().unwrap();
-        let config = write_profile(dir.path(), &world, &policies);
-        let snapshot = iotgate::Snapshot::load(&iotgate::Config::load(&config).unwrap())
-            .unwrap_or_else(|p| panic!("seed {seed}: {p}\n{policies}"));
-        let all: PolicySet = policies.parse().unwrap();
-        let plain_set = rename_by_id(&all);
-        let entities = Entities::from_json_value(
-            serde_json::Value::Array(world.entities.clone()),
-            Some(&schema),
-        )
-        .unwrap();
-        for _ in 0..requests_per_world {
-            let req = world.request(&mut rng);
-            let expected = plain_cedar(&plain_set, &entities, &schema, &req);
-            let principal = snapshot
-                .directory
-                .get(&EntityUid::from_str(&req.0).unwrap())
-                .unwrap();
-            let resolved = Resolved {
-                resource: EntityUid::from_str(&req.2).unwrap(),
-                resource_attrs: vec![],
-                context: req.3.clone(),
-            };
-            let verdict = iotgate::authorize(&snapshot, principal, req.1, &resolved)
-                .unwrap()
-                .live;
-            let got = Outcome {
-                allowed: verdict.allowed,
-                reasons: verdict.policies.into_iter().collect(),
-                errors: verdict.errors.into_iter().collect(),
-            };
-            assert_eq!(
-                got,
-                expected,
-                "seed {seed}: {req:?}\npolicies:\n{policies}\nentities: {}",
-                serde_json::to_string(&world.entities).unwrap()
-            );
-            compared += 1;
-            allowed += usize::from(got.allowed);
-            errored += usize::from(!got.errors.is_empty());
-            forbidden += usize::from(!got.allowed && !got.reasons.is_empty());
-        }
+    let config = Config {
+        cases: worlds,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    // deterministic: every CI run compares the same worlds
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    let tally = std::cell::RefCell::new(Tally::default());
+    let tapes = proptest::collection::vec(proptest::prelude::any::<u64>(), 1024..2048);
+    let result = runner.run(&tapes, |tape| {
+        compare_world(tape, &schema, &mut tally.borrow_mut())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
+    let Tally {
+        compared,
+        allowed,
+        errored,
+        forbidden,
+    } = tally.into_inner();
     // the generator must exercise every kind of outcome, or the comparison proves little
     assert!(
         allowed > compared / 20,
