@@ -37,6 +37,27 @@ fn token(claims: Value) -> String {
         .unwrap()
 }
 
+/// A token signed with the thinger secret over exactly these JOSE header and claims texts
+/// (to send shapes a JSON serializer would not write).
+fn raw_token(header: &str, claims: &str) -> String {
+    use base64::Engine;
+    let b64 = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
+    let secret = std::fs::read_to_string(root().join("examples/thinger/secret.key")).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes());
+    let message = format!("{}.{}", b64(header), b64(claims));
+    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+        .unwrap();
+    format!("{message}.{sig}")
+}
+
+/// The four lines of a WebSocket opening handshake.
+const HANDSHAKE: [&str; 4] = [
+    "Connection: Upgrade",
+    "Upgrade: websocket",
+    "Sec-WebSocket-Version: 13",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+];
+
 fn bob() -> String {
     token(json!({"usr": "bob"}))
 }
@@ -253,6 +274,14 @@ async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Sends each raw request on its own connection and checks the one status it gets.
+async fn answers_are(addr: SocketAddr, cases: &[(String, u16)]) {
+    for (bytes, want) in cases {
+        let answer = exchange(addr, bytes.as_bytes()).await;
+        assert_eq!(statuses(&answer), [*want], "{bytes}\n{answer}");
+    }
+}
+
 /// The status codes of every response in a raw answer, in order.
 fn statuses(answer: &str) -> Vec<u16> {
     answer
@@ -337,13 +366,7 @@ async fn h2c_upgrades_are_not_forwarded_and_later_bytes_are_decided() {
 async fn a_websocket_handshake_on_a_plain_route_is_forwarded_without_the_upgrade() {
     let up = Recorder::start(false).await;
     let gw = Thinger::start(&up.url(), "").await;
-    let handshake = [
-        "Connection: Upgrade",
-        "Upgrade: websocket",
-        "Sec-WebSocket-Version: 13",
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-    ];
-    let first = request("GET", DEVICE, Some(&bob()), &handshake, "");
+    let first = request("GET", DEVICE, Some(&bob()), &HANDSHAKE, "");
     let second = request("GET", "/v1/users", None, &["Connection: close"], "");
     let answer = exchange(gw.addr, format!("{first}{second}").as_bytes()).await;
     assert_eq!(statuses(&answer), [200, 401], "{answer}");
@@ -387,10 +410,10 @@ async fn websockets_open_only_on_stream_routes_and_only_to_websocket() {
         &stream,
         None,
         &[
-            "Connection: Upgrade",
+            HANDSHAKE[0],
             "Upgrade: websocket, h2c",
-            "Sec-WebSocket-Version: 13",
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            HANDSHAKE[2],
+            HANDSHAKE[3],
             "Connection: close",
         ],
         "",
@@ -416,18 +439,7 @@ async fn a_switch_the_client_did_not_ask_for_is_a_502_and_closes_the_connection(
     );
     // a legitimate websocket handshake that the upstream switches to h2c instead
     let stream = "/v3/users/dave/devices/sensor1/resources";
-    let ws = request(
-        "GET",
-        stream,
-        Some(&dave()),
-        &[
-            "Connection: Upgrade",
-            "Upgrade: websocket",
-            "Sec-WebSocket-Version: 13",
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-        ],
-        "",
-    );
+    let ws = request("GET", stream, Some(&dave()), &HANDSHAKE, "");
     let answer = exchange(
         gw.addr,
         format!("{ws}GET /v1/users HTTP/1.1\r\n\r\n").as_bytes(),
@@ -1102,31 +1114,20 @@ async fn requests_servers_frame_or_route_differently_are_refused() {
         (request("GET", &format!("{DEVICE}/tokens."), Some(&t), &["Connection: close"], ""), 404),
         (request("GET", "/v2/users/dave/devices/sensor1/Clone", Some(&t), &["Connection: close"], ""), 404),
     ];
-    for (bytes, want) in &cases {
-        let answer = exchange(gw.addr, bytes.as_bytes()).await;
-        assert_eq!(statuses(&answer), [*want], "{bytes}\n{answer}");
-    }
+    answers_are(gw.addr, &cases).await;
     up.assert_untouched();
     gw.running.stop().await;
 }
 
 #[tokio::test]
 async fn a_token_with_a_repeated_claim_is_refused() {
-    use base64::Engine;
     let up = Recorder::start(false).await;
     let gw = Thinger::start(&up.url(), "").await;
-    let b64 = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
-    let secret = std::fs::read_to_string(root().join("examples/thinger/secret.key")).unwrap();
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes());
     let exp = iotgate::now() + 60;
-    let message = format!(
-        "{}.{}",
-        b64(r#"{"alg":"HS256"}"#),
-        b64(&format!(r#"{{"usr":"bob","usr":"olivia","exp":{exp}}}"#))
+    let twice = raw_token(
+        r#"{"alg":"HS256"}"#,
+        &format!(r#"{{"usr":"bob","usr":"olivia","exp":{exp}}}"#),
     );
-    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
-        .unwrap();
-    let twice = format!("{message}.{sig}");
     let answer = exchange(
         gw.addr,
         request("GET", "/v1/users", Some(&twice), &["Connection: close"], "").as_bytes(),
@@ -1141,19 +1142,11 @@ async fn a_token_with_a_repeated_claim_is_refused() {
 
 /// A token whose JOSE header has whitespace before its `{` (lenient upstreams accept it).
 fn spaced_token(usr: &str) -> String {
-    use base64::Engine;
-    let b64 = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
-    let secret = std::fs::read_to_string(root().join("examples/thinger/secret.key")).unwrap();
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes());
     let exp = iotgate::now() + 60;
-    let message = format!(
-        "{}.{}",
-        b64("{ \"alg\":\"HS256\"}"),
-        b64(&format!(r#"{{"usr":"{usr}","exp":{exp}}}"#))
-    );
-    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
-        .unwrap();
-    format!("{message}.{sig}")
+    raw_token(
+        "{ \"alg\":\"HS256\"}",
+        &format!(r#"{{"usr":"{usr}","exp":{exp}}}"#),
+    )
 }
 
 #[tokio::test]
@@ -1172,10 +1165,7 @@ async fn tokens_of_any_shape_and_raw_unicode_paths_are_refused() {
         // a GET that announces a body that is empty is a plain GET
         (format!("GET {DEVICE} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n{close}\r\n\r\n0\r\n\r\n", bob()), 200),
     ];
-    for (bytes, want) in &cases {
-        let answer = exchange(gw.addr, bytes.as_bytes()).await;
-        assert_eq!(statuses(&answer), [*want], "{bytes}\n{answer}");
-    }
+    answers_are(gw.addr, &cases).await;
     assert_eq!(up.requests().len(), 1, "only the empty-bodied GET");
     assert_eq!(up.requests()[0].body.len(), 0);
     gw.running.stop().await;
