@@ -143,6 +143,29 @@ fn check_answers_an_oversized_body_as_serve_does() {
     assert_eq!(v["error"], "payload_too_large");
 }
 
+/// A config without `[server]` (only `serve` needs one) is checked with the defaults.
+#[test]
+fn check_needs_no_server_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixture("mini/iotgate.toml")).unwrap();
+    let (_, rest) = text.split_once("[auth]").unwrap();
+    let m = fixture("mini");
+    let rest = rest
+        .replace("../keys/", &format!("{}/../keys/", m.display()))
+        .replace("\"schema/", &format!("\"{}/schema/", m.display()))
+        .replace("[\"policies\"]", &format!("[\"{}/policies\"]", m.display()))
+        .replace(
+            "[\"directory\"]",
+            &format!("[\"{}/directory\"]", m.display()),
+        );
+    let config = dir.path().join("iotgate.toml");
+    std::fs::write(&config, format!("[auth]{rest}")).unwrap();
+    let suite = fixture("mini/checks.toml").display().to_string();
+    let (code, out) = iotgate(&["check", "--config", config.to_str().unwrap(), &suite]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with("15 passed, 0 failed\n"), "{out}");
+}
+
 #[test]
 fn minted_tokens_verify_through_check() {
     let (code, token) = iotgate(&[
