@@ -11,6 +11,7 @@
 //! servers read as `role`) are refused too. The top level must be an object, since fields read
 //! `{body.a.b}` paths.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -93,14 +94,17 @@ impl<'de> Visitor<'de> for Strict {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
+        // each key as lowercased once, to find a repeat in any case without comparing every
+        // pair (a 64 KiB body can hold thousands of keys)
+        let mut folded: HashMap<String, String> = HashMap::new();
         while let Some(key) = map.next_key::<String>()? {
             if key.chars().any(char::is_control) {
                 return Err(de::Error::custom(format_args!(
                     "key {key:?} has a control character"
                 )));
             }
-            if let Some(other) = out.keys().find(|k| k.eq_ignore_ascii_case(&key)) {
-                return Err(match other == &key {
+            if let Some(other) = folded.insert(key.to_ascii_lowercase(), key.clone()) {
+                return Err(match other == key {
                     true => de::Error::custom(format_args!("duplicate key `{key}`")),
                     false => {
                         de::Error::custom(format_args!("duplicate key `{key}` (as `{other}`)"))
