@@ -288,14 +288,10 @@ pub fn begin<'s>(
     }
     let token_parameter = verifier.query_parameter();
     let framing = headers::check_head(head.headers, token_parameter)
+        .and_then(|()| headers::second_credential(head.headers, head.forwards_cookies))
         .map_err(BadRequest::from)
         .and_then(|()| {
             uri::check_query(head.uri.query(), token_parameter).map_err(BadRequest::from)
-        })
-        .and_then(|()| {
-            let query = head.uri.query();
-            headers::second_credential(head.headers, query, token_parameter, head.forwards_cookies)
-                .map_err(BadRequest::from)
         });
     framing.map_err(|e| decision.clone().boxed(Rejection::BadRequest(e)))?;
     let query = Query::new(head.uri.query());

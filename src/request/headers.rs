@@ -12,6 +12,8 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
+use crate::request::token::has_jwt;
+
 /// Headers meaningful for one connection only (RFC 9110 §7.6.1), plus the h2c upgrade's
 /// `HTTP2-Settings` (RFC 7540 §3.2.1) and the legacy `Proxy-Connection`: never forwarded.
 pub(crate) const HOP_BY_HOP: [&str; 10] = [
@@ -77,7 +79,7 @@ pub enum HeaderError {
     /// More than one `Host` (RFC 9112 §3.2: answered 400).
     #[error("more than one `Host` header")]
     Hosts,
-    /// A token-shaped value besides the one iotgate verifies: the upstream could
+    /// A token-shaped value in another header than `Authorization`: the upstream could
     /// authenticate the request as someone else.
     #[error("a second credential in {0}")]
     SecondCredential(String),
@@ -135,93 +137,20 @@ pub(crate) fn check_head(
     Ok(())
 }
 
-/// Refuses a request that carries a JWT-shaped value anywhere but where iotgate reads its
-/// token (`Authorization`, the `token_parameter` in any case): in another header
-/// (`X-Api-Key`, `Sec-WebSocket-Protocol`, ...) or another query parameter's name or value.
-/// `Cookie` is looked at only when it is forwarded (`cookies`).
+/// Refuses a request that carries a JWT-shaped value in a header other than
+/// `Authorization` (`X-Api-Key`, `Sec-WebSocket-Protocol`, ...); `Cookie` is looked at only
+/// when it is forwarded (`cookies`). The query is `uri::check_query`'s.
 ///
 /// # Errors
-/// [`HeaderError::SecondCredential`] naming where it was.
-pub(crate) fn second_credential(
-    headers: &HeaderMap,
-    query: Option<&str>,
-    token_parameter: Option<&str>,
-    cookies: bool,
-) -> Result<(), HeaderError> {
+/// [`HeaderError::SecondCredential`] naming the header.
+pub(crate) fn second_credential(headers: &HeaderMap, cookies: bool) -> Result<(), HeaderError> {
     for (name, value) in headers {
         let skipped = name == header::AUTHORIZATION || (name == header::COOKIE && !cookies);
         if !skipped && has_jwt(value.as_bytes()) {
             return Err(HeaderError::SecondCredential(format!("header `{name}`")));
         }
     }
-    for (name, value) in query
-        .into_iter()
-        .flat_map(crate::request::uri::decoded_pairs)
-    {
-        let is_token = token_parameter.is_some_and(|t| t.eq_ignore_ascii_case(&name));
-        if has_jwt(name.as_bytes()) || (!is_token && has_jwt(value.as_bytes())) {
-            let name: String = name.chars().take(32).collect();
-            return Err(HeaderError::SecondCredential(format!(
-                "query parameter `{name}`"
-            )));
-        }
-    }
     Ok(())
-}
-
-/// Whether `text` holds a JWT or JWE: runs of base64url (padding allowed) joined by dots,
-/// the first of which decodes to a JSON object — whatever whitespace precedes its `{`
-/// (`eyJ…`, `eyAi…`, `ewog…` are all headers a lenient upstream accepts).
-fn has_jwt(text: &[u8]) -> bool {
-    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-    const LENIENT: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::URL_SAFE,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
-    let b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
-    // a base64url run from `from`, with its `=` padding
-    let part = |from: usize| {
-        let run = text[from..].iter().take_while(|b| b64(**b)).count();
-        run + text[from + run..]
-            .iter()
-            .take_while(|b| **b == b'=')
-            .count()
-    };
-    // a header at `at`: long enough, then `.claims.`, decoding to a JSON object
-    let jwt_at = |at: usize| {
-        let header = part(at);
-        let next = at + header;
-        let claims = match text.get(next) {
-            Some(b'.') => part(next + 1),
-            _ => 0,
-        };
-        header >= 8
-            && claims >= 2
-            && text.get(next + 1 + claims) == Some(&b'.')
-            && decodes_to_object(&LENIENT, &text[at..next])
-    };
-    let mut at = 0;
-    while at < text.len() {
-        let run = text[at..].iter().take_while(|b| b64(**b)).count();
-        if run == 0 {
-            at += 1;
-            continue;
-        }
-        // the run itself, or a JSON header (`e…`) that a prefix hides (`id_eyJ…`)
-        let starts = std::iter::once(at).chain((at + 1..at + run).filter(|i| text[*i] == b'e'));
-        if starts.take(16).any(jwt_at) {
-            return true;
-        }
-        at += run;
-    }
-    false
-}
-
-/// Whether base64url `part` decodes to text that, past whitespace, opens a JSON object.
-fn decodes_to_object(engine: &impl base64::Engine, part: &[u8]) -> bool {
-    engine
-        .decode(part)
-        .is_ok_and(|raw| raw.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'))
 }
 
 /// Checks that a body iotgate reads is what it parses: `application/json` or
@@ -319,24 +248,13 @@ mod tests {
     }
 
     #[test]
-    fn second_credentials_anywhere_else_are_refused() {
+    fn second_credentials_in_other_headers_are_refused() {
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJ1c3IiOiJvbGl2aWEifQ.c2ln";
-        assert!(has_jwt(jwt.as_bytes()));
-        assert!(has_jwt(format!("Bearer {jwt}").as_bytes()));
-        for not in [
-            "eyJ",
-            "eyJhbGciOiJIUzI1NiJ9",
-            "eyJhbGciOiJIUzI1NiJ9.x",
-            "thinger.v1",
-            "eyJhbGciOiJIUzI1NiJ9..sig",
-        ] {
-            assert!(!has_jwt(not.as_bytes()), "{not}");
-        }
-        let token = Some("authorization");
         let ok = headers(&[("authorization", &format!("Bearer {jwt}")), ("cookie", jwt)]);
-        assert_eq!(
-            second_credential(&ok, Some(&format!("Authorization={jwt}&x=1")), token, false),
-            Ok(())
+        assert_eq!(second_credential(&ok, false), Ok(()));
+        assert!(
+            second_credential(&ok, true).is_err(),
+            "a forwarded cookie is looked at"
         );
         for (name, value) in [
             ("x-api-key", jwt.to_string()),
@@ -344,26 +262,8 @@ mod tests {
             ("x-custom", format!("Bearer {jwt}")),
         ] {
             let h = headers(&[(name, value.as_str())]);
-            assert!(second_credential(&h, None, token, false).is_err(), "{name}");
+            assert!(second_credential(&h, false).is_err(), "{name}");
         }
-        let none = HeaderMap::new();
-        for q in [
-            format!("access={jwt}"),
-            "x=%65yJhbGciOiJIUzI1NiJ9.eyJ1c3IiOiJvbGl2aWEifQ.c2ln".to_string(),
-            format!("{jwt}=1"),
-        ] {
-            assert!(
-                second_credential(&none, Some(&q), token, false).is_err(),
-                "{q}"
-            );
-        }
-        assert!(
-            second_credential(&none, Some(&format!("authorization={jwt}")), None, false).is_err()
-        );
-        assert!(
-            second_credential(&ok, None, token, true).is_err(),
-            "a forwarded cookie is looked at"
-        );
         let two_hosts = headers(&[("host", "a"), ("host", "b")]);
         assert_eq!(check_head(&two_hosts, None), Err(HeaderError::Hosts));
     }

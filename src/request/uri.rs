@@ -12,6 +12,8 @@
 
 use std::borrow::Cow;
 
+use crate::request::token::has_jwt;
+
 /// Why a path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -80,6 +82,10 @@ pub enum QueryError {
     /// header or a log line.
     #[error("query parameter `{0}` has a control character")]
     ControlChar(String),
+    /// A token-shaped name or value besides the token parameter's value: a second
+    /// credential the upstream could authenticate with.
+    #[error("a second credential in query parameter `{0}`")]
+    SecondCredential(String),
     /// A parameter that carries a credential or a method iotgate does not decide on
     /// (`access_token`, `api_key`, `_method`).
     #[error("query parameter `{0}` is not accepted")]
@@ -97,8 +103,10 @@ const REFUSED_PARAMETERS: [&str; 5] = [
 ];
 
 /// Refuses a query that servers could read differently from iotgate: a raw `;`, a name
-/// that is not plain, a name or value that is not valid percent-encoded UTF-8, or a
-/// parameter in [`REFUSED_PARAMETERS`] (in any case) other than `token_parameter`.
+/// that is not plain, a name or value that is not valid percent-encoded UTF-8 or has a
+/// control character, a parameter in [`REFUSED_PARAMETERS`] (in any case) other than
+/// `token_parameter`, or a token anywhere but in `token_parameter`'s value. Each pair is
+/// decoded once.
 ///
 /// # Errors
 /// Any [`QueryError`] but `Repeated`.
@@ -127,12 +135,18 @@ pub fn check_query(raw: Option<&str>, token_parameter: Option<&str>) -> Result<(
         {
             return Err(QueryError::Name(name.chars().take(32).collect()));
         }
-        let refused = REFUSED_PARAMETERS
-            .iter()
-            .any(|r| r.eq_ignore_ascii_case(&name))
-            && !token_parameter.is_some_and(|t| t.eq_ignore_ascii_case(&name));
-        if refused {
+        let is_token = token_parameter.is_some_and(|t| t.eq_ignore_ascii_case(&name));
+        if !is_token
+            && REFUSED_PARAMETERS
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(&name))
+        {
             return Err(QueryError::Refused(name));
+        }
+        if has_jwt(name.as_bytes()) || (!is_token && has_jwt(value.as_bytes())) {
+            return Err(QueryError::SecondCredential(
+                name.chars().take(32).collect(),
+            ));
         }
     }
     Ok(())
@@ -294,15 +308,6 @@ impl<'a> Query<'a> {
     }
 }
 
-/// Every `name=value` pair of a query, decoded; pairs that do not decode are left out
-/// ([`check_query`] refuses them first).
-pub(crate) fn decoded_pairs(raw: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    raw.split('&').filter(|p| !p.is_empty()).filter_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        Some((form_decode(k)?, form_decode(v)?))
-    })
-}
-
 fn form_decode(raw: &str) -> Option<String> {
     let plus = raw.replace('+', " ");
     String::from_utf8(decode(&plus)?).ok()
@@ -457,5 +462,22 @@ mod tests {
             check_query(Some("access_token=x"), Some("access_token")),
             Ok(())
         );
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJ1c3IiOiJvbGl2aWEifQ.c2ln";
+        assert_eq!(check(&format!("Authorization={jwt}&x=1")), Ok(()));
+        for second in [
+            format!("access={jwt}"),
+            format!("x=%65{}", &jwt[1..]),
+            format!("{jwt}=1"),
+        ] {
+            assert!(
+                matches!(check(&second), Err(QueryError::SecondCredential(_))),
+                "{second}"
+            );
+        }
+        let no_token_parameter = check_query(Some(&format!("authorization={jwt}")), None);
+        assert!(matches!(
+            no_token_parameter,
+            Err(QueryError::SecondCredential(_))
+        ));
     }
 }
