@@ -99,6 +99,10 @@ pub enum AuthorizeError {
     /// The request's values do not fit the action's schema: the request's fault (400).
     #[error("request does not fit the schema: {0}")]
     Schema(String),
+    /// An entity the directory lacks but has in another case (400, see
+    /// [`BadRequest::LookalikeId`]).
+    #[error("`{0}` is a look-alike of a directory entity")]
+    Lookalike(String),
     /// iotgate's own fault (500).
     #[error(transparent)]
     Internal(#[from] InternalError),
@@ -122,6 +126,7 @@ impl From<AuthorizeError> for Rejection {
     fn from(e: AuthorizeError) -> Rejection {
         match e {
             AuthorizeError::Schema(m) => Rejection::BadRequest(BadRequest::Schema(m)),
+            AuthorizeError::Lookalike(uid) => Rejection::BadRequest(BadRequest::LookalikeId(uid)),
             AuthorizeError::Internal(i) => Rejection::Internal(i),
         }
     }
@@ -390,10 +395,6 @@ impl Pending<'_> {
             Err(e) => return decision.reject(Rejection::BadRequest(e.into())),
         };
         decision.resource = Some(resolved.resource.clone());
-        if let Some(uid) = lookalike(&self.snapshot.directory, &resolved) {
-            let refused = BadRequest::LookalikeId(uid.to_string());
-            return decision.reject(Rejection::BadRequest(refused));
-        }
         let Some(cache) = self.caches.map(|c| &c.decisions) else {
             return match self.authorize(&resolved) {
                 Ok(verdicts) => decision.apply(&verdicts),
@@ -450,6 +451,9 @@ pub fn authorize(
         .get(action_name)
         .ok_or_else(|| InternalError::UnknownAction(action_name.to_string()))?;
     let resource = snapshot.directory.get(&resolved.resource);
+    if let Some(uid) = lookalike(&snapshot.directory, resolved, resource.is_none()) {
+        return Err(AuthorizeError::Lookalike(uid.to_string()));
+    }
     let entities = slice(
         snapshot,
         principal,
@@ -522,11 +526,18 @@ fn slice(
 
 /// The resource or context entity of a request that the directory does not have but
 /// would have to a case-insensitive server, if any.
-fn lookalike<'r>(directory: &Directory, resolved: &'r Resolved) -> Option<&'r EntityUid> {
-    let entities = std::iter::once(&resolved.resource)
-        .chain(resolved.context.iter().filter_map(|(_, v)| v.entity()));
-    entities
-        .filter(|uid| directory.get(uid).is_none())
+/// `resource_absent`: the directory does not have the resource (looked up once by the
+/// caller). Runs on cache misses only: a refused request is never cached.
+fn lookalike<'r>(
+    directory: &Directory,
+    resolved: &'r Resolved,
+    resource_absent: bool,
+) -> Option<&'r EntityUid> {
+    let resource = Some(&resolved.resource).filter(|_| resource_absent);
+    let context = resolved.context.iter().filter_map(|(_, v)| v.entity());
+    resource
+        .into_iter()
+        .chain(context.filter(|uid| directory.get(uid).is_none()))
         .find(|uid| directory.shadows_present(uid))
 }
 

@@ -141,6 +141,7 @@ mod tests {
                 br#"{"role":"member","r\u006fle":"admin"}"#,
                 "duplicate key `role`",
             ),
+            (br#"{"role\u0000":"admin"}"#, "control character"),
             (br#"["role","admin"]"#, "not a JSON object"),
             (br#""admin""#, "not a JSON object"),
             (br#"{"a":1} {"b":2}"#, "trailing"),

@@ -1103,7 +1103,12 @@ async fn requests_servers_frame_or_route_differently_are_refused() {
     let gw = Thinger::start(&up.url(), "").await;
     let tail = "GET /v1/users HTTP/1.1\r\nHost: x\r\n\r\n";
     let t = bob();
+    let olivia = token(json!({"usr": "olivia"}));
     let cases = [
+        // an account id the directory has only in another case: a case-insensitive server
+        // would delete the protected original account `acme`
+        (request("DELETE", "/v1/users/ACME", Some(&olivia), &["Connection: close"], ""), 400),
+        (request("DELETE", "/v1/users/acme.", Some(&olivia), &["Connection: close"], ""), 400),
         // a GET body an upstream could read as the next request
         (format!("GET {DEVICE} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{tail}", tail.len()), 400),
         (format!("GET {DEVICE} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), 400),
