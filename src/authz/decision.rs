@@ -85,6 +85,9 @@ pub enum Rejection {
     /// The body exceeds `max_body_bytes` on a route that reads it.
     #[error("body too large")]
     BodyTooLarge,
+    /// The body of a route that reads it did not arrive within `header_read_timeout_seconds`.
+    #[error("body not sent in time")]
+    BodyTimeout,
     /// A body the route reads is not plain JSON (other type, charset or encoding).
     #[error("unsupported body: {0}")]
     UnsupportedMediaType(HeaderError),

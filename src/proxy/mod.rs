@@ -265,7 +265,10 @@ impl Gateway {
         // nothing but END_STREAM, a lone last chunk): read it, at most nothing
         let (has_body, body) = match (&parts.method, follows) {
             (&http::Method::GET | &http::Method::HEAD, true) => {
-                let empty = read_bounded(body, &parts.headers, 0).await.is_ok();
+                let deadline = self.server.header_read_timeout;
+                let empty = read_bounded(body, &parts.headers, 0, deadline)
+                    .await
+                    .is_ok();
                 (!empty, full(Bytes::new()))
             }
             (_, follows) => (follows, body),
@@ -297,12 +300,14 @@ impl Gateway {
         if !pending.needs_body() {
             return (pending.decide(None), stream, Some(body));
         }
-        match read_bounded(body, &parts.headers, self.server.max_body_bytes).await {
+        let (limit, deadline) = (self.server.max_body_bytes, self.server.header_read_timeout);
+        match read_bounded(body, &parts.headers, limit, deadline).await {
             Ok(bytes) => {
                 let decision = pending.decide(Some(&bytes));
                 (decision, stream, Some(full(bytes)))
             }
             Err(BodyError::TooLarge) => (pending.reject(Rejection::BodyTooLarge), stream, None),
+            Err(BodyError::Timeout) => (pending.reject(Rejection::BodyTimeout), stream, None),
             Err(BodyError::Read(e)) => (
                 pending.reject(Rejection::BadRequest(BadRequest::BodyRead(e))),
                 stream,
@@ -419,10 +424,23 @@ fn now_ms() -> u64 {
 enum BodyError {
     TooLarge,
     Read(String),
+    Timeout,
 }
 
-/// Reads a whole body of at most `limit` bytes.
+/// Reads a whole body of at most `limit` bytes within `deadline` (a client cannot hold a
+/// request iotgate reads by sending its body slowly).
 async fn read_bounded(
+    body: Body,
+    headers: &http::HeaderMap,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Bytes, BodyError> {
+    tokio::time::timeout(deadline, read_all(body, headers, limit))
+        .await
+        .unwrap_or(Err(BodyError::Timeout))
+}
+
+async fn read_all(
     mut body: Body,
     headers: &http::HeaderMap,
     limit: usize,

@@ -118,6 +118,7 @@ impl Failure {
                 Rejection::Disabled(_) | Rejection::Forbidden => (S::FORBIDDEN, "forbidden"),
                 Rejection::NoRoute => (S::NOT_FOUND, "no_route"),
                 Rejection::BodyTooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
+                Rejection::BodyTimeout => (S::REQUEST_TIMEOUT, "request_timeout"),
                 Rejection::UnsupportedMediaType(_) => {
                     (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
                 }
@@ -217,6 +218,11 @@ mod tests {
                 Rejection::BodyTooLarge.into(),
                 S::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
+            ),
+            (
+                Rejection::BodyTimeout.into(),
+                S::REQUEST_TIMEOUT,
+                "request_timeout",
             ),
             (
                 UpstreamError::Unreachable("refused".into()).into(),

@@ -846,27 +846,64 @@ async fn http2_prior_knowledge_is_decided_like_http1() {
 
 // === 7. slow and idle clients ===
 
+/// Whether the gateway closes `stream` within `secs` seconds (reading whatever it answers).
+async fn closed_within(stream: &mut TcpStream, secs: u64) -> bool {
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(secs), stream.read_to_end(&mut buf))
+        .await
+        .is_ok()
+}
+
 #[tokio::test]
-async fn slow_headers_and_idle_connections_are_closed() {
+async fn slow_headers_and_slow_bodies_are_cut_off() {
     let up = Recorder::start(false).await;
-    let gw = Thinger::start(
-        &up.url(),
-        "header_read_timeout_seconds = 1\nidle_timeout_seconds = 1",
-    )
-    .await;
+    // the idle timeout is long: only the header-read timeout can close these
+    let limits = "header_read_timeout_seconds = 1\nidle_timeout_seconds = 600";
+    let gw = Thinger::start(&up.url(), limits).await;
     // slowloris: headers that never end
     let mut slow = TcpStream::connect(gw.addr).await.unwrap();
-    slow.write_all(b"GET /v1/users HTTP/1.1\r\nHost: x\r\n")
+    let partial = "GET /v1/users HTTP/1.1\r\nHost: x\r\n";
+    slow.write_all(partial.as_bytes()).await.unwrap();
+    assert!(
+        closed_within(&mut slow, 4).await,
+        "a slow client held its connection"
+    );
+    // a body iotgate must read (the role it decides on) that never comes: 408
+    let head = format!(
+        "PUT /v1/users/bob HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"ro",
+        bob()
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(4), exchange(gw.addr, head.as_bytes()))
         .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(4), slow.read_to_end(&mut buf)).await;
-    assert!(closed.is_ok(), "a slow client held its connection");
-    // a connection that sent nothing at all
-    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
-    let closed = tokio::time::timeout(Duration::from_secs(4), silent.read_to_end(&mut buf)).await;
-    assert!(closed.is_ok(), "an idle connection was kept");
+        .expect("the body read was not cut off");
+    assert_eq!(statuses(&answer), [408], "{answer}");
     up.assert_untouched();
+    gw.running.stop().await;
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let up = Recorder::start(false).await;
+    // the header-read timeout is long: only the idle timeout can close these
+    let limits = "header_read_timeout_seconds = 600\nidle_timeout_seconds = 1";
+    let gw = Thinger::start(&up.url(), limits).await;
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    assert!(
+        closed_within(&mut silent, 4).await,
+        "a silent connection was kept"
+    );
+    // after a complete exchange, a kept-alive connection that goes quiet
+    let mut quiet = TcpStream::connect(gw.addr).await.unwrap();
+    let get = request("GET", DEVICE, Some(&bob()), &[], "");
+    quiet.write_all(get.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = quiet.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert!(
+        closed_within(&mut quiet, 4).await,
+        "an idle keep-alive connection was kept"
+    );
     gw.running.stop().await;
 }
 
