@@ -235,28 +235,26 @@ pub fn rewrite(
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(header::HOST).cloned());
     let named: Vec<String> = crate::request::headers::connection_tokens(&parts.headers).collect();
-    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 8);
-    let mut name = None;
-    for (next, value) in std::mem::take(&mut parts.headers) {
-        name = next.or(name);
-        let Some(name) = &name else { continue };
-        let keep = name != header::HOST
-            && (stamp.cookies || name != header::COOKIE)
-            && crate::request::headers::forwarded(name, &named, stamp.trusted);
-        if keep {
-            headers.append(name.clone(), value);
-        }
+    let dropped: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|name| {
+            *name == header::HOST
+                || (!stamp.cookies && *name == header::COOKIE)
+                || !crate::request::headers::forwarded(name, &named, stamp.trusted)
+        })
+        .cloned()
+        .collect();
+    let headers = &mut parts.headers;
+    for name in dropped {
+        headers.remove(name);
     }
-    stamp_forwarded(&mut headers, stamp, original_host);
-    set(&mut headers, REQUEST_ID, stamp.request_id);
-    set(&mut headers, "x-iotgate-principal", stamp.principal);
+    stamp_forwarded(headers, stamp, original_host);
+    set(headers, REQUEST_ID, stamp.request_id);
+    set(headers, "x-iotgate-principal", stamp.principal);
+    set(headers, "x-iotgate-policy-version", stamp.policy_version);
     set(
-        &mut headers,
-        "x-iotgate-policy-version",
-        stamp.policy_version,
-    );
-    set(
-        &mut headers,
+        headers,
         "x-iotgate-directory-version",
         stamp.directory_version,
     );
@@ -264,7 +262,6 @@ pub fn rewrite(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    parts.headers = headers;
     parts.uri = upstream.uri(&parts.uri)?;
     parts.version = Version::HTTP_11;
     Ok(Request::from_parts(parts, body))
