@@ -37,6 +37,10 @@ const DEFAULT_HEADER_READ_TIMEOUT_SECONDS: u64 = 10;
 const DEFAULT_IDLE_TIMEOUT_SECONDS: u64 = 60;
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_MAX_HEADER_BYTES: usize = 32 << 10;
+/// Longest header-read and idle timeouts (a day): far larger ones overflow timers.
+const MAX_TIMEOUT_SECONDS: u64 = 86_400;
+/// Most connections one listener may hold open.
+const MAX_CONNECTIONS: u64 = 1_000_000;
 /// hyper's smallest HTTP/1 read buffer.
 const MIN_HEADER_BYTES: usize = 8192;
 
@@ -433,6 +437,27 @@ impl Ctx<'_> {
                     .problem(key, format!("`{value}` is not a socket address (ip:port)"))
             })
         };
+        let bounded = |key: &str, value: u64, most: u64| {
+            (1..=most).contains(&value).then_some(value).ok_or_else(|| {
+                self.source
+                    .problem(key, format!("must be between 1 and {most}, not {value}"))
+            })
+        };
+        let header_read = bounded(
+            "server.header_read_timeout_seconds",
+            s.header_read_timeout_seconds,
+            MAX_TIMEOUT_SECONDS,
+        )?;
+        let idle = bounded(
+            "server.idle_timeout_seconds",
+            s.idle_timeout_seconds,
+            MAX_TIMEOUT_SECONDS,
+        )?;
+        let max_connections = bounded(
+            "server.max_connections",
+            s.max_connections as u64,
+            MAX_CONNECTIONS,
+        )? as usize;
         let listen = addr("server.listen", &s.listen)?;
         let admin_listen = match &s.admin_listen {
             Some(a) => Some(addr("server.admin_listen", a)?),
@@ -461,9 +486,9 @@ impl Ctx<'_> {
                 })
                 .collect::<Result<_, _>>()?,
             forward_cookies: s.forward_cookies,
-            header_read_timeout: Duration::from_secs(s.header_read_timeout_seconds.max(1)),
-            idle_timeout: Duration::from_secs(s.idle_timeout_seconds.max(1)),
-            max_connections: s.max_connections.max(1),
+            header_read_timeout: Duration::from_secs(header_read),
+            idle_timeout: Duration::from_secs(idle),
+            max_connections,
             max_header_bytes: s.max_header_bytes.max(MIN_HEADER_BYTES),
             admin_hosts: s.admin_hosts,
         })
@@ -664,6 +689,23 @@ directory = ["dir"]
                 "/etc/gw/c.toml:7: `RS256` needs a public key, not `hs256_secret_file`",
             ]
         );
+    }
+
+    #[test]
+    fn listener_limits_are_bounded() {
+        for (key, value) in [
+            ("header_read_timeout_seconds", "0"),
+            ("idle_timeout_seconds", "18446744073709551615"),
+            ("max_connections", "0"),
+            ("max_connections", "10000000000"),
+        ] {
+            let text = GOOD.replace("[auth]", &format!("{key} = {value}\n\n[auth]"));
+            let errs = errors(&text);
+            assert!(
+                errs[0].contains("must be between 1 and"),
+                "{key} = {value}: {errs:?}"
+            );
+        }
     }
 
     #[test]
