@@ -32,7 +32,7 @@ use crate::model::cedar_core::{self, CoreEntity};
 use crate::model::directory::{Directory, EntityError, NodeRef};
 use crate::model::policy::Policies;
 use crate::model::routes::field::{FieldError, Inputs};
-use crate::model::routes::{Resolved, Route};
+use crate::model::routes::{Auth, Resolved, Route};
 use crate::request::headers::{self, HeaderError};
 use crate::request::uri::{self, PathError, Query, QueryError};
 
@@ -88,6 +88,10 @@ pub enum Rejection {
     /// The body of a route that reads it did not arrive within `header_read_timeout_seconds`.
     #[error("body not sent in time")]
     BodyTimeout,
+    /// A public route's client sent more than `[server] public_rate_per_second` allows;
+    /// a token is back in this many seconds.
+    #[error("rate limited for {0} s")]
+    RateLimited(u64),
     /// A body the route reads is not plain JSON (other type, charset or encoding).
     #[error("unsupported body: {0}")]
     UnsupportedMediaType(HeaderError),
@@ -123,6 +127,10 @@ pub enum InternalError {
     /// The entity slice is not a store.
     #[error(transparent)]
     Slice(#[from] SliceError),
+    /// A public route matched, but the route table has no anonymous type (load checks
+    /// prevent it).
+    #[error("no anonymous principal type for a public route")]
+    NoAnonymousType,
 }
 
 impl From<AuthorizeError> for Rejection {
@@ -161,6 +169,9 @@ pub enum BadRequest {
     /// request on the connection.
     #[error("a {0} request carries no body")]
     BodyNotAllowed(http::Method),
+    /// The token query parameter on a route that reads no token (`auth = "none"`).
+    #[error("a route that reads no token was sent one in the query")]
+    TokenNotRead,
     /// A header the decision relies on is named by `Connection`.
     #[error(transparent)]
     Header(#[from] HeaderError),
@@ -183,8 +194,10 @@ pub enum Outcome {
 pub struct Decision {
     /// Allow or reject.
     pub outcome: Outcome,
-    /// Principal id, once authenticated.
+    /// Principal id, once authenticated (the anonymous principal's whole uid).
     pub principal: Option<String>,
+    /// Whether the principal is the anonymous one of a public route.
+    pub anonymous: bool,
     /// Route name, once matched.
     pub route: Option<String>,
     /// Cedar action, once matched.
@@ -212,6 +225,7 @@ impl Decision {
         Decision {
             outcome: Outcome::Reject(Rejection::Forbidden),
             principal: None,
+            anonymous: false,
             route: None,
             action: None,
             resource: None,
@@ -270,7 +284,8 @@ pub struct Pending<'s> {
     route: &'s Route,
     captures: Vec<(&'s str, String)>,
     query: Option<String>,
-    identity: Identity,
+    /// The token's claims (none for the anonymous principal).
+    claims: Claims,
     principal: NodeRef<'s>,
     /// Whether a body would be read as JSON (checked only when one is sent).
     media: Result<(), HeaderError>,
@@ -303,33 +318,43 @@ pub fn begin<'s>(
         });
     framing.map_err(|e| decision.clone().boxed(Rejection::BadRequest(e)))?;
     let query = Query::new(head.uri.query());
-    let identity = match credentials {
-        Credentials::Token => verifier
-            .token(head.headers, query)
-            .and_then(|t| authenticate(verifier, &t, caches.map(|c| &c.tokens))),
-        Credentials::Trusted(claims) => verifier.identity(claims),
+    let segments = uri::segments(head.uri.path());
+    let found = segments
+        .as_ref()
+        .ok()
+        .and_then(|s| snapshot.routes.find(head.method, s));
+    let auth = found.as_ref().map_or(Auth::Required, |(r, _)| r.auth);
+    let identity = identify(verifier, head.headers, query, credentials, caches, auth)
+        .map_err(|e| decision.clone().boxed(e))?;
+    let principal_uid = match &identity {
+        Some(identity) => EntityUid::from_type_name_and_id(
+            snapshot.routes.principal_type.clone(),
+            EntityId::new(&identity.principal),
+        ),
+        None => snapshot.routes.anonymous().ok_or_else(|| {
+            decision
+                .clone()
+                .boxed(Rejection::Internal(InternalError::NoAnonymousType))
+        })?,
     };
-    let identity = identity.map_err(|e| decision.clone().boxed(Rejection::Unauthenticated(e)))?;
-    decision.principal = Some(identity.principal.clone());
-    let segments = uri::segments(head.uri.path())
-        .map_err(|e| decision.clone().boxed(Rejection::BadRequest(e.into())))?;
-    let (route, captures) = snapshot
-        .routes
-        .find(head.method, &segments)
-        .ok_or_else(|| decision.clone().boxed(Rejection::NoRoute))?;
+    decision.anonymous = identity.is_none();
+    decision.principal = Some(match &identity {
+        Some(identity) => identity.principal.clone(),
+        None => principal_uid.to_string(),
+    });
+    segments.map_err(|e| decision.clone().boxed(Rejection::BadRequest(e.into())))?;
+    let (route, captures) = found.ok_or_else(|| decision.clone().boxed(Rejection::NoRoute))?;
     decision.route = Some(route.name.clone());
     decision.action = Some(route.action_label.clone());
-    let principal_uid = EntityUid::from_type_name_and_id(
-        snapshot.routes.principal_type.clone(),
-        EntityId::new(&identity.principal),
-    );
     let principal = snapshot.directory.get(&principal_uid).ok_or_else(|| {
-        decision
-            .clone()
-            .reject(Rejection::UnknownPrincipal(identity.principal.clone()))
+        decision.clone().reject(Rejection::UnknownPrincipal(
+            principal_uid.id().unescaped().to_string(),
+        ))
     })?;
     if principal.is_disabled() {
-        return Err(decision.boxed(Rejection::Disabled(identity.principal.clone())));
+        return Err(decision.boxed(Rejection::Disabled(
+            principal_uid.id().unescaped().to_string(),
+        )));
     }
     Ok(Pending {
         snapshot,
@@ -337,10 +362,10 @@ pub fn begin<'s>(
         route,
         captures,
         query: head.uri.query().map(String::from),
-        identity,
+        claims: identity.map(|i| i.claims).unwrap_or_default(),
         principal,
         media: if route.needs_body() {
-            headers::json_body(head.headers)
+            headers::body_media(head.headers, route.body)
         } else {
             Ok(())
         },
@@ -348,20 +373,15 @@ pub fn begin<'s>(
     })
 }
 
-impl Pending<'_> {
+impl<'s> Pending<'s> {
     /// Whether [`Pending::decide`] needs the request body.
     pub fn needs_body(&self) -> bool {
         self.route.needs_body()
     }
 
     /// The route matched.
-    pub fn route(&self) -> &Route {
+    pub fn route(&self) -> &'s Route {
         self.route
-    }
-
-    /// The authenticated identity.
-    pub fn identity(&self) -> &Identity {
-        &self.identity
     }
 
     /// The decision so far (principal, route, action), e.g. to log a body that was too large.
@@ -378,7 +398,7 @@ impl Pending<'_> {
                 if let Err(e) = &self.media {
                     return decision.reject(Rejection::UnsupportedMediaType(e.clone()));
                 }
-                match crate::request::json::object(bytes) {
+                match self.route.body.parse(bytes) {
                     Ok(map) => Some(Value::Object(map)),
                     Err(e) => return decision.reject(Rejection::BadRequest(BadRequest::Body(e))),
                 }
@@ -389,7 +409,7 @@ impl Pending<'_> {
         let inputs = Inputs {
             captures: &self.captures,
             query: Query::new(self.query.as_deref()),
-            claims: &self.identity.claims,
+            claims: &self.claims,
             body: body.as_ref(),
             principal_parents: &principal_parents,
         };
@@ -542,6 +562,45 @@ fn lookalike<'r>(
         .into_iter()
         .chain(context.filter(|uid| directory.get(uid).is_none()))
         .find(|uid| directory.shadows_present(uid))
+}
+
+/// Who the request is from: `Some` account, or `None` for the anonymous principal of a
+/// public route (`auth = "none"`, or `"optional"` without a token).
+///
+/// # Errors
+/// 401 for a missing or invalid token where one is read; 400 for the token query parameter
+/// on a route that reads no token (iotgate forwards the query as sent, so the upstream
+/// would read a credential iotgate did not decide on).
+fn identify(
+    verifier: &Verifier,
+    headers: &http::HeaderMap,
+    query: Query<'_>,
+    credentials: Credentials,
+    caches: Option<&Caches>,
+    auth: Auth,
+) -> Result<Option<Identity>, Rejection> {
+    let unauthenticated = Rejection::Unauthenticated;
+    if auth == Auth::None {
+        let in_query = verifier
+            .query_parameter()
+            .is_some_and(|name| !matches!(query.get_any_case(name), Ok(None)));
+        return match in_query {
+            true => Err(Rejection::BadRequest(BadRequest::TokenNotRead)),
+            false => Ok(None),
+        };
+    }
+    let claims = match credentials {
+        Credentials::Trusted(claims) => {
+            return verifier.identity(claims).map(Some).map_err(unauthenticated)
+        }
+        Credentials::Token => match verifier.token(headers, query) {
+            Err(AuthError::Missing) if auth == Auth::Optional => return Ok(None),
+            other => other.map_err(unauthenticated)?,
+        },
+    };
+    authenticate(verifier, &claims, caches.map(|c| &c.tokens))
+        .map(Some)
+        .map_err(unauthenticated)
 }
 
 /// Verifies a token, through the token cache when there is one.

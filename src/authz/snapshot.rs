@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 
 use crate::authn::Verifier;
-use crate::config::problem::Problems;
+use crate::config::problem::{Problem, Problems};
 use crate::config::Config;
 use crate::model::directory::Directory;
 use crate::model::policy::Policies;
@@ -100,6 +100,16 @@ impl Snapshot {
                 problems.push(config.problem("license", m));
             }
             license_text = format!("{} {:?}", license.max_accounts, license.licensed_roles);
+        }
+        if let Some(anonymous) = &routes.anonymous_type {
+            let installed = directory.insert_synthetic(
+                &anonymous.to_string(),
+                crate::model::routes::ANONYMOUS_ID,
+                Vec::new(),
+            );
+            if let Err(m) = installed {
+                problems.push(Problem::in_file(&p.routes, m));
+            }
         }
         let shadow_version = shadow
             .as_ref()

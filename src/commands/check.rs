@@ -85,11 +85,17 @@ impl Probe {
         Ok(self)
     }
 
-    /// Sends `bytes` as the body, typed `application/json` as clients of a JSON API do.
+    /// Sends `bytes` as the body, typed `application/json` when it is JSON (as clients of a
+    /// JSON API do), else `application/x-www-form-urlencoded` (a login form).
     pub fn with_body(mut self, bytes: Vec<u8>) -> Probe {
+        let json = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
+        let media = match json {
+            true => "application/json",
+            false => "application/x-www-form-urlencoded",
+        };
         self.headers.insert(
             http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
+            http::HeaderValue::from_static(media),
         );
         self.body = Some(bytes);
         self
@@ -273,7 +279,8 @@ fn single_probe(loaded: &Loaded, args: &CheckArgs, request: &str) -> Result<Prob
             );
             Probe::parse(request, Credentials::Trusted(claims))?
         }
-        (None, None) => return Err("give --token or --as".into()),
+        (None, None) if args.anonymous => Probe::parse(request, Credentials::Token)?,
+        (None, None) => return Err("give --token, --as or --anonymous".into()),
     };
     Ok(match &args.body {
         Some(b) => probe.with_body(b.clone().into_bytes()),
@@ -388,6 +395,8 @@ struct FileCase {
     claims: Option<toml::Table>,
     #[serde(default)]
     sign: bool,
+    #[serde(default)]
+    anonymous: bool,
     request: String,
     body: Option<toml::Value>,
     expect: Expect,
@@ -557,7 +566,11 @@ fn compile_case(c: FileCase, loaded: &Loaded) -> Result<Case, String> {
             Value::String(user.clone()),
         );
     }
-    let probe = match (&c.token, c.as_user.is_some() || c.claims.is_some(), c.sign) {
+    let named = c.as_user.is_some() || c.claims.is_some();
+    if c.anonymous && (named || c.token.is_some()) {
+        return Err("an `anonymous` case sends no `token`, `as` or `claims`".into());
+    }
+    let probe = match (&c.token, named, c.sign) {
         (Some(_), true, _) => return Err("give `token` or `as`/`claims`, not both".into()),
         (Some(token), false, _) => {
             Probe::parse(&c.request, Credentials::Token)?.with_token(token)?
@@ -570,7 +583,10 @@ fn compile_case(c: FileCase, loaded: &Loaded) -> Result<Case, String> {
             Probe::parse(&c.request, Credentials::Token)?.with_token(&token)?
         }
         (None, true, false) => Probe::parse(&c.request, Credentials::Trusted(claims))?,
-        (None, false, _) => return Err("a case needs `as`, `claims` or `token`".into()),
+        (None, false, _) if c.anonymous => Probe::parse(&c.request, Credentials::Token)?,
+        (None, false, _) => {
+            return Err("a case needs `as`, `claims`, `token` or `anonymous = true`".into())
+        }
     };
     let probe = match &c.body {
         None => probe,

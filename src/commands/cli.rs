@@ -66,8 +66,12 @@ pub struct CheckArgs {
     #[arg(long, requires = "request", conflicts_with = "as_user")]
     pub token: Option<String>,
     /// Decide as this user without a token signature.
-    #[arg(long = "as", value_name = "USER", requires = "request", required_unless_present_any = ["token", "suites"])]
+    #[arg(long = "as", value_name = "USER", requires = "request", required_unless_present_any = ["token", "suites", "anonymous"])]
     pub as_user: Option<String>,
+    /// Send no token: the anonymous principal on a public route (`auth` `none` or
+    /// `optional`), 401 elsewhere.
+    #[arg(long, requires = "request", conflicts_with_all = ["token", "as_user"])]
+    pub anonymous: bool,
     /// Extra claims with `--as` (`k=v`, v read as JSON when it parses, else a string).
     #[arg(long = "claim", value_name = "K=V", requires = "as_user")]
     pub claims: Vec<String>,

@@ -53,6 +53,10 @@ pub(crate) const PROFILE: &[(&str, &str)] = &[
         include_str!("../../policies/thinger/ownership.cedar"),
     ),
     (
+        "policies/thinger/public.cedar",
+        include_str!("../../policies/thinger/public.cedar"),
+    ),
+    (
         "policies/thinger/roles.cedar",
         include_str!("../../policies/thinger/roles.cedar"),
     ),

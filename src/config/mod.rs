@@ -43,6 +43,10 @@ const MAX_TIMEOUT_SECONDS: u64 = 86_400;
 const MAX_CONNECTIONS: u64 = 1_000_000;
 /// hyper's smallest HTTP/1 read buffer.
 const MIN_HEADER_BYTES: usize = 8192;
+/// Requests per second and client on public routes, unless configured.
+const DEFAULT_PUBLIC_RATE: u64 = 10;
+/// Most public requests per second (and burst) a limit may allow.
+const MAX_RATE: u64 = 1_000_000;
 
 // === file structs (as written) ===
 
@@ -80,6 +84,33 @@ struct FileServer {
     max_header_bytes: usize,
     #[serde(default)]
     admin_hosts: Vec<String>,
+    #[serde(default = "default_public_rate")]
+    public_rate_per_second: u64,
+    public_burst: Option<u64>,
+    #[serde(default)]
+    expose_messages: bool,
+    cors: Option<FileCors>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileCors {
+    allowed_origins: Vec<String>,
+    #[serde(default = "default_cors_headers")]
+    allowed_headers: Vec<String>,
+    #[serde(default = "default_cors_max_age")]
+    max_age_seconds: u64,
+}
+
+fn default_public_rate() -> u64 {
+    DEFAULT_PUBLIC_RATE
+}
+
+fn default_cors_headers() -> Vec<String> {
+    vec!["authorization".into(), "content-type".into()]
+}
+
+fn default_cors_max_age() -> u64 {
+    600
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,6 +266,32 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// `Host` values the admin listener answers besides its own address and `localhost`.
     pub admin_hosts: Vec<String>,
+    /// Requests per second and client address on public routes (`None`: unlimited).
+    pub public_rate: Option<Rate>,
+    /// Whether refusals by a policy carry its `@reason` as `message`.
+    pub expose_messages: bool,
+    /// `[server.cors]`, when browsers of other origins may call.
+    pub cors: Option<CorsConfig>,
+}
+
+/// A token bucket's refill rate and size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Tokens added per second.
+    pub per_second: f64,
+    /// Most tokens held (the burst a quiet client may send at once).
+    pub burst: f64,
+}
+
+/// `[server.cors]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsConfig {
+    /// Origins (`scheme://host[:port]`) whose browsers may read answers; `*` for any.
+    pub allowed_origins: Vec<String>,
+    /// Request headers a preflight may ask for (lowercase).
+    pub allowed_headers: Vec<String>,
+    /// How long a browser may cache a preflight answer.
+    pub max_age_seconds: u64,
 }
 
 impl ServerConfig {
@@ -255,6 +312,9 @@ impl ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             admin_hosts: Vec::new(),
+            public_rate: None,
+            expose_messages: false,
+            cors: None,
         }
     }
 }
@@ -465,6 +525,19 @@ impl Ctx<'_> {
         };
         let upstream =
             parse_upstream(&s.upstream).map_err(|m| self.source.problem("server.upstream", m))?;
+        let public_rate = match s.public_rate_per_second {
+            0 => None,
+            rate => {
+                let rate = bounded("server.public_rate_per_second", rate, MAX_RATE)?;
+                let burst = s.public_burst.unwrap_or(rate.saturating_mul(2));
+                let burst = bounded("server.public_burst", burst, MAX_RATE)?;
+                Some(Rate {
+                    per_second: rate as f64,
+                    burst: burst as f64,
+                })
+            }
+        };
+        let cors = s.cors.map(|c| self.cors(c)).transpose()?;
         Ok(ServerConfig {
             listen,
             upstream,
@@ -491,6 +564,36 @@ impl Ctx<'_> {
             max_connections,
             max_header_bytes: s.max_header_bytes.max(MIN_HEADER_BYTES),
             admin_hosts: s.admin_hosts,
+            public_rate,
+            expose_messages: s.expose_messages,
+            cors,
+        })
+    }
+
+    fn cors(&self, c: FileCors) -> Result<CorsConfig, Problem> {
+        for (i, origin) in c.allowed_origins.iter().enumerate() {
+            let plain = origin == "*"
+                || http::Uri::try_from(origin.as_str()).is_ok_and(|u| {
+                    u.scheme().is_some()
+                        && u.authority().is_some()
+                        && u.path_and_query().is_none_or(|p| p.as_str() == "/")
+                        && !origin.ends_with('/')
+                });
+            if !plain {
+                return Err(self.source.problem(
+                    &format!("server.cors.allowed_origins.{i}"),
+                    format!("`{origin}` is not an origin (`https://console.example.com`, or `*`)"),
+                ));
+            }
+        }
+        Ok(CorsConfig {
+            allowed_origins: c.allowed_origins,
+            allowed_headers: c
+                .allowed_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            max_age_seconds: c.max_age_seconds,
         })
     }
 

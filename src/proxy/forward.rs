@@ -172,10 +172,13 @@ pub struct Stamp<'a> {
     pub trusted: bool,
     /// Whether the client's `Cookie` headers are forwarded (`[server] forward_cookies`).
     pub cookies: bool,
+    /// Whether the route reads no token (`auth = "none"`): a bearer token the client sent
+    /// anyway was not verified, so it is not forwarded.
+    pub reads_no_token: bool,
     /// The request id.
     pub request_id: &'a str,
-    /// The authenticated principal.
-    pub principal: &'a str,
+    /// The authenticated account (none for the anonymous principal).
+    pub principal: Option<&'a str>,
     /// The policy version that allowed it.
     pub policy_version: &'a str,
     /// The directory version that allowed it.
@@ -241,6 +244,7 @@ pub fn rewrite(
         .filter(|name| {
             *name == header::HOST
                 || (!stamp.cookies && *name == header::COOKIE)
+                || (stamp.reads_no_token && *name == header::AUTHORIZATION)
                 || !crate::request::headers::forwarded(name, &named, stamp.trusted)
         })
         .cloned()
@@ -251,7 +255,9 @@ pub fn rewrite(
     }
     stamp_forwarded(headers, stamp, original_host);
     set(headers, REQUEST_ID, stamp.request_id);
-    set(headers, "x-iotgate-principal", stamp.principal);
+    if let Some(principal) = stamp.principal {
+        set(headers, "x-iotgate-principal", principal);
+    }
     set(headers, "x-iotgate-policy-version", stamp.policy_version);
     set(
         headers,

@@ -10,9 +10,10 @@
 //! ```
 
 pub(crate) mod forward;
+pub(crate) mod limit;
 pub(crate) mod response;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
 use self::forward::{Stamp, Upstream};
+use self::limit::PublicLimiter;
 use crate::authn::Verifier;
 use crate::authz::cache::Caches;
 use crate::authz::decision::{
@@ -32,7 +34,9 @@ use crate::authz::snapshot::Loaded;
 use crate::authz::snapshot::Snapshot;
 use crate::config::problem::{Problem, Problems};
 use crate::config::{CacheConfig, Config, ServerConfig};
+use crate::model::routes::{Auth, Route};
 use crate::proxy::response::{full, Body, BoxError, Failure, UpstreamError, REQUEST_ID};
+use crate::request::headers;
 use crate::telemetry;
 use crate::telemetry::metrics::{Metrics, UpstreamFailure};
 
@@ -47,6 +51,8 @@ pub struct Gateway {
     caches: Caches,
     metrics: Metrics,
     upstream: Upstream,
+    /// Rate limits of public routes (`serve` only).
+    limiter: Option<PublicLimiter>,
     server: ServerConfig,
     /// Whether requests may carry [`TrustedClaims`] (only the offline gateway of `check`).
     trusts_claims: bool,
@@ -75,6 +81,7 @@ impl Gateway {
             metrics,
             server: server.clone(),
             upstream: Upstream::new(server)?,
+            limiter: server.public_rate.map(PublicLimiter::new),
             trusts_claims: false,
             upstream_answered: AtomicU64::new(0),
         })
@@ -99,6 +106,7 @@ impl Gateway {
             caches: Caches::new(&no_cache),
             metrics: Metrics::default(),
             upstream: Upstream::stand_in(&server),
+            limiter: None,
             server,
             trusts_claims: true,
             upstream_answered: AtomicU64::new(0),
@@ -171,9 +179,12 @@ impl Gateway {
         let request_id = request_id(request.headers());
         let snapshot = self.snapshot.load_full();
         let (mut parts, body) = request.into_parts();
-        let (decision, stream, body) = self.decide(&snapshot, &parts, body).await;
+        let client =
+            headers::client_address(peer.ip(), &parts.headers, &self.server.trusted_proxies);
+        let (decision, route, body) = self.decide(&snapshot, &parts, body, client).await;
         let mut record = Record {
             gateway: self,
+            client,
             shadow_version: snapshot.shadow_version.clone(),
             request_id,
             method: parts.method.clone(),
@@ -184,6 +195,7 @@ impl Gateway {
         };
         let response = match (&record.decision.outcome, body) {
             (Outcome::Allow, Some(body)) => {
+                let stream = route.is_some_and(|r| r.stream);
                 let websocket = stream && forward::is_websocket(&parts.method, &parts.headers);
                 let client_upgrade = parts
                     .extensions
@@ -193,8 +205,13 @@ impl Gateway {
                     peer,
                     trusted: self.trusted(peer),
                     cookies: self.server.forward_cookies,
+                    reads_no_token: route.is_some_and(|r| r.auth == Auth::None),
                     request_id: &record.request_id,
-                    principal: record.decision.principal.as_deref().unwrap_or_default(),
+                    principal: record
+                        .decision
+                        .principal
+                        .as_deref()
+                        .filter(|_| !record.decision.anonymous),
                     policy_version: &record.decision.policy_version,
                     directory_version: &record.decision.directory_version,
                 };
@@ -244,14 +261,15 @@ impl Gateway {
     }
 
     /// Decides, reading the body first when the route needs it. Returns the decision,
-    /// whether the route is a stream, and the body to forward (the same bytes when it was
+    /// the route matched, and the body to forward (the same bytes when it was
     /// read; a streamed body's errors are marked as the client's).
-    async fn decide<B>(
-        &self,
-        snapshot: &Snapshot,
+    async fn decide<'s, B>(
+        &'s self,
+        snapshot: &'s Snapshot,
         parts: &http::request::Parts,
         body: B,
-    ) -> (Decision, bool, Option<Body>)
+        client: IpAddr,
+    ) -> (Decision, Option<&'s Route>, Option<Body>)
     where
         B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -293,24 +311,31 @@ impl Gateway {
             credentials,
             Some(&self.caches),
         ) {
-            Err(rejected) => return (*rejected, false, None),
+            Err(rejected) => return (*rejected, None, None),
             Ok(p) => p,
         };
-        let stream = pending.route().stream;
+        let route = Some(pending.route());
+        if let (Some(limiter), Auth::Optional | Auth::None) = (&self.limiter, pending.route().auth)
+        {
+            if let Err(seconds) = limiter.admit(client) {
+                self.metrics.record_rate_limited();
+                return (pending.reject(Rejection::RateLimited(seconds)), route, None);
+            }
+        }
         if !pending.needs_body() {
-            return (pending.decide(None), stream, Some(body));
+            return (pending.decide(None), route, Some(body));
         }
         let (limit, deadline) = (self.server.max_body_bytes, self.server.header_read_timeout);
         match read_bounded(body, &parts.headers, limit, deadline).await {
             Ok(bytes) => {
                 let decision = pending.decide(Some(&bytes));
-                (decision, stream, Some(full(bytes)))
+                (decision, route, Some(full(bytes)))
             }
-            Err(BodyError::TooLarge) => (pending.reject(Rejection::BodyTooLarge), stream, None),
-            Err(BodyError::Timeout) => (pending.reject(Rejection::BodyTimeout), stream, None),
+            Err(BodyError::TooLarge) => (pending.reject(Rejection::BodyTooLarge), route, None),
+            Err(BodyError::Timeout) => (pending.reject(Rejection::BodyTimeout), route, None),
             Err(BodyError::Read(e)) => (
                 pending.reject(Rejection::BadRequest(BadRequest::BodyRead(e))),
-                stream,
+                route,
                 None,
             ),
         }
@@ -368,6 +393,7 @@ pub(crate) struct ClientBodyError(BoxError);
 /// upstream may have executed it, so it must not go unrecorded.
 struct Record<'g> {
     gateway: &'g Gateway,
+    client: IpAddr,
     shadow_version: Option<Arc<str>>,
     request_id: String,
     method: http::Method,
@@ -405,6 +431,7 @@ impl Drop for Record<'_> {
         }
         telemetry::decision(
             &self.request_id,
+            self.client,
             &self.method,
             decision,
             status,

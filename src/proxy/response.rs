@@ -119,6 +119,7 @@ impl Failure {
                 Rejection::NoRoute => (S::NOT_FOUND, "no_route"),
                 Rejection::BodyTooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
                 Rejection::BodyTimeout => (S::REQUEST_TIMEOUT, "request_timeout"),
+                Rejection::RateLimited(_) => (S::TOO_MANY_REQUESTS, "rate_limited"),
                 Rejection::UnsupportedMediaType(_) => {
                     (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
                 }
@@ -155,6 +156,9 @@ impl Failure {
         );
         if let Ok(id) = HeaderValue::from_str(request_id) {
             headers.insert(REQUEST_ID, id);
+        }
+        if let Failure::Rejected(Rejection::RateLimited(seconds)) = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
         }
         if matches!(self, Failure::Upstream(UpstreamError::Upgrade)) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

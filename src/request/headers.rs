@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! request headers ──connection_names()──▶ `Connection` naming a header iotgate relies on? 400
-//!                 ──json_body()──────────▶ body read for a decision: JSON, no encoding? 415
+//!                 ──body_media()─────────▶ body read for a decision: JSON or form, no encoding? 415
 //! forward::rewrite ──forwarded()─────────▶ hop-by-hop, spoofable, underscore names dropped
 //! ```
 //!
@@ -13,6 +13,7 @@
 use http::header::{self, HeaderMap, HeaderName};
 
 use crate::request::token::has_jwt;
+use crate::request::BodyFormat;
 
 /// Headers meaningful for one connection only (RFC 9110 §7.6.1), plus the h2c upgrade's
 /// `HTTP2-Settings` (RFC 7540 §3.2.1) and the legacy `Proxy-Connection`: never forwarded.
@@ -153,12 +154,13 @@ pub(crate) fn second_credential(headers: &HeaderMap, cookies: bool) -> Result<()
     Ok(())
 }
 
-/// Checks that a body iotgate reads is what it parses: `application/json` or
-/// `application/*+json` (UTF-8), not compressed.
+/// Checks that a body iotgate reads is what it parses: for JSON `application/json` or
+/// `application/*+json`, for forms `application/x-www-form-urlencoded`; UTF-8, not
+/// compressed.
 ///
 /// # Errors
 /// [`HeaderError::MediaType`] or [`HeaderError::Encoding`].
-pub(crate) fn json_body(headers: &HeaderMap) -> Result<(), HeaderError> {
+pub(crate) fn body_media(headers: &HeaderMap, format: BodyFormat) -> Result<(), HeaderError> {
     let mut types = headers.get_all(header::CONTENT_TYPE).iter();
     let value = match (types.next(), types.next()) {
         (Some(v), None) => v.to_str().unwrap_or_default(),
@@ -171,17 +173,22 @@ pub(crate) fn json_body(headers: &HeaderMap) -> Result<(), HeaderError> {
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    let json = essence == "application/json"
-        || essence
-            .strip_prefix("application/")
-            .is_some_and(|sub| sub.ends_with("+json") && sub.len() > "+json".len());
+    let fits = match format {
+        BodyFormat::Json => {
+            essence == "application/json"
+                || essence
+                    .strip_prefix("application/")
+                    .is_some_and(|sub| sub.ends_with("+json") && sub.len() > "+json".len())
+        }
+        BodyFormat::Form => essence == "application/x-www-form-urlencoded",
+    };
     let utf8 = params.all(|p| match p.split_once('=') {
         Some((k, v)) if k.trim().eq_ignore_ascii_case("charset") => {
             v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
         }
         _ => true,
     });
-    if !json || !utf8 {
+    if !fits || !utf8 {
         return Err(HeaderError::MediaType(value.chars().take(64).collect()));
     }
     for encoding in headers.get_all(header::CONTENT_ENCODING) {
@@ -209,6 +216,36 @@ pub(crate) fn forwarded(name: &HeaderName, named_by_connection: &[String], trust
         || raw.starts_with(OWN_PREFIX)
         || SPOOFABLE.contains(&raw)
         || (from_proxy && !trusted))
+}
+
+/// The client's address as rate limits and logs see it: the peer, unless it is a trusted
+/// proxy; then the first address of `X-Forwarded-For`, read from the right, that is not a
+/// trusted proxy (a client cannot choose it by prepending entries). An entry that is not an
+/// address ends the walk at the last trusted hop.
+pub(crate) fn client_address(
+    peer: std::net::IpAddr,
+    headers: &HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => client = ip,
+            Ok(ip) => return ip,
+            Err(_) => break,
+        }
+    }
+    client
 }
 
 #[cfg(test)]
@@ -266,6 +303,56 @@ mod tests {
         }
         let two_hosts = headers(&[("host", "a"), ("host", "b")]);
         assert_eq!(check_head(&two_hosts, None), Err(HeaderError::Hosts));
+    }
+
+    fn json_body(h: &HeaderMap) -> Result<(), HeaderError> {
+        body_media(h, BodyFormat::Json)
+    }
+
+    #[test]
+    fn the_client_is_the_first_untrusted_hop() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let xff = |v: &str| headers(&[("x-forwarded-for", v)]);
+        let cases = [
+            ("203.0.113.9", "198.51.100.1", "203.0.113.9"),
+            ("10.0.0.1", "198.51.100.1", "198.51.100.1"),
+            (
+                "10.0.0.1",
+                "6.6.6.6, 198.51.100.1, 10.0.0.2",
+                "198.51.100.1",
+            ),
+            ("10.0.0.1", "10.0.0.3", "10.0.0.3"),
+            ("10.0.0.1", "198.51.100.1, junk", "10.0.0.1"),
+        ];
+        for (peer, chain, client) in cases {
+            assert_eq!(
+                client_address(ip(peer), &xff(chain), &trusted),
+                ip(client),
+                "{peer} {chain}"
+            );
+        }
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &HeaderMap::new(), &trusted),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn form_bodies_are_read_only_as_forms() {
+        let form = |v: &str| body_media(&headers(&[("content-type", v)]), BodyFormat::Form);
+        assert_eq!(form("application/x-www-form-urlencoded"), Ok(()));
+        assert_eq!(
+            form("application/x-www-form-urlencoded; charset=utf-8"),
+            Ok(())
+        );
+        for bad in [
+            "application/json",
+            "multipart/form-data; boundary=x",
+            "text/plain",
+        ] {
+            assert!(form(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -4,11 +4,39 @@
 //! ```text
 //! path, query ──uri──▶ decoded segments, parameters      (400)
 //! headers     ──headers──▶ refused, forwarded or dropped  (400, 415)
-//! body        ──json──▶ one object, no repeated key       (400)
+//! body        ──json | form──▶ one object, no repeated key (400)
 //! a token anywhere but where iotgate reads it ──token::has_jwt──▶ a second credential (400)
 //! ```
 
+pub(crate) mod form;
 pub(crate) mod headers;
 pub(crate) mod json;
 pub(crate) mod token;
 pub(crate) mod uri;
+
+/// How a route that reads body fields parses the body: `body = "json" | "form"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyFormat {
+    /// One JSON object (`application/json`, `application/*+json`).
+    #[default]
+    Json,
+    /// `application/x-www-form-urlencoded` pairs, read as an object of strings.
+    Form,
+}
+
+impl BodyFormat {
+    /// Parses a body in this format into an object.
+    ///
+    /// # Errors
+    /// Malformed, or a repeated key (the message says which).
+    pub(crate) fn parse(
+        self,
+        bytes: &[u8],
+    ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        match self {
+            BodyFormat::Json => json::object(bytes),
+            BodyFormat::Form => form::object(bytes),
+        }
+    }
+}

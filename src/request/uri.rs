@@ -308,7 +308,7 @@ impl<'a> Query<'a> {
     }
 }
 
-fn form_decode(raw: &str) -> Option<String> {
+pub(crate) fn form_decode(raw: &str) -> Option<String> {
     let plus = raw.replace('+', " ");
     String::from_utf8(decode(&plus)?).ok()
 }

@@ -39,6 +39,7 @@ pub struct Metrics {
     reload_failed: AtomicU64,
     shadow_disagreements: AtomicU64,
     client_aborts: AtomicU64,
+    rate_limited: AtomicU64,
     internal_errors: AtomicU64,
     connections: Arc<Connections>,
 }
@@ -128,6 +129,11 @@ impl Metrics {
     /// Counts a request whose client went away before its answer, or whose body failed.
     pub fn record_client_abort(&self) {
         inc(&self.client_aborts);
+    }
+
+    /// Counts a public request refused by its client's rate limit (429).
+    pub fn record_rate_limited(&self) {
+        inc(&self.rate_limited);
     }
 
     /// Counts a request refused for a fault of iotgate's own (500).
@@ -235,6 +241,12 @@ impl Metrics {
                 "counter",
                 "Requests whose client went away or whose body failed before the answer.",
                 one(get(&self.client_aborts)),
+            ),
+            (
+                "iotgate_rate_limited_total".into(),
+                "counter",
+                "Public requests refused by their client's rate limit (429).",
+                one(get(&self.rate_limited)),
             ),
             (
                 "iotgate_internal_errors_total".into(),
@@ -354,6 +366,7 @@ mod tests {
         m.record_reload(false);
         m.record_shadow_disagreement();
         m.record_client_abort();
+        m.record_rate_limited();
         let s = Stats {
             hits: 4,
             misses: 2,
@@ -388,6 +401,7 @@ mod tests {
             "iotgate_upstream_errors_total{kind=\"timeout\"} 1",
             "iotgate_shadow_disagreements_total 1",
             "iotgate_client_aborts_total 1",
+            "iotgate_rate_limited_total 1",
             "iotgate_decision_cache_bytes 700",
             "iotgate_connections_open 0",
             "# TYPE iotgate_decision_duration_seconds histogram",

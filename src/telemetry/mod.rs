@@ -38,6 +38,7 @@ pub(crate) fn init(format: LogFormat) {
 /// Emits the decision event of one request.
 pub(crate) fn decision(
     request_id: &str,
+    client: std::net::IpAddr,
     method: &http::Method,
     d: &Decision,
     status: u16,
@@ -47,6 +48,7 @@ pub(crate) fn decision(
     tracing::info!(
         target: "iotgate::decision",
         request_id,
+        client = %client,
         principal = d.principal.as_deref().unwrap_or("-"),
         method = method.as_str(),
         route = d.route.as_deref().unwrap_or("-"),

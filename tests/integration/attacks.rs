@@ -5,7 +5,7 @@
 //! exactly the request that was decided.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -23,12 +23,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::Seen;
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A token signed with the thinger example's secret.
-fn token(claims: Value) -> String {
+pub(crate) fn token(claims: Value) -> String {
     let secret = std::fs::read_to_string(root().join("examples/thinger/secret.key")).unwrap();
     let mut claims = claims.as_object().unwrap().clone();
     claims.entry("exp").or_insert(json!(iotgate::now() + 300));
@@ -77,14 +77,14 @@ struct Received {
     after_switch: Vec<u8>,
 }
 
-struct Recorder {
-    addr: SocketAddr,
+pub(crate) struct Recorder {
+    pub(crate) addr: SocketAddr,
     received: Arc<Mutex<Received>>,
 }
 
 impl Recorder {
     /// `unsolicited`: answer every request with `101 Switching Protocols` to h2c, asked or not.
-    async fn start(unsolicited: bool) -> Recorder {
+    pub(crate) async fn start(unsolicited: bool) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received: Arc<Mutex<Received>> = Arc::default();
@@ -108,11 +108,11 @@ impl Recorder {
         Recorder { addr, received }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    fn requests(&self) -> Vec<Seen> {
+    pub(crate) fn requests(&self) -> Vec<Seen> {
         self.received.lock().unwrap().requests.clone()
     }
 
@@ -126,7 +126,7 @@ impl Recorder {
 
     /// Nothing at all reached the upstream.
     #[track_caller]
-    fn assert_untouched(&self) {
+    pub(crate) fn assert_untouched(&self) {
         assert_eq!(self.raw(), "", "the upstream received bytes");
     }
 }
@@ -233,14 +233,19 @@ impl AsyncWrite for Tee {
 
 // === the gateway ===
 
-struct Thinger {
-    addr: SocketAddr,
-    running: iotgate::Running,
+pub(crate) struct Thinger {
+    pub(crate) addr: SocketAddr,
+    pub(crate) running: iotgate::Running,
     _dir: tempfile::TempDir,
 }
 
 impl Thinger {
-    async fn start(upstream: &str, extra_server: &str) -> Thinger {
+    pub(crate) async fn start(upstream: &str, extra_server: &str) -> Thinger {
+        Thinger::start_with(upstream, extra_server, &root().join("policies/thinger")).await
+    }
+
+    /// A gateway deciding with the policies in `policies`.
+    pub(crate) async fn start_with(upstream: &str, extra_server: &str, policies: &Path) -> Thinger {
         let dir = tempfile::tempdir().unwrap();
         let r = root();
         let text = format!(
@@ -248,9 +253,10 @@ impl Thinger {
              [auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"{r}/examples/thinger/secret.key\"\n\
              principal_claim = \"usr\"\nquery_parameter = \"authorization\"\nleeway_seconds = 0\n\
              [policy]\nschema = \"{r}/schema/thinger.cedarschema\"\nroutes = \"{r}/schema/thinger.routes.toml\"\n\
-             policies = [\"{r}/policies/thinger\"]\ndirectory = [\"{r}/examples/thinger/directory\"]\nreload = \"off\"\n\
+             policies = [\"{p}\"]\ndirectory = [\"{r}/examples/thinger/directory\"]\nreload = \"off\"\n\
              [license]\nmax_accounts = 5\n",
-            r = r.display()
+            r = r.display(),
+            p = policies.display()
         );
         let config = dir.path().join("iotgate.toml");
         std::fs::write(&config, text).unwrap();
@@ -266,7 +272,7 @@ impl Thinger {
 }
 
 /// Writes `request` on a new connection and reads until the gateway closes it (or 3 s).
-async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+pub(crate) async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
     let mut out = Vec::new();
@@ -283,7 +289,7 @@ async fn answers_are(addr: SocketAddr, cases: &[(String, u16)]) {
 }
 
 /// The status codes of every response in a raw answer, in order.
-fn statuses(answer: &str) -> Vec<u16> {
+pub(crate) fn statuses(answer: &str) -> Vec<u16> {
     answer
         .match_indices("HTTP/1.1 ")
         .filter_map(|(i, _)| answer.get(i + 9..i + 12)?.parse().ok())
@@ -291,7 +297,13 @@ fn statuses(answer: &str) -> Vec<u16> {
 }
 
 /// One request with the usual headers; `extra` are more header lines.
-fn request(method: &str, target: &str, token: Option<&str>, extra: &[&str], body: &str) -> String {
+pub(crate) fn request(
+    method: &str,
+    target: &str,
+    token: Option<&str>,
+    extra: &[&str],
+    body: &str,
+) -> String {
     let mut text = format!("{method} {target} HTTP/1.1\r\nHost: iot.example\r\n");
     if let Some(t) = token {
         text.push_str(&format!("Authorization: Bearer {t}\r\n"));

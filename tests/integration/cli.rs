@@ -59,7 +59,9 @@ fn broken_suite_is_a_config_error() {
     let (code, out) = iotgate(&["check", "--config", &mini_config(), &bad]);
     assert_eq!(code, 2, "{out}");
     assert!(
-        out.contains("bad-suite.toml:1: a case needs `as`, `claims` or `token`"),
+        out.contains(
+            "bad-suite.toml:1: a case needs `as`, `claims`, `token` or `anonymous = true`"
+        ),
         "{out}"
     );
     assert!(out.contains("bad-suite.toml:6: expect `maybe`"), "{out}");
@@ -211,7 +213,7 @@ fn validate_accepts_the_mini_profile() {
     let (code, out) = iotgate(&["validate", "--config", &mini_config()]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.starts_with("ok: 8 routes, 9 policies, 8 entities; policy version mini-1@"),
+        out.starts_with("ok: 9 routes, 11 policies, 9 entities; policy version mini-1@"),
         "{out}"
     );
 }

@@ -9,6 +9,7 @@
 mod attacks;
 mod cli;
 mod differential;
+mod front_door;
 mod layers;
 mod operations;
 mod process;

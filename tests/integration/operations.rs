@@ -93,7 +93,7 @@ async fn admin_endpoints_report_health_status_and_metrics() {
     assert_eq!(status["directory_version"].as_str().unwrap().len(), 12);
     assert_eq!(
         status["counts"],
-        json!({"policies": 9, "shadow_policies": null, "routes": 8, "entities": 8})
+        json!({"policies": 11, "shadow_policies": null, "routes": 9, "entities": 9})
     );
     assert_eq!(status["reload"], "signal");
     assert!(status["loaded_at"].as_str().unwrap().ends_with('Z'));

@@ -80,8 +80,9 @@ fn forwarded(upstream: &iotgate::Upstream, target: &str) -> String {
         peer: "127.0.0.1:1".parse().unwrap(),
         trusted: false,
         cookies: false,
+        reads_no_token: false,
         request_id: "r",
-        principal: "p",
+        principal: Some("p"),
         policy_version: "v",
         directory_version: "d",
     };

@@ -347,6 +347,38 @@ fn signed_tokens_take_the_same_path() {
 }
 
 #[test]
+fn optional_routes_decide_the_token_or_the_anonymous_principal() {
+    let f = fixture();
+    let none = http::HeaderMap::new;
+    let anonymous = |path: &str| f.decide(serde_json::Value::Null, path, None, none());
+    let d = anonymous("GET /v1/status/alice@shared");
+    assert_eq!(summary(&d), "allow by [status-for-everyone]");
+    assert_eq!(
+        d.principal.as_deref(),
+        Some("Mini::Anonymous::\"anonymous\"")
+    );
+    assert!(d.anonymous);
+    let d = anonymous("GET /v1/status/private");
+    assert_eq!(
+        summary(&d),
+        "403 forbidden by [private-status-needs-an-account]"
+    );
+    let d = f.as_user("bob", "GET /v1/status/private");
+    assert_eq!(summary(&d), "allow by [status-for-everyone]");
+    assert_eq!((d.principal.as_deref(), d.anonymous), (Some("bob"), false));
+    // an invalid token is never read as "no token"; a disabled account stays refused
+    let mut bad = http::HeaderMap::new();
+    bad.insert("authorization", "Bearer not.a.token".parse().unwrap());
+    let d = f.decide(serde_json::Value::Null, "GET /v1/status/private", None, bad);
+    assert_eq!(d.status(), http::StatusCode::UNAUTHORIZED);
+    let d = f.as_user("carol", "GET /v1/status/alice@shared");
+    assert_eq!(d.status(), http::StatusCode::FORBIDDEN);
+    // required routes still want a token
+    let d = anonymous("GET /v1/users/alice/devices");
+    assert_eq!(d.status(), http::StatusCode::UNAUTHORIZED);
+}
+
+#[test]
 fn caches_answer_repeated_requests_and_only_them() {
     let f = fixture();
     let caches = Caches::new(&crate::config::CacheConfig {

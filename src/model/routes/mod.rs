@@ -52,6 +52,7 @@ use crate::config::problem::{Problem, Problems};
 use crate::config::tomlfile::{self, TomlFile};
 use crate::model::directory::EntityRule;
 use crate::model::schema::{qualify, Attr, Catalog, Type};
+use crate::request::BodyFormat;
 
 // === file structs ===
 
@@ -118,7 +119,36 @@ struct FileRoute {
     stream: bool,
     #[serde(default)]
     reserved: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    auth: Auth,
+    #[serde(default)]
+    body: BodyFormat,
+    /// Whether `[defaults] context` applies (a public route may have no principal to read
+    /// them from).
+    #[serde(default = "yes")]
+    defaults: bool,
 }
+
+fn yes() -> bool {
+    true
+}
+
+/// Who may call a route: `auth = "required" | "optional" | "none"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    /// A valid token (401 without one): today's and the default.
+    #[default]
+    Required,
+    /// The token's account when a token is sent (an invalid one is still 401), else the
+    /// anonymous principal.
+    Optional,
+    /// No token is read: the principal is `<Namespace>::Anonymous::"anonymous"`.
+    None,
+}
+
+/// The id of the anonymous principal.
+pub(crate) const ANONYMOUS_ID: &str = "anonymous";
 
 #[derive(Debug, Deserialize)]
 struct FileResource {
@@ -152,6 +182,10 @@ pub struct Route {
     needs_body: bool,
     /// Whether the route is a WebSocket stream (the only routes that may upgrade).
     pub stream: bool,
+    /// Who may call it.
+    pub auth: Auth,
+    /// How a body it reads is parsed.
+    pub body: BodyFormat,
     /// Capture name → values it never takes, folded (`trie::fold`): a path where a capture
     /// takes one, in any case or with trailing dots, is no route (404).
     reserved: Vec<(String, BTreeSet<String>)>,
@@ -222,6 +256,8 @@ fn resolve_all(
 pub struct RouteTable {
     /// Entity type of principals.
     pub principal_type: EntityTypeName,
+    /// `<Namespace>::Anonymous`, when a route is public (`auth` `none` or `optional`).
+    pub anonymous_type: Option<EntityTypeName>,
     /// Rules the directory's entities must follow (`[entities.<Type>]`).
     pub rules: Vec<EntityRule>,
     /// Findings that do not stop loading (`validate` prints them).
@@ -258,6 +294,15 @@ impl RouteTable {
             }
             Found::MethodNotRouted | Found::NoPath => None,
         }
+    }
+
+    /// The anonymous principal, when a route is public.
+    pub fn anonymous(&self) -> Option<EntityUid> {
+        let ty = self.anonymous_type.clone()?;
+        Some(EntityUid::from_type_name_and_id(
+            ty,
+            EntityId::new(ANONYMOUS_ID),
+        ))
     }
 
     /// Every route.
@@ -391,6 +436,11 @@ impl<'a> Compiler<'a> {
 
     fn compile(mut self, file: &FileRoutes) -> Result<RouteTable, Problems> {
         let principal_type = self.entity_type("principal", &file.principal);
+        let anonymous_type = file
+            .routes
+            .iter()
+            .position(|r| r.auth != Auth::Required)
+            .and_then(|i| self.anonymous_type(&format!("route.{i}.auth")));
         let mut fields = BTreeMap::new();
         for (key, f) in &file.fields {
             if let Some(field) = self.field(key, f) {
@@ -407,7 +457,7 @@ impl<'a> Compiler<'a> {
                 r,
                 &fields,
                 &file.defaults.context,
-                principal_type.as_ref(),
+                [principal_type.as_ref(), anonymous_type.as_ref()],
             ) else {
                 continue;
             };
@@ -437,6 +487,7 @@ impl<'a> Compiler<'a> {
         match principal_type {
             Some(principal_type) if self.problems.is_empty() => Ok(RouteTable {
                 principal_type,
+                anonymous_type,
                 rules,
                 warnings,
                 routes,
@@ -444,6 +495,22 @@ impl<'a> Compiler<'a> {
             }),
             _ => Err(self.problems),
         }
+    }
+
+    /// `<Namespace>::Anonymous`, which a public route's principal is.
+    fn anonymous_type(&mut self, key: &str) -> Option<EntityTypeName> {
+        let qualified = qualify(self.namespace, "Anonymous");
+        if !self.catalog.has_entity_type(&qualified) {
+            self.problem(
+                key,
+                format!(
+                    "a public route (`auth` `none` or `optional`) needs entity type \
+                     `{qualified}` in the schema (`entity Anonymous;`)"
+                ),
+            );
+            return None;
+        }
+        EntityTypeName::from_str(&qualified).ok()
     }
 
     fn entity_rule(&mut self, ty: &str, rule: &FileEntityRule) -> Option<EntityRule> {
@@ -550,7 +617,7 @@ impl<'a> Compiler<'a> {
         r: &FileRoute,
         fields: &BTreeMap<String, Arc<Field>>,
         defaults: &[String],
-        principal: Option<&EntityTypeName>,
+        [user, anonymous]: [Option<&EntityTypeName>; 2],
     ) -> Option<(Route, Vec<http::Method>)> {
         let before = self.problems.iter().count();
         let methods = self.methods(key, &r.method);
@@ -565,11 +632,19 @@ impl<'a> Compiler<'a> {
             return None;
         };
         let resource_type = self.entity_type(&format!("{key}.resource.type"), &r.resource.ty);
-        self.check_applies(key, r, action, principal, resource_type.as_ref());
+        let principals = match r.auth {
+            Auth::Required => vec![user],
+            Auth::Optional => vec![user, anonymous],
+            Auth::None => vec![anonymous],
+        };
+        for principal in principals {
+            self.check_applies(key, r, action, principal, resource_type.as_ref());
+        }
         let resource_id = Template::parse(&r.resource.id)
             .map_err(|m| self.problem(&format!("{key}.resource.id"), m))
             .ok();
         let attrs = self.pick(&format!("{key}.resource.attrs"), &r.resource.attrs, fields);
+        let defaults = if r.defaults { defaults } else { &[] };
         let names: BTreeSet<&String> = defaults.iter().chain(&r.context).collect();
         let names: Vec<String> = names.into_iter().cloned().collect();
         let context = self.pick(&format!("{key}.context"), &names, fields);
@@ -578,6 +653,12 @@ impl<'a> Compiler<'a> {
         sources.extend(attrs.iter().chain(&context).flat_map(|f| f.sources()));
         self.check_captures(key, r, &path, &sources, &methods);
         let needs_body = sources.iter().any(|s| matches!(s, Source::Body(_)));
+        if r.body != BodyFormat::Json && !needs_body {
+            self.problem(
+                &format!("{key}.body"),
+                "`body` is only for a route whose fields read the body (`{body.x}`)",
+            );
+        }
         self.check_records(key, r, action, &resource_type, &attrs, &context);
         if self.problems.iter().count() != before {
             return None;
@@ -606,6 +687,8 @@ impl<'a> Compiler<'a> {
             context,
             needs_body,
             stream: r.stream,
+            auth: r.auth,
+            body: r.body,
             reserved: folded_reserved(&r.reserved),
         };
         Some((route, methods))

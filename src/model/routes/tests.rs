@@ -339,3 +339,72 @@ reserved = { nothing = ["x"] }
         .collect();
     assert_eq!(streams, ["GET /v1/users/{owner}/devices/{device}/stream"]);
 }
+
+#[test]
+fn public_routes_must_fit_the_anonymous_principal() {
+    let text = r#"
+[[route]]
+method = "GET"
+path = "/v1/users/{owner}/devices"
+auth = "none"
+action = "ListDevices"
+resource = { type = "User", id = "{owner}" }
+
+[[route]]
+method = "GET"
+path = "/v1/status/{project}"
+auth = "none"
+body = "form"
+action = "ReadStatus"
+resource = { type = "Project", id = "{project}" }
+"#;
+    assert_eq!(
+        problems(text),
+        vec![
+            "+5 action `ListDevices` does not apply to principal type `Mini::Anonymous`",
+            "+12 `body` is only for a route whose fields read the body (`{body.x}`)",
+        ]
+    );
+    let (Ok(table), _) = load(
+        r#"
+[[route]]
+method = "GET"
+path = "/status/{project}/{*page}"
+auth = "optional"
+action = "ReadStatus"
+resource = { type = "Project", id = "{project}" }
+"#,
+    ) else {
+        panic!("a public route on an action for anonymous principals loads")
+    };
+    assert_eq!(
+        table.anonymous().map(|a| a.to_string()),
+        Some("Mini::Anonymous::\"anonymous\"".to_string())
+    );
+    let segments = crate::request::uri::segments("/status/p/a/b.css").unwrap();
+    let (route, captures) = table.find(&http::Method::GET, &segments).unwrap();
+    assert_eq!(route.auth, Auth::Optional);
+    assert_eq!(
+        captures,
+        [("project", "p".into()), ("page", "a/b.css".into())]
+    );
+}
+
+#[test]
+fn a_public_route_needs_an_anonymous_type_in_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = std::fs::read_to_string(mini().join("schema/mini.cedarschema")).unwrap();
+    let schema = schema
+        .replace("entity Anonymous;", "")
+        .replace("[User, Anonymous]", "User");
+    let schema_path = dir.path().join("s.cedarschema");
+    std::fs::write(&schema_path, schema).unwrap();
+    let catalog = Catalog::load(&schema_path).unwrap().0;
+    let problems = RouteTable::load(&mini().join("schema/mini.routes.toml"), &catalog)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        problems.contains("needs entity type `Mini::Anonymous` in the schema"),
+        "{problems}"
+    );
+}

@@ -34,7 +34,7 @@ pub struct PathTemplate {
 }
 
 impl PathTemplate {
-    /// Parses `/a/{b}/{c..}`.
+    /// Parses `/a/{b}/{c..}` (`{*c}` is the same tail capture).
     ///
     /// # Errors
     /// Not absolute, empty segments, bad capture names, repeated names, or a rest capture
@@ -89,13 +89,13 @@ impl PathTemplate {
 
 fn segment(raw: &str) -> Result<Segment, String> {
     if let Some(inner) = raw.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
-        let (name, rest) = match inner.strip_suffix("..") {
-            Some(n) => (n, true),
-            None => (inner, false),
+        let (name, rest) = match (inner.strip_suffix(".."), inner.strip_prefix('*')) {
+            (Some(n), _) | (None, Some(n)) => (n, true),
+            (None, None) => (inner, false),
         };
         if !is_identifier(name) {
             return Err(format!(
-                "`{raw}` is not a capture (`{{name}}` or `{{name..}}`)"
+                "`{raw}` is not a capture (`{{name}}`, or `{{name..}}` / `{{*name}}` for the rest)"
             ));
         }
         return Ok(if rest {
@@ -441,11 +441,24 @@ mod tests {
             "/a/{1b}",
             "/a/{b}/{b}",
             "/a/{r..}/x",
+            "/a/{*r}/x",
+            "/a/{*}",
+            "/a/{**r}",
             "/a/%2F",
             "/a/..",
         ] {
             assert!(PathTemplate::parse(bad).is_err(), "{bad}");
         }
         assert!(PathTemplate::parse("/").unwrap().segments.is_empty());
+    }
+
+    #[test]
+    fn star_and_dots_spell_the_same_tail_capture() {
+        let star = PathTemplate::parse("/console/{*path}").unwrap();
+        assert_eq!(star, PathTemplate::parse("/console/{path..}").unwrap());
+        assert_eq!(
+            star.segments.last(),
+            Some(&Segment::Rest("path".to_string()))
+        );
     }
 }
