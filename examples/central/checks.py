@@ -59,8 +59,9 @@ def allowed(role, who, place):
 cases = []
 
 
-def case(name, who, request, expect, body=None, reasons=None):
-    cases.append((name, who, request, expect, body, reasons))
+def case(name, who, request, expect, body=None, reasons=None, reason=None):
+    """who=None: no token (the anonymous principal); reason: the code the client is told."""
+    cases.append((name, who, request, expect, body, reasons, reason))
 
 
 for role, actor in ACTORS.items():
@@ -81,7 +82,7 @@ case("top administrator moves a region's child to another region", "ada", "PUT /
 case("an organization cannot move inside itself", "ada", "PUT /api/orgs/emea/parent", "deny", '{"parent": "spain"}', ["suborg-move-destination"])
 case("an organization cannot move into itself", "eve", "PUT /api/orgs/spain/parent", "deny", '{"parent": "spain"}', ["suborg-move-destination"])
 case("sub-organization destination must be in scope", "eve", "PUT /api/orgs/spain/parent", "deny", '{"parent": "americas"}', ["suborg-move-destination"])
-case("administrator cannot delete own organization", "eve", "DELETE /api/orgs/emea", "deny", None, ["suborg-changes-strictly-below"])
+case("administrator cannot delete own organization", "eve", "DELETE /api/orgs/emea", "deny", None, ["suborg-changes-strictly-below"], "out_of_scope")
 case("administrator adds a sub-organization to own organization", "eve", "POST /api/orgs/emea/orgs", "allow", '{"id": "france"}')
 # rule 6: device and user moves
 case("technician cannot move a device out of scope", "tess", "PUT /api/devices/spain-sensor/org", "deny", '{"org": "usa"}', ["moves-stay-in-scope"])
@@ -90,7 +91,7 @@ case("manager cannot move a user to the parent org", "max", "PUT /api/users/bill
 case("move without a destination is a bad request", "max", "PUT /api/users/bill/org", 400, '{"to": "spain"}')
 # rule 7: roles
 case("manager adds a manager (same role)", "max", "POST /api/orgs/spain/users", "allow", '{"id": "newm", "role": "manager"}')
-case("manager cannot add an administrator", "max", "POST /api/orgs/spain/users", "deny", '{"id": "newa", "role": "administrator"}', ["no-role-above-own"])
+case("manager cannot add an administrator", "max", "POST /api/orgs/spain/users", "deny", '{"id": "newa", "role": "administrator"}', ["no-role-above-own"], "role_above_own")
 case("manager cannot promote a user to administrator", "max", "PATCH /api/users/bill", "deny", '{"role": "administrator"}', ["no-role-above-own"])
 case("manager promotes a user to manager", "max", "PATCH /api/users/bill", "allow", '{"role": "manager"}')
 case("manager cannot modify an administrator", "max", "PATCH /api/users/sara", "deny", '{"name": "x"}', ["no-acting-on-higher-roles"])
@@ -101,8 +102,8 @@ case("administrator makes a manager an administrator", "eve", "PATCH /api/users/
 case("unknown role in the body is a bad request", "eve", "POST /api/orgs/spain/users", 400, '{"id": "x", "role": "superuser"}')
 case("adding a user needs a role", "eve", "POST /api/orgs/spain/users", 400, '{"id": "x"}')
 # rule 8, deleted accounts, deeper levels
-case("disabled technician can do nothing", "dan", "GET /api/orgs/emea", 403)
-case("deleted user is refused", "zed", "GET /api/orgs/emea", 401)
+case("disabled technician can do nothing", "dan", "GET /api/orgs/emea", 403, reason="account_disabled")
+case("deleted user is refused", "zed", "GET /api/orgs/emea", 401, reason="unknown_account")
 case("spain manager cannot see emea", "sam", "GET /api/orgs/emea", "deny")
 case("spain manager sees own org", "sam", "GET /api/orgs/spain", "allow")
 case("usa technician sees only usa", "uma", "GET /api/devices/spain-sensor", "deny")
@@ -110,7 +111,11 @@ case("top administrator deletes a deep organization", "ada", "DELETE /api/orgs/s
 case("device history is viewable", "bea", "GET /api/devices/spain-sensor/history", "allow")
 case("device settings edit is a device change", "bea", "PUT /api/devices/spain-sensor/settings", "deny")
 case("unknown device is out of scope", "eve", "GET /api/devices/ghost", "deny")
-case("unknown path", "eve", "GET /api/reports", 404)
+case("unknown path", "eve", "GET /api/reports", 404, reason="no_route")
+# public routes: signing in needs no token; nothing else is public
+case("signing in needs no token", None, "POST /auth/login", "allow", '{"username": "eve", "password": "x"}', ["public-sign-in"])
+case("refreshing a session needs no token", None, "POST /auth/refreshToken", "allow", '{"refreshToken": "r"}')
+case("without a token the tree is closed", None, "GET /api/orgs/emea", 401, reason="token_missing")
 
 
 def q(s):
@@ -119,13 +124,16 @@ def q(s):
 
 out = ["# Decision suite of the central profile, written by checks.py (do not edit by hand).",
        "#   iotgate check --config examples/central/iotgate.toml examples/central/checks.toml", ""]
-for name, who, request, expect, body, reasons in cases:
-    out += ["[[case]]", f"name = {q(name)}", f"as = {q(who)}", f"request = {q(request)}"]
+for name, who, request, expect, body, reasons, reason in cases:
+    who_line = f"as = {q(who)}" if who else "anonymous = true"
+    out += ["[[case]]", f"name = {q(name)}", who_line, f"request = {q(request)}"]
     if body:
         out.append(f"body = '{body}'")
     out.append(f"expect = {expect if isinstance(expect, int) else q(expect)}")
     if reasons is not None:
         out.append("reasons = [" + ", ".join(q(r) for r in reasons) + "]")
+    if reason is not None:
+        out.append(f"reason = {q(reason)}")
     out.append("")
 pathlib.Path(__file__).with_name("checks.toml").write_text("\n".join(out))
 print(f"{len(cases)} cases")

@@ -157,7 +157,13 @@ fn estimated_bytes(key: &DecisionKey, verdicts: &Verdicts) -> u64 {
             .sum()
     };
     let strings = |v: &[String]| -> usize { v.iter().map(|s| s.len() + 24).sum() };
-    let verdict = |v: &Verdict| strings(&v.policies) + strings(&v.reasons) + strings(&v.errors);
+    let code = |v: &Verdict| -> usize {
+        v.code
+            .as_ref()
+            .map_or(0, |(c, m)| c.len() + m.as_ref().map_or(0, String::len) + 48)
+    };
+    let verdict =
+        |v: &Verdict| strings(&v.policies) + strings(&v.reasons) + strings(&v.errors) + code(v);
     let bytes = std::mem::size_of::<DecisionKey>()
         + std::mem::size_of::<Verdicts>()
         + uid(&key.principal)

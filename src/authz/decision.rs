@@ -81,13 +81,16 @@ pub enum Rejection {
     NoRoute,
     /// The policies deny it (or an evaluation error made it deny).
     #[error("forbidden")]
-    Forbidden,
+    Forbidden(Denial),
     /// The body exceeds `max_body_bytes` on a route that reads it.
     #[error("body too large")]
     BodyTooLarge,
     /// The body of a route that reads it did not arrive within `header_read_timeout_seconds`.
     #[error("body not sent in time")]
     BodyTimeout,
+    /// A CORS preflight from an origin `[server.cors]` does not allow.
+    #[error("origin not allowed")]
+    OriginNotAllowed,
     /// A public route's client sent more than `[server] public_rate_per_second` allows;
     /// a token is back in this many seconds.
     #[error("rate limited for {0} s")]
@@ -98,6 +101,32 @@ pub enum Rejection {
     /// iotgate's own fault (500): the request was fine, the decision could not be made.
     #[error("internal fault: {0}")]
     Internal(InternalError),
+}
+
+/// What a client is told about a policy refusal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Denial {
+    /// The `@code` of the first determining forbid that has one.
+    pub code: Option<String>,
+    /// That policy's `@reason` (sent as `message` with `[server] expose_messages`).
+    pub message: Option<String>,
+    /// Whether a forbid determined it (else no permit applied, or evaluation failed).
+    pub by_forbid: bool,
+    /// Whether a policy failed to evaluate (which denies).
+    pub errored: bool,
+}
+
+impl Denial {
+    /// The `reason` code: the policy's `@code`, else `evaluation_error`, `denied_by_policy`
+    /// (a forbid without `@code`) or `no_permit`.
+    pub fn reason(&self) -> &str {
+        match (&self.code, self.errored, self.by_forbid) {
+            (Some(code), _, _) => code,
+            (None, true, _) => "evaluation_error",
+            (None, false, true) => "denied_by_policy",
+            (None, false, false) => "no_permit",
+        }
+    }
 }
 
 /// Why a resolved request could not be evaluated.
@@ -156,7 +185,7 @@ pub enum BadRequest {
     #[error(transparent)]
     Field(#[from] FieldError),
     /// The body is not a JSON object, or repeats a key.
-    #[error("body is not a JSON object without repeated keys: {0}")]
+    #[error("body is not one object without repeated keys: {0}")]
     Body(String),
     /// The body could not be read (the client went away, bad chunking).
     #[error("body could not be read: {0}")]
@@ -223,7 +252,7 @@ pub struct Decision {
 impl Decision {
     fn new(snapshot: &Snapshot) -> Self {
         Decision {
-            outcome: Outcome::Reject(Rejection::Forbidden),
+            outcome: Outcome::Reject(Rejection::Forbidden(Denial::default())),
             principal: None,
             anonymous: false,
             route: None,
@@ -237,6 +266,18 @@ impl Decision {
             shadow: None,
             cached: false,
         }
+    }
+
+    /// The decision on a CORS preflight, which iotgate answers itself (no token, no
+    /// policy): allowed when the origin is.
+    pub fn preflight(snapshot: &Snapshot, origin_allowed: bool) -> Decision {
+        let mut decision = Decision::new(snapshot);
+        decision.route = Some("CORS preflight".into());
+        decision.outcome = match origin_allowed {
+            true => Outcome::Allow,
+            false => Outcome::Reject(Rejection::OriginNotAllowed),
+        };
+        decision
     }
 
     fn reject(mut self, rejection: Rejection) -> Self {
@@ -254,7 +295,13 @@ impl Decision {
         self.outcome = if live.allowed {
             Outcome::Allow
         } else {
-            Outcome::Reject(Rejection::Forbidden)
+            let (code, message) = live.code.clone().unzip();
+            Outcome::Reject(Rejection::Forbidden(Denial {
+                code,
+                message: message.flatten(),
+                by_forbid: !live.policies.is_empty(),
+                errored: !live.errors.is_empty(),
+            }))
         };
         self.policies.clone_from(&live.policies);
         self.reasons.clone_from(&live.reasons);

@@ -4,7 +4,7 @@
 //! candidate buckets (model::index) + Cedar request + entity slice
 //!   ──is_authorized per bucket──▶ satisfied forbids, satisfied permits, errors
 //!   ──combine──▶ Verdict { allowed: no forbid AND a permit AND no error, determining
-//!                policies, their @reasons, errors }
+//!                policies, their @reasons, the first determining forbid's @code, errors }
 //! ```
 //!
 //! Why the combination equals evaluating the whole set is explained in `model::index`.
@@ -20,6 +20,9 @@ pub struct Verdict {
     pub policies: Vec<String>,
     /// `@reason`s of the determining policies (`id: text`).
     pub reasons: Vec<String>,
+    /// The `@code` of the first determining forbid (by id) that has one, with its
+    /// `@reason`: what a refused client is told.
+    pub code: Option<(String, Option<String>)>,
     /// Evaluation errors.
     pub errors: Vec<String>,
 }
@@ -72,10 +75,21 @@ pub(crate) fn evaluate(
             .filter_map(|id| all.annotation(id, "reason").map(|r| format!("{id}: {r}")))
             .collect()
     };
+    let code = match allowed {
+        true => None,
+        false => ids.iter().find_map(|id| {
+            let code = all.annotation(id, "code")?;
+            Some((
+                code.to_string(),
+                all.annotation(id, "reason").map(String::from),
+            ))
+        }),
+    };
     Verdict {
         allowed,
         policies: ids.iter().map(ToString::to_string).collect(),
         reasons,
+        code,
         errors,
     }
 }

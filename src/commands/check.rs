@@ -117,6 +117,8 @@ pub struct Answer {
     pub status: http::StatusCode,
     /// The `error` code of a refusal's JSON body.
     pub error: Option<String>,
+    /// The `reason` code of a refusal's JSON body (what the client is told).
+    pub reason: Option<String>,
     /// The decision.
     pub decision: Decision,
 }
@@ -155,12 +157,17 @@ impl Checker {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        let error = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(Value::as_str).map(String::from));
+        let json = serde_json::from_slice::<Value>(&body).ok();
+        let member = |name: &str| {
+            json.as_ref()
+                .and_then(|v| v.get(name))
+                .and_then(Value::as_str)
+                .map(String::from)
+        };
         Answer {
             status,
-            error,
+            error: member("error"),
+            reason: member("reason"),
             decision,
         }
     }
@@ -297,6 +304,8 @@ pub(crate) struct Explanation<'d> {
     pub decision: &'static str,
     /// Error code of the JSON body, when rejected.
     pub error: Option<&'d str>,
+    /// Reason code of the JSON body, when rejected.
+    pub reason: Option<&'d str>,
     /// Why, in words, when rejected.
     pub detail: Option<String>,
     /// Principal.
@@ -330,6 +339,7 @@ impl<'d> From<&'d Answer> for Explanation<'d> {
             status: answer.status.as_u16(),
             decision: if d.is_allowed() { "allow" } else { "deny" },
             error: answer.error.as_deref(),
+            reason: answer.reason.as_deref(),
             detail,
             principal: d.principal.as_deref(),
             route: d.route.as_deref(),
@@ -359,6 +369,9 @@ impl Explanation<'_> {
             None => "allow".to_string(),
         };
         writeln!(out, "decision:       {verdict}")?;
+        if let Some(reason) = self.reason {
+            writeln!(out, "reason:         {reason}")?;
+        }
         writeln!(out, "principal:      {}", or_dash(self.principal))?;
         writeln!(out, "route:          {}", or_dash(self.route))?;
         writeln!(out, "action:         {}", or_dash(self.action))?;
@@ -401,6 +414,8 @@ struct FileCase {
     body: Option<toml::Value>,
     expect: Expect,
     reasons: Option<Vec<String>>,
+    /// The `reason` code the client is told.
+    reason: Option<String>,
 }
 
 /// What a case expects.
@@ -442,6 +457,7 @@ pub struct Case {
     pub probe: Probe,
     expect: Expected,
     reasons: Option<Vec<String>>,
+    reason: Option<String>,
 }
 
 async fn run_suites(
@@ -503,6 +519,12 @@ fn verdict(case: &Case, answer: &Answer) -> Result<(), String> {
                 want.join(", "),
                 d.policies.join(", ")
             ));
+        }
+    }
+    if let Some(want) = case.reason.as_deref() {
+        if answer.reason.as_deref() != Some(want) {
+            let got = answer.reason.as_deref().unwrap_or("none");
+            return Err(format!("expected reason `{want}`, got `{got}`"));
         }
     }
     Ok(())
@@ -599,5 +621,6 @@ fn compile_case(c: FileCase, loaded: &Loaded) -> Result<Case, String> {
         probe,
         expect,
         reasons: c.reasons,
+        reason: c.reason,
     })
 }

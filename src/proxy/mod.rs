@@ -9,6 +9,7 @@
 //!   ─▶ one decision log event + metrics (+ shadow disagreement)
 //! ```
 
+pub(crate) mod cors;
 pub(crate) mod forward;
 pub(crate) mod limit;
 pub(crate) mod response;
@@ -23,6 +24,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 
+use self::cors::Cors;
 use self::forward::{Stamp, Upstream};
 use self::limit::PublicLimiter;
 use crate::authn::Verifier;
@@ -53,6 +55,8 @@ pub struct Gateway {
     upstream: Upstream,
     /// Rate limits of public routes (`serve` only).
     limiter: Option<PublicLimiter>,
+    /// `[server.cors]`.
+    cors: Option<Cors>,
     server: ServerConfig,
     /// Whether requests may carry [`TrustedClaims`] (only the offline gateway of `check`).
     trusts_claims: bool,
@@ -82,6 +86,7 @@ impl Gateway {
             server: server.clone(),
             upstream: Upstream::new(server)?,
             limiter: server.public_rate.map(PublicLimiter::new),
+            cors: server.cors.clone().map(Cors::new),
             trusts_claims: false,
             upstream_answered: AtomicU64::new(0),
         })
@@ -107,6 +112,7 @@ impl Gateway {
             metrics: Metrics::default(),
             upstream: Upstream::stand_in(&server),
             limiter: None,
+            cors: server.cors.clone().map(Cors::new),
             server,
             trusts_claims: true,
             upstream_answered: AtomicU64::new(0),
@@ -181,7 +187,15 @@ impl Gateway {
         let (mut parts, body) = request.into_parts();
         let client =
             headers::client_address(peer.ip(), &parts.headers, &self.server.trusted_proxies);
-        let (decision, route, body) = self.decide(&snapshot, &parts, body, client).await;
+        let preflight = self.cors.as_ref().filter(|_| Cors::is_preflight(&parts));
+        let (decision, route, body) = match preflight {
+            Some(cors) => {
+                let allowed = cors.allows(&parts.headers);
+                (Decision::preflight(&snapshot, allowed), None, None)
+            }
+            None => self.decide(&snapshot, &parts, body, client).await,
+        };
+        let origin = parts.headers.get(http::header::ORIGIN).cloned();
         let mut record = Record {
             gateway: self,
             client,
@@ -193,38 +207,49 @@ impl Gateway {
             started,
             status: None,
         };
-        let response = match (&record.decision.outcome, body) {
-            (Outcome::Allow, Some(body)) => {
-                let stream = route.is_some_and(|r| r.stream);
-                let websocket = stream && forward::is_websocket(&parts.method, &parts.headers);
-                let client_upgrade = parts
-                    .extensions
-                    .remove::<hyper::upgrade::OnUpgrade>()
-                    .filter(|_| websocket);
-                let stamp = Stamp {
-                    peer,
-                    trusted: self.trusted(peer),
-                    cookies: self.server.forward_cookies,
-                    reads_no_token: route.is_some_and(|r| r.auth == Auth::None),
-                    request_id: &record.request_id,
-                    principal: record
-                        .decision
-                        .principal
-                        .as_deref()
-                        .filter(|_| !record.decision.anonymous),
-                    policy_version: &record.decision.policy_version,
-                    directory_version: &record.decision.directory_version,
-                };
-                match self.forward(parts, body, stamp, client_upgrade).await {
-                    Ok(response) => response,
-                    Err(e) => self.upstream_failed(e, &record.request_id, &record.decision),
+        let expose = self.server.expose_messages;
+        let mut response =
+            match (&record.decision.outcome, body) {
+                (Outcome::Allow, Some(body)) => {
+                    let stream = route.is_some_and(|r| r.stream);
+                    let websocket = stream && forward::is_websocket(&parts.method, &parts.headers);
+                    let client_upgrade = parts
+                        .extensions
+                        .remove::<hyper::upgrade::OnUpgrade>()
+                        .filter(|_| websocket);
+                    let stamp = Stamp {
+                        peer,
+                        trusted: self.trusted(peer),
+                        cookies: self.server.forward_cookies,
+                        reads_no_token: route.is_some_and(|r| r.auth == Auth::None),
+                        request_id: &record.request_id,
+                        principal: record
+                            .decision
+                            .principal
+                            .as_deref()
+                            .filter(|_| !record.decision.anonymous),
+                        policy_version: &record.decision.policy_version,
+                        directory_version: &record.decision.directory_version,
+                    };
+                    match self.forward(parts, body, stamp, client_upgrade).await {
+                        Ok(response) => response,
+                        Err(e) => self.upstream_failed(e, &record.request_id, &record.decision),
+                    }
                 }
-            }
-            (Outcome::Reject(r), _) => Failure::Rejected(r.clone())
-                .to_response(&record.request_id, &record.decision.policy_version),
-            (Outcome::Allow, None) => Failure::Rejected(Rejection::Forbidden)
-                .to_response(&record.request_id, &record.decision.policy_version),
-        };
+                (Outcome::Reject(r), _) => Failure::Rejected(r.clone()).to_response(
+                    &record.request_id,
+                    &record.decision.policy_version,
+                    expose,
+                ),
+                (Outcome::Allow, None) => match preflight {
+                    Some(cors) => cors.preflight(&parts, &snapshot.routes),
+                    None => Failure::Rejected(Rejection::Forbidden(Default::default()))
+                        .to_response(&record.request_id, &record.decision.policy_version, expose),
+                },
+            };
+        if let (Some(cors), None) = (&self.cors, preflight) {
+            cors.decorate(origin.as_ref(), response.headers_mut());
+        }
         record.status = Some(response.status().as_u16());
         let observed = observe(&record.decision);
         (response, observed)
@@ -257,7 +282,7 @@ impl Gateway {
                 self.metrics.record_upstream_error(UpstreamFailure::Timeout);
             }
         }
-        Failure::Upstream(e).to_response(request_id, &decision.policy_version)
+        Failure::Upstream(e).to_response(request_id, &decision.policy_version, false)
     }
 
     /// Decides, reading the body first when the route needs it. Returns the decision,

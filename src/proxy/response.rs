@@ -2,19 +2,28 @@
 //!
 //! ```text
 //! Rejection (decision) ──┐
-//! UpstreamError (proxy) ──┼─▶ Failure ──status() / code()──▶ JSON body
-//! AdminRefusal (admin) ───┘        {"error", "request_id", "policy_version"}
-//!                                  + WWW-Authenticate on 401, X-Request-Id always
+//! UpstreamError (proxy) ──┼─▶ Failure ──class() / reason()──▶ JSON body
+//! AdminRefusal (admin) ───┘        {"error", "reason", ["field"], ["message"],
+//!                                   "request_id", "policy_version"}
+//!                                  + WWW-Authenticate (RFC 6750) on 401, Retry-After on
+//!                                  429, X-Request-Id always
 //! ```
 //!
-//! The matches below have no catch-all arm: a new kind of failure must be given a status
-//! here before the crate compiles. Details stay in the log, never in the body.
+//! `error` is the class of failure, `reason` a stable code a client can act on: a forbid
+//! policy's `@code`, or one of the built-ins below. The matches have no catch-all arm: a
+//! new kind of failure must be given a status and a reason here before the crate compiles.
+//! Details stay in the log; the body names only route-table field names and, with
+//! `[server] expose_messages`, the determining policy's `@reason`.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::authz::decision::{Decision, Outcome, Rejection};
+use crate::authn::AuthError;
+use crate::authz::decision::{BadRequest, Decision, Outcome, Rejection};
+use crate::model::routes::field::FieldError;
+use crate::request::headers::HeaderError;
+use crate::request::uri::QueryError;
 
 impl Decision {
     /// HTTP status: 200 stands for "forwarded".
@@ -115,7 +124,9 @@ impl Failure {
                 Rejection::Unauthenticated(_) | Rejection::UnknownPrincipal(_) => {
                     (S::UNAUTHORIZED, "unauthorized")
                 }
-                Rejection::Disabled(_) | Rejection::Forbidden => (S::FORBIDDEN, "forbidden"),
+                Rejection::Disabled(_) | Rejection::Forbidden(_) | Rejection::OriginNotAllowed => {
+                    (S::FORBIDDEN, "forbidden")
+                }
                 Rejection::NoRoute => (S::NOT_FOUND, "no_route"),
                 Rejection::BodyTooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
                 Rejection::BodyTimeout => (S::REQUEST_TIMEOUT, "request_timeout"),
@@ -140,13 +151,95 @@ impl Failure {
         }
     }
 
-    /// The response: JSON body, `X-Request-Id`, and `WWW-Authenticate` on 401.
-    pub(crate) fn to_response(&self, request_id: &str, policy_version: &str) -> Response<Body> {
-        let body = serde_json::json!({
+    /// The stable `reason` code of the JSON body.
+    pub(crate) fn reason(&self) -> &str {
+        match self {
+            Failure::Rejected(r) => match r {
+                Rejection::BadRequest(b) => bad_request_reason(b),
+                Rejection::Unauthenticated(e) => token_reason(e),
+                Rejection::UnknownPrincipal(_) => "unknown_account",
+                Rejection::Disabled(_) => "account_disabled",
+                Rejection::Forbidden(denial) => denial.reason(),
+                Rejection::NoRoute => "no_route",
+                Rejection::BodyTooLarge => "body_too_large",
+                Rejection::BodyTimeout => "body_timeout",
+                Rejection::RateLimited(_) => "rate_limited",
+                Rejection::OriginNotAllowed => "origin_not_allowed",
+                Rejection::UnsupportedMediaType(_) => "unsupported_media_type",
+                Rejection::Internal(_) => "internal_error",
+            },
+            Failure::Upstream(u) => match u {
+                UpstreamError::Unreachable(_) => "upstream_unreachable",
+                UpstreamError::Timeout => "upstream_timeout",
+                UpstreamError::Upgrade => "upstream_upgrade",
+                UpstreamError::ClientBody(_) => "body_read_failed",
+            },
+            Failure::Admin(_) => self.code(),
+        }
+    }
+
+    /// The route-table field a 400 is about, when there is one.
+    fn field(&self) -> Option<&str> {
+        let Failure::Rejected(Rejection::BadRequest(BadRequest::Field(e))) = self else {
+            return None;
+        };
+        match e {
+            FieldError::Missing(name)
+            | FieldError::Type { field: name, .. }
+            | FieldError::Unmapped { field: name, .. }
+            | FieldError::KeyCase { expected: name, .. } => Some(name),
+            FieldError::Query(_) | FieldError::Ambiguous(_) => None,
+        }
+    }
+
+    /// The policy's `@reason`, for `[server] expose_messages`.
+    fn message(&self) -> Option<&str> {
+        match self {
+            Failure::Rejected(Rejection::Forbidden(denial)) => denial.message.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// `WWW-Authenticate` of a 401 (RFC 6750 §3): no `error` when no token was sent.
+    fn challenge(&self) -> Option<HeaderValue> {
+        let description = match self {
+            Failure::Rejected(Rejection::Unauthenticated(AuthError::Missing)) => {
+                return Some(HeaderValue::from_static("Bearer realm=\"iotgate\""))
+            }
+            Failure::Rejected(Rejection::Unauthenticated(AuthError::Expired)) => "token expired",
+            Failure::Rejected(Rejection::Unauthenticated(AuthError::NotYetValid)) => {
+                "token not yet valid"
+            }
+            Failure::Rejected(Rejection::UnknownPrincipal(_)) => "unknown account",
+            Failure::Rejected(Rejection::Unauthenticated(_)) => "token invalid",
+            _ => return None,
+        };
+        HeaderValue::from_str(&format!(
+            "Bearer realm=\"iotgate\", error=\"invalid_token\", error_description=\"{description}\""
+        ))
+        .ok()
+    }
+
+    /// The response: JSON body, `X-Request-Id`, `WWW-Authenticate` on 401, `Retry-After`
+    /// on 429. `expose_messages`: add the determining policy's `@reason` as `message`.
+    pub(crate) fn to_response(
+        &self,
+        request_id: &str,
+        policy_version: &str,
+        expose_messages: bool,
+    ) -> Response<Body> {
+        let mut body = serde_json::json!({
             "error": self.code(),
+            "reason": self.reason(),
             "request_id": request_id,
             "policy_version": policy_version,
         });
+        if let Some(field) = self.field() {
+            body["field"] = field.into();
+        }
+        if let Some(message) = self.message().filter(|_| expose_messages) {
+            body["message"] = message.into();
+        }
         let mut response = Response::new(full(body.to_string()));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
@@ -163,13 +256,49 @@ impl Failure {
         if matches!(self, Failure::Upstream(UpstreamError::Upgrade)) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if self.status() == StatusCode::UNAUTHORIZED {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
+        if let Some(challenge) = self.challenge() {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
+    }
+}
+
+fn token_reason(e: &AuthError) -> &'static str {
+    match e {
+        AuthError::Missing => "token_missing",
+        AuthError::Expired => "token_expired",
+        AuthError::NotYetValid => "token_not_yet_valid",
+        AuthError::Ambiguous
+        | AuthError::NotBearer
+        | AuthError::Malformed(_)
+        | AuthError::Algorithm(_)
+        | AuthError::NoKey
+        | AuthError::Signature
+        | AuthError::Issuer
+        | AuthError::Audience
+        | AuthError::Claim(_)
+        | AuthError::Critical => "token_invalid",
+    }
+}
+
+fn bad_request_reason(b: &BadRequest) -> &'static str {
+    match b {
+        BadRequest::Path(_) => "bad_path",
+        BadRequest::Query(QueryError::SecondCredential(_)) => "second_credential",
+        BadRequest::Query(_) => "bad_query",
+        BadRequest::Field(_) | BadRequest::Schema(_) => "bad_field",
+        BadRequest::Body(_) => "bad_body",
+        BadRequest::BodyRead(_) => "body_read_failed",
+        BadRequest::LookalikeId(_) => "lookalike_id",
+        BadRequest::BodyNotAllowed(_) => "body_not_allowed",
+        BadRequest::TokenNotRead => "token_not_read",
+        BadRequest::Header(HeaderError::SecondCredential(_)) => "second_credential",
+        BadRequest::Header(
+            HeaderError::ConnectionNames(_)
+            | HeaderError::Hosts
+            | HeaderError::MediaType(_)
+            | HeaderError::Encoding(_),
+        ) => "bad_header",
     }
 }
 
@@ -183,75 +312,170 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authn::AuthError;
+    use crate::authz::decision::{Denial, InternalError};
 
     async fn body_json(r: Response<Body>) -> serde_json::Value {
         let bytes = r.into_body().collect().await.unwrap().to_bytes();
         serde_json::from_slice(&bytes).unwrap()
     }
 
+    fn denied(code: Option<&str>, by_forbid: bool, errored: bool) -> Failure {
+        Rejection::Forbidden(Denial {
+            code: code.map(String::from),
+            message: Some("the license is exhausted".into()),
+            by_forbid,
+            errored,
+        })
+        .into()
+    }
+
     #[tokio::test]
-    async fn every_failure_has_a_status_code_and_json_body() {
+    async fn every_failure_has_a_status_an_error_and_a_reason() {
         use StatusCode as S;
+        let bad = |b: BadRequest| Failure::from(Rejection::BadRequest(b));
+        let unauthenticated = |e: AuthError| Failure::from(Rejection::Unauthenticated(e));
         let cases = [
             (
-                Failure::from(Rejection::BadRequest(
-                    crate::authz::decision::BadRequest::Body("x".into()),
-                )),
+                bad(BadRequest::Body("x".into())),
                 S::BAD_REQUEST,
                 "bad_request",
+                "bad_body",
             ),
             (
-                Rejection::Unauthenticated(AuthError::Missing).into(),
+                bad(BadRequest::TokenNotRead),
+                S::BAD_REQUEST,
+                "bad_request",
+                "token_not_read",
+            ),
+            (
+                bad(BadRequest::Query(QueryError::SecondCredential("x".into()))),
+                S::BAD_REQUEST,
+                "bad_request",
+                "second_credential",
+            ),
+            (
+                unauthenticated(AuthError::Missing),
                 S::UNAUTHORIZED,
                 "unauthorized",
+                "token_missing",
+            ),
+            (
+                unauthenticated(AuthError::Expired),
+                S::UNAUTHORIZED,
+                "unauthorized",
+                "token_expired",
+            ),
+            (
+                unauthenticated(AuthError::Signature),
+                S::UNAUTHORIZED,
+                "unauthorized",
+                "token_invalid",
             ),
             (
                 Rejection::UnknownPrincipal("x".into()).into(),
                 S::UNAUTHORIZED,
                 "unauthorized",
+                "unknown_account",
             ),
             (
                 Rejection::Disabled("x".into()).into(),
                 S::FORBIDDEN,
                 "forbidden",
+                "account_disabled",
             ),
-            (Rejection::Forbidden.into(), S::FORBIDDEN, "forbidden"),
-            (Rejection::NoRoute.into(), S::NOT_FOUND, "no_route"),
+            (
+                denied(Some("license_exhausted"), true, false),
+                S::FORBIDDEN,
+                "forbidden",
+                "license_exhausted",
+            ),
+            (
+                denied(None, true, false),
+                S::FORBIDDEN,
+                "forbidden",
+                "denied_by_policy",
+            ),
+            (
+                denied(None, false, false),
+                S::FORBIDDEN,
+                "forbidden",
+                "no_permit",
+            ),
+            (
+                denied(None, false, true),
+                S::FORBIDDEN,
+                "forbidden",
+                "evaluation_error",
+            ),
+            (
+                Rejection::OriginNotAllowed.into(),
+                S::FORBIDDEN,
+                "forbidden",
+                "origin_not_allowed",
+            ),
+            (
+                Rejection::NoRoute.into(),
+                S::NOT_FOUND,
+                "no_route",
+                "no_route",
+            ),
             (
                 Rejection::BodyTooLarge.into(),
                 S::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
+                "body_too_large",
             ),
             (
                 Rejection::BodyTimeout.into(),
                 S::REQUEST_TIMEOUT,
                 "request_timeout",
+                "body_timeout",
+            ),
+            (
+                Rejection::RateLimited(3).into(),
+                S::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "rate_limited",
             ),
             (
                 UpstreamError::Unreachable("refused".into()).into(),
                 S::BAD_GATEWAY,
                 "bad_gateway",
+                "upstream_unreachable",
             ),
             (
                 UpstreamError::Timeout.into(),
                 S::GATEWAY_TIMEOUT,
                 "gateway_timeout",
+                "upstream_timeout",
             ),
             (
-                Rejection::Internal(crate::authz::decision::InternalError::UnknownAction(
-                    "x".into(),
-                ))
-                .into(),
+                Rejection::Internal(InternalError::UnknownAction("x".into())).into(),
                 S::INTERNAL_SERVER_ERROR,
                 "internal_error",
+                "internal_error",
             ),
-            (AdminRefusal::NotFound.into(), S::NOT_FOUND, "not_found"),
-            (AdminRefusal::ReloadOff.into(), S::CONFLICT, "reload_off"),
-            (AdminRefusal::Host.into(), S::FORBIDDEN, "admin_host"),
+            (
+                AdminRefusal::NotFound.into(),
+                S::NOT_FOUND,
+                "not_found",
+                "not_found",
+            ),
+            (
+                AdminRefusal::ReloadOff.into(),
+                S::CONFLICT,
+                "reload_off",
+                "reload_off",
+            ),
+            (
+                AdminRefusal::Host.into(),
+                S::FORBIDDEN,
+                "admin_host",
+                "admin_host",
+            ),
         ];
-        for (failure, status, code) in cases {
-            let r = failure.to_response("req-1", "v1@abc");
+        for (failure, status, code, reason) in cases {
+            let r = failure.to_response("req-1", "v1@abc", false);
             assert_eq!(r.status(), status, "{failure:?}");
             assert_eq!(r.headers()[REQUEST_ID], "req-1");
             assert_eq!(
@@ -261,14 +485,54 @@ mod tests {
             let body = body_json(r).await;
             assert_eq!(
                 body,
-                serde_json::json!({"error": code, "request_id": "req-1", "policy_version": "v1@abc"})
+                serde_json::json!({"error": code, "reason": reason, "request_id": "req-1", "policy_version": "v1@abc"}),
+                "{failure:?}"
             );
         }
     }
 
     #[tokio::test]
+    async fn bodies_name_the_field_and_on_request_the_policys_reason() {
+        let field = Failure::from(Rejection::BadRequest(BadRequest::Field(
+            FieldError::Missing("new_role".into()),
+        )));
+        let body = body_json(field.to_response("r", "v", false)).await;
+        assert_eq!(
+            (body["reason"].as_str(), body["field"].as_str()),
+            (Some("bad_field"), Some("new_role"))
+        );
+        let license = denied(Some("license_exhausted"), true, false);
+        assert!(body_json(license.to_response("r", "v", false))
+            .await
+            .get("message")
+            .is_none());
+        let body = body_json(license.to_response("r", "v", true)).await;
+        assert_eq!(body["message"], "the license is exhausted");
+    }
+
+    #[test]
+    fn a_401_challenges_as_rfc_6750_says() {
+        let challenge = |e: AuthError| {
+            let r = Failure::from(Rejection::Unauthenticated(e)).to_response("r", "v", false);
+            r.headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(challenge(AuthError::Missing), "Bearer realm=\"iotgate\"");
+        assert_eq!(
+            challenge(AuthError::Expired),
+            "Bearer realm=\"iotgate\", error=\"invalid_token\", error_description=\"token expired\""
+        );
+        assert!(challenge(AuthError::Malformed("\"quoted\"".into())).ends_with("\"token invalid\""));
+        let r = Failure::from(Rejection::RateLimited(7)).to_response("r", "v", false);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "7");
+    }
+
+    #[tokio::test]
     async fn internals_stay_out_of_the_body() {
-        let r = Failure::from(Rejection::UnknownPrincipal("mallory".into())).to_response("r", "v");
+        let r = Failure::from(Rejection::UnknownPrincipal("mallory".into()))
+            .to_response("r", "v", true);
         let text = body_json(r).await.to_string();
         assert!(!text.contains("mallory"), "{text}");
     }

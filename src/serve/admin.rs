@@ -115,7 +115,7 @@ impl Admin {
     /// A refusal, through the one failure → HTTP mapping.
     fn refuse(&self, refusal: AdminRefusal) -> Response<Body> {
         let version = self.gateway.snapshot().policy_version.clone();
-        Failure::Admin(refusal).to_response("-", &version)
+        Failure::Admin(refusal).to_response("-", &version, false)
     }
 
     async fn ready(&self) -> Response<Body> {

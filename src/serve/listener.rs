@@ -127,13 +127,9 @@ pub(crate) async fn serve_http<H, F>(
                         let answer = handler(request, peer);
                         async move {
                             // in flight until the whole response body is sent
-                            let response = answer.await.map(|body| {
-                                body.map_frame(move |frame| {
-                                    let _ = &in_flight;
-                                    frame
-                                })
-                                .boxed()
-                            });
+                            let response = answer
+                                .await
+                                .map(|body| Guarded { body, _in_flight: in_flight }.boxed());
                             Ok::<_, Infallible>(response)
                         }
                     })
@@ -227,6 +223,33 @@ struct ActivityState {
 
 /// A request in flight on a connection (the connection is not idle while it lives).
 struct InFlight(Activity);
+
+/// A response body that keeps its request in flight until it is sent or dropped, and keeps
+/// the body's size (so a body of known length goes out with `Content-Length`, not chunked).
+struct Guarded {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = crate::proxy::response::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

@@ -160,3 +160,227 @@ async fn public_routes_are_rate_limited_per_client() {
         assert_eq!(statuses(&exchange(gw.addr, mine.as_bytes()).await), [200]);
     }
 }
+
+/// The JSON body of a raw answer.
+fn body_of(answer: &str) -> serde_json::Value {
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+#[tokio::test]
+async fn refusals_tell_the_client_a_reason_it_can_act_on() {
+    let upstream = Recorder::start(false).await;
+    let gw = Thinger::start(&upstream.url(), "expose_messages = true").await;
+    let now = iotgate::now();
+    let as_user = |usr: &str| token(json!({"usr": usr}));
+    let expired = token(json!({"usr": "dave", "exp": now - 3600}));
+    let json = "Content-Type: application/json";
+    let cases: Vec<(String, u16, &str)> = vec![
+        (
+            request(
+                "POST",
+                "/v1/users",
+                Some(&as_user("olivia")),
+                &[json],
+                r#"{"user":"ivy","role":"user"}"#,
+            ),
+            403,
+            "license_exhausted",
+        ),
+        (
+            request(
+                "POST",
+                "/v3/users/dave/devices/sensor1/resources/led",
+                Some(&as_user("bob")),
+                &[],
+                "",
+            ),
+            403,
+            "project_denied",
+        ),
+        (
+            request(
+                "GET",
+                "/v1/users/dave/devices",
+                Some(&as_user("bob")),
+                &[],
+                "",
+            ),
+            403,
+            "no_permit",
+        ),
+        (
+            request(
+                "GET",
+                "/v1/users/frank/devices",
+                Some(&as_user("frank")),
+                &[],
+                "",
+            ),
+            403,
+            "account_disabled",
+        ),
+        (
+            request(
+                "GET",
+                "/v1/users/zoe/devices",
+                Some(&as_user("zoe")),
+                &[],
+                "",
+            ),
+            401,
+            "unknown_account",
+        ),
+        (
+            request("GET", "/v1/users/dave/devices", Some(&expired), &[], ""),
+            401,
+            "token_expired",
+        ),
+        (
+            request("GET", "/v1/users/dave/devices", Some("e30.e30.x"), &[], ""),
+            401,
+            "token_invalid",
+        ),
+        (
+            request("GET", "/v1/users/dave/devices", None, &[], ""),
+            401,
+            "token_missing",
+        ),
+        (
+            request(
+                "GET",
+                "/v1/users/dave/gadgets",
+                Some(&as_user("dave")),
+                &[],
+                "",
+            ),
+            404,
+            "no_route",
+        ),
+        (
+            request(
+                "POST",
+                "/v1/users",
+                Some(&as_user("olivia")),
+                &[json],
+                r#"{"user":"ivy"}"#,
+            ),
+            400,
+            "bad_field",
+        ),
+    ];
+    for (raw, status, reason) in &cases {
+        let answer = exchange(gw.addr, raw.as_bytes()).await;
+        assert_eq!(statuses(&answer), [*status], "{raw}\n{answer}");
+        assert!(
+            answer.contains("content-length: ") && !answer.contains("chunked"),
+            "an answer of known size is not chunked\n{answer}"
+        );
+        let body = body_of(&answer);
+        assert_eq!(body["reason"], *reason, "{raw}\n{answer}");
+        assert!(body["request_id"].is_string() && body["policy_version"].is_string());
+        match *status {
+            401 if *reason == "token_missing" => {
+                assert!(
+                    answer.contains("www-authenticate: Bearer realm=\"iotgate\"\r\n"),
+                    "{answer}"
+                )
+            }
+            401 => assert!(answer.contains("error=\"invalid_token\""), "{answer}"),
+            _ => {}
+        }
+    }
+    let license = body_of(&exchange(gw.addr, cases[0].0.as_bytes()).await);
+    assert!(
+        license["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("every licensed account")),
+        "{license}"
+    );
+    let missing = body_of(&exchange(gw.addr, cases[9].0.as_bytes()).await);
+    assert_eq!(missing["field"], "new_role");
+    let expired_answer = exchange(gw.addr, cases[5].0.as_bytes()).await;
+    assert!(expired_answer.contains("error_description=\"token expired\""));
+    upstream.assert_untouched();
+}
+
+const CORS: &str =
+    "[server.cors]\nallowed_origins = [\"https://console.example\"]\nmax_age_seconds = 60";
+
+#[tokio::test]
+async fn preflights_are_answered_here_and_only_allowed_origins_get_cors_headers() {
+    let upstream = Recorder::start(false).await;
+    let gw = Thinger::start(&upstream.url(), CORS).await;
+    let preflight = |origin: &str, method: &str| {
+        request(
+            "OPTIONS",
+            "/v1/users/dave/devices",
+            None,
+            &[
+                &format!("Origin: {origin}"),
+                &format!("Access-Control-Request-Method: {method}"),
+                "Access-Control-Request-Headers: authorization",
+            ],
+            "",
+        )
+    };
+    let answer = exchange(
+        gw.addr,
+        preflight("https://console.example", "POST").as_bytes(),
+    )
+    .await;
+    assert_eq!(statuses(&answer), [204], "{answer}");
+    for line in [
+        "access-control-allow-origin: https://console.example",
+        "access-control-allow-methods: POST",
+        "access-control-allow-headers: authorization, content-type",
+        "access-control-max-age: 60",
+    ] {
+        assert!(answer.contains(&format!("{line}\r\n")), "{line}\n{answer}");
+    }
+    let unrouted = exchange(
+        gw.addr,
+        preflight("https://console.example", "PATCH").as_bytes(),
+    )
+    .await;
+    assert!(
+        !unrouted.contains("access-control-allow-methods"),
+        "{unrouted}"
+    );
+    let evil = exchange(
+        gw.addr,
+        preflight("https://evil.example", "POST").as_bytes(),
+    )
+    .await;
+    assert_eq!(statuses(&evil), [403], "{evil}");
+    assert!(!evil.contains("access-control-"), "{evil}");
+    assert_eq!(body_of(&evil)["reason"], "origin_not_allowed");
+    upstream.assert_untouched();
+    // actual requests: the upstream's own CORS headers never reach the client; an allowed
+    // origin gets iotgate's, on answers and refusals alike
+    let dave = token(json!({"usr": "dave"}));
+    for (origin, bearer, want) in [
+        ("https://console.example", Some(dave.as_str()), true),
+        ("https://console.example", None, true),
+        ("https://evil.example", Some(dave.as_str()), false),
+    ] {
+        let raw = request(
+            "GET",
+            "/v1/users/dave/devices",
+            bearer,
+            &[&format!("Origin: {origin}")],
+            "",
+        );
+        let answer = exchange(gw.addr, raw.as_bytes()).await;
+        assert_eq!(
+            answer.contains(&format!("access-control-allow-origin: {origin}\r\n")),
+            want,
+            "{answer}"
+        );
+        assert!(
+            !answer.contains("access-control-allow-origin: *"),
+            "{answer}"
+        );
+        assert!(answer.contains("vary: origin"), "{answer}");
+    }
+}

@@ -127,6 +127,16 @@ fn bundled_policies_are_cedar_formatted_and_annotated() {
                     file.display(),
                     p.annotation("id").unwrap()
                 );
+                let code = p.annotation("code");
+                assert!(
+                    !file.starts_with(root().join("policies"))
+                        || code.is_some_and(|c| {
+                            !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                        }),
+                    "{}: bundled forbid `{}` has no snake_case @code",
+                    file.display(),
+                    p.annotation("id").unwrap()
+                );
             }
         }
     }

@@ -144,9 +144,10 @@ async fn rejections_answer_json_and_never_reach_the_upstream() {
             "{uri}"
         );
         if want == StatusCode::UNAUTHORIZED {
-            assert_eq!(
-                headers["www-authenticate"],
-                "Bearer error=\"invalid_token\""
+            let challenge = headers["www-authenticate"].to_str().unwrap();
+            assert!(
+                challenge.starts_with("Bearer realm=\"iotgate\""),
+                "{uri}: {challenge}"
             );
         }
     }

@@ -39,6 +39,7 @@ fn verdicts(allowed: bool) -> Arc<Verdicts> {
             allowed,
             policies: vec!["p".into()],
             reasons: vec![],
+            code: None,
             errors: vec![],
         },
         shadow: None,
