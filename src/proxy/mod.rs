@@ -459,6 +459,10 @@ impl Drop for Record<'_> {
             self.client,
             &self.method,
             decision,
+            match &decision.outcome {
+                Outcome::Allow => "-",
+                Outcome::Reject(r) => response::rejection_reason(r),
+            },
             status,
             self.started.elapsed(),
         );

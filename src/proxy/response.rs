@@ -154,20 +154,7 @@ impl Failure {
     /// The stable `reason` code of the JSON body.
     pub(crate) fn reason(&self) -> &str {
         match self {
-            Failure::Rejected(r) => match r {
-                Rejection::BadRequest(b) => bad_request_reason(b),
-                Rejection::Unauthenticated(e) => token_reason(e),
-                Rejection::UnknownPrincipal(_) => "unknown_account",
-                Rejection::Disabled(_) => "account_disabled",
-                Rejection::Forbidden(denial) => denial.reason(),
-                Rejection::NoRoute => "no_route",
-                Rejection::BodyTooLarge => "body_too_large",
-                Rejection::BodyTimeout => "body_timeout",
-                Rejection::RateLimited(_) => "rate_limited",
-                Rejection::OriginNotAllowed => "origin_not_allowed",
-                Rejection::UnsupportedMediaType(_) => "unsupported_media_type",
-                Rejection::Internal(_) => "internal_error",
-            },
+            Failure::Rejected(r) => rejection_reason(r),
             Failure::Upstream(u) => match u {
                 UpstreamError::Unreachable(_) => "upstream_unreachable",
                 UpstreamError::Timeout => "upstream_timeout",
@@ -260,6 +247,24 @@ impl Failure {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
+    }
+}
+
+/// The `reason` code of a decision's refusal (also logged with it).
+pub(crate) fn rejection_reason(r: &Rejection) -> &str {
+    match r {
+        Rejection::BadRequest(b) => bad_request_reason(b),
+        Rejection::Unauthenticated(e) => token_reason(e),
+        Rejection::UnknownPrincipal(_) => "unknown_account",
+        Rejection::Disabled(_) => "account_disabled",
+        Rejection::Forbidden(denial) => denial.reason(),
+        Rejection::NoRoute => "no_route",
+        Rejection::BodyTooLarge => "body_too_large",
+        Rejection::BodyTimeout => "body_timeout",
+        Rejection::RateLimited(_) => "rate_limited",
+        Rejection::OriginNotAllowed => "origin_not_allowed",
+        Rejection::UnsupportedMediaType(_) => "unsupported_media_type",
+        Rejection::Internal(_) => "internal_error",
     }
 }
 

@@ -41,6 +41,7 @@ pub(crate) fn decision(
     client: std::net::IpAddr,
     method: &http::Method,
     d: &Decision,
+    reason: &str,
     status: u16,
     latency: Duration,
 ) {
@@ -56,6 +57,7 @@ pub(crate) fn decision(
         resource = %d.resource.as_ref().map_or_else(|| "-".to_string(), ToString::to_string),
         decision = allowed,
         status,
+        reason,
         detail = %d,
         policies = d.policies.join(",").as_str(),
         reasons = d.reasons.join("; ").as_str(),
