@@ -105,9 +105,10 @@ fn bench(c: &mut Criterion) {
         &token,
         std::sync::Arc::new(cases[1].1.verify(&token).unwrap()),
         Some(now() + 3600),
+        0,
     );
     c.bench_function("jwt_verify/cache_hit", |b| {
-        b.iter(|| cache.get(&token).unwrap())
+        b.iter(|| cache.get(&token, 0).unwrap())
     });
 }
 

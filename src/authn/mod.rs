@@ -3,22 +3,31 @@
 //! ```text
 //! Authorization: Bearer <jwt>  ─┐
 //! ?<query_parameter>=<jwt>      ─┴─ token() ─▶ Verifier::verify
-//!     header alg in allow-list? ─▶ candidate keys (secret | PEM | JWKS by kid or by family)
-//!     ─▶ signature, exp / nbf (leeway), iss, aud ─▶ principal claim ─▶ Identity
+//!     strict header and claims ─▶ issuer by `iss` (else the one without `issuer`)
+//!     ─▶ alg in its allow-list? ─▶ candidate keys of its KeySet (by kid, else by family;
+//!        an unknown kid wakes its JWKS URL fetcher) ─▶ signature, exp / nbf (leeway),
+//!     iss, aud ─▶ its principal claim ─▶ Identity
 //! ```
 //!
-//! Keys are loaded once from the `[auth]` config; every failure is an [`AuthError`],
-//! which the gateway answers with 401.
+//! Keys come from the `[auth]` config (one issuer, or several `[[auth.issuer]]`); key files
+//! are read again by [`Verifier::reload_keys`] (reload), JWKS URLs by `jwks::Remote`. Every
+//! key change bumps [`Verifier::generation`], which the token cache compares. Every failure
+//! is an [`AuthError`], which the gateway answers with 401.
+
+pub(crate) mod jwks;
+pub(crate) mod keys;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{errors::ErrorKind, Algorithm, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
-use crate::config::problem::{read_text, Problem, Problems};
-use crate::config::{AuthConfig, Config, KeySource, PemSource};
+use self::jwks::Remote;
+use self::keys::{Key, KeySet};
+use crate::config::problem::{read_text, Problems};
+use crate::config::{Config, IssuerConfig, KeySource};
 use crate::request::uri::Query;
 
 /// The claims of a verified token.
@@ -78,58 +87,140 @@ pub enum AuthError {
     Critical,
 }
 
-/// A verification key and what it may verify.
+/// One issuer's keys and rules.
 #[derive(Clone)]
-struct Key {
-    kid: Option<String>,
-    /// The algorithm a JWK pins with `alg`, if any.
-    alg: Option<Algorithm>,
-    key: DecodingKey,
+struct Issuer {
+    /// The `iss` it answers for (`None`: tokens without one, or one no issuer claims).
+    name: Option<String>,
+    validations: HashMap<Algorithm, Validation>,
+    algorithms: Vec<Algorithm>,
+    source: KeySource,
+    /// Where its config is (`auth`, `auth.issuer.N`), for problems.
+    at: String,
+    keys: KeySet,
+    /// A digest of the key file's text, to tell a rotation from a reload of the same keys.
+    digest: Arc<AtomicU64>,
+    remote: Option<Arc<Remote>>,
+    principal_claim: String,
 }
 
 /// Verifies tokens against the configured keys and rules.
 #[derive(Clone)]
 pub struct Verifier {
-    keys: Vec<Key>,
-    validations: HashMap<Algorithm, Validation>,
-    principal_claim: String,
+    issuers: Vec<Issuer>,
     query_parameter: Option<String>,
     leeway: u64,
     require_exp: bool,
+    generation: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
-            .field("keys", &self.keys.len())
-            .field("algorithms", &self.validations.keys().collect::<Vec<_>>())
-            .field("principal_claim", &self.principal_claim)
-            .finish()
+            .field(
+                "issuers",
+                &self.issuers.iter().map(|i| &i.name).collect::<Vec<_>>(),
+            )
+            .field("query_parameter", &self.query_parameter)
+            .finish_non_exhaustive()
     }
 }
 
 impl Verifier {
-    /// Loads the keys named by `[auth]`.
+    /// Loads the keys named by `[auth]` (a JWKS URL's set starts empty: see
+    /// [`Verifier::remotes`]).
     ///
     /// # Errors
     /// A key file cannot be read or parsed, or a JWKS has no key usable with the allowed
     /// algorithms; problems point at the config line that names the key.
     pub fn from_config(config: &Config) -> Result<Verifier, Problems> {
         let auth = &config.auth;
-        let keys = load_keys(auth, config)?;
-        let validations = auth
-            .algorithms
-            .iter()
-            .map(|alg| (*alg, validation(auth, *alg)))
-            .collect();
-        Ok(Verifier {
-            keys,
-            validations,
-            principal_claim: auth.principal_claim.clone(),
+        let generation = Arc::new(AtomicU64::new(0));
+        let mut problems = Problems::new();
+        let mut issuers = Vec::new();
+        for (i, c) in auth.issuers.iter().enumerate() {
+            let at = match auth.issuers.len() {
+                1 => "auth".to_string(),
+                _ => format!("auth.issuer.{i}"),
+            };
+            let Some((keys, digest)) =
+                problems.take(keys::load(&c.key, &c.algorithms, config, &at))
+            else {
+                continue;
+            };
+            let set = KeySet::new(keys, generation.clone());
+            let remote = match &c.key {
+                KeySource::JwksUrl { url, refresh } => Some(Arc::new(Remote::new(
+                    url.clone(),
+                    *refresh,
+                    c.algorithms.clone(),
+                    set.clone(),
+                ))),
+                _ => None,
+            };
+            issuers.push(Issuer {
+                name: c.issuer.clone(),
+                validations: c
+                    .algorithms
+                    .iter()
+                    .map(|alg| (*alg, validation(c, auth.leeway_seconds, *alg)))
+                    .collect(),
+                algorithms: c.algorithms.clone(),
+                source: c.key.clone(),
+                at,
+                keys: set,
+                digest: Arc::new(AtomicU64::new(digest)),
+                remote,
+                principal_claim: c.principal_claim.clone(),
+            });
+        }
+        problems.into_result(Verifier {
+            issuers,
             query_parameter: auth.query_parameter.clone(),
             leeway: auth.leeway_seconds,
             require_exp: auth.require_exp,
+            generation,
         })
+    }
+
+    /// Reads the key files again and serves the keys of those that changed (a rotation:
+    /// tokens signed with the old keys are refused from now on). All or nothing: with any
+    /// problem, every issuer keeps its keys.
+    ///
+    /// # Errors
+    /// A key file cannot be read or parsed.
+    pub fn reload_keys(&self, config: &Config) -> Result<usize, Problems> {
+        let mut problems = Problems::new();
+        let mut fresh = Vec::new();
+        for issuer in self.issuers.iter().filter(|i| i.remote.is_none()) {
+            let loaded = keys::load(&issuer.source, &issuer.algorithms, config, &issuer.at);
+            if let Some((keys, digest)) = problems.take(loaded) {
+                if digest != issuer.digest.load(Ordering::Relaxed) {
+                    fresh.push((issuer, keys, digest));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        for (issuer, keys, digest) in &mut fresh {
+            issuer.keys.replace(std::mem::take(keys));
+            issuer.digest.store(*digest, Ordering::Relaxed);
+        }
+        Ok(fresh.len())
+    }
+
+    /// The JWKS URLs whose keys the gateway must fetch and refresh.
+    pub fn remotes(&self) -> Vec<Arc<Remote>> {
+        self.issuers
+            .iter()
+            .filter_map(|i| i.remote.clone())
+            .collect()
+    }
+
+    /// Counts key changes: a token verified under another generation is verified again.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// The query parameter that may carry the token.
@@ -137,9 +228,11 @@ impl Verifier {
         self.query_parameter.as_deref()
     }
 
-    /// The claim that names the principal.
+    /// The claim that names the principal (of the first issuer, which `check --as` uses).
     pub fn principal_claim(&self) -> &str {
-        &self.principal_claim
+        self.issuers
+            .first()
+            .map_or("sub", |i| i.principal_claim.as_str())
     }
 
     /// Finds the request's token: `Authorization: Bearer` or the configured query parameter.
@@ -174,19 +267,28 @@ impl Verifier {
     /// # Errors
     /// Any [`AuthError`] but the extraction ones.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        check_segments(token)?;
+        let iss = check_segments(token)?;
+        let issuer = self.issuer_of(iss.as_deref())?;
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
-        let validation = self
+        let validation = issuer
             .validations
             .get(&header.alg)
             .ok_or_else(|| AuthError::Algorithm(format!("{:?}", header.alg)))?;
+        let keys = issuer.keys.current();
+        let mut candidates = candidates(&keys, header.alg, header.kid.as_deref()).peekable();
+        if candidates.peek().is_none() {
+            if let Some(remote) = &issuer.remote {
+                remote.wake();
+            }
+            return Err(AuthError::NoKey);
+        }
         let mut last = AuthError::NoKey;
-        for key in self.candidates(header.alg, header.kid.as_deref()) {
+        for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
                 Ok(data) => {
                     self.check_claims(&data.claims)?;
-                    return self.identity(data.claims);
+                    return identity(&issuer.principal_claim, data.claims);
                 }
                 Err(e) => last = map_error(e.kind()),
             }
@@ -195,6 +297,15 @@ impl Verifier {
             }
         }
         Err(last)
+    }
+
+    /// The issuer a token's `iss` names, else the one without `issuer`.
+    fn issuer_of(&self, iss: Option<&str>) -> Result<&Issuer, AuthError> {
+        let named =
+            iss.and_then(|iss| self.issuers.iter().find(|i| i.name.as_deref() == Some(iss)));
+        named
+            .or_else(|| self.issuers.iter().find(|i| i.name.is_none()))
+            .ok_or(AuthError::Issuer)
     }
 
     /// Checks what a signed token's claims say about time, reading `exp`, `nbf` and `iat` as
@@ -222,28 +333,32 @@ impl Verifier {
     /// # Errors
     /// The principal claim is missing or not a non-empty string.
     pub fn identity(&self, claims: Claims) -> Result<Identity, AuthError> {
-        let principal = match claims.get(&self.principal_claim) {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            _ => return Err(AuthError::Claim(self.principal_claim.clone())),
-        };
-        Ok(Identity { principal, claims })
+        identity(self.principal_claim(), claims)
     }
+}
 
-    /// Keys that may verify a token of `alg` with this `kid`: the `kid`'s key when given,
-    /// else every key of the algorithm's family.
-    fn candidates<'a>(
-        &'a self,
-        alg: Algorithm,
-        kid: Option<&'a str>,
-    ) -> impl Iterator<Item = &'a Key> + 'a {
-        self.keys.iter().filter(move |k| {
-            let kid_ok = match (kid, &k.kid) {
-                (Some(want), Some(have)) => want == have,
-                _ => true,
-            };
-            kid_ok && k.alg.is_none_or(|a| a == alg) && k.key.family() == alg.family()
-        })
-    }
+fn identity(principal_claim: &str, claims: Claims) -> Result<Identity, AuthError> {
+    let principal = match claims.get(principal_claim) {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err(AuthError::Claim(principal_claim.to_string())),
+    };
+    Ok(Identity { principal, claims })
+}
+
+/// Keys that may verify a token of `alg` with this `kid`: the `kid`'s key when given,
+/// else every key of the algorithm's family.
+fn candidates<'a>(
+    keys: &'a [Key],
+    alg: Algorithm,
+    kid: Option<&'a str>,
+) -> impl Iterator<Item = &'a Key> + 'a {
+    keys.iter().filter(move |k| {
+        let kid_ok = match (kid, &k.kid) {
+            (Some(want), Some(have)) => want == have,
+            _ => true,
+        };
+        kid_ok && k.alg.is_none_or(|a| a == alg) && k.key.family() == alg.family()
+    })
 }
 
 fn bearer(value: &http::HeaderValue) -> Result<&str, AuthError> {
@@ -262,20 +377,25 @@ fn bearer(value: &http::HeaderValue) -> Result<&str, AuthError> {
 /// Reads the token's header and claims strictly before the JWT library does: each must be
 /// one JSON object with no repeated key (`{"usr":"bob","usr":"olivia"}` reads as either
 /// account, depending on the parser), and the header must not have `crit` (iotgate
-/// implements no extension; the library does not look at it).
-fn check_segments(token: &str) -> Result<(), AuthError> {
+/// implements no extension; the library does not look at it). Returns the claims' `iss`
+/// when it is a string, to choose the issuer by.
+fn check_segments(token: &str) -> Result<Option<String>, AuthError> {
     use base64::Engine;
     let mut parts = token.split('.');
+    let mut iss = None;
     for (part, is_header) in [(parts.next(), true), (parts.next(), false)] {
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(part.unwrap_or_default())
             .map_err(|e| AuthError::Malformed(e.to_string()))?;
-        let object = crate::request::json::object(&raw).map_err(AuthError::Malformed)?;
+        let mut object = crate::request::json::object(&raw).map_err(AuthError::Malformed)?;
         if is_header && object.contains_key("crit") {
             return Err(AuthError::Critical);
         }
+        if let (false, Some(Value::String(i))) = (is_header, object.remove("iss")) {
+            iss = Some(i);
+        }
     }
-    Ok(())
+    Ok(iss)
 }
 
 /// A time claim in whole seconds since the epoch (rounded down), if present.
@@ -301,9 +421,9 @@ pub(crate) fn expiry(claims: &Claims) -> Option<u64> {
 
 /// Signature, algorithm, `iss` and `aud` are checked by the JWT library; the time claims
 /// by [`Verifier::check_claims`], which reads them strictly.
-fn validation(auth: &AuthConfig, alg: Algorithm) -> Validation {
+fn validation(auth: &IssuerConfig, leeway: u64, alg: Algorithm) -> Validation {
     let mut v = Validation::new(alg);
-    v.leeway = auth.leeway_seconds;
+    v.leeway = leeway;
     v.validate_nbf = false;
     v.validate_exp = false;
     let mut required = Vec::new();
@@ -337,106 +457,6 @@ fn map_error(kind: &ErrorKind) -> AuthError {
         }
         other => AuthError::Malformed(format!("{other:?}")),
     }
-}
-
-// === key loading ===
-
-fn load_keys(auth: &AuthConfig, config: &Config) -> Result<Vec<Key>, Problems> {
-    let single = |key: DecodingKey| {
-        vec![Key {
-            kid: None,
-            alg: None,
-            key,
-        }]
-    };
-    match &auth.key {
-        KeySource::Secret(path) => {
-            let secret = read_text(path)?;
-            let secret = secret.trim();
-            if secret.is_empty() {
-                return Err(Problem::in_file(path, "secret is empty").into());
-            }
-            Ok(single(DecodingKey::from_secret(secret.as_bytes())))
-        }
-        KeySource::PublicPem(source) => {
-            let (pem, origin) = match source {
-                PemSource::Inline(text) => {
-                    (text.clone(), config.problem("auth.public_key_pem", ""))
-                }
-                PemSource::File(path) => (read_text(path)?, Problem::in_file(path, "")),
-            };
-            let key = pem_key(pem.as_bytes(), &auth.algorithms).map_err(|m| Problem {
-                message: m,
-                ..origin
-            })?;
-            Ok(single(key))
-        }
-        KeySource::Jwks(path) => jwks_keys(path, &auth.algorithms),
-    }
-}
-
-/// Reads a public key PEM of the family of the allowed algorithms.
-fn pem_key(pem: &[u8], algorithms: &[Algorithm]) -> Result<DecodingKey, String> {
-    use jsonwebtoken::AlgorithmFamily::*;
-    let family = algorithms
-        .first()
-        .map(|a| a.family())
-        .ok_or("no algorithm")?;
-    if algorithms.iter().any(|a| a.family() != family) {
-        return Err(
-            "a public key serves one algorithm family; the allowed algorithms mix families".into(),
-        );
-    }
-    let key = match family {
-        Rsa => DecodingKey::from_rsa_pem(pem),
-        Ec => DecodingKey::from_ec_pem(pem),
-        Ed => DecodingKey::from_ed_pem(pem),
-        Hmac => return Err("HMAC algorithms need a secret".into()),
-    };
-    key.map_err(|e| format!("not a {family:?} public key PEM: {e}"))
-}
-
-fn jwks_keys(path: &Path, algorithms: &[Algorithm]) -> Result<Vec<Key>, Problems> {
-    let text = read_text(path)?;
-    let set: JwkSet = serde_json::from_str(&text)
-        .map_err(|e| Problem::at_line(path, Some(e.line()), format!("not a JWKS: {e}")))?;
-    let mut problems = Problems::new();
-    let mut keys = Vec::new();
-    for (i, jwk) in set.keys.iter().enumerate() {
-        let name = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{i}"));
-        let alg = match jwk.common.key_algorithm.map(Algorithm::try_from) {
-            Some(Ok(alg)) => Some(alg),
-            Some(Err(_)) => {
-                problems.push(Problem::in_file(
-                    path,
-                    format!("key `{name}`: `alg` is not a signing algorithm"),
-                ));
-                continue;
-            }
-            None => None,
-        };
-        match DecodingKey::from_jwk(jwk) {
-            Ok(key) => keys.push(Key {
-                kid: jwk.common.key_id.clone(),
-                alg,
-                key,
-            }),
-            Err(e) => problems.push(Problem::in_file(
-                path,
-                format!("key `{name}`: unusable ({e})"),
-            )),
-        }
-    }
-    let usable = keys
-        .iter()
-        .any(|k| algorithms.iter().any(|a| a.family() == k.key.family()));
-    if !usable && problems.is_empty() {
-        problems.push(Problem::in_file(
-            path,
-            "no key in this JWKS fits the allowed algorithms",
-        ));
-    }
-    problems.into_result(keys)
 }
 
 // === minting (the `token` command, demos and tests) ===
@@ -491,18 +511,19 @@ impl Signer {
     /// # Errors
     /// The config verifies with a public key, so it cannot sign; or the secret is unreadable.
     pub fn from_config(config: &Config) -> Result<Signer, String> {
-        match &config.auth.key {
-            KeySource::Secret(path) => {
+        let hmac = config.auth.issuers.iter().find_map(|i| match &i.key {
+            KeySource::Secret(path) => Some((path, i.algorithms.first().copied())),
+            _ => None,
+        });
+        match hmac {
+            Some((path, alg)) => {
                 let secret = read_text(path).map_err(|p| p.to_string())?;
-                let alg = config
-                    .auth
-                    .algorithms
-                    .first()
-                    .copied()
-                    .unwrap_or(Algorithm::HS256);
-                Ok(Signer::hmac(alg, secret.trim().as_bytes()))
+                Ok(Signer::hmac(
+                    alg.unwrap_or(Algorithm::HS256),
+                    secret.trim().as_bytes(),
+                ))
             }
-            _ => Err("the config verifies with a public key; pass --private-key to sign".into()),
+            None => Err("the config verifies with a public key; pass --private-key to sign".into()),
         }
     }
 

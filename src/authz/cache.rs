@@ -237,6 +237,8 @@ impl DecisionCache {
 struct Verified {
     identity: Arc<Identity>,
     until: Option<Instant>,
+    /// The verifier's key generation it was verified under.
+    keys: u64,
 }
 
 /// Per-entry expiry: the cache TTL, but never past the token's `exp`.
@@ -283,14 +285,17 @@ impl TokenCache {
         TokenCache { cached }
     }
 
-    /// The identity of an already verified token, while its `exp` has not passed.
-    pub fn get(&self, token: &str) -> Option<Arc<Identity>> {
-        let fresh = |v: &Verified| v.until.is_none_or(|until| Instant::now() < until);
+    /// The identity of an already verified token, while its `exp` has not passed and the
+    /// keys (generation `keys`) are those it was verified with.
+    pub fn get(&self, token: &str, keys: u64) -> Option<Arc<Identity>> {
+        let fresh =
+            |v: &Verified| v.keys == keys && v.until.is_none_or(|until| Instant::now() < until);
         self.cached.get(token, fresh).map(|v| v.identity)
     }
 
-    /// Remembers a verified token until its `exp` (seconds since the epoch), if it has one.
-    pub fn insert(&self, token: &str, identity: Arc<Identity>, exp: Option<u64>) {
+    /// Remembers a token verified under key generation `keys` until its `exp` (seconds
+    /// since the epoch), if it has one.
+    pub fn insert(&self, token: &str, identity: Arc<Identity>, exp: Option<u64>, keys: u64) {
         let Some(cache) = &self.cached.cache else {
             return;
         };
@@ -300,7 +305,14 @@ impl TokenCache {
             Some(exp) => Some(Instant::now() + Duration::from_secs(exp - now_s)),
             None => None,
         };
-        cache.insert(Arc::from(token), Verified { identity, until });
+        cache.insert(
+            Arc::from(token),
+            Verified {
+                identity,
+                until,
+                keys,
+            },
+        );
     }
 
     /// Counters.

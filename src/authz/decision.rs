@@ -659,12 +659,13 @@ fn authenticate(
     let Some(cache) = cache else {
         return verifier.verify(token);
     };
-    if let Some(identity) = cache.get(token) {
+    let keys = verifier.generation();
+    if let Some(identity) = cache.get(token, keys) {
         return Ok((*identity).clone());
     }
     let identity = verifier.verify(token)?;
     let exp = crate::authn::expiry(&identity.claims);
-    cache.insert(token, Arc::new(identity.clone()), exp);
+    cache.insert(token, Arc::new(identity.clone()), exp, keys);
     Ok(identity)
 }
 

@@ -101,6 +101,7 @@ fn mint(args: &TokenArgs) -> Result<String, String> {
             let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
             let alg = *config
                 .auth
+                .primary()
                 .algorithms
                 .first()
                 .ok_or("no algorithm configured")?;
@@ -111,16 +112,17 @@ fn mint(args: &TokenArgs) -> Result<String, String> {
     let ttl = parse_ttl(&args.ttl)?;
     let mut claims = parse_claims(&args.claims)?;
     let issued = now();
+    let issuer = config.auth.primary();
     claims.insert(
-        config.auth.principal_claim.clone(),
+        issuer.principal_claim.clone(),
         Value::String(args.as_user.clone()),
     );
     claims.entry("iat").or_insert(Value::from(issued));
     claims.entry("exp").or_insert(Value::from(issued + ttl));
-    if let Some(iss) = &config.auth.issuer {
+    if let Some(iss) = &issuer.issuer {
         claims.entry("iss").or_insert(Value::from(iss.clone()));
     }
-    if let Some(aud) = &config.auth.audience {
+    if let Some(aud) = &issuer.audience {
         claims.entry("aud").or_insert(Value::from(aud.clone()));
     }
     signer.sign(&claims)

@@ -115,12 +115,19 @@ fn default_cors_max_age() -> u64 {
 
 #[derive(Debug, Deserialize)]
 struct FileAuth {
+    // the keys of the one issuer, when there is no [[auth.issuer]] (see `FileKeys`); not
+    // `#[serde(flatten)]`, which would hide unknown keys from the line-numbered report
+    #[serde(default)]
     algorithms: Vec<String>,
     hs256_secret_file: Option<String>,
     public_key_pem: Option<String>,
     jwks_file: Option<String>,
-    issuer: Option<String>,
+    jwks_url: Option<String>,
+    #[serde(default = "default_jwks_refresh")]
+    jwks_refresh_seconds: u64,
     audience: Option<String>,
+    /// `issuer = "https://idp"` (one issuer), or `[[auth.issuer]]` tables (several).
+    issuer: Option<FileIssuers>,
     #[serde(default = "default_leeway")]
     leeway_seconds: u64,
     #[serde(default = "default_principal_claim")]
@@ -128,6 +135,99 @@ struct FileAuth {
     query_parameter: Option<String>,
     #[serde(default = "default_true")]
     require_exp: bool,
+}
+
+/// What verifies one issuer's tokens.
+#[derive(Debug, Default)]
+struct FileKeys {
+    algorithms: Vec<String>,
+    hs256_secret_file: Option<String>,
+    public_key_pem: Option<String>,
+    jwks_file: Option<String>,
+    jwks_url: Option<String>,
+    jwks_refresh_seconds: u64,
+    audience: Option<String>,
+}
+
+#[derive(Debug)]
+enum FileIssuers {
+    One(String),
+    Many(Vec<FileIssuer>),
+}
+
+/// A string or an array of tables, read without buffering (`#[serde(untagged)]` would
+/// hide unknown keys of the tables from the line-numbered report).
+impl<'de> Deserialize<'de> for FileIssuers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = FileIssuers;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an issuer name, or [[auth.issuer]] tables")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FileIssuers, E> {
+                Ok(FileIssuers::One(v.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<FileIssuers, A::Error> {
+                let mut all = Vec::new();
+                while let Some(one) = seq.next_element()? {
+                    all.push(one);
+                }
+                Ok(FileIssuers::Many(all))
+            }
+        }
+        d.deserialize_any(Either)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct FileIssuer {
+    /// The `iss` its tokens carry; none: tokens without `iss` (or an unlisted one).
+    issuer: Option<String>,
+    #[serde(default)]
+    algorithms: Vec<String>,
+    hs256_secret_file: Option<String>,
+    public_key_pem: Option<String>,
+    jwks_file: Option<String>,
+    jwks_url: Option<String>,
+    #[serde(default = "default_jwks_refresh")]
+    jwks_refresh_seconds: u64,
+    audience: Option<String>,
+    principal_claim: Option<String>,
+}
+
+/// The key settings of a `FileAuth` or `FileIssuer` (the same names in both tables).
+macro_rules! file_keys {
+    ($t:expr) => {
+        FileKeys {
+            algorithms: $t.algorithms,
+            hs256_secret_file: $t.hs256_secret_file,
+            public_key_pem: $t.public_key_pem,
+            jwks_file: $t.jwks_file,
+            jwks_url: $t.jwks_url,
+            jwks_refresh_seconds: $t.jwks_refresh_seconds,
+            audience: $t.audience,
+        }
+    };
+}
+
+impl FileKeys {
+    /// Whether any key setting is given.
+    fn has_any(&self) -> bool {
+        !self.algorithms.is_empty()
+            || self.hs256_secret_file.is_some()
+            || self.public_key_pem.is_some()
+            || self.jwks_file.is_some()
+            || self.jwks_url.is_some()
+            || self.audience.is_some()
+    }
+}
+
+fn default_jwks_refresh() -> u64 {
+    300
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,6 +428,14 @@ pub enum KeySource {
     PublicPem(PemSource),
     /// A JWKS file.
     Jwks(PathBuf),
+    /// A JWKS served over HTTPS (or HTTP on loopback), fetched at start, every `refresh`,
+    /// and (rate-limited) when a token names an unknown `kid`.
+    JwksUrl {
+        /// Where.
+        url: http::Uri,
+        /// How often.
+        refresh: Duration,
+    },
 }
 
 /// A PEM given inline or by path.
@@ -342,14 +450,8 @@ pub enum PemSource {
 /// `[auth]`: how tokens are verified and who they name.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
-    /// Accepted algorithms (never `none`).
-    pub algorithms: Vec<Algorithm>,
-    /// Verification keys.
-    pub key: KeySource,
-    /// Required `iss`, when set.
-    pub issuer: Option<String>,
-    /// Required `aud`, when set.
-    pub audience: Option<String>,
+    /// Who issues tokens, each with its keys (at least one; at most one without `issuer`).
+    pub issuers: Vec<IssuerConfig>,
     /// Clock skew allowed on `exp` / `nbf`.
     pub leeway_seconds: u64,
     /// Claim holding the principal id.
@@ -358,6 +460,30 @@ pub struct AuthConfig {
     pub query_parameter: Option<String>,
     /// Whether tokens without `exp` are rejected.
     pub require_exp: bool,
+}
+
+/// One issuer of tokens: the top-level `[auth]` keys, or one `[[auth.issuer]]`.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    /// The `iss` its tokens must carry; `None`: tokens with no `iss`, or one no other
+    /// issuer claims.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+    /// Accepted algorithms (never `none`).
+    pub algorithms: Vec<Algorithm>,
+    /// Verification keys.
+    pub key: KeySource,
+    /// Claim holding the principal id.
+    pub principal_claim: String,
+}
+
+impl AuthConfig {
+    /// The first issuer (the top-level `[auth]` one when there is no `[[auth.issuer]]`).
+    pub fn primary(&self) -> &IssuerConfig {
+        // INVARIANT: `Ctx::auth` refuses an `[auth]` without issuers.
+        &self.issuers[0]
+    }
 }
 
 /// `[policy]`: what the decision snapshot is built from.
@@ -599,71 +725,149 @@ impl Ctx<'_> {
 
     fn auth(&self, a: FileAuth) -> Result<AuthConfig, Problems> {
         let mut problems = Problems::new();
-        let mut algorithms = Vec::new();
-        for (i, name) in a.algorithms.iter().enumerate() {
-            match parse_algorithm(name) {
-                Ok(alg) => algorithms.push(alg),
-                Err(m) => problems.push(self.source.problem(&format!("auth.algorithms.{i}"), m)),
-            }
-        }
-        if a.algorithms.is_empty() {
-            problems.push(
-                self.source
-                    .problem("auth.algorithms", "no algorithm is allowed"),
-            );
-        }
-        let sources = [
-            a.hs256_secret_file
-                .as_deref()
-                .map(|p| KeySource::Secret(self.path(p))),
-            a.public_key_pem.as_deref().map(|p| {
-                KeySource::PublicPem(if p.trim_start().starts_with("-----BEGIN") {
-                    PemSource::Inline(p.to_string())
-                } else {
-                    PemSource::File(self.path(p))
-                })
-            }),
-            a.jwks_file
-                .as_deref()
-                .map(|p| KeySource::Jwks(self.path(p))),
-        ];
-        let mut keys = sources.into_iter().flatten();
-        let key = match (keys.next(), keys.next()) {
-            (Some(key), None) => Some(key),
-            (None, _) => {
-                problems.push(self.source.problem(
-                    "auth",
-                    "no key: set one of `hs256_secret_file`, `public_key_pem`, `jwks_file`",
-                ));
-                None
-            }
-            (Some(_), Some(_)) => {
-                problems.push(self.source.problem(
-                    "auth",
-                    "several keys: set only one of `hs256_secret_file`, `public_key_pem`, `jwks_file`",
-                ));
-                None
-            }
-        };
-        if let Some(key) = &key {
-            check_key_family(key, &algorithms, self.source, &mut problems);
-        }
         if a.principal_claim.is_empty() {
             problems.push(
                 self.source
                     .problem("auth.principal_claim", "must not be empty"),
             );
         }
+        let mut issuers = Vec::new();
+        let (issuer, principal_claim) = (a.issuer, a.principal_claim);
+        let (leeway_seconds, query_parameter, require_exp) =
+            (a.leeway_seconds, a.query_parameter, a.require_exp);
+        let keys = file_keys!(a);
+        match issuer {
+            Some(FileIssuers::Many(list)) => {
+                if keys.has_any() {
+                    problems.push(self.source.problem(
+                        "auth",
+                        "with [[auth.issuer]], keys, `algorithms` and `audience` go in each issuer",
+                    ));
+                }
+                let mut unnamed = 0;
+                for (i, entry) in list.into_iter().enumerate() {
+                    unnamed += usize::from(entry.issuer.is_none());
+                    let claim = entry
+                        .principal_claim
+                        .clone()
+                        .unwrap_or_else(|| principal_claim.clone());
+                    let at = format!("auth.issuer.{i}");
+                    let name = entry.issuer.clone();
+                    let keys = file_keys!(entry);
+                    if let Some(issuer) = problems.take(self.issuer(&at, keys, name, claim)) {
+                        issuers.push(issuer);
+                    }
+                }
+                if unnamed > 1 {
+                    problems.push(self.source.problem(
+                        "auth.issuer",
+                        "at most one [[auth.issuer]] may leave out `issuer`",
+                    ));
+                }
+                if issuers.is_empty() && problems.is_empty() {
+                    problems.push(self.source.problem("auth.issuer", "no issuer"));
+                }
+            }
+            one => {
+                let name = match one {
+                    Some(FileIssuers::One(name)) => Some(name),
+                    _ => None,
+                };
+                let claim = principal_claim.clone();
+                if let Some(issuer) = problems.take(self.issuer("auth", keys, name, claim)) {
+                    issuers.push(issuer);
+                }
+            }
+        }
+        problems.into_result(AuthConfig {
+            issuers,
+            leeway_seconds,
+            principal_claim,
+            query_parameter,
+            require_exp,
+        })
+    }
+
+    /// One issuer's keys, checked; `at` is its table (`auth` or `auth.issuer.N`).
+    fn issuer(
+        &self,
+        at: &str,
+        k: FileKeys,
+        issuer: Option<String>,
+        principal_claim: String,
+    ) -> Result<IssuerConfig, Problems> {
+        let mut problems = Problems::new();
+        let mut algorithms = Vec::new();
+        for (i, name) in k.algorithms.iter().enumerate() {
+            match parse_algorithm(name) {
+                Ok(alg) => algorithms.push(alg),
+                Err(m) => problems.push(self.source.problem(&format!("{at}.algorithms.{i}"), m)),
+            }
+        }
+        if k.algorithms.is_empty() {
+            problems.push(
+                self.source
+                    .problem(&format!("{at}.algorithms"), "no algorithm is allowed"),
+            );
+        }
+        let url = match k.jwks_url.as_deref().map(parse_jwks_url) {
+            Some(Err(m)) => {
+                problems.push(self.source.problem(&format!("{at}.jwks_url"), m));
+                return Err(problems);
+            }
+            Some(Ok(url)) => Some(url),
+            None => None,
+        };
+        let refresh = Duration::from_secs(k.jwks_refresh_seconds.clamp(1, MAX_TIMEOUT_SECONDS));
+        let sources = [
+            k.hs256_secret_file
+                .as_deref()
+                .map(|p| KeySource::Secret(self.path(p))),
+            k.public_key_pem.as_deref().map(|p| {
+                KeySource::PublicPem(if p.trim_start().starts_with("-----BEGIN") {
+                    PemSource::Inline(p.to_string())
+                } else {
+                    PemSource::File(self.path(p))
+                })
+            }),
+            k.jwks_file
+                .as_deref()
+                .map(|p| KeySource::Jwks(self.path(p))),
+            url.map(|url| KeySource::JwksUrl { url, refresh }),
+        ];
+        let mut keys = sources.into_iter().flatten();
+        let key = match (keys.next(), keys.next()) {
+            (Some(key), None) => Some(key),
+            (first, second) => {
+                let what = match (first, second) {
+                    (None, _) => "no key: set one of",
+                    _ => "several keys: set only one of",
+                };
+                problems.push(self.source.problem(
+                    at,
+                    format!(
+                        "{what} `hs256_secret_file`, `public_key_pem`, `jwks_file`, `jwks_url`"
+                    ),
+                ));
+                None
+            }
+        };
+        if let Some(key) = &key {
+            check_key_family(
+                key,
+                &algorithms,
+                &format!("{at}.algorithms"),
+                self.source,
+                &mut problems,
+            );
+        }
         match key {
-            Some(key) if problems.is_empty() => Ok(AuthConfig {
+            Some(key) if problems.is_empty() => Ok(IssuerConfig {
+                issuer,
+                audience: k.audience,
                 algorithms,
                 key,
-                issuer: a.issuer,
-                audience: a.audience,
-                leeway_seconds: a.leeway_seconds,
-                principal_claim: a.principal_claim,
-                query_parameter: a.query_parameter,
-                require_exp: a.require_exp,
+                principal_claim,
             }),
             _ => Err(problems),
         }
@@ -692,21 +896,50 @@ fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
 }
 
 /// HMAC algorithms need the secret; the others need a public key or a JWKS.
-fn check_key_family(key: &KeySource, algs: &[Algorithm], source: &TomlFile, out: &mut Problems) {
+fn check_key_family(
+    key: &KeySource,
+    algs: &[Algorithm],
+    at: &str,
+    source: &TomlFile,
+    out: &mut Problems,
+) {
     use jsonwebtoken::AlgorithmFamily::Hmac;
     for alg in algs {
         let hmac = alg.family() == Hmac;
         match key {
             KeySource::Secret(_) if !hmac => out.push(source.problem(
-                "auth.algorithms",
+                at,
                 format!("`{alg:?}` needs a public key, not `hs256_secret_file`"),
             )),
-            KeySource::PublicPem(_) | KeySource::Jwks(_) if hmac => out.push(source.problem(
-                "auth.algorithms",
-                format!("`{alg:?}` needs `hs256_secret_file`, not a public key"),
-            )),
+            KeySource::PublicPem(_) | KeySource::Jwks(_) | KeySource::JwksUrl { .. } if hmac => out
+                .push(source.problem(
+                    at,
+                    format!("`{alg:?}` needs `hs256_secret_file`, not a public key"),
+                )),
             _ => {}
         }
+    }
+}
+
+/// A JWKS address: `https://`, or `http://` to a loopback host (a JWKS fetched in clear text
+/// over a network could be replaced by anyone on the path).
+fn parse_jwks_url(value: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|_| format!("`{value}` is not a URL"))?;
+    let host = uri.host().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match uri.scheme_str() {
+        Some("https") if !host.is_empty() => Ok(uri),
+        Some("http") if loopback => Ok(uri),
+        Some("http") => Err(format!(
+            "`{value}`: a JWKS is fetched over https (http only on loopback)"
+        )),
+        _ => Err(format!("`{value}` is not an https:// URL")),
     }
 }
 
@@ -770,7 +1003,10 @@ directory = ["dir"]
     fn good_config_resolves_paths_against_its_folder() {
         let c = Config::parse(Path::new("/etc/gw/c.toml"), GOOD).unwrap();
         assert_eq!(c.policy.schema, Path::new("/etc/gw/schema/s.cedarschema"));
-        assert_eq!(c.auth.key, KeySource::Secret("/etc/gw/secret.key".into()));
+        assert_eq!(
+            c.auth.primary().key,
+            KeySource::Secret("/etc/gw/secret.key".into())
+        );
         assert_eq!(c.auth.principal_claim, "usr");
         assert_eq!(c.auth.leeway_seconds, 30);
         assert_eq!(c.policy.reload, Reload::Watch);
@@ -835,8 +1071,95 @@ directory = ["dir"]
         );
         let c = Config::parse(Path::new("/g/c.toml"), &text).unwrap();
         assert_eq!(
-            c.auth.key,
+            c.auth.primary().key,
             KeySource::PublicPem(PemSource::File("/g/k.pem".into()))
+        );
+    }
+
+    const ISSUERS: &str = r#"
+[auth]
+principal_claim = "usr"
+
+[[auth.issuer]]
+algorithms = ["HS256"]
+hs256_secret_file = "secret.key"
+
+[[auth.issuer]]
+issuer = "https://idp.example"
+audience = "iotgate"
+algorithms = ["RS256"]
+jwks_url = "https://idp.example/.well-known/jwks.json"
+jwks_refresh_seconds = 60
+principal_claim = "sub"
+
+[policy]
+schema = "s"
+routes = "r"
+policies = []
+"#;
+
+    #[test]
+    fn several_issuers_each_have_their_keys() {
+        let c = Config::parse(Path::new("/etc/gw/c.toml"), ISSUERS).unwrap();
+        let [platform, idp] = c.auth.issuers.as_slice() else {
+            panic!("{:?}", c.auth.issuers)
+        };
+        assert_eq!(
+            (
+                platform.issuer.as_deref(),
+                platform.principal_claim.as_str()
+            ),
+            (None, "usr")
+        );
+        assert_eq!(idp.issuer.as_deref(), Some("https://idp.example"));
+        assert_eq!(idp.principal_claim, "sub");
+        assert_eq!(
+            idp.key,
+            KeySource::JwksUrl {
+                url: "https://idp.example/.well-known/jwks.json".parse().unwrap(),
+                refresh: Duration::from_secs(60)
+            }
+        );
+    }
+
+    #[test]
+    fn issuer_mistakes_are_reported_with_their_lines() {
+        let two_unnamed = ISSUERS.replace("issuer = \"https://idp.example\"\n", "");
+        assert!(
+            errors(&two_unnamed)
+                .iter()
+                .any(|e| e.contains("at most one [[auth.issuer]] may leave out `issuer`")),
+            "{:?}",
+            errors(&two_unnamed)
+        );
+        let clear = ISSUERS.replace("https://idp.example/.well", "http://idp.example/.well");
+        assert!(
+            errors(&clear)
+                .iter()
+                .any(|e| e.contains(":13: ") && e.contains("http only on loopback")),
+            "{:?}",
+            errors(&clear)
+        );
+        let loopback = ISSUERS.replace("https://idp.example/.well", "http://127.0.0.1:9/.well");
+        assert!(Config::parse(Path::new("/c.toml"), &loopback).is_ok());
+        let mixed = ISSUERS.replace(
+            "principal_claim = \"usr\"\n",
+            "principal_claim = \"usr\"\naudience = \"x\"\n",
+        );
+        assert!(
+            errors(&mixed)
+                .iter()
+                .any(|e| e.contains("go in each issuer")),
+            "{:?}",
+            errors(&mixed)
+        );
+        let none = ISSUERS.replace("hs256_secret_file = \"secret.key\"\n", "");
+        assert!(
+            errors(&none)
+                .iter()
+                .any(|e| e.contains(":5: no key: set one of")),
+            "{:?}",
+            errors(&none)
         );
     }
 }

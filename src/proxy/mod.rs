@@ -131,6 +131,11 @@ impl Gateway {
         self.caches.decisions.clear();
     }
 
+    /// The token verifier (its keys rotate in place).
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
     /// The counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

@@ -23,6 +23,7 @@ use crate::config::Reload;
 use crate::proxy::response::{full, AdminRefusal, Body, Failure};
 use crate::proxy::Gateway;
 use crate::serve::reload::{rfc3339, Reloader};
+use crate::telemetry::metrics::KeyStats;
 
 /// How recently the upstream must have answered for `/readyz`.
 const READY_WINDOW: Duration = Duration::from_secs(30);
@@ -90,10 +91,21 @@ impl Admin {
             ),
             (&Method::GET, "/metrics") => {
                 let caches = self.gateway.caches();
-                let body = self
-                    .gateway
-                    .metrics()
-                    .render(caches.decisions.stats(), caches.tokens.stats());
+                let verifier = self.gateway.verifier();
+                let mut keys = KeyStats {
+                    generation: verifier.generation(),
+                    ..KeyStats::default()
+                };
+                for remote in verifier.remotes() {
+                    let (ok, failed) = remote.fetches();
+                    keys.fetched += ok;
+                    keys.failed += failed;
+                }
+                let body = self.gateway.metrics().render(
+                    caches.decisions.stats(),
+                    caches.tokens.stats(),
+                    keys,
+                );
                 text(StatusCode::OK, "text/plain; version=0.0.4", body)
             }
             (&Method::POST, "/reload") if self.mode == Reload::Off => {
@@ -156,6 +168,10 @@ impl Admin {
             "caches": {
                 "decisions": caches.decisions.stats(),
                 "tokens": caches.tokens.stats(),
+            },
+            "keys": {
+                "generation": self.gateway.verifier().generation(),
+                "jwks": self.gateway.verifier().remotes().iter().map(|r| r.status()).collect::<Vec<_>>(),
             },
         })
     }

@@ -53,11 +53,12 @@ pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), String> {
     };
     let reloader = Reloader::new(config.clone(), gateway.clone());
     let mode = config.policy.reload;
-    let background = match mode {
+    let mut background = match mode {
         Reload::Watch => vec![reloader.spawn_watch(), reloader.spawn_sighup()],
         Reload::Signal => vec![reloader.spawn_sighup()],
         Reload::Off => Vec::new(),
     };
+    background.extend(fetch_remote_keys(&gateway).await);
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let admin = admin_listener.zip(admin_addr).map(|(l, addr)| {
@@ -97,6 +98,21 @@ pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), String> {
     }
     tracing::info!("iotgate stopped");
     Ok(())
+}
+
+/// Fetches every JWKS URL once (a failure is logged; its issuer's tokens are refused until
+/// a fetch succeeds), then keeps each fresh in the background.
+async fn fetch_remote_keys(gateway: &Gateway) -> Vec<JoinHandle<()>> {
+    let remotes = gateway.verifier().remotes();
+    for remote in &remotes {
+        if remote.fetch().await.is_ok() {
+            tracing::info!(url = %remote.status().url, keys = remote.status().keys, "JWKS fetched");
+        }
+    }
+    remotes
+        .into_iter()
+        .map(|remote| tokio::spawn(remote.run()))
+        .collect()
 }
 
 fn log_start(listener: &TcpListener, admin: Option<SocketAddr>, gateway: &Gateway) {
@@ -184,6 +200,8 @@ pub struct Running {
     pub addr: SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    /// The JWKS URL fetchers (first fetch, then refreshes).
+    keys: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -195,6 +213,17 @@ impl Running {
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let limits = Limits::new(gateway.server(), gateway.metrics().connections());
+        let keys = gateway
+            .verifier()
+            .remotes()
+            .into_iter()
+            .map(|remote| {
+                tokio::spawn(async move {
+                    let _ = remote.fetch().await;
+                    remote.run().await;
+                })
+            })
+            .collect();
         let task = tokio::spawn(serve_http(
             listener,
             gateway_handler(gateway),
@@ -203,11 +232,19 @@ impl Running {
             },
             limits,
         ));
-        Ok(Running { addr, stop, task })
+        Ok(Running {
+            addr,
+            stop,
+            task,
+            keys,
+        })
     }
 
     /// Stops accepting and waits for in-flight requests.
     pub async fn stop(self) {
+        for fetcher in &self.keys {
+            fetcher.abort();
+        }
         let _ = self.stop.send(());
         let _ = self.task.await;
     }

@@ -10,8 +10,9 @@
 //! ```
 //!
 //! A reload re-reads what `[policy]` names (schema, routes, policies, shadow policies,
-//! directory) and `[license]` as loaded at start; changes to the config file itself need a
-//! restart.
+//! directory), `[license]` as loaded at start, and the key files `[auth]` names (a changed
+//! key file is a rotation: tokens signed with the old key are refused from then on; JWKS
+//! URLs refresh on their own). Changes to the config file itself need a restart.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -76,7 +77,7 @@ impl Reloader {
         let _one = self.one_at_a_time.lock().await;
         let config = self.config.clone();
         let loaded = tokio::task::spawn_blocking(move || Snapshot::load(&config)).await;
-        let problems: Vec<String> = match loaded {
+        let mut problems: Vec<String> = match loaded {
             Ok(Ok(snapshot)) => {
                 self.gateway.swap(snapshot);
                 Vec::new()
@@ -84,6 +85,11 @@ impl Reloader {
             Ok(Err(problems)) => problems.iter().map(ToString::to_string).collect(),
             Err(e) => vec![format!("reload task failed: {e}")],
         };
+        match self.gateway.verifier().reload_keys(&self.config) {
+            Ok(0) => {}
+            Ok(rotated) => tracing::info!(trigger, rotated, "key files rotated"),
+            Err(p) => problems.extend(p.iter().map(ToString::to_string)),
+        }
         let serving = self.gateway.snapshot();
         let attempt = Attempt {
             at: rfc3339(SystemTime::now()),
@@ -160,14 +166,22 @@ impl Reloader {
     }
 }
 
-/// Every path a snapshot is built from.
+/// Every path a snapshot is built from, and the key files.
 fn watched_paths(config: &Config) -> Vec<PathBuf> {
+    use crate::config::{KeySource, PemSource};
     let p = &config.policy;
+    let keys = config.auth.issuers.iter().filter_map(|i| match &i.key {
+        KeySource::Secret(f) | KeySource::Jwks(f) | KeySource::PublicPem(PemSource::File(f)) => {
+            Some(f.clone())
+        }
+        KeySource::PublicPem(PemSource::Inline(_)) | KeySource::JwksUrl { .. } => None,
+    });
     [p.schema.clone(), p.routes.clone()]
         .into_iter()
         .chain(p.policies.iter().cloned())
         .chain(p.shadow.iter().cloned())
         .chain(p.directory.iter().cloned())
+        .chain(keys)
         .collect()
 }
 

@@ -152,7 +152,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, decisions: Stats, tokens: Stats) -> String {
+    pub fn render(&self, decisions: Stats, tokens: Stats, keys: KeyStats) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let one = |v: u64| vec![(String::new(), v)];
         let labelled = |label: &str, pairs: &[(&str, &AtomicU64)]| {
@@ -255,6 +255,21 @@ impl Metrics {
                 one(get(&self.internal_errors)),
             ),
             (
+                "iotgate_jwks_fetches_total".into(),
+                "counter",
+                "Fetches of JWKS URLs by result (a failed one keeps the last good keys).",
+                vec![
+                    ("{result=\"ok\"}".into(), keys.fetched),
+                    ("{result=\"failed\"}".into(), keys.failed),
+                ],
+            ),
+            (
+                "iotgate_key_generation".into(),
+                "gauge",
+                "Key changes since start (rotated key files, new JWKS contents).",
+                one(keys.generation),
+            ),
+            (
                 "iotgate_decision_cache_bytes".into(),
                 "gauge",
                 "Estimated bytes held by the decision cache.",
@@ -349,6 +364,17 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// What the key fetchers report to `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeyStats {
+    /// Successful JWKS fetches.
+    pub fetched: u64,
+    /// Failed JWKS fetches.
+    pub failed: u64,
+    /// The verifier's key generation.
+    pub generation: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,6 +409,11 @@ mod tests {
                 entries: 0,
                 bytes: 0,
             },
+            KeyStats {
+                fetched: 2,
+                failed: 1,
+                generation: 3,
+            },
         );
         for line in [
             "iotgate_requests_total{route=\"GET /v1/users/{owner}/devices\",status=\"200\"} 2",
@@ -403,6 +434,8 @@ mod tests {
             "iotgate_client_aborts_total 1",
             "iotgate_rate_limited_total 1",
             "iotgate_decision_cache_bytes 700",
+            "iotgate_jwks_fetches_total{result=\"failed\"} 1",
+            "iotgate_key_generation 3",
             "iotgate_connections_open 0",
             "# TYPE iotgate_decision_duration_seconds histogram",
         ] {

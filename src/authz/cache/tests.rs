@@ -171,8 +171,8 @@ fn a_zero_sized_cache_is_off() {
     cache.insert(k.clone(), verdicts(true));
     assert!(cache.get(&k).is_none());
     let tokens = TokenCache::new(&config(0, 60));
-    tokens.insert("t", Arc::new(identity()), None);
-    assert!(tokens.get("t").is_none());
+    tokens.insert("t", Arc::new(identity()), None, 0);
+    assert!(tokens.get("t", 0).is_none());
 }
 
 fn identity() -> Identity {
@@ -186,20 +186,24 @@ fn identity() -> Identity {
 fn tokens_never_outlive_their_exp() {
     let tokens = TokenCache::new(&config(100, 3600));
     let now = crate::authn::now();
-    tokens.insert("long", Arc::new(identity()), Some(now + 3600));
-    tokens.insert("expired", Arc::new(identity()), Some(now - 1));
-    tokens.insert("short", Arc::new(identity()), Some(now + 1));
-    assert!(tokens.get("long").is_some());
+    tokens.insert("long", Arc::new(identity()), Some(now + 3600), 0);
+    tokens.insert("expired", Arc::new(identity()), Some(now - 1), 0);
+    tokens.insert("short", Arc::new(identity()), Some(now + 1), 0);
+    assert!(tokens.get("long", 0).is_some());
     assert!(
-        tokens.get("expired").is_none(),
+        tokens.get("expired", 0).is_none(),
         "an expired token must not be cached"
     );
-    assert!(tokens.get("short").is_some());
+    assert!(tokens.get("short", 0).is_some());
     std::thread::sleep(Duration::from_millis(2100));
     assert!(
-        tokens.get("short").is_none(),
+        tokens.get("short", 0).is_none(),
         "a cached token outlived its exp"
     );
-    assert!(tokens.get("long").is_some());
-    assert!(tokens.get("long-other").is_none());
+    assert!(tokens.get("long", 0).is_some());
+    assert!(tokens.get("long-other", 0).is_none());
+    assert!(
+        tokens.get("long", 1).is_none(),
+        "a token verified with keys that rotated since is verified again"
+    );
 }
