@@ -35,6 +35,7 @@ use crate::model::routes::field::{FieldError, Inputs};
 use crate::model::routes::{Auth, Resolved, Route};
 use crate::request::headers::{self, HeaderError};
 use crate::request::uri::{self, PathError, Query, QueryError};
+use crate::request::{form, BodyFormat};
 
 /// The parts of an HTTP request a decision reads before the body.
 #[derive(Debug, Clone, Copy)]
@@ -445,7 +446,17 @@ impl<'s> Pending<'s> {
                 if let Err(e) = &self.media {
                     return decision.reject(Rejection::UnsupportedMediaType(e.clone()));
                 }
-                match self.route.body.parse(bytes) {
+                let parsed = self.route.body.parse(bytes).and_then(|map| {
+                    let shared = match self.route.body {
+                        BodyFormat::Form => form::in_query(&map, self.query.as_deref()),
+                        BodyFormat::Json => None,
+                    };
+                    match shared {
+                        Some(name) => Err(format!("`{name}` is in both the query and the form")),
+                        None => Ok(map),
+                    }
+                });
+                match parsed {
                     Ok(map) => Some(Value::Object(map)),
                     Err(e) => return decision.reject(Rejection::BadRequest(BadRequest::Body(e))),
                 }

@@ -238,13 +238,23 @@ pub fn rewrite(
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(header::HOST).cloned());
     let named: Vec<String> = crate::request::headers::connection_tokens(&parts.headers).collect();
+    let unverified_bearer = stamp.reads_no_token
+        && parts
+            .headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .any(|v| {
+                v.as_bytes()
+                    .get(..7)
+                    .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "))
+            });
     let dropped: Vec<HeaderName> = parts
         .headers
         .keys()
         .filter(|name| {
             *name == header::HOST
                 || (!stamp.cookies && *name == header::COOKIE)
-                || (stamp.reads_no_token && *name == header::AUTHORIZATION)
+                || (unverified_bearer && *name == header::AUTHORIZATION)
                 || !crate::request::headers::forwarded(name, &named, stamp.trusted)
         })
         .cloned()
@@ -277,9 +287,18 @@ pub fn rewrite(
 /// `For` chain); anyone else's were dropped and are set from the connection.
 fn stamp_forwarded(headers: &mut HeaderMap, stamp: Stamp<'_>, host: Option<HeaderValue>) {
     let ip = stamp.peer.ip().to_string();
-    let chain = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) if stamp.trusted && !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip,
+    // a trusted proxy may send the chain on several lines (HAProxy adds its own): all of
+    // them, in order, as `headers::client_address` reads them
+    let prior: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let chain = match stamp.trusted && !prior.is_empty() {
+        true => format!("{}, {ip}", prior.join(", ")),
+        false => ip,
     };
     set(headers, "x-forwarded-for", &chain);
     if !headers.contains_key("x-forwarded-proto") {

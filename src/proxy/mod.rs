@@ -187,6 +187,9 @@ impl Gateway {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let started = Instant::now();
+        // an IPv4 client of a dual-stack listener is ::ffff:a.b.c.d: trusted proxies, rate
+        // limits, logs and X-Forwarded-For see a.b.c.d
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let request_id = request_id(request.headers());
         let snapshot = self.snapshot.load_full();
         let (mut parts, body) = request.into_parts();

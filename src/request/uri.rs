@@ -165,9 +165,10 @@ pub fn segments(path: &str) -> Result<Vec<Cow<'_, str>>, PathError> {
 }
 
 fn segment(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    // dots only (`...`, which servers that strip trailing dots read as `..`)
     match raw {
         "" => return Err(PathError::EmptySegment),
-        "." | ".." => return Err(PathError::DotSegment),
+        _ if raw.bytes().all(|b| b == b'.') => return Err(PathError::DotSegment),
         _ => {}
     }
     if raw.contains('\\') {
@@ -196,6 +197,9 @@ fn segment(raw: &str) -> Result<Cow<'_, str>, PathError> {
         }
     }
     let text = String::from_utf8(bytes).map_err(|_| PathError::NotUtf8)?;
+    if text.bytes().all(|b| b == b'.' || b == b' ') {
+        return Err(PathError::DotSegment);
+    }
     if text.chars().any(char::is_control) {
         return Err(PathError::ControlChar);
     }
@@ -334,6 +338,10 @@ mod tests {
             ("/v1/./users", Err(DotSegment)),
             ("/v1/../users", Err(DotSegment)),
             ("/v1/users/..", Err(DotSegment)),
+            ("/console/x/.../v1", Err(DotSegment)),
+            ("/console/x/..%20/..%20/v1", Err(DotSegment)),
+            ("/console/x/.%20", Err(DotSegment)),
+            ("/console/%20", Err(DotSegment)),
             ("/v1/a%2Fb", Err(EncodedSlash)),
             ("/v1/a%2fb", Err(EncodedSlash)),
             ("/v1/%2e%2e/x", Err(EncodedDot)),

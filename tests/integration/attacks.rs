@@ -250,6 +250,16 @@ impl Thinger {
 
     /// A gateway deciding with the policies in `policies`.
     pub(crate) async fn start_with(upstream: &str, extra_server: &str, policies: &Path) -> Thinger {
+        Thinger::start_at("127.0.0.1:0", upstream, extra_server, policies).await
+    }
+
+    /// A gateway listening on `listen`.
+    pub(crate) async fn start_at(
+        listen: &str,
+        upstream: &str,
+        extra_server: &str,
+        policies: &Path,
+    ) -> Thinger {
         let dir = tempfile::tempdir().unwrap();
         let r = root();
         let text = format!(
@@ -265,7 +275,7 @@ impl Thinger {
         let config = dir.path().join("iotgate.toml");
         std::fs::write(&config, text).unwrap();
         let (gateway, _) = iotgate::load(&config).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(listen).await.unwrap();
         let running = iotgate::Running::start(listener, gateway).unwrap();
         Thinger {
             addr: running.addr,

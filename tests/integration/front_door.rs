@@ -384,3 +384,126 @@ async fn preflights_are_answered_here_and_only_allowed_origins_get_cors_headers(
         assert!(answer.contains("vary: origin"), "{answer}");
     }
 }
+
+/// One request from a chosen loopback source address.
+async fn exchange_from(source: &str, addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()));
+    let mut stream = socket.connect(target).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        stream.read_to_end(&mut out),
+    )
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn ipv4_clients_of_a_dual_stack_listener_are_told_apart() {
+    let upstream = Recorder::start(false).await;
+    let policies = root().join("policies/thinger");
+    let limits = "public_rate_per_second = 1\npublic_burst = 1\ntrusted_proxies = [\"127.0.0.2\"]";
+    let Ok(probe) = std::net::TcpListener::bind("[::]:0") else {
+        eprintln!("no IPv6 here: skipped");
+        return;
+    };
+    drop(probe);
+    let gw = Thinger::start_at("[::]:0", &upstream.url(), limits, &policies).await;
+    let health = request("GET", "/v1/server/healthcheck", None, &[], "");
+    assert_eq!(
+        statuses(&exchange_from("127.0.0.5", gw.addr, &health).await),
+        [200]
+    );
+    assert_eq!(
+        statuses(&exchange_from("127.0.0.5", gw.addr, &health).await),
+        [429]
+    );
+    let other = exchange_from("127.0.0.6", gw.addr, &health).await;
+    assert_eq!(
+        statuses(&other),
+        [200],
+        "another IPv4 client has its own bucket\n{other}"
+    );
+    // an IPv4 trusted proxy is recognized, and the upstream sees plain IPv4 addresses
+    let via = request(
+        "GET",
+        "/v1/server/version",
+        None,
+        &["X-Forwarded-For: 198.51.100.9"],
+        "",
+    );
+    assert_eq!(
+        statuses(&exchange_from("127.0.0.2", gw.addr, &via).await),
+        [200]
+    );
+    let seen = upstream.requests();
+    assert_eq!(
+        seen.last().unwrap().headers["x-forwarded-for"],
+        "198.51.100.9, 127.0.0.2"
+    );
+    assert_eq!(seen[0].headers["x-forwarded-for"], "127.0.0.5");
+}
+
+#[tokio::test]
+async fn the_upstream_reads_the_client_the_gateway_limited() {
+    let upstream = Recorder::start(false).await;
+    let gw = Thinger::start(&upstream.url(), "trusted_proxies = [\"127.0.0.0/8\"]").await;
+    let lines = ["X-Forwarded-For: 6.6.6.6", "X-Forwarded-For: 1.1.1.1"];
+    let answer = exchange(
+        gw.addr,
+        request("GET", "/v1/server/version", None, &lines, "").as_bytes(),
+    )
+    .await;
+    assert_eq!(statuses(&answer), [200]);
+    let seen = upstream.requests();
+    assert_eq!(
+        seen[0].headers["x-forwarded-for"],
+        "6.6.6.6, 1.1.1.1, 127.0.0.1"
+    );
+}
+
+#[tokio::test]
+async fn a_login_form_cannot_be_overridden_or_disguised() {
+    let upstream = Recorder::start(false).await;
+    let gw = Thinger::start(&upstream.url(), "").await;
+    let grant = "grant_type=password&username=dave&password=x";
+    let cases = [
+        (
+            request(
+                "POST",
+                "/oauth/token?grant_type=client_credentials",
+                None,
+                &[FORM],
+                grant,
+            ),
+            400,
+        ),
+        (
+            request("POST", "/oauth/token?Grant_Type=x", None, &[FORM], grant),
+            400,
+        ),
+        (
+            login(
+                r#"{"grant_type":"client_credentials","pad":"&grant_type=password&"}"#,
+                &[],
+            ),
+            400,
+        ),
+    ];
+    for (raw, want) in &cases {
+        let answer = exchange(gw.addr, raw.as_bytes()).await;
+        assert_eq!(statuses(&answer), [*want], "{raw}\n{answer}");
+    }
+    upstream.assert_untouched();
+    // OAuth client authentication is the server's business: Basic passes, Bearer does not
+    let basic = login(grant, &["Authorization: Basic Y2xpZW50OnNlY3JldA=="]);
+    assert_eq!(statuses(&exchange(gw.addr, basic.as_bytes()).await), [200]);
+    assert_eq!(
+        upstream.requests()[0].headers["authorization"],
+        "Basic Y2xpZW50OnNlY3JldA=="
+    );
+}
