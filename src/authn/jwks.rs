@@ -171,17 +171,17 @@ impl Remote {
         String::from_utf8(body.to_bytes().to_vec()).map_err(|_| "not UTF-8".to_string())
     }
 
-    /// Keeps the set fresh: fetches every `refresh`, and when woken, no sooner than
-    /// [`MIN_REFETCH`] after the last attempt.
+    /// Keeps the set fresh: fetches `refresh` after the last attempt, and when woken, as
+    /// soon as [`MIN_REFETCH`] (or `refresh`, if shorter) has passed since it.
     pub async fn run(self: Arc<Self>) {
         loop {
+            let last = self.lock().attempted.unwrap_or_else(Instant::now);
+            let regular = tokio::time::Instant::from_std(last + self.refresh);
             tokio::select! {
-                () = tokio::time::sleep(self.refresh) => {}
+                () = tokio::time::sleep_until(regular) => {}
                 () = self.wake.notified() => {
-                    let since = self.lock().attempted.map(|a| a.elapsed());
-                    if let Some(wait) = since.and_then(|s| MIN_REFETCH.checked_sub(s)) {
-                        tokio::time::sleep(wait).await;
-                    }
+                    let earliest = last + MIN_REFETCH.min(self.refresh);
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(earliest)).await;
                 }
             }
             let _ = self.fetch().await;

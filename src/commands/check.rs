@@ -186,6 +186,12 @@ pub(crate) fn run(args: &CheckArgs, out: &mut dyn Write) -> std::io::Result<Exit
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // JWKS URLs are fetched once, so `check --token` verifies as `serve` would
+        for remote in loaded.verifier.remotes() {
+            if let Err(e) = remote.fetch().await {
+                writeln!(out, "warning: JWKS {}: {e}", remote.status().url)?;
+            }
+        }
         match (&args.request, &args.against) {
             (Some(request), _) => explain_one(loaded, args, request, out).await,
             (None, Some(dir)) => compare(loaded, &args.suites, dir, out).await,
