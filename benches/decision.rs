@@ -46,6 +46,7 @@ fn decide(probe: &Probe, loaded: &Loaded) -> iotgate::Decision {
         headers: &probe.headers,
         has_body: probe.body.is_some(),
         forwards_cookies: false,
+        tls_client: None,
     };
     let credentials = probe.credentials.clone();
     match iotgate::begin(&loaded.snapshot, &loaded.verifier, head, credentials, None) {
@@ -210,6 +211,7 @@ fn bench_one(
             headers: &headers,
             has_body: false,
             forwards_cookies: false,
+            tls_client: None,
         };
         match iotgate::begin(
             &loaded.snapshot,

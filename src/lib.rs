@@ -54,7 +54,9 @@ pub use crate::proxy::forward::{rewrite, Stamp, Upstream};
 pub use crate::proxy::response::{full, Body, BoxError};
 pub use crate::proxy::Gateway;
 pub use crate::request::uri::{check_query, segments, Query};
+pub use crate::request::TlsClient;
 pub use crate::serve::reload::Reloader;
+pub use crate::serve::tls::Tls;
 pub use crate::serve::{load, Running};
 #[cfg(test)]
 mod testutil;

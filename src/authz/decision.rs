@@ -35,7 +35,7 @@ use crate::model::routes::field::{FieldError, Inputs};
 use crate::model::routes::{Auth, Resolved, Route};
 use crate::request::headers::{self, HeaderError};
 use crate::request::uri::{self, PathError, Query, QueryError};
-use crate::request::{form, BodyFormat};
+use crate::request::{form, BodyFormat, TlsClient};
 
 /// The parts of an HTTP request a decision reads before the body.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +51,8 @@ pub struct RequestHead<'a> {
     /// Whether `Cookie` reaches the upstream (`[server] forward_cookies`): then a token in it
     /// is a second credential like any other.
     pub forwards_cookies: bool,
+    /// The verified TLS client certificate of the connection, if any.
+    pub tls_client: Option<&'a TlsClient>,
 }
 
 /// How the request's identity is established.
@@ -334,6 +336,7 @@ pub struct Pending<'s> {
     query: Option<String>,
     /// The token's claims (none for the anonymous principal).
     claims: Claims,
+    tls_client: Option<TlsClient>,
     principal: NodeRef<'s>,
     /// Whether a body would be read as JSON (checked only when one is sent).
     media: Result<(), HeaderError>,
@@ -411,6 +414,7 @@ pub fn begin<'s>(
         captures,
         query: head.uri.query().map(String::from),
         claims: identity.map(|i| i.claims).unwrap_or_default(),
+        tls_client: head.tls_client.cloned(),
         principal,
         media: if route.needs_body() {
             headers::body_media(head.headers, route.body)
@@ -470,6 +474,7 @@ impl<'s> Pending<'s> {
             claims: &self.claims,
             body: body.as_ref(),
             principal_parents: &principal_parents,
+            tls: self.tls_client.as_ref(),
         };
         let resolved = match self.route.resolve(&inputs) {
             Ok(r) => r,

@@ -54,7 +54,21 @@ pub(crate) async fn serve(args: &ServeArgs) -> ExitStatus {
 /// `validate`: loads config, keys, schema, routes, policies and directory; prints every
 /// problem (exit 2) or a summary (exit 0).
 pub(crate) fn validate(args: &ConfigArg, out: &mut dyn Write) -> std::io::Result<ExitStatus> {
-    match Loaded::load(&args.config) {
+    let tls = Config::load(&args.config)
+        .ok()
+        .and_then(|c| c.server)
+        .and_then(|server| crate::serve::tls_of(&server).err());
+    let loaded = match (Loaded::load(&args.config), tls) {
+        (Ok(loaded), None) => Ok(loaded),
+        (Ok(_), Some(tls)) => Err(tls),
+        (Err(mut problems), tls) => {
+            if let Some(tls) = tls {
+                problems.extend(tls);
+            }
+            Err(problems)
+        }
+    };
+    match loaded {
         Err(problems) => {
             write!(out, "{problems}")?;
             let n = problems.iter().count();

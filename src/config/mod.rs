@@ -90,6 +90,16 @@ struct FileServer {
     #[serde(default)]
     expose_messages: bool,
     cors: Option<FileCors>,
+    tls: Option<FileTls>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileTls {
+    cert_file: String,
+    key_file: String,
+    client_ca_file: Option<String>,
+    #[serde(default)]
+    client_cert: ClientCert,
 }
 
 #[derive(Debug, Deserialize)]
@@ -372,6 +382,32 @@ pub struct ServerConfig {
     pub expose_messages: bool,
     /// `[server.cors]`, when browsers of other origins may call.
     pub cors: Option<CorsConfig>,
+    /// `[server.tls]`: the client listener speaks TLS.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to (device mTLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// Whether a client certificate is required or only verified when sent.
+    pub client_cert: ClientCert,
+}
+
+/// `[server.tls] client_cert`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCert {
+    /// Verified when a client sends one; routes that read `{tls.subject}` need one.
+    #[default]
+    Optional,
+    /// Every connection must present one (handshake fails otherwise).
+    Required,
 }
 
 /// A token bucket's refill rate and size.
@@ -415,6 +451,7 @@ impl ServerConfig {
             public_rate: None,
             expose_messages: false,
             cors: None,
+            tls: None,
         }
     }
 }
@@ -664,6 +701,21 @@ impl Ctx<'_> {
             }
         };
         let cors = s.cors.map(|c| self.cors(c)).transpose()?;
+        let tls = match s.tls {
+            Some(t) if t.client_cert == ClientCert::Required && t.client_ca_file.is_none() => {
+                return Err(self.source.problem(
+                    "server.tls.client_cert",
+                    "`client_cert = \"required\"` needs `client_ca_file`",
+                ))
+            }
+            Some(t) => Some(TlsConfig {
+                cert_file: self.path(&t.cert_file),
+                key_file: self.path(&t.key_file),
+                client_ca_file: t.client_ca_file.as_deref().map(|p| self.path(p)),
+                client_cert: t.client_cert,
+            }),
+            None => None,
+        };
         Ok(ServerConfig {
             listen,
             upstream,
@@ -693,6 +745,7 @@ impl Ctx<'_> {
             public_rate,
             expose_messages: s.expose_messages,
             cors,
+            tls,
         })
     }
 

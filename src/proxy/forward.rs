@@ -170,6 +170,8 @@ pub struct Stamp<'a> {
     pub peer: SocketAddr,
     /// Whether the peer is a configured trusted proxy (its `X-Forwarded-*` are kept).
     pub trusted: bool,
+    /// Whether the client spoke TLS to iotgate (`X-Forwarded-Proto: https`).
+    pub secure: bool,
     /// Whether the client's `Cookie` headers are forwarded (`[server] forward_cookies`).
     pub cookies: bool,
     /// Whether the route reads no token (`auth = "none"`): a bearer token the client sent
@@ -302,7 +304,8 @@ fn stamp_forwarded(headers: &mut HeaderMap, stamp: Stamp<'_>, host: Option<Heade
     };
     set(headers, "x-forwarded-for", &chain);
     if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        let proto = if stamp.secure { "https" } else { "http" };
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     }
     if let (false, Some(host)) = (headers.contains_key("x-forwarded-host"), host) {
         headers.insert("x-forwarded-host", host);

@@ -38,7 +38,7 @@ use crate::config::problem::{Problem, Problems};
 use crate::config::{CacheConfig, Config, ServerConfig};
 use crate::model::routes::{Auth, Route};
 use crate::proxy::response::{full, Body, BoxError, Failure, UpstreamError, REQUEST_ID};
-use crate::request::headers;
+use crate::request::{headers, TlsSession};
 use crate::telemetry;
 use crate::telemetry::metrics::{Metrics, UpstreamFailure};
 
@@ -228,6 +228,7 @@ impl Gateway {
                     let stamp = Stamp {
                         peer,
                         trusted: self.trusted(peer),
+                        secure: parts.extensions.get::<Arc<TlsSession>>().is_some(),
                         cookies: self.server.forward_cookies,
                         reads_no_token: route.is_some_and(|r| r.auth == Auth::None),
                         request_id: &record.request_id,
@@ -330,6 +331,10 @@ impl Gateway {
             headers: &parts.headers,
             has_body,
             forwards_cookies: self.server.forward_cookies,
+            tls_client: parts
+                .extensions
+                .get::<Arc<TlsSession>>()
+                .and_then(|t| t.client.as_ref()),
         };
         let credentials = match parts.extensions.get::<TrustedClaims>() {
             Some(TrustedClaims(claims)) if self.trusts_claims => {

@@ -40,3 +40,21 @@ impl BodyFormat {
         }
     }
 }
+
+/// Marks a request that came over TLS (`[server.tls]`), with the client certificate, if
+/// one was sent and verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TlsSession {
+    /// The verified client certificate.
+    pub client: Option<TlsClient>,
+}
+
+/// The verified client certificate of a TLS connection (`[server.tls] client_ca_file`),
+/// which routes read as `{tls.subject}` and `{tls.cn}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsClient {
+    /// The subject distinguished name (`CN=sensor-7, O=Acme`).
+    pub subject: String,
+    /// The subject's common name.
+    pub cn: Option<String>,
+}

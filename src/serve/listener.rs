@@ -33,8 +33,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use super::tls::Tls;
 use crate::config::ServerConfig;
 use crate::proxy::response::Body;
+use crate::request::TlsSession;
 use crate::telemetry::metrics::Connections;
 
 /// How long in-flight requests may run after a shutdown signal.
@@ -55,6 +57,8 @@ pub(crate) struct Limits {
     pub max_header_bytes: usize,
     /// Where connections are counted.
     pub counters: Arc<Connections>,
+    /// TLS of the listener (`[server.tls]`), when it has one.
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Limits {
@@ -66,7 +70,13 @@ impl Limits {
             max_connections: server.max_connections,
             max_header_bytes: server.max_header_bytes,
             counters,
+            tls: None,
         }
+    }
+
+    /// The same limits on a TLS listener.
+    pub(crate) fn with_tls(self, tls: Option<Arc<Tls>>) -> Limits {
+        Limits { tls, ..self }
     }
 }
 
@@ -90,6 +100,7 @@ pub(crate) async fn serve_http<H, F>(
         .max_buf_size(limits.max_header_bytes);
     let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
     builder.http2().max_header_list_size(header_list);
+    let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut accept_log = RateLimited::default();
     tokio::pin!(shutdown);
@@ -119,36 +130,18 @@ pub(crate) async fn serve_http<H, F>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let activity = Activity::default();
-                let service = {
-                    let (handler, activity) = (handler.clone(), activity.clone());
-                    service_fn(move |request| {
-                        let in_flight = activity.begin();
-                        let answer = handler(request, peer);
-                        async move {
-                            // in flight until the whole response body is sent
-                            let response = answer
-                                .await
-                                .map(|body| Guarded { body, _in_flight: in_flight }.boxed());
-                            Ok::<_, Infallible>(response)
-                        }
-                    })
+                let connection = Connection {
+                    builder: builder.clone(),
+                    watcher: graceful.watcher(),
+                    counters: limits.counters.clone(),
+                    idle: limits.idle_timeout,
+                    handshake: limits.header_read_timeout,
+                    peer,
                 };
-                let io = TokioIo::new(Tracked { inner: stream, activity: activity.clone() });
-                let connection = builder.serve_connection_with_upgrades(io, service);
-                let connection = graceful.watch(connection.into_owned());
-                let (counters, idle) = (limits.counters.clone(), limits.idle_timeout);
+                let (handler, tls) = (handler.clone(), limits.tls.clone());
                 tokio::spawn(async move {
-                    let _open = Open::new(&counters, permit);
-                    tokio::select! {
-                        ended = connection => if let Err(e) = ended {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        },
-                        () = activity.idle_for(idle) => {
-                            counters.idle_closed.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%peer, "idle connection closed");
-                        }
-                    }
+                    let _open = Open::new(&connection.counters, permit);
+                    connection.serve(stream, tls, handler).await;
                 });
             }
             () = &mut shutdown => break,
@@ -160,6 +153,106 @@ pub(crate) async fn serve_http<H, F>(
         .is_err()
     {
         tracing::warn!("in-flight requests still running after the grace period");
+    }
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    counters: Arc<Connections>,
+    idle: Duration,
+    handshake: Duration,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// Serves HTTP on the socket (after the TLS handshake, on a TLS listener) until it
+    /// closes, idles out, or the graceful shutdown ends it.
+    async fn serve<H, F>(self, stream: TcpStream, tls: Option<Arc<Tls>>, handler: H)
+    where
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let activity = Activity::default();
+        let tracked = Tracked {
+            inner: stream,
+            activity: activity.clone(),
+        };
+        let Some(tls) = tls else {
+            return self
+                .http(TokioIo::new(tracked), None, activity, handler)
+                .await;
+        };
+        let accepted = tokio::time::timeout(self.handshake, tls.acceptor().accept(tracked)).await;
+        match accepted {
+            Ok(Ok(stream)) => {
+                let session = TlsSession {
+                    client: super::tls::client(stream.get_ref().1),
+                };
+                self.http(
+                    TokioIo::new(stream),
+                    Some(Arc::new(session)),
+                    activity,
+                    handler,
+                )
+                .await;
+            }
+            Ok(Err(e)) => {
+                self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                self.counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+            }
+        }
+    }
+
+    async fn http<I, H, F>(
+        self,
+        io: TokioIo<I>,
+        tls: Option<Arc<TlsSession>>,
+        activity: Activity,
+        handler: H,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let peer = self.peer;
+        let service = {
+            let activity = activity.clone();
+            service_fn(move |mut request: Request<Incoming>| {
+                let in_flight = activity.begin();
+                if let Some(tls) = &tls {
+                    request.extensions_mut().insert(tls.clone());
+                }
+                let answer = handler(request, peer);
+                async move {
+                    // in flight until the whole response body is sent
+                    let response = answer.await.map(|body| {
+                        Guarded {
+                            body,
+                            _in_flight: in_flight,
+                        }
+                        .boxed()
+                    });
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        let connection = self.builder.serve_connection_with_upgrades(io, service);
+        let connection = self.watcher.watch(connection.into_owned());
+        tokio::select! {
+            ended = connection => if let Err(e) = ended {
+                tracing::debug!(error = %e, "connection ended with an error");
+            },
+            () = activity.idle_for(self.idle) => {
+                self.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "idle connection closed");
+            }
+        }
     }
 }
 

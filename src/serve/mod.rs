@@ -10,6 +10,7 @@
 pub(crate) mod admin;
 pub(crate) mod listener;
 pub(crate) mod reload;
+pub(crate) mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -40,6 +41,7 @@ pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), String> {
         .server
         .clone()
         .ok_or("`serve` needs a [server] section\n")?;
+    let tls = tls_of(&server).map_err(|p| p.to_string())?;
     let listener = TcpListener::bind(server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}\n", server.listen))?;
@@ -51,7 +53,7 @@ pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), String> {
         ),
         None => None,
     };
-    let reloader = Reloader::new(config.clone(), gateway.clone());
+    let reloader = Reloader::new(config.clone(), gateway.clone(), tls.clone());
     let mode = config.policy.reload;
     let mut background = match mode {
         Reload::Watch => vec![reloader.spawn_watch(), reloader.spawn_sighup()],
@@ -79,7 +81,7 @@ pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), String> {
         ))
     });
     log_start(&listener, admin_addr, &gateway);
-    let limits = Limits::new(gateway.server(), gateway.metrics().connections());
+    let limits = Limits::new(gateway.server(), gateway.metrics().connections()).with_tls(tls);
     serve_http(
         listener,
         gateway_handler(gateway),
@@ -98,6 +100,20 @@ pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), String> {
     }
     tracing::info!("iotgate stopped");
     Ok(())
+}
+
+/// The client listener's TLS, when `[server.tls]` is set.
+///
+/// # Errors
+/// The certificate, key or client CA cannot be used.
+pub(crate) fn tls_of(
+    server: &crate::config::ServerConfig,
+) -> Result<Option<Arc<tls::Tls>>, Problems> {
+    server
+        .tls
+        .as_ref()
+        .map(|c| tls::Tls::load(c).map(Arc::new))
+        .transpose()
 }
 
 /// Fetches every JWKS URL once (a failure is logged; its issuer's tokens are refused until
@@ -202,17 +218,20 @@ pub struct Running {
     task: JoinHandle<()>,
     /// The JWKS URL fetchers (first fetch, then refreshes).
     keys: Vec<JoinHandle<()>>,
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl Running {
-    /// Serves `gateway` on `listener` in a background task.
+    /// Serves `gateway` on `listener` in a background task (over TLS with `[server.tls]`).
     ///
     /// # Errors
-    /// The listener has no local address.
+    /// The listener has no local address, or the TLS files cannot be used.
     pub fn start(listener: TcpListener, gateway: Arc<Gateway>) -> std::io::Result<Running> {
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let limits = Limits::new(gateway.server(), gateway.metrics().connections());
+        let tls = tls_of(gateway.server()).map_err(|p| std::io::Error::other(p.to_string()))?;
+        let limits =
+            Limits::new(gateway.server(), gateway.metrics().connections()).with_tls(tls.clone());
         let keys = gateway
             .verifier()
             .remotes()
@@ -237,7 +256,13 @@ impl Running {
             stop,
             task,
             keys,
+            tls,
         })
+    }
+
+    /// The listener's TLS (give it to a [`Reloader`] to reload its certificate).
+    pub fn tls(&self) -> Option<Arc<tls::Tls>> {
+        self.tls.clone()
     }
 
     /// Stops accepting and waits for in-flight requests.

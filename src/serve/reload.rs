@@ -10,9 +10,10 @@
 //! ```
 //!
 //! A reload re-reads what `[policy]` names (schema, routes, policies, shadow policies,
-//! directory), `[license]` as loaded at start, and the key files `[auth]` names (a changed
-//! key file is a rotation: tokens signed with the old key are refused from then on; JWKS
-//! URLs refresh on their own). Changes to the config file itself need a restart.
+//! directory), `[license]` as loaded at start, the key files `[auth]` names (a changed key
+//! file is a rotation: tokens signed with the old key are refused from then on; JWKS URLs
+//! refresh on their own), and the listener's TLS certificate, key and client CA (new
+//! connections use them). Changes to the config file itself need a restart.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -26,6 +27,7 @@ use crate::authz::snapshot::Snapshot;
 use crate::config::files::files_below;
 use crate::config::Config;
 use crate::proxy::Gateway;
+use crate::serve::tls::Tls;
 
 /// How often the watcher looks at the files.
 const POLL: Duration = Duration::from_millis(500);
@@ -52,16 +54,19 @@ pub struct Attempt {
 pub struct Reloader {
     config: Config,
     gateway: Arc<Gateway>,
+    /// The client listener's TLS, whose certificate files reload too.
+    tls: Option<Arc<Tls>>,
     last: Mutex<Option<Attempt>>,
     one_at_a_time: tokio::sync::Mutex<()>,
 }
 
 impl Reloader {
-    /// A reloader for the gateway, reading what `config` names.
-    pub fn new(config: Config, gateway: Arc<Gateway>) -> Arc<Reloader> {
+    /// A reloader for the gateway (and its listener's TLS), reading what `config` names.
+    pub fn new(config: Config, gateway: Arc<Gateway>, tls: Option<Arc<Tls>>) -> Arc<Reloader> {
         Arc::new(Reloader {
             config,
             gateway,
+            tls,
             last: Mutex::new(None),
             one_at_a_time: tokio::sync::Mutex::new(()),
         })
@@ -89,6 +94,9 @@ impl Reloader {
             Ok(0) => {}
             Ok(rotated) => tracing::info!(trigger, rotated, "key files rotated"),
             Err(p) => problems.extend(p.iter().map(ToString::to_string)),
+        }
+        if let Some(Err(p)) = self.tls.as_ref().map(|tls| tls.reload()) {
+            problems.extend(p.iter().map(ToString::to_string));
         }
         let serving = self.gateway.snapshot();
         let attempt = Attempt {
@@ -125,7 +133,8 @@ impl Reloader {
     pub fn spawn_watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
-            let paths = watched_paths(&this.config);
+            let mut paths = watched_paths(&this.config);
+            paths.extend(this.tls.iter().flat_map(|tls| tls.paths()));
             let mut seen = fingerprint_off_thread(paths.clone()).await;
             loop {
                 tokio::time::sleep(POLL).await;

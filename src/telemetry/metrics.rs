@@ -55,6 +55,8 @@ pub struct Connections {
     pub accept_errors: AtomicU64,
     /// Connections closed for idling.
     pub idle_closed: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_failures: AtomicU64,
 }
 
 /// Kinds of upstream failure.
@@ -292,6 +294,12 @@ impl Metrics {
                 "counter",
                 "Connections closed after idle_timeout_seconds.",
                 one(get(&c.idle_closed)),
+            ),
+            (
+                "iotgate_tls_handshake_failures_total".into(),
+                "counter",
+                "TLS handshakes that failed or timed out.",
+                one(get(&c.tls_failures)),
             ),
             (
                 "iotgate_accept_errors_total".into(),

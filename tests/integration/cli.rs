@@ -213,7 +213,7 @@ fn validate_accepts_the_mini_profile() {
     let (code, out) = iotgate(&["validate", "--config", &mini_config()]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.starts_with("ok: 9 routes, 11 policies, 9 entities; policy version mini-1@"),
+        out.starts_with("ok: 10 routes, 11 policies, 9 entities; policy version mini-1@"),
         "{out}"
     );
 }

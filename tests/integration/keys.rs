@@ -250,7 +250,7 @@ async fn an_hs256_secret_replaced_on_disk_rotates_on_reload() {
     );
     assert_eq!(served.status_with(&old).await, 200);
     std::fs::write(&secret, "second-secret-of-at-least-32-bytes!\n").unwrap();
-    let reloader = iotgate::Reloader::new(served.config.clone(), served.gateway.clone());
+    let reloader = iotgate::Reloader::new(served.config.clone(), served.gateway.clone(), None);
     let attempt = reloader.reload("signal").await;
     assert!(attempt.ok, "{attempt:?}");
     assert_eq!(served.status_with(&new).await, 200);

@@ -18,3 +18,4 @@ mod profiles;
 mod properties;
 mod proxy;
 mod support;
+mod tls;

@@ -93,7 +93,7 @@ async fn admin_endpoints_report_health_status_and_metrics() {
     assert_eq!(status["directory_version"].as_str().unwrap().len(), 12);
     assert_eq!(
         status["counts"],
-        json!({"policies": 11, "shadow_policies": null, "routes": 9, "entities": 9})
+        json!({"policies": 11, "shadow_policies": null, "routes": 10, "entities": 9})
     );
     assert_eq!(status["reload"], "signal");
     assert!(status["loaded_at"].as_str().unwrap().ends_with('Z'));
@@ -279,7 +279,7 @@ async fn concurrent_requests_during_repeated_reloads_are_consistent() {
     };
     assert_ne!(allow_version, deny_version);
     let (gateway, config) = iotgate::load(&config_path).unwrap();
-    let reloader = iotgate::Reloader::new(config, gateway.clone());
+    let reloader = iotgate::Reloader::new(config, gateway.clone(), None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let running = iotgate::Running::start(listener, gateway).unwrap();
     let url = format!("http://{}/v1/users/alice/devices/d2", running.addr);

@@ -79,6 +79,7 @@ fn forwarded(upstream: &iotgate::Upstream, target: &str) -> String {
     let stamp = iotgate::Stamp {
         peer: "127.0.0.1:1".parse().unwrap(),
         trusted: false,
+        secure: false,
         cookies: false,
         reads_no_token: false,
         request_id: "r",

@@ -51,6 +51,7 @@ impl Fixture {
             headers: &headers,
             has_body: body.is_some(),
             forwards_cookies: false,
+            tls_client: None,
         };
         let credentials = match claims {
             serde_json::Value::Null => Credentials::Token,

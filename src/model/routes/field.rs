@@ -9,7 +9,8 @@
 //!
 //! Placeholders: `{name}` a path capture, `{query.x}` a query parameter, `{claim.x}` a token
 //! claim, `{body.a.b}` a field of the JSON body, `{principal.parent.T}` the id of the
-//! principal's one direct parent of type `T` in the directory. A field may be conditional (`when`), have a
+//! principal's one direct parent of type `T` in the directory, `{tls.subject}` / `{tls.cn}`
+//! the verified TLS client certificate's subject / common name. A field may be conditional (`when`), have a
 //! `default`, be `optional`, or `map` its value onto other strings.
 
 use std::borrow::Cow;
@@ -20,6 +21,7 @@ use serde_json::Value;
 
 use crate::authn::Claims;
 use crate::request::uri::{Query, QueryError};
+use crate::request::TlsClient;
 
 /// Where a placeholder reads from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,18 @@ pub(crate) enum Source {
     Body(Vec<String>),
     /// The id of the principal's one direct parent of this entity type (`{principal.parent.Org}`).
     PrincipalParent(String),
+    /// The verified TLS client certificate's subject (`{tls.subject}`) or common name
+    /// (`{tls.cn}`).
+    Tls(TlsPart),
+}
+
+/// What a `{tls.…}` placeholder reads of the client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsPart {
+    /// The subject distinguished name.
+    Subject,
+    /// Its common name.
+    Cn,
 }
 
 impl Source {
@@ -50,6 +64,8 @@ impl Source {
             ("body", Some(path)) if path.split('.').all(|p| !p.is_empty()) => {
                 Source::Body(path.split('.').map(String::from).collect())
             }
+            ("tls", Some("subject")) => Source::Tls(TlsPart::Subject),
+            ("tls", Some("cn")) => Source::Tls(TlsPart::Cn),
             ("principal", Some(rest)) => match rest.strip_prefix("parent.") {
                 Some(t) if !t.is_empty() => Source::PrincipalParent(t.to_string()),
                 _ => return Err(bad()),
@@ -147,6 +163,8 @@ pub struct Inputs<'a> {
     pub body: Option<&'a Value>,
     /// The principal's direct parents in the directory (asked only by fields that read them).
     pub principal_parents: &'a dyn Fn() -> Vec<EntityUid>,
+    /// The verified TLS client certificate, when the connection presented one.
+    pub tls: Option<&'a TlsClient>,
 }
 
 /// A looked-up placeholder value.
@@ -200,6 +218,10 @@ impl<'a> Inputs<'a> {
                     (Some(_), Some(_)) => return Err(FieldError::Ambiguous(ty.clone())),
                 }
             }
+            Source::Tls(part) => self.tls.and_then(|client| match part {
+                TlsPart::Subject => Some(Raw::Text(Cow::Borrowed(client.subject.as_str()))),
+                TlsPart::Cn => client.cn.as_deref().map(|cn| Raw::Text(Cow::Borrowed(cn))),
+            }),
             Source::Body(path) => match self.body {
                 None => None,
                 Some(body) => json(body_value(body, path)?),

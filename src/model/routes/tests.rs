@@ -65,6 +65,7 @@ fn resolve(
         claims: &claims,
         body: body.as_ref(),
         principal_parents: &Vec::new,
+        tls: None,
     };
     Some((route.name.clone(), route.resolve(&inputs)))
 }

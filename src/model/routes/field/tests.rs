@@ -22,6 +22,7 @@ struct Req {
     query: &'static str,
     claims: Claims,
     body: Option<Value>,
+    tls: Option<TlsClient>,
 }
 
 impl Req {
@@ -47,6 +48,10 @@ impl Req {
                 json!({"role": "user", "org": {"id": "eu"}, "count": 5, "on": true, "tags": ["a", 1],
                         "on_text": "true", "count_text": "5", "gone": null, "Case": "x"}),
             ),
+            tls: Some(TlsClient {
+                subject: "CN=sensor-7, O=Acme".into(),
+                cn: Some("sensor-7".into()),
+            }),
         }
     }
 
@@ -57,6 +62,7 @@ impl Req {
             claims: &self.claims,
             body: self.body.as_ref(),
             principal_parents: &|| self.parents.clone(),
+            tls: self.tls.as_ref(),
         };
         f.resolve(&inputs)
     }
@@ -90,6 +96,14 @@ fn resolution_table() {
         (field(FieldType::String, "literal"), Ok(s("literal"))),
         (field(FieldType::String, "{query.q}"), Ok(s("hello"))),
         (field(FieldType::String, "{claim.dev}"), Ok(s("d9"))),
+        (
+            field(FieldType::String, "{tls.subject}"),
+            Ok(s("CN=sensor-7, O=Acme")),
+        ),
+        (
+            field(FieldType::String, "dev-{tls.cn}"),
+            Ok(s("dev-sensor-7")),
+        ),
         (field(FieldType::String, "{body.role}"), Ok(s("user"))),
         (field(FieldType::String, "{body.org.id}"), Ok(s("eu"))),
         (
@@ -256,6 +270,7 @@ fn template_syntax() {
         "{1x}",
         "{x.y}",
         "{query.}",
+        "{tls.issuer}",
     ] {
         assert!(Template::parse(bad).is_err(), "{bad}");
     }
