@@ -312,8 +312,10 @@ fn print_tour(out: &mut dyn Write, addr: SocketAddr, signer: &Signer) -> std::io
     }
     writeln!(
         out,
-        "curl -si http://{addr}/v1/users/dave/devices   # 401 no token"
+        "curl -si http://{addr}/v1/users/dave/devices   # 401 no token (reason token_missing)"
     )?;
+    writeln!(out, "curl -si -d 'grant_type=password&username=dave&password=secret' http://{addr}/oauth/token   # 200 login needs no token (public.cedar)")?;
+    writeln!(out, "curl -si -d 'grant_type=client_credentials' http://{addr}/oauth/token   # 403 no_permit: that grant is not public")?;
     writeln!(out, "curl -si --path-as-is -H \"Authorization: Bearer $DEVELOPER\" http://{addr}/v1/users/dave/../erin/devices   # 400 dot segments are refused")?;
     writeln!(out)?;
     writeln!(out, "# explain a decision without the server:")?;

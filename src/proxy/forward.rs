@@ -303,10 +303,27 @@ fn stamp_forwarded(headers: &mut HeaderMap, stamp: Stamp<'_>, host: Option<Heade
         false => ip,
     };
     set(headers, "x-forwarded-for", &chain);
+    let proto = if stamp.secure { "https" } else { "http" };
     if !headers.contains_key("x-forwarded-proto") {
-        let proto = if stamp.secure { "https" } else { "http" };
         headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     }
+    // RFC 7239: a trusted proxy's `Forwarded` gets this hop appended; anyone else's was
+    // dropped and is set from the connection
+    let node = match stamp.peer.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prior) if stamp.trusted => format!("{prior}, for={node}"),
+        _ => match host.as_ref().and_then(|h| h.to_str().ok()) {
+            Some(h) => format!(
+                "for={node};proto={proto};host=\"{}\"",
+                h.replace(['"', '\\'], "")
+            ),
+            None => format!("for={node};proto={proto}"),
+        },
+    };
+    set(headers, "forwarded", &forwarded);
     if let (false, Some(host)) = (headers.contains_key("x-forwarded-host"), host) {
         headers.insert("x-forwarded-host", host);
     }

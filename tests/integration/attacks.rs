@@ -724,6 +724,7 @@ async fn trusted_proxies_keep_their_forwarding_headers() {
     let extra = [
         "X-Forwarded-For: 203.0.113.9",
         "X-Forwarded-Proto: https",
+        "Forwarded: for=203.0.113.9;proto=https",
         "Connection: close",
     ];
     let answer = exchange(
@@ -735,6 +736,23 @@ async fn trusted_proxies_keep_their_forwarding_headers() {
     let h = &up.requests()[0].headers;
     assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["forwarded"], "for=203.0.113.9;proto=https, for=127.0.0.1");
+    gw.running.stop().await;
+    // from anyone else they are replaced by what iotgate sees
+    let gw = Thinger::start(&up.url(), "").await;
+    let answer = exchange(
+        gw.addr,
+        request("GET", DEVICE, Some(&bob()), &extra, "").as_bytes(),
+    )
+    .await;
+    assert_eq!(statuses(&answer), [200]);
+    let h = &up.requests()[1].headers;
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(
+        h["forwarded"],
+        "for=127.0.0.1;proto=http;host=\"iot.example\""
+    );
     gw.running.stop().await;
 }
 

@@ -79,6 +79,7 @@ async fn serve_logs_one_decision_per_request_without_tokens_and_stops_on_sigterm
 /// One printed curl line: method, token variable, body, URL and the status it should get.
 struct Curl {
     method: String,
+    json: bool,
     token: Option<String>,
     body: Option<String>,
     url: String,
@@ -98,8 +99,12 @@ fn parse_curl(line: &str) -> Curl {
         .split(" -d '")
         .nth(1)
         .map(|rest| rest.split('\'').next().unwrap().to_string());
+    // as curl does: -d without -X is a POST, typed as a form unless a header says otherwise
+    let default_method = if body.is_some() { "POST" } else { "GET" };
+    let json = cmd.contains("Content-Type: application/json");
     Curl {
-        method: after("-X").unwrap_or("GET").to_string(),
+        method: after("-X").unwrap_or(default_method).to_string(),
+        json,
         token,
         body,
         url: words.last().unwrap().to_string(),
@@ -160,7 +165,11 @@ async fn demo_prints_calls_that_get_the_statuses_it_announces() {
             req = req.header("authorization", format!("Bearer {}", tokens[var]));
         }
         if c.body.is_some() {
-            req = req.header("content-type", "application/json");
+            let media = match c.json {
+                true => "application/json",
+                false => "application/x-www-form-urlencoded",
+            };
+            req = req.header("content-type", media);
         }
         let body = c.body.clone().unwrap_or_default();
         let (status, _, _) = send(req.body(iotgate::full(body)).unwrap()).await;
