@@ -29,6 +29,7 @@ use crate::authz::evaluate::{self, Verdict, Verdicts};
 use crate::authz::snapshot::Snapshot;
 use crate::model::cedar_core::SliceError;
 use crate::model::cedar_core::{self, CoreEntity};
+use crate::model::directory::change::Change;
 use crate::model::directory::{Directory, EntityError, NodeRef};
 use crate::model::policy::Policies;
 use crate::model::routes::field::{FieldError, Inputs};
@@ -250,6 +251,9 @@ pub struct Decision {
     pub shadow: Option<Verdict>,
     /// Whether the verdict came from the decision cache.
     pub cached: bool,
+    /// What the request changes in the directory once the upstream answers 2xx (the
+    /// route's effects, resolved).
+    pub effects: Vec<Change>,
 }
 
 impl Decision {
@@ -268,6 +272,7 @@ impl Decision {
             directory_version: snapshot.directory_version.clone(),
             shadow: None,
             cached: false,
+            effects: Vec::new(),
         }
     }
 
@@ -480,6 +485,10 @@ impl<'s> Pending<'s> {
             Ok(r) => r,
             Err(e) => return decision.reject(Rejection::BadRequest(e.into())),
         };
+        decision.effects = match self.route.effects(&inputs, &resolved) {
+            Ok(effects) => effects,
+            Err(e) => return decision.reject(Rejection::BadRequest(e.into())),
+        };
         decision.resource = Some(resolved.resource.clone());
         let Some(cache) = self.caches.map(|c| &c.decisions) else {
             return match self.authorize(&resolved) {
@@ -577,7 +586,7 @@ pub fn authorize(
     };
     Ok(Verdicts {
         live: decide(&snapshot.policies),
-        shadow: snapshot.shadow.as_ref().map(decide),
+        shadow: snapshot.shadow.as_deref().map(decide),
     })
 }
 

@@ -20,6 +20,8 @@ use sha2::{Digest, Sha256};
 use crate::authn::Verifier;
 use crate::config::problem::{Problem, Problems};
 use crate::config::Config;
+use crate::model::directory::change::Change;
+use crate::model::directory::journal;
 use crate::model::directory::Directory;
 use crate::model::policy::Policies;
 use crate::model::routes::RouteTable;
@@ -35,11 +37,11 @@ static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 #[derive(Debug)]
 pub struct Snapshot {
     /// Schema and its catalog.
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
     /// The route table.
-    pub routes: RouteTable,
+    pub routes: Arc<RouteTable>,
     /// The policies.
-    pub policies: Policies,
+    pub policies: Arc<Policies>,
     /// The directory.
     pub directory: Directory,
     /// Policy version: `hash` or `label@hash`.
@@ -51,7 +53,9 @@ pub struct Snapshot {
     /// Unique per load in this process (part of every decision cache key).
     pub generation: u64,
     /// Candidate policies decided beside the live ones (`[policy] shadow`), never enforced.
-    pub shadow: Option<Policies>,
+    pub shadow: Option<Arc<Policies>>,
+    /// The `[license]` it counts with, to count again after a change.
+    license: Option<crate::config::LicenseConfig>,
     /// Version of the shadow policies.
     pub shadow_version: Option<Arc<str>>,
 }
@@ -88,15 +92,23 @@ impl Snapshot {
             return Err(problems);
         };
         let mut directory = directory;
+        let journal = match &config.directory.journal {
+            Some(path) => problems.take(journal::read(path)).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        for entry in &journal {
+            match directory.apply(&entry.changes, &catalog, &routes.rules) {
+                Ok(changed) => directory = changed,
+                // the base files changed under an acknowledged change: the files win, and
+                // the skipped entry is reported (it stays in the journal)
+                Err(p) => {
+                    tracing::warn!(seq = entry.seq, problems = %p, "journal entry no longer applies; skipped")
+                }
+            }
+        }
         let mut license_text = String::new();
         if let Some(license) = &config.license {
-            let installed = crate::model::license::install(
-                license,
-                &routes.principal_type,
-                &catalog,
-                &mut directory,
-            );
-            if let Err(m) = installed {
+            if let Err(m) = install_license(license, &routes, &catalog, &mut directory) {
                 problems.push(config.problem("license", m));
             }
             license_text = format!("{} {:?}", license.max_accounts, license.licensed_roles);
@@ -116,26 +128,78 @@ impl Snapshot {
             .map(|s| Arc::from(policy_version(&schema_text, &routes_text, s)));
         let policy_version = policy_version(&schema_text, &routes_text, &policies);
         let license_part = (Path::new("[license]"), license_text.as_str());
+        let journal_text = journal
+            .last()
+            .map(|e| e.seq.to_string())
+            .unwrap_or_default();
+        let journal_part = (Path::new("[journal]"), journal_text.as_str());
         let directory_version = hash(
             directory
                 .digests()
                 .iter()
                 .map(|(path, digest)| (path.as_path(), digest.as_str()))
-                .chain(std::iter::once(license_part)),
+                .chain([license_part, journal_part]),
         );
         problems.into_result(Snapshot {
-            catalog,
-            routes,
-            policies,
+            catalog: Arc::new(catalog),
+            routes: Arc::new(routes),
+            policies: Arc::new(policies),
+            license: config.license.clone(),
             directory,
             policy_version: policy_version.into(),
             directory_version: directory_version.into(),
             loaded_at: SystemTime::now(),
             generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            shadow,
+            shadow: shadow.map(Arc::new),
             shadow_version,
         })
     }
+
+    /// The same snapshot with `changes` applied to its directory (a new generation and
+    /// directory version; the license counted again).
+    ///
+    /// # Errors
+    /// A change does not fit the schema or the rules (nothing applied).
+    pub fn with_changes(&self, changes: &[Change], seq: u64) -> Result<Snapshot, Problems> {
+        let mut directory = self
+            .directory
+            .apply(changes, &self.catalog, &self.routes.rules)?;
+        if let Some(license) = &self.license {
+            install_license(license, &self.routes, &self.catalog, &mut directory)
+                .map_err(|m| Problem::in_file(Path::new("[license]"), m))?;
+        }
+        let seq = seq.to_string();
+        let directory_version = hash(
+            [
+                (Path::new("base"), &*self.directory_version),
+                (Path::new("[journal]"), seq.as_str()),
+            ]
+            .into_iter(),
+        );
+        Ok(Snapshot {
+            catalog: self.catalog.clone(),
+            routes: self.routes.clone(),
+            policies: self.policies.clone(),
+            directory,
+            policy_version: self.policy_version.clone(),
+            directory_version: directory_version.into(),
+            loaded_at: SystemTime::now(),
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            shadow: self.shadow.clone(),
+            shadow_version: self.shadow_version.clone(),
+            license: self.license.clone(),
+        })
+    }
+}
+
+/// Counts the licensed accounts into the `Server` entity.
+fn install_license(
+    license: &crate::config::LicenseConfig,
+    routes: &RouteTable,
+    catalog: &Catalog,
+    directory: &mut Directory,
+) -> Result<(), String> {
+    crate::model::license::install(license, &routes.principal_type, catalog, directory)
 }
 
 /// `hash` of schema, routes and policy files, as `label@hash` when policy directories carry

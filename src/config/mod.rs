@@ -58,6 +58,24 @@ struct FileConfig {
     #[serde(default)]
     cache: FileCache,
     license: Option<FileLicense>,
+    directory: Option<FileDirectory>,
+    admin: Option<FileAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileDirectory {
+    journal: Option<String>,
+    #[serde(default = "default_compact_after")]
+    compact_after: usize,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileAdmin {
+    token_file: Option<String>,
+}
+
+fn default_compact_after() -> usize {
+    1000
 }
 
 #[derive(Debug, Deserialize)]
@@ -344,6 +362,26 @@ pub struct Config {
     pub cache: CacheConfig,
     /// `[license]`.
     pub license: Option<LicenseConfig>,
+    /// `[directory]`: runtime changes.
+    pub directory: DirectoryConfig,
+    /// `[admin]`.
+    pub admin: AdminConfig,
+}
+
+/// `[directory]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirectoryConfig {
+    /// Where runtime changes are journaled (none: they are refused).
+    pub journal: Option<PathBuf>,
+    /// Entries after which the journal is compacted (at start and on write).
+    pub compact_after: usize,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// A file holding the bearer token the admin listener's write endpoints require.
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[server]`: where to listen and where to forward.
@@ -619,6 +657,15 @@ impl Config {
             max_bytes: file.cache.max_bytes,
             max_entry_bytes: file.cache.max_entry_bytes,
         };
+        let directory = file
+            .directory
+            .map_or_else(DirectoryConfig::default, |d| DirectoryConfig {
+                journal: d.journal.as_deref().map(|p| ctx.path(p)),
+                compact_after: d.compact_after.max(1),
+            });
+        let admin = AdminConfig {
+            token_file: file.admin.and_then(|a| a.token_file).map(|p| ctx.path(&p)),
+        };
         let license = file.license.map(|l| LicenseConfig {
             max_accounts: l.max_accounts,
             licensed_roles: l.licensed_roles,
@@ -631,6 +678,8 @@ impl Config {
                 policy,
                 cache,
                 license,
+                directory,
+                admin,
             }),
             _ => Err(problems),
         }

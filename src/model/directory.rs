@@ -95,8 +95,9 @@ pub struct Directory {
     table: HashTable<u32>,
     hasher: hashbrown::DefaultHashBuilder,
     present: usize,
-    /// Hashes of every present entity's (type, folded id): see [`Directory::shadows_present`].
-    folded: hashbrown::HashSet<u64>,
+    /// Hashes of every present entity's (type, folded id), counted: see
+    /// [`Directory::shadows_present`].
+    folded: hashbrown::HashMap<u64, u32>,
     /// (file, SHA-256 of its content) in load order, for the directory version.
     digests: Vec<(PathBuf, String)>,
 }
@@ -167,6 +168,23 @@ impl<'d> NodeRef<'d> {
     pub fn ancestor_indices(&self) -> impl Iterator<Item = u32> + 'd {
         let slot = self.slot();
         slot.parents.iter().chain(slot.deeper.iter()).copied()
+    }
+
+    /// The entity as Cedar entity JSON (direct parents only), as a file would hold it.
+    pub fn json(&self) -> Value {
+        let slot = self.slot();
+        let attrs: Map<String, Value> = slot
+            .attrs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    self.dir.attr_names[*k as usize].to_string(),
+                    self.dir.val_json(v),
+                )
+            })
+            .collect();
+        let parents: Vec<Value> = slot.parents.iter().map(|p| self.dir.uid_json(*p)).collect();
+        serde_json::json!({"uid": self.dir.uid_json(self.index), "attrs": attrs, "parents": parents})
     }
 
     /// Every ancestor's uid (parents first).
@@ -360,10 +378,10 @@ impl Directory {
         let slot = &mut self.slots[index as usize];
         if !slot.present {
             self.present += 1;
+            *self.folded.entry(folded).or_default() += 1;
         }
         slot.present = true;
         slot.attrs = attrs;
-        self.folded.insert(folded);
         Ok(())
     }
 
@@ -398,6 +416,119 @@ impl Directory {
     /// (file, SHA-256 of its content) of every file read, for the directory version.
     pub fn digests(&self) -> &[(PathBuf, String)] {
         &self.digests
+    }
+
+    /// Applies changes to a copy of the directory, all or none: each entity a change leaves
+    /// is checked as it would be in a file, then ancestors are recomputed.
+    ///
+    /// # Errors
+    /// Every change that does not fit the schema or the rules, or a parent cycle.
+    pub fn apply(
+        &self,
+        changes: &[change::Change],
+        catalog: &Catalog,
+        rules: &[EntityRule],
+    ) -> Result<Directory, Problems> {
+        let mut dir = self.clone();
+        let mut problems = Problems::new();
+        let origin = Path::new("<change>");
+        for (n, c) in changes.iter().enumerate() {
+            let uid = c.uid();
+            let ty = EntityTypeName::from_str(&uid.ty).map(|t| dir.intern_type(&t));
+            let Ok(ty) = ty else {
+                problems.push(Problem::in_file(
+                    origin,
+                    format!("change {n}: bad type `{}`", uid.ty),
+                ));
+                continue;
+            };
+            let index = dir.intern_uid(ty, &uid.id);
+            let current = dir.node(index).map(|node| node.json());
+            dir.remove(index);
+            let Some(entity) = change::result(c, current) else {
+                continue;
+            };
+            let mut loader = Loader {
+                dir: &mut dir,
+                catalog,
+                rules,
+                file: origin,
+                problems: &mut problems,
+            };
+            if let Err(m) = loader.entity(&entity.to_string()) {
+                loader
+                    .problems
+                    .push(Problem::in_file(origin, format!("change {n}: {m}")));
+            }
+        }
+        if let Err(index) = dir.compute_ancestors() {
+            let message = format!("entity `{}` would be its own ancestor", dir.uid(index));
+            problems.push(Problem::in_file(origin, message));
+        }
+        problems.into_result(dir)
+    }
+
+    /// The change that leaves `uid` as it is now (for a compacted journal): its whole
+    /// entity, or its removal.
+    pub fn net_change(&self, uid: &change::Uid) -> change::Change {
+        let node = EntityTypeName::from_str(&uid.ty)
+            .ok()
+            .map(|ty| EntityUid::from_type_name_and_id(ty, EntityId::new(&uid.id)))
+            .and_then(|u| self.get(&u));
+        let Some(node) = node else {
+            return change::Change::Delete { uid: uid.clone() };
+        };
+        let json = node.json();
+        let attrs = json["attrs"].as_object().cloned().unwrap_or_default();
+        let parents = serde_json::from_value(json["parents"].clone()).unwrap_or_default();
+        change::Change::Put {
+            uid: uid.clone(),
+            attrs,
+            parents,
+        }
+    }
+
+    /// Makes a slot absent (its uid stays, as one others may name).
+    fn remove(&mut self, index: u32) {
+        let Some(slot) = self.slots.get(index as usize).filter(|s| s.present) else {
+            return;
+        };
+        let folded = self.folded_hash(slot.ty, &slot.id);
+        if let Some(count) = self.folded.get_mut(&folded) {
+            *count -= 1;
+            if *count == 0 {
+                self.folded.remove(&folded);
+            }
+        }
+        let slot = &mut self.slots[index as usize];
+        slot.present = false;
+        slot.attrs = Box::new([]);
+        slot.parents = Box::new([]);
+        slot.deeper = Box::new([]);
+        self.present -= 1;
+    }
+
+    /// A value as Cedar entity JSON writes it.
+    fn val_json(&self, v: &Val) -> Value {
+        match v {
+            Val::Bool(b) => Value::Bool(*b),
+            Val::Long(n) => Value::from(*n),
+            Val::Str(s) => Value::String(s.to_string()),
+            Val::Entity(i) => serde_json::json!({"__entity": self.uid_json(*i)}),
+            Val::Set(items) => items.iter().map(|i| self.val_json(i)).collect(),
+            Val::Record(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), self.val_json(v)))
+                    .collect(),
+            ),
+            Val::Ext(func, arg) => serde_json::json!({"__extn": {"fn": func, "arg": arg}}),
+        }
+    }
+
+    fn uid_json(&self, index: u32) -> Value {
+        let slot = &self.slots[index as usize];
+        serde_json::json!({"type": self.types[slot.ty as usize].to_string(), "id": &*slot.id})
     }
 
     /// The uid of a slot.
@@ -461,7 +592,7 @@ impl Directory {
             return false;
         };
         self.folded
-            .contains(&self.folded_hash(*ty, uid.id().unescaped()))
+            .contains_key(&self.folded_hash(*ty, uid.id().unescaped()))
     }
 
     fn find(&self, ty: u16, id: &str) -> Option<u32> {
@@ -705,7 +836,7 @@ impl Loader<'_> {
         slot.parents = parents.into();
         self.dir.present += 1;
         let folded = self.dir.folded_hash(ty, &id);
-        self.dir.folded.insert(folded);
+        *self.dir.folded.entry(folded).or_default() += 1;
         Ok(index)
     }
 
@@ -869,6 +1000,9 @@ fn show(v: &Val) -> String {
         other => format!("{other:?}"),
     }
 }
+
+pub(crate) mod change;
+pub(crate) mod journal;
 
 #[cfg(test)]
 mod tests;

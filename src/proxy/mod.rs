@@ -36,6 +36,8 @@ use crate::authz::snapshot::Loaded;
 use crate::authz::snapshot::Snapshot;
 use crate::config::problem::{Problem, Problems};
 use crate::config::{CacheConfig, Config, ServerConfig};
+use crate::model::directory::change::Change;
+use crate::model::directory::journal::Journal;
 use crate::model::routes::{Auth, Route};
 use crate::proxy::response::{full, Body, BoxError, Failure, UpstreamError, REQUEST_ID};
 use crate::request::{headers, TlsSession};
@@ -62,6 +64,23 @@ pub struct Gateway {
     trusts_claims: bool,
     /// Milliseconds since the epoch of the upstream's last answer (0: never).
     upstream_answered: AtomicU64,
+    /// Where directory changes are made durable (`[directory] journal`).
+    journal: Option<Arc<Journal>>,
+    /// One writer at a time: directory changes and reloads.
+    writes: tokio::sync::Mutex<()>,
+    /// Directory changes applied since start (names versions without a journal).
+    changes: AtomicU64,
+}
+
+/// Why a directory change was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The changes do not fit the schema or the rules (nothing applied).
+    #[error("{0}")]
+    Invalid(Problems),
+    /// The journal could not be written (nothing applied).
+    #[error("journal: {0}")]
+    Journal(std::io::Error),
 }
 
 impl Gateway {
@@ -78,6 +97,7 @@ impl Gateway {
             Problem::in_file(config.source.path(), "`serve` needs a [server] section")
         })?;
         let metrics = Metrics::default();
+        let journal = open_journal(config, &snapshot)?;
         Ok(Gateway {
             verifier,
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -87,6 +107,9 @@ impl Gateway {
             upstream: Upstream::new(server)?,
             limiter: server.public_rate.map(PublicLimiter::new),
             cors: server.cors.clone().map(Cors::new),
+            journal,
+            writes: tokio::sync::Mutex::new(()),
+            changes: AtomicU64::new(0),
             trusts_claims: false,
             upstream_answered: AtomicU64::new(0),
         })
@@ -113,6 +136,9 @@ impl Gateway {
             upstream: Upstream::stand_in(&server),
             limiter: None,
             cors: server.cors.clone().map(Cors::new),
+            journal: None,
+            writes: tokio::sync::Mutex::new(()),
+            changes: AtomicU64::new(0),
             server,
             trusts_claims: true,
             upstream_answered: AtomicU64::new(0),
@@ -129,6 +155,38 @@ impl Gateway {
     pub fn swap(&self, snapshot: Snapshot) {
         self.snapshot.store(Arc::new(snapshot));
         self.caches.decisions.clear();
+    }
+
+    /// Applies directory changes: checked on a copy, written to the journal (on disk before
+    /// this returns), then served by every new request. One writer at a time.
+    ///
+    /// # Errors
+    /// The changes do not fit (nothing applied), or the journal failed (nothing applied).
+    pub async fn commit(&self, changes: Vec<Change>) -> Result<(), CommitError> {
+        let _one = self.writes.lock().await;
+        let current = self.snapshot();
+        let seq = self.changes.fetch_add(1, Ordering::Relaxed) + 1;
+        let next = current
+            .with_changes(&changes, seq)
+            .map_err(CommitError::Invalid)?;
+        if let Some(journal) = &self.journal {
+            let (writer, batch) = (journal.clone(), changes.clone());
+            let written = tokio::task::spawn_blocking(move || writer.append(&batch))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if let Err(e) = written {
+                tracing::error!(journal = %journal.path().display(), error = %e, "journal write failed; change refused");
+                return Err(CommitError::Journal(e));
+            }
+        }
+        self.swap(next);
+        self.metrics.record_directory_change(true);
+        Ok(())
+    }
+
+    /// Holds off directory changes while a reload builds and swaps its snapshot.
+    pub async fn write_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writes.lock().await
     }
 
     /// The token verifier (its keys rotate in place).
@@ -241,7 +299,10 @@ impl Gateway {
                         directory_version: &record.decision.directory_version,
                     };
                     match self.forward(parts, body, stamp, client_upgrade).await {
-                        Ok(response) => response,
+                        Ok(response) => {
+                            self.write_through(&record, response.status()).await;
+                            response
+                        }
                         Err(e) => self.upstream_failed(e, &record.request_id, &record.decision),
                     }
                 }
@@ -268,6 +329,24 @@ impl Gateway {
     fn trusted(&self, peer: SocketAddr) -> bool {
         let proxies = &self.server.trusted_proxies;
         proxies.iter().any(|net| net.contains(&peer.ip()))
+    }
+
+    /// Applies the effects of a request the upstream answered 2xx (never for `check`'s
+    /// stand-in). A failure is logged and counted: the upstream has acted already.
+    async fn write_through(&self, record: &Record<'_>, status: StatusCode) {
+        let effects = &record.decision.effects;
+        if effects.is_empty() || !status.is_success() || self.upstream.is_stand_in() {
+            return;
+        }
+        if let Err(e) = self.commit(effects.clone()).await {
+            self.metrics.record_directory_change(false);
+            tracing::error!(
+                request_id = record.request_id.as_str(),
+                route = record.decision.route.as_deref().unwrap_or("-"),
+                error = %e,
+                "write-through effect not applied"
+            );
+        }
     }
 
     fn upstream_failed(
@@ -402,6 +481,31 @@ impl Gateway {
         }
         Ok(response.map(|b| b.map_err(Into::into).boxed()))
     }
+}
+
+/// Opens `[directory] journal` (compacted when it has grown past `compact_after`).
+fn open_journal(config: &Config, snapshot: &Snapshot) -> Result<Option<Arc<Journal>>, Problems> {
+    let Some(path) = &config.directory.journal else {
+        return Ok(None);
+    };
+    let journal = Journal::open(path)?;
+    let entries = crate::model::directory::journal::read(path)?;
+    if entries.len() > config.directory.compact_after {
+        let mut touched = Vec::new();
+        for change in entries.iter().flat_map(|e| &e.changes) {
+            if !touched.contains(change.uid()) {
+                touched.push(change.uid().clone());
+            }
+        }
+        let net = touched
+            .iter()
+            .map(|uid| snapshot.directory.net_change(uid))
+            .collect();
+        journal
+            .compact(net)
+            .map_err(|e| Problem::in_file(path, format!("journal compaction: {e}")))?;
+    }
+    Ok(Some(Arc::new(journal)))
 }
 
 /// A streamed body's frames, minus trailer fields: no decision read them, and upstreams

@@ -80,6 +80,8 @@ impl Reloader {
     /// Builds and validates a new snapshot; swaps it in only when it has no problem.
     pub async fn reload(&self, trigger: &'static str) -> Attempt {
         let _one = self.one_at_a_time.lock().await;
+        // no directory change may land between reading the journal and swapping
+        let _writes = self.gateway.write_lock().await;
         let config = self.config.clone();
         let loaded = tokio::task::spawn_blocking(move || Snapshot::load(&config)).await;
         let mut problems: Vec<String> = match loaded {

@@ -40,6 +40,8 @@ pub struct Metrics {
     shadow_disagreements: AtomicU64,
     client_aborts: AtomicU64,
     rate_limited: AtomicU64,
+    directory_changes: AtomicU64,
+    directory_change_failures: AtomicU64,
     internal_errors: AtomicU64,
     connections: Arc<Connections>,
 }
@@ -131,6 +133,14 @@ impl Metrics {
     /// Counts a request whose client went away before its answer, or whose body failed.
     pub fn record_client_abort(&self) {
         inc(&self.client_aborts);
+    }
+
+    /// Counts a directory change (effect or API), applied or refused.
+    pub fn record_directory_change(&self, applied: bool) {
+        inc(match applied {
+            true => &self.directory_changes,
+            false => &self.directory_change_failures,
+        });
     }
 
     /// Counts a public request refused by its client's rate limit (429).
@@ -243,6 +253,18 @@ impl Metrics {
                 "counter",
                 "Requests whose client went away or whose body failed before the answer.",
                 one(get(&self.client_aborts)),
+            ),
+            (
+                "iotgate_directory_changes_total".into(),
+                "counter",
+                "Directory changes (write-through effects, entity API) by result.",
+                labelled(
+                    "result",
+                    &[
+                        ("applied", &self.directory_changes),
+                        ("failed", &self.directory_change_failures),
+                    ],
+                ),
             ),
             (
                 "iotgate_rate_limited_total".into(),

@@ -9,6 +9,7 @@
 mod attacks;
 mod cli;
 mod differential;
+mod directory;
 mod front_door;
 mod keys;
 mod layers;

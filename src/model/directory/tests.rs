@@ -1,6 +1,8 @@
 use std::path::Path;
 use std::str::FromStr;
 
+use serde_json::json;
+
 use super::*;
 use crate::testutil::write_tree;
 
@@ -279,4 +281,85 @@ namespace T {
         .unwrap_err()
         .to_string();
     assert!(err.contains("unknown field `parnets`"), "{err}");
+}
+
+#[test]
+fn changes_apply_all_or_nothing_and_keep_the_directory_checked() {
+    use change::{Change, Uid};
+    let (_dir, loaded) = load(&[(
+        "e.json",
+        r#"[{"uid":{"type":"T::Org","id":"eu"},"attrs":{},"parents":[]},
+            {"uid":{"type":"T::Org","id":"de"},"attrs":{},"parents":[{"type":"T::Org","id":"eu"}]},
+            {"uid":{"type":"T::User","id":"ann"},"attrs":{"role":"admin","enabled":true},"parents":[{"type":"T::Org","id":"de"}]}]"#,
+    )]);
+    let dir = loaded.unwrap();
+    let u = |ty: &str, id: &str| Uid {
+        ty: ty.into(),
+        id: id.into(),
+    };
+    let attrs = |v: serde_json::Value| v.as_object().unwrap().clone();
+    let disable = Change::Upsert {
+        uid: u("T::User", "ann"),
+        attrs: attrs(json!({"enabled": false})),
+        parents: None,
+    };
+    let new_user = Change::Upsert {
+        uid: u("T::User", "bo"),
+        attrs: attrs(json!({"role": "basic", "enabled": true})),
+        parents: Some(vec![u("T::Org", "eu")]),
+    };
+    let after = dir
+        .apply(&[disable, new_user], &catalog(), &rules())
+        .unwrap();
+    let ann = after.get(&uid(r#"T::User::"ann""#)).unwrap();
+    assert!(ann.is_disabled());
+    assert_eq!(ann.string_attr("role"), Some("admin"), "an upsert merges");
+    assert_eq!(
+        ann.ancestors(),
+        [uid(r#"T::Org::"de""#), uid(r#"T::Org::"eu""#)]
+    );
+    assert!(after.get(&uid(r#"T::User::"bo""#)).is_some());
+    assert!(
+        dir.get(&uid(r#"T::User::"bo""#)).is_none(),
+        "the original is untouched"
+    );
+    let removed = after
+        .apply(
+            &[Change::Delete {
+                uid: u("T::User", "bo"),
+            }],
+            &catalog(),
+            &rules(),
+        )
+        .unwrap();
+    assert!(removed.get(&uid(r#"T::User::"bo""#)).is_none());
+    assert_eq!(removed.len(), dir.len());
+    // a change that breaks the schema or a rule, or makes a cycle, applies nothing
+    for bad in [
+        Change::Upsert {
+            uid: u("T::User", "cy"),
+            attrs: attrs(json!({"role": "basic"})),
+            parents: None,
+        },
+        Change::Upsert {
+            uid: u("T::User", "ann"),
+            attrs: attrs(json!({"role": "root"})),
+            parents: None,
+        },
+        Change::SetParents {
+            uid: u("T::Org", "eu"),
+            parents: vec![u("T::Org", "de")],
+        },
+        Change::Upsert {
+            uid: u("T::Gadget", "g"),
+            attrs: attrs(json!({})),
+            parents: None,
+        },
+    ] {
+        assert!(
+            dir.apply(std::slice::from_ref(&bad), &catalog(), &rules())
+                .is_err(),
+            "{bad:?}"
+        );
+    }
 }

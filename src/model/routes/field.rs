@@ -132,7 +132,11 @@ impl Template {
     }
 
     /// Renders to text; `Ok(None)` when a placeholder has no value.
-    fn render(&self, inputs: &Inputs<'_>, field: &str) -> Result<Option<String>, FieldError> {
+    pub(crate) fn text(
+        &self,
+        inputs: &Inputs<'_>,
+        field: &str,
+    ) -> Result<Option<String>, FieldError> {
         let mut out = String::new();
         for piece in &self.pieces {
             match piece {
@@ -312,6 +316,20 @@ pub enum FieldValue {
 }
 
 impl FieldValue {
+    /// The value as Cedar entity JSON writes attribute values.
+    pub fn to_json(&self) -> Value {
+        match self {
+            FieldValue::Str(s) => Value::String(s.clone()),
+            FieldValue::Long(n) => Value::from(*n),
+            FieldValue::Bool(b) => Value::Bool(*b),
+            FieldValue::Entity(uid) => serde_json::json!({"__entity": {
+                "type": uid.type_name().to_string(),
+                "id": uid.id().unescaped(),
+            }}),
+            FieldValue::Set(items) => items.iter().map(|i| Value::String(i.clone())).collect(),
+        }
+    }
+
     /// The Cedar value.
     pub fn to_expr(&self) -> RestrictedExpression {
         match self {
@@ -453,7 +471,7 @@ impl Field {
                 _ => {}
             }
         }
-        let Some(text) = self.value.render(inputs, &self.name)? else {
+        let Some(text) = self.value.text(inputs, &self.name)? else {
             return Ok(None);
         };
         let text = match &self.map {

@@ -34,6 +34,7 @@
 //! matching type, every required context attribute is filled, and resource attributes
 //! cover what the resource type requires.
 
+pub(crate) mod effect;
 pub(crate) mod field;
 pub(crate) mod trie;
 
@@ -127,6 +128,8 @@ struct FileRoute {
     /// them from).
     #[serde(default = "yes")]
     defaults: bool,
+    #[serde(default)]
+    effects: Vec<effect::FileEffect>,
 }
 
 fn yes() -> bool {
@@ -186,6 +189,8 @@ pub struct Route {
     pub auth: Auth,
     /// How a body it reads is parsed.
     pub body: BodyFormat,
+    /// What a 2xx answer to it changes in the directory.
+    effects: Vec<effect::Effect>,
     /// Capture name → values it never takes, folded (`trie::fold`): a path where a capture
     /// takes one, in any case or with trailing dots, is no route (404).
     reserved: Vec<(String, BTreeSet<String>)>,
@@ -216,6 +221,22 @@ impl Route {
                 .iter()
                 .any(|(n, v)| n == name && values.contains(&crate::request::uri::fold(v)))
         })
+    }
+
+    /// The directory changes a request on this route makes when the upstream answers 2xx.
+    ///
+    /// # Errors
+    /// A value an effect reads is absent.
+    pub fn effects(
+        &self,
+        inputs: &Inputs<'_>,
+        resolved: &Resolved,
+    ) -> Result<Vec<crate::model::directory::change::Change>, FieldError> {
+        let mut changes = Vec::new();
+        for effect in &self.effects {
+            changes.extend(effect.resolve(inputs, &resolved.context)?);
+        }
+        Ok(changes)
     }
 
     /// Computes resource and context for a request.
@@ -649,8 +670,15 @@ impl<'a> Compiler<'a> {
         let names: Vec<String> = names.into_iter().cloned().collect();
         let context = self.pick(&format!("{key}.context"), &names, fields);
         let (path, resource_type, resource_id) = (path?, resource_type?, resource_id?);
+        let effects = self.effects(key, r, &context);
         let mut sources: Vec<&Source> = resource_id.sources().collect();
         sources.extend(attrs.iter().chain(&context).flat_map(|f| f.sources()));
+        sources.extend(
+            effects
+                .iter()
+                .flat_map(|e| e.templates())
+                .flat_map(|t| t.sources()),
+        );
         self.check_captures(key, r, &path, &sources, &methods);
         let needs_body = sources.iter().any(|s| matches!(s, Source::Body(_)));
         if r.body != BodyFormat::Json && !needs_body {
@@ -689,9 +717,37 @@ impl<'a> Compiler<'a> {
             stream: r.stream,
             auth: r.auth,
             body: r.body,
+            effects,
             reserved: folded_reserved(&r.reserved),
         };
         Some((route, methods))
+    }
+
+    /// Compiles a route's effects; a `{field.x}` must name a field of its context.
+    fn effects(&mut self, key: &str, r: &FileRoute, context: &[Arc<Field>]) -> Vec<effect::Effect> {
+        let mut out = Vec::new();
+        for (i, f) in r.effects.iter().enumerate() {
+            let at = format!("{key}.effects.{i}");
+            match effect::Effect::compile(f, self.catalog, self.namespace) {
+                Ok(e) => {
+                    for field in e.fields() {
+                        if !context.iter().any(|c| c.name == field) {
+                            self.problem(
+                                &at,
+                                format!("`{{field.{field}}}` is not in the route's context"),
+                            );
+                        }
+                    }
+                    out.push(e);
+                }
+                Err(problems) => {
+                    for m in problems {
+                        self.problem(&at, m);
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The action applies to the table's principal type and the route's resource type.

@@ -1,0 +1,252 @@
+//! Write-through effects: what a route's request changes in the directory when the
+//! upstream answers it with a 2xx.
+//!
+//! ```text
+//! effects = [{ op = "upsert", type = "User", id = "{body.user}",
+//!              attrs = { role = "{field.new_role}", enabled = true },
+//!              parents = [{ type = "Org", id = "{body.org}" }] }]
+//!   ──compile (types and attributes checked against the schema)──▶ Effect
+//! Effect + Inputs + the route's resolved fields ──resolve──▶ directory Change (at decision
+//!   time; applied only after the upstream's 2xx)
+//! ```
+//!
+//! Attribute values are TOML literals (`true`, `5`), text templates like any field value,
+//! `"{field.x}"` (the typed value of the route field `x`, after its `map`), or an entity
+//! `{ type = "User", id = "{owner}" }`. An attribute whose value is absent is left out (an
+//! upsert then keeps the current one); an effect whose id or a parent id is absent makes no
+//! change (the upstream decides whether such a request is valid; a sync catches up).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::field::{FieldError, FieldValue, Inputs, Template};
+use crate::model::directory::change::{Change, Uid};
+use crate::model::schema::{qualify, Catalog};
+
+/// An effect as written in the route file.
+#[derive(Debug, Deserialize)]
+pub(super) struct FileEffect {
+    op: String,
+    #[serde(rename = "type")]
+    ty: String,
+    id: String,
+    #[serde(default)]
+    attrs: BTreeMap<String, toml::Value>,
+    parents: Option<Vec<FileRef>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct FileRef {
+    #[serde(rename = "type")]
+    ty: String,
+    id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Upsert,
+    Delete,
+    SetParents,
+}
+
+#[derive(Debug, Clone)]
+enum AttrValue {
+    Literal(Value),
+    Text(Template),
+    Field(String),
+    Entity(String, Template),
+}
+
+/// A compiled effect.
+#[derive(Debug, Clone)]
+pub(crate) struct Effect {
+    op: Op,
+    ty: String,
+    id: Template,
+    attrs: Vec<(String, AttrValue)>,
+    parents: Option<Vec<(String, Template)>>,
+}
+
+impl Effect {
+    /// Compiles an effect; `Err` lists what is wrong.
+    pub(super) fn compile(
+        f: &FileEffect,
+        catalog: &Catalog,
+        namespace: &str,
+    ) -> Result<Effect, Vec<String>> {
+        let mut problems = Vec::new();
+        let op = match f.op.as_str() {
+            "upsert" => Op::Upsert,
+            "delete" => Op::Delete,
+            "set_parents" => Op::SetParents,
+            other => {
+                problems.push(format!(
+                    "unknown effect op `{other}` (upsert, delete, set_parents)"
+                ));
+                Op::Delete
+            }
+        };
+        let ty = qualify(namespace, &f.ty);
+        let declared = catalog.entity_types.get(&ty);
+        if declared.is_none() {
+            problems.push(format!("entity type `{ty}` is not in the schema"));
+        }
+        let id = Template::parse(&f.id).map_err(|m| problems.push(m)).ok();
+        let mut attrs = Vec::new();
+        for (name, value) in &f.attrs {
+            if declared.is_some_and(|d| !d.contains_key(name)) {
+                problems.push(format!("`{name}` is not an attribute of `{ty}`"));
+            }
+            let value = match value {
+                toml::Value::String(s) => {
+                    match s.strip_prefix("{field.").and_then(|r| r.strip_suffix('}')) {
+                        Some(field) => AttrValue::Field(field.to_string()),
+                        None => match Template::parse(s) {
+                            Ok(t) => AttrValue::Text(t),
+                            Err(m) => {
+                                problems.push(m);
+                                continue;
+                            }
+                        },
+                    }
+                }
+                toml::Value::Table(t) => match (t.get("type"), t.get("id")) {
+                    (Some(toml::Value::String(ety)), Some(toml::Value::String(id)))
+                        if t.len() == 2 =>
+                    {
+                        match Template::parse(id) {
+                            Ok(id) => AttrValue::Entity(qualify(namespace, ety), id),
+                            Err(m) => {
+                                problems.push(m);
+                                continue;
+                            }
+                        }
+                    }
+                    _ => {
+                        problems.push(format!(
+                            "`{name}`: an entity is {{ type = \"…\", id = \"…\" }}"
+                        ));
+                        continue;
+                    }
+                },
+                toml::Value::Boolean(b) => AttrValue::Literal(Value::Bool(*b)),
+                toml::Value::Integer(n) => AttrValue::Literal(Value::from(*n)),
+                other => {
+                    problems.push(format!(
+                        "`{name}`: `{other}` is not a string, bool or integer"
+                    ));
+                    continue;
+                }
+            };
+            attrs.push((name.clone(), value));
+        }
+        let parents = f.parents.as_ref().map(|list| {
+            list.iter()
+                .filter_map(|p| {
+                    let pty = qualify(namespace, &p.ty);
+                    if !catalog.member_of.get(&ty).is_some_and(|m| m.contains(&pty)) {
+                        problems.push(format!("`{pty}` is not a parent type of `{ty}`"));
+                    }
+                    Template::parse(&p.id)
+                        .map_err(|m| problems.push(m))
+                        .ok()
+                        .map(|t| (pty, t))
+                })
+                .collect()
+        });
+        if op == Op::SetParents && parents.is_none() {
+            problems.push("a `set_parents` effect needs `parents`".into());
+        }
+        match (id, problems.is_empty()) {
+            (Some(id), true) => Ok(Effect {
+                op,
+                ty,
+                id,
+                attrs,
+                parents,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// The templates it reads (they count as the route's inputs).
+    pub(super) fn templates(&self) -> impl Iterator<Item = &Template> {
+        let attrs = self.attrs.iter().filter_map(|(_, v)| match v {
+            AttrValue::Text(t) | AttrValue::Entity(_, t) => Some(t),
+            AttrValue::Literal(_) | AttrValue::Field(_) => None,
+        });
+        std::iter::once(&self.id)
+            .chain(attrs)
+            .chain(self.parents.iter().flatten().map(|(_, t)| t))
+    }
+
+    /// The route fields it reads by `{field.x}`.
+    pub(super) fn fields(&self) -> impl Iterator<Item = &str> {
+        self.attrs.iter().filter_map(|(_, v)| match v {
+            AttrValue::Field(f) => Some(f.as_str()),
+            AttrValue::Literal(_) | AttrValue::Text(_) | AttrValue::Entity(..) => None,
+        })
+    }
+
+    /// The change this request makes (none when its id or a parent id is absent).
+    ///
+    /// # Errors
+    /// A value it reads has the wrong type.
+    pub(crate) fn resolve(
+        &self,
+        inputs: &Inputs<'_>,
+        fields: &[(String, FieldValue)],
+    ) -> Result<Option<Change>, FieldError> {
+        let Some(id) = self.id.text(inputs, "effect id")? else {
+            return Ok(None);
+        };
+        let uid = Uid {
+            ty: self.ty.clone(),
+            id,
+        };
+        let mut attrs = Map::new();
+        for (name, value) in &self.attrs {
+            let v = match value {
+                AttrValue::Literal(v) => Some(v.clone()),
+                AttrValue::Text(t) => t.text(inputs, name)?.map(Value::String),
+                AttrValue::Field(f) => fields
+                    .iter()
+                    .find(|(n, _)| n == f)
+                    .map(|(_, v)| v.to_json()),
+                AttrValue::Entity(ty, t) => t
+                    .text(inputs, name)?
+                    .map(|id| serde_json::json!({"__entity": {"type": ty, "id": id}})),
+            };
+            if let Some(v) = v {
+                attrs.insert(name.clone(), v);
+            }
+        }
+        let parents = match &self.parents {
+            None => None,
+            Some(list) => {
+                let mut parents = Vec::with_capacity(list.len());
+                for (ty, t) in list {
+                    let Some(id) = t.text(inputs, "effect parent")? else {
+                        return Ok(None);
+                    };
+                    parents.push(Uid { ty: ty.clone(), id });
+                }
+                Some(parents)
+            }
+        };
+        Ok(Some(match self.op {
+            Op::Upsert => Change::Upsert {
+                uid,
+                attrs,
+                parents,
+            },
+            Op::Delete => Change::Delete { uid },
+            Op::SetParents => Change::SetParents {
+                uid,
+                parents: parents.unwrap_or_default(),
+            },
+        }))
+    }
+}

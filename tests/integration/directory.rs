@@ -1,0 +1,176 @@
+//! The directory follows the platform: write-through effects of forwarded mutations, the
+//! license counted on the updated directory, and the journal that makes changes survive a
+//! restart. A `thinger` gateway's handler (the code `serve` runs) in front of an upstream
+//! that answers every request 200.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use serde_json::json;
+
+use crate::attacks::{root, token, Recorder};
+
+/// A config with a journal and a license of `seats`, in `dir`.
+fn config(dir: &Path, upstream: &str, seats: u64) -> PathBuf {
+    let r = root();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n\
+         [auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"{r}/examples/thinger/secret.key\"\n\
+         principal_claim = \"usr\"\n\
+         [policy]\nschema = \"{r}/schema/thinger.cedarschema\"\nroutes = \"{r}/schema/thinger.routes.toml\"\n\
+         policies = [\"{r}/policies/thinger\"]\ndirectory = [\"{r}/examples/thinger/directory\"]\nreload = \"off\"\n\
+         [license]\nmax_accounts = {seats}\n\
+         [directory]\njournal = \"state/directory.journal\"\n",
+        r = r.display(),
+    );
+    let path = dir.join("iotgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn call(
+    gateway: &iotgate::Gateway,
+    who: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> u16 {
+    let mut request = Request::builder().method(method).uri(path).header(
+        "authorization",
+        format!("Bearer {}", token(json!({"usr": who}))),
+    );
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = request.body(Full::new(Bytes::from(body))).unwrap();
+    let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    gateway.handle(request, peer).await.status().as_u16()
+}
+
+fn load(config: &Path) -> Arc<iotgate::Gateway> {
+    iotgate::load(config).unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_created_through_iotgate_works_on_its_next_request_and_after_a_restart() {
+    let upstream = Recorder::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &upstream.url(), 5);
+    let gw = load(&config);
+    assert_eq!(
+        call(&gw, "hank", "GET", "/v1/users/hank", None).await,
+        401,
+        "not yet"
+    );
+    let create = json!({"user": "hank", "role": "member"});
+    assert_eq!(
+        call(&gw, "olivia", "POST", "/v1/users", Some(create)).await,
+        200
+    );
+    assert_eq!(
+        call(&gw, "hank", "GET", "/v1/users/hank", None).await,
+        200,
+        "the very next request"
+    );
+    // disabled through the API, with the caches warm: refused at once
+    assert_eq!(call(&gw, "hank", "GET", "/v1/users/hank", None).await, 200);
+    let disable = json!({"enabled": false});
+    assert_eq!(
+        call(&gw, "olivia", "PUT", "/v1/users/hank", Some(disable)).await,
+        200
+    );
+    assert_eq!(call(&gw, "hank", "GET", "/v1/users/hank", None).await, 403);
+    // a restart replays the journal over the directory files
+    drop(gw);
+    let gw = load(&config);
+    assert_eq!(call(&gw, "hank", "GET", "/v1/users/hank", None).await, 403);
+    let enable = json!({"enabled": true});
+    assert_eq!(
+        call(&gw, "olivia", "PUT", "/v1/users/hank", Some(enable)).await,
+        200
+    );
+    assert_eq!(call(&gw, "hank", "GET", "/v1/users/hank", None).await, 200);
+    assert_eq!(
+        call(&gw, "olivia", "DELETE", "/v1/users/hank", None).await,
+        200
+    );
+    assert_eq!(
+        call(&gw, "hank", "GET", "/v1/users/hank", None).await,
+        401,
+        "deleted"
+    );
+    let journal = std::fs::read_to_string(dir.path().join("state/directory.journal")).unwrap();
+    assert_eq!(journal.lines().count(), 4, "{journal}");
+    // the directory files are never rewritten
+    let users =
+        std::fs::read_to_string(root().join("examples/thinger/directory/users.json")).unwrap();
+    assert!(!users.contains("hank"));
+    // a journal past `compact_after` is compacted at start into the net changes
+    let create = json!({"user": "lee", "role": "member"});
+    assert_eq!(
+        call(&gw, "olivia", "POST", "/v1/users", Some(create)).await,
+        200
+    );
+    drop(gw);
+    let text = std::fs::read_to_string(&config).unwrap() + "compact_after = 2\n";
+    std::fs::write(&config, text).unwrap();
+    let gw = load(&config);
+    let journal = std::fs::read_to_string(dir.path().join("state/directory.journal")).unwrap();
+    assert_eq!(journal.lines().count(), 1, "{journal}");
+    assert_eq!(call(&gw, "hank", "GET", "/v1/users/hank", None).await, 401);
+    assert_eq!(call(&gw, "lee", "GET", "/v1/users/lee", None).await, 200);
+    drop(gw);
+    let gw = load(&config);
+    assert_eq!(
+        call(&gw, "lee", "GET", "/v1/users/lee", None).await,
+        200,
+        "compacted journal replays"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn back_to_back_creations_and_promotions_count_the_license_as_it_is_now() {
+    let upstream = Recorder::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    // the example directory has 5 licensed accounts: one seat is left
+    let gw = load(&config(dir.path(), &upstream.url(), 6));
+    let developer = |user: &str| json!({"user": user, "role": "user"});
+    assert_eq!(
+        call(&gw, "olivia", "POST", "/v1/users", Some(developer("ivy"))).await,
+        200
+    );
+    assert_eq!(
+        call(&gw, "olivia", "POST", "/v1/users", Some(developer("jay"))).await,
+        403,
+        "the seat the first creation took is counted"
+    );
+    let guest = json!({"user": "kim", "role": "member"});
+    assert_eq!(
+        call(&gw, "olivia", "POST", "/v1/users", Some(guest)).await,
+        200
+    );
+    let promote = json!({"role": "user"});
+    assert_eq!(
+        call(&gw, "olivia", "PUT", "/v1/users/kim", Some(promote.clone())).await,
+        403
+    );
+    // deleting a developer frees a seat for the promotion
+    assert_eq!(
+        call(&gw, "olivia", "DELETE", "/v1/users/ivy", None).await,
+        200
+    );
+    assert_eq!(
+        call(&gw, "olivia", "PUT", "/v1/users/kim", Some(promote)).await,
+        200
+    );
+    assert_eq!(
+        call(&gw, "kim", "GET", "/v1/users/kim/devices", None).await,
+        200,
+        "kim develops now"
+    );
+}
