@@ -102,6 +102,18 @@ pub(crate) enum AdminRefusal {
     /// A browser `Origin`, or a `Host` the listener is not known by.
     #[error("origin or host not accepted")]
     Host,
+    /// A directory endpoint without the `[admin] token_file` bearer token.
+    #[error("admin token missing or wrong")]
+    Token,
+    /// A directory endpoint while `[admin] token_file` is not configured.
+    #[error("no admin token configured")]
+    NoToken,
+    /// A directory write whose journal could not be written (nothing applied).
+    #[error("journal not writable")]
+    Journal,
+    /// A directory request body that is not what the endpoint takes.
+    #[error("bad directory request")]
+    BadBody,
 }
 
 impl Failure {
@@ -147,6 +159,10 @@ impl Failure {
                 AdminRefusal::NotFound => (S::NOT_FOUND, "not_found"),
                 AdminRefusal::ReloadOff => (S::CONFLICT, "reload_off"),
                 AdminRefusal::Host => (S::FORBIDDEN, "admin_host"),
+                AdminRefusal::Token => (S::UNAUTHORIZED, "admin_token"),
+                AdminRefusal::NoToken => (S::FORBIDDEN, "admin_token_not_configured"),
+                AdminRefusal::Journal => (S::SERVICE_UNAVAILABLE, "journal_unavailable"),
+                AdminRefusal::BadBody => (S::BAD_REQUEST, "bad_request"),
             },
         }
     }
@@ -192,6 +208,9 @@ impl Failure {
         let description = match self {
             Failure::Rejected(Rejection::Unauthenticated(AuthError::Missing)) => {
                 return Some(HeaderValue::from_static("Bearer realm=\"iotgate\""))
+            }
+            Failure::Admin(AdminRefusal::Token) => {
+                return Some(HeaderValue::from_static("Bearer realm=\"iotgate-admin\""))
             }
             Failure::Rejected(Rejection::Unauthenticated(AuthError::Expired)) => "token expired",
             Failure::Rejected(Rejection::Unauthenticated(AuthError::NotYetValid)) => {
@@ -477,6 +496,18 @@ mod tests {
                 S::FORBIDDEN,
                 "admin_host",
                 "admin_host",
+            ),
+            (
+                AdminRefusal::Token.into(),
+                S::UNAUTHORIZED,
+                "admin_token",
+                "admin_token",
+            ),
+            (
+                AdminRefusal::Journal.into(),
+                S::SERVICE_UNAVAILABLE,
+                "journal_unavailable",
+                "journal_unavailable",
             ),
         ];
         for (failure, status, code, reason) in cases {

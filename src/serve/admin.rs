@@ -7,9 +7,10 @@
 //! GET  /status   JSON: versions, loaded-at, counts, last reload attempt, cache stats
 //! GET  /metrics  Prometheus text format
 //! POST /reload   build and swap a new snapshot now (409 when reload = "off")
+//! /directory/entities…  the entity API (`serve::entities`), with the [admin] token
 //! ```
 //!
-//! Bind it to loopback or a private network: it is not authenticated.
+//! Bind it to loopback or a private network: only the entity API is authenticated.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub(crate) struct Admin {
     mode: Reload,
     /// `Host` values answered: the listener's address, `localhost`, `[server] admin_hosts`.
     hosts: Vec<String>,
+    /// The `[admin] token_file` bearer token the entity API requires.
+    token: Option<String>,
 }
 
 impl Admin {
@@ -47,6 +50,7 @@ impl Admin {
         mode: Reload,
         addr: SocketAddr,
         extra_hosts: &[String],
+        token: Option<String>,
     ) -> Admin {
         let port = addr.port();
         let mut hosts = vec![
@@ -60,6 +64,7 @@ impl Admin {
             reloader,
             mode,
             hosts,
+            token,
         }
     }
 
@@ -80,6 +85,16 @@ impl Admin {
     pub(crate) async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         if !self.may_answer(&request) {
             return self.refuse(AdminRefusal::Host);
+        }
+        if request.uri().path().starts_with("/directory/") {
+            let answer = match &self.token {
+                None => Err(AdminRefusal::NoToken),
+                Some(token) if !super::entities::authorized(&request, token) => {
+                    Err(AdminRefusal::Token)
+                }
+                Some(_) => super::entities::handle(&self.gateway, request).await,
+            };
+            return answer.unwrap_or_else(|refusal| self.refuse(refusal));
         }
         match (request.method(), request.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),

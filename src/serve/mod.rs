@@ -8,6 +8,7 @@
 //! ```
 
 pub(crate) mod admin;
+pub(crate) mod entities;
 pub(crate) mod listener;
 pub(crate) mod reload;
 pub(crate) mod tls;
@@ -42,6 +43,16 @@ pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), String> {
         .clone()
         .ok_or("`serve` needs a [server] section\n")?;
     let tls = tls_of(&server).map_err(|p| p.to_string())?;
+    let admin_token = match &config.admin.token_file {
+        Some(path) => {
+            let token = crate::config::problem::read_text(path).map_err(|p| format!("{p}\n"))?;
+            match token.trim() {
+                "" => return Err(format!("{}: the admin token is empty\n", path.display())),
+                token => Some(token.to_string()),
+            }
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}\n", server.listen))?;
@@ -70,6 +81,7 @@ pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), String> {
             mode,
             addr,
             &server.admin_hosts,
+            admin_token.clone(),
         ));
         let stopped = stopped(stop_rx.clone());
         let limits = Limits::new(&server, Arc::default());

@@ -10,6 +10,7 @@ mod attacks;
 mod cli;
 mod differential;
 mod directory;
+mod entities;
 mod front_door;
 mod keys;
 mod layers;
