@@ -30,6 +30,8 @@ pub enum Command {
     Validate(ConfigArg),
     /// Mint a token signed with the configured key, for trying things out.
     Token(TokenArgs),
+    /// Read or change the directory of a running gateway (its admin listener's entity API).
+    Directory(DirectoryArgs),
     /// Start a mock Thinger server and the gateway in front of it, with ready-to-paste curl lines.
     Demo,
 }
@@ -40,6 +42,53 @@ pub struct ConfigArg {
     /// The gateway configuration (TOML).
     #[arg(long, short = 'c', env = "IOTGATE_CONFIG")]
     pub config: PathBuf,
+}
+
+/// `directory`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DirectoryArgs {
+    /// The configuration (its `admin_listen` and `[admin] token_file`).
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The admin listener's address (`host:port`), when not the config's `admin_listen`.
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub op: DirectoryOp,
+}
+
+/// `directory` operations.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DirectoryOp {
+    /// Print an entity.
+    Get {
+        /// Qualified entity type (`Thinger::User`).
+        entity_type: String,
+        /// Entity id.
+        id: String,
+    },
+    /// Replace or create an entity: `{"attrs": {…}, "parents": [{"type", "id"}]}`.
+    Put {
+        /// Qualified entity type.
+        entity_type: String,
+        /// Entity id.
+        id: String,
+        /// The entity's attributes and parents, as JSON.
+        json: String,
+    },
+    /// Remove an entity.
+    Delete {
+        /// Qualified entity type.
+        entity_type: String,
+        /// Entity id.
+        id: String,
+    },
+    /// Set `enabled = false` on an account of the principal type.
+    DisableUser {
+        /// The account id.
+        id: String,
+    },
 }
 
 /// `serve`.

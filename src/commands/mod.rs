@@ -3,6 +3,7 @@
 pub(crate) mod check;
 pub(crate) mod cli;
 pub(crate) mod demo;
+pub(crate) mod directory;
 
 use std::io::Write;
 
@@ -22,6 +23,9 @@ pub fn run(cli: &Cli) -> ExitStatus {
         Command::Check(args) => check::run(args, &mut out),
         Command::Validate(args) => validate(args, &mut out),
         Command::Token(args) => token(args, &mut out),
+        Command::Directory(args) => {
+            runtime().and_then(|rt| rt.block_on(directory::run(args, &mut out)))
+        }
         Command::Serve(args) => {
             crate::telemetry::init(cli.log_format);
             runtime().map(|rt| rt.block_on(serve(args)))

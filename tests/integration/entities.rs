@@ -101,6 +101,36 @@ async fn entities_are_read_written_and_checked_with_the_admin_token() {
     ))
     .await;
     assert_eq!(status, StatusCode::OK);
+    // the command line speaks the same API
+    let config = served.dir.path().join("mini/served.toml");
+    let cli = |args: &[&str]| {
+        let mut all = vec![
+            "directory",
+            "--config",
+            config.to_str().unwrap(),
+            "--admin",
+            &served.admin,
+        ];
+        all.extend_from_slice(args);
+        crate::support::iotgate(&all)
+    };
+    let (code, out) = cli(&["get", "Mini::User", "erin"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"developer\""), "{out}");
+    let (code, out) = cli(&["disable-user", "erin"]);
+    assert_eq!(code, 0, "{out}");
+    let (status, _, _) = send(crate::support::get(
+        &served.url("/v1/users/erin/devices"),
+        Some(&token),
+    ))
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "disabled from the command line"
+    );
+    let (code, out) = cli(&["get", "Mini::User", "nobody"]);
+    assert_eq!(code, 1, "{out}");
     // a batch in Cedar entity JSON, then a delete
     let batch = json!([
         {"uid": {"type": "Mini::User", "id": "fay"}, "attrs": {"role": "developer", "enabled": true}, "parents": []},
