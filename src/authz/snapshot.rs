@@ -56,12 +56,15 @@ pub struct Snapshot {
     pub shadow: Option<Arc<Policies>>,
     /// The `[license]` it counts with, to count again after a change.
     license: Option<crate::config::LicenseConfig>,
+    /// What did not stop the load (a broken shadow policy set, left out).
+    pub warnings: Vec<String>,
     /// Version of the shadow policies.
     pub shadow_version: Option<Arc<str>>,
 }
 
 impl Snapshot {
-    /// Loads everything the config names.
+    /// Loads everything the config names. A broken shadow policy set is reported in
+    /// `warnings` and left out: it never blocks the live snapshot.
     ///
     /// # Errors
     /// Every problem found in schema, routes, policies and directory.
@@ -72,74 +75,47 @@ impl Snapshot {
         let catalog = schema.as_ref().map(|(c, _)| c);
         let routes = catalog.and_then(|c| problems.take(RouteTable::load(&p.routes, c)));
         let policies = problems.take(Policies::load(&p.policies, catalog));
-        let shadow = match p.shadow.is_empty() {
-            true => None,
-            false => problems.take(Policies::load(&p.shadow, catalog)),
+        let mut warnings = Vec::new();
+        let shadow = match (p.shadow.is_empty(), catalog) {
+            (false, Some(c)) => match Policies::load(&p.shadow, Some(c)) {
+                Ok(shadow) => Some(shadow),
+                Err(broken) => {
+                    let dropped = broken
+                        .iter()
+                        .map(|b| format!("shadow policies dropped: {b}"));
+                    warnings.extend(dropped);
+                    None
+                }
+            },
+            _ => None,
         };
-        let rules = routes
-            .as_ref()
-            .map(|(r, _)| r.rules.as_slice())
-            .unwrap_or_default();
-        let directory =
-            catalog.and_then(|c| problems.take(Directory::load(&p.directory, c, rules)));
+        let directory = match (&schema, &routes) {
+            (Some((catalog, _)), Some((routes, _))) => {
+                problems.take(Built::directory(config, catalog, routes))
+            }
+            (Some((catalog, _)), None) => {
+                // without the route table's rules; only so its problems are reported too
+                problems.take(Directory::load(&p.directory, catalog, &[]));
+                None
+            }
+            _ => None,
+        };
         let (
             Some((catalog, schema_text)),
             Some((routes, routes_text)),
             Some(policies),
-            Some(directory),
+            Some(Built {
+                directory,
+                version: directory_version,
+            }),
         ) = (schema, routes, policies, directory)
         else {
             return Err(problems);
         };
-        let mut directory = directory;
-        let journal = match &config.directory.journal {
-            Some(path) => problems.take(journal::read(path)).unwrap_or_default(),
-            None => Vec::new(),
-        };
-        for entry in &journal {
-            match directory.apply(&entry.changes, &catalog, &routes.rules) {
-                Ok(changed) => directory = changed,
-                // the base files changed under an acknowledged change: the files win, and
-                // the skipped entry is reported (it stays in the journal)
-                Err(p) => {
-                    tracing::warn!(seq = entry.seq, problems = %p, "journal entry no longer applies; skipped")
-                }
-            }
-        }
-        let mut license_text = String::new();
-        if let Some(license) = &config.license {
-            if let Err(m) = install_license(license, &routes, &catalog, &mut directory) {
-                problems.push(config.problem("license", m));
-            }
-            license_text = format!("{} {:?}", license.max_accounts, license.licensed_roles);
-        }
-        if let Some(anonymous) = &routes.anonymous_type {
-            let installed = directory.insert_synthetic(
-                &anonymous.to_string(),
-                crate::model::routes::ANONYMOUS_ID,
-                Vec::new(),
-            );
-            if let Err(m) = installed {
-                problems.push(Problem::in_file(&p.routes, m));
-            }
-        }
         let shadow_version = shadow
             .as_ref()
             .map(|s| Arc::from(policy_version(&schema_text, &routes_text, s)));
         let policy_version = policy_version(&schema_text, &routes_text, &policies);
-        let license_part = (Path::new("[license]"), license_text.as_str());
-        let journal_text = journal
-            .last()
-            .map(|e| e.seq.to_string())
-            .unwrap_or_default();
-        let journal_part = (Path::new("[journal]"), journal_text.as_str());
-        let directory_version = hash(
-            directory
-                .digests()
-                .iter()
-                .map(|(path, digest)| (path.as_path(), digest.as_str()))
-                .chain([license_part, journal_part]),
-        );
         problems.into_result(Snapshot {
             catalog: Arc::new(catalog),
             routes: Arc::new(routes),
@@ -152,7 +128,43 @@ impl Snapshot {
             generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             shadow: shadow.map(Arc::new),
             shadow_version,
+            warnings,
         })
+    }
+
+    /// This snapshot with its directory loaded again from the files and the journal,
+    /// against its own schema and routes: a directory change applies while an unrelated
+    /// policy or schema file is broken.
+    ///
+    /// # Errors
+    /// The directory files (or the journal) have problems.
+    pub fn with_directory_reloaded(&self, config: &Config) -> Result<Snapshot, Problems> {
+        let Built { directory, version } = Built::directory(config, &self.catalog, &self.routes)?;
+        Ok(Snapshot {
+            directory,
+            directory_version: version.into(),
+            loaded_at: SystemTime::now(),
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ..self.share()
+        })
+    }
+
+    /// A copy sharing everything but the directory (which the caller replaces).
+    fn share(&self) -> Snapshot {
+        Snapshot {
+            catalog: self.catalog.clone(),
+            routes: self.routes.clone(),
+            policies: self.policies.clone(),
+            directory: Directory::default(),
+            policy_version: self.policy_version.clone(),
+            directory_version: self.directory_version.clone(),
+            loaded_at: self.loaded_at,
+            generation: self.generation,
+            shadow: self.shadow.clone(),
+            shadow_version: self.shadow_version.clone(),
+            license: self.license.clone(),
+            warnings: self.warnings.clone(),
+        }
     }
 
     /// The same snapshot with `changes` applied to its directory (a new generation and
@@ -177,18 +189,77 @@ impl Snapshot {
             .into_iter(),
         );
         Ok(Snapshot {
-            catalog: self.catalog.clone(),
-            routes: self.routes.clone(),
-            policies: self.policies.clone(),
             directory,
-            policy_version: self.policy_version.clone(),
             directory_version: directory_version.into(),
             loaded_at: SystemTime::now(),
             generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            shadow: self.shadow.clone(),
-            shadow_version: self.shadow_version.clone(),
-            license: self.license.clone(),
+            ..self.share()
         })
+    }
+}
+
+/// A directory built from the files, the journal and the config's `[license]`, with its
+/// version.
+struct Built {
+    directory: Directory,
+    version: String,
+}
+
+impl Built {
+    fn directory(
+        config: &Config,
+        catalog: &Catalog,
+        routes: &RouteTable,
+    ) -> Result<Built, Problems> {
+        let mut problems = Problems::new();
+        let mut directory = Directory::load(&config.policy.directory, catalog, &routes.rules)?;
+        let journal = match &config.directory.journal {
+            Some(path) => journal::read(path)?,
+            None => Vec::new(),
+        };
+        for entry in &journal {
+            match directory.apply(&entry.changes, catalog, &routes.rules) {
+                Ok(changed) => directory = changed,
+                // the base files changed under an acknowledged change: the files win, and
+                // the skipped entry is reported (it stays in the journal)
+                Err(p) => {
+                    tracing::warn!(seq = entry.seq, problems = %p, "journal entry no longer applies; skipped")
+                }
+            }
+        }
+        let mut license_text = String::new();
+        if let Some(license) = &config.license {
+            if let Err(m) = install_license(license, routes, catalog, &mut directory) {
+                problems.push(config.problem("license", m));
+            }
+            license_text = format!("{} {:?}", license.max_accounts, license.licensed_roles);
+        }
+        if let Some(anonymous) = &routes.anonymous_type {
+            let installed = directory.insert_synthetic(
+                &anonymous.to_string(),
+                crate::model::routes::ANONYMOUS_ID,
+                Vec::new(),
+            );
+            if let Err(m) = installed {
+                problems.push(Problem::in_file(&config.policy.routes, m));
+            }
+        }
+        let journal_text = journal
+            .last()
+            .map(|e| e.seq.to_string())
+            .unwrap_or_default();
+        let parts = [
+            (Path::new("[license]"), license_text.as_str()),
+            (Path::new("[journal]"), journal_text.as_str()),
+        ];
+        let version = hash(
+            directory
+                .digests()
+                .iter()
+                .map(|(path, digest)| (path.as_path(), digest.as_str()))
+                .chain(parts),
+        );
+        problems.into_result(Built { directory, version })
     }
 }
 

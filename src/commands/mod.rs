@@ -84,6 +84,9 @@ pub(crate) fn validate(args: &ConfigArg, out: &mut dyn Write) -> std::io::Result
             for warning in &s.routes.warnings {
                 writeln!(out, "warning: {warning}")?;
             }
+            for warning in &s.warnings {
+                writeln!(out, "warning: {warning}")?;
+            }
             writeln!(
                 out,
                 "ok: {} routes, {} policies, {} entities; policy version {}, directory version {}",

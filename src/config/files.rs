@@ -5,6 +5,10 @@
 //! folder ──files_below(keep)──▶ every file below it that `keep` accepts, sorted
 //!        (a file path names itself; unreadable entries and non-UTF-8 names are problems)
 //! ```
+//!
+//! Names starting with `.` are skipped and symlinked folders are not followed (symlinked
+//! files are read): a Kubernetes ConfigMap mount (`file -> ..data/file`, `..data ->
+//! ..2026_12_01_…/`) then yields each file once, and editor swap files never load.
 
 use std::path::{Path, PathBuf};
 
@@ -67,10 +71,17 @@ pub(crate) fn files_below(
                     continue;
                 }
             };
-            if path.file_name().and_then(|n| n.to_str()).is_none() {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 problems.push(Problem::in_file(&path, "file name is not UTF-8"));
+                continue;
+            };
+            let linked = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+            if name.starts_with('.') {
+                continue;
             } else if path.is_dir() {
-                stack.push(path);
+                if !linked {
+                    stack.push(path);
+                }
             } else if keep(&path) {
                 out.push(path);
             }
@@ -78,4 +89,28 @@ pub(crate) fn files_below(
     }
     out.sort();
     problems.into_result(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout kubelet writes for a ConfigMap volume.
+    #[cfg(unix)]
+    #[test]
+    fn a_configmap_mount_yields_each_file_once() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let version = root.join("..2026_12_01_10_00_00.123");
+        std::fs::create_dir_all(version.join("projects")).unwrap();
+        std::fs::write(version.join("roles.cedar"), "").unwrap();
+        std::fs::write(version.join("projects/a.cedar"), "").unwrap();
+        symlink("..2026_12_01_10_00_00.123", root.join("..data")).unwrap();
+        symlink("..data/roles.cedar", root.join("roles.cedar")).unwrap();
+        symlink("..data/projects", root.join("projects")).unwrap();
+        std::fs::write(root.join(".roles.cedar.swp"), "").unwrap();
+        let found = files_with_extension(root, "cedar").unwrap();
+        assert_eq!(found, [root.join("roles.cedar")]);
+    }
 }

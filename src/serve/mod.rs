@@ -148,6 +148,9 @@ fn log_start(listener: &TcpListener, admin: Option<SocketAddr>, gateway: &Gatewa
     for warning in &snapshot.routes.warnings {
         tracing::warn!(%warning, "route table");
     }
+    for warning in &snapshot.warnings {
+        tracing::warn!(warning = warning.as_str(), "snapshot");
+    }
     let bound = listener
         .local_addr()
         .map(|a| a.to_string())

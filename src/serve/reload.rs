@@ -47,6 +47,11 @@ pub struct Attempt {
     pub policy_version: String,
     /// Every problem found (empty when ok).
     pub problems: Vec<String>,
+    /// Whether, with policy or schema problems, the directory files were still applied
+    /// (against the serving schema and policies).
+    pub directory_applied: bool,
+    /// What did not stop the reload (a broken shadow policy set, dropped).
+    pub warnings: Vec<String>,
 }
 
 /// Reloads the gateway's snapshot.
@@ -84,12 +89,24 @@ impl Reloader {
         let _writes = self.gateway.write_lock().await;
         let config = self.config.clone();
         let loaded = tokio::task::spawn_blocking(move || Snapshot::load(&config)).await;
+        let (mut directory_applied, mut warnings) = (false, Vec::new());
         let mut problems: Vec<String> = match loaded {
             Ok(Ok(snapshot)) => {
+                warnings.clone_from(&snapshot.warnings);
                 self.gateway.swap(snapshot);
                 Vec::new()
             }
-            Ok(Err(problems)) => problems.iter().map(ToString::to_string).collect(),
+            Ok(Err(problems)) => {
+                // the directory follows its files even while a policy file is broken
+                let current = self.gateway.snapshot();
+                if let Ok(next) = current.with_directory_reloaded(&self.config) {
+                    if next.directory_version != current.directory_version {
+                        self.gateway.swap(next);
+                        directory_applied = true;
+                    }
+                }
+                problems.iter().map(ToString::to_string).collect()
+            }
             Err(e) => vec![format!("reload task failed: {e}")],
         };
         match self.gateway.verifier().reload_keys(&self.config) {
@@ -107,7 +124,12 @@ impl Reloader {
             ok: problems.is_empty(),
             policy_version: serving.policy_version.to_string(),
             problems,
+            directory_applied,
+            warnings,
         };
+        for w in &attempt.warnings {
+            tracing::warn!(trigger, warning = w.as_str(), "reload");
+        }
         self.gateway.metrics().record_reload(attempt.ok);
         if attempt.ok {
             tracing::info!(

@@ -174,3 +174,71 @@ async fn back_to_back_creations_and_promotions_count_the_license_as_it_is_now() 
         "kim develops now"
     );
 }
+
+/// A copy of the mini profile in `dir`, served with `reload = "signal"` and `shadow`.
+fn mini_copy(dir: &Path) -> PathBuf {
+    let m = dir.join("mini");
+    crate::support::copy_dir(&crate::support::fixture("mini"), &m);
+    std::fs::create_dir_all(dir.join("shadow")).unwrap();
+    std::fs::write(
+        dir.join("shadow/broken.cedar"),
+        "permit (principal, action, resource",
+    )
+    .unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:9\"\n\
+         [auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"{secret}\"\nprincipal_claim = \"usr\"\n\
+         [policy]\nschema = \"mini/schema/mini.cedarschema\"\nroutes = \"mini/schema/mini.routes.toml\"\n\
+         policies = [\"mini/policies\"]\ndirectory = [\"mini/directory\"]\nreload = \"signal\"\nshadow = [\"shadow\"]\n",
+        secret = crate::support::fixture("keys/hs.secret").display(),
+    );
+    let path = dir.join("iotgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_directory_reloads_while_a_policy_file_is_broken_and_a_broken_shadow_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = mini_copy(dir.path());
+    let (gateway, config) = iotgate::load(&config_path).unwrap();
+    let snapshot = gateway.snapshot();
+    assert!(
+        snapshot.shadow.is_none(),
+        "the broken shadow set is left out"
+    );
+    assert!(
+        snapshot
+            .warnings
+            .iter()
+            .any(|w| w.contains("shadow policies dropped")),
+        "{:?}",
+        snapshot.warnings
+    );
+    let who = |id: &str| {
+        let uid = format!("Mini::User::\"{id}\"")
+            .parse::<cedar_policy::EntityUid>()
+            .unwrap();
+        gateway.snapshot().directory.get(&uid).is_some()
+    };
+    assert!(!who("gus"));
+    // a new account in the directory files while a policy file is broken
+    let users = dir.path().join("mini/directory/users.json");
+    let text = std::fs::read_to_string(&users).unwrap();
+    let gus = r#"{"uid": {"type": "Mini::User", "id": "gus"}, "attrs": {"role": "developer", "enabled": true}, "parents": []},"#;
+    std::fs::write(&users, text.replacen('[', &format!("[{gus}"), 1)).unwrap();
+    std::fs::write(dir.path().join("mini/policies/broken.cedar"), "forbid (").unwrap();
+    let reloader = iotgate::Reloader::new(config, gateway.clone(), None);
+    let attempt = reloader.reload("signal").await;
+    assert!(!attempt.ok && attempt.directory_applied, "{attempt:?}");
+    assert!(
+        attempt.problems.iter().any(|p| p.contains("broken.cedar")),
+        "{attempt:?}"
+    );
+    assert!(who("gus"), "the directory change applied");
+    assert_eq!(
+        gateway.snapshot().policy_version,
+        snapshot.policy_version,
+        "policies kept"
+    );
+}
