@@ -46,6 +46,7 @@ pub use crate::commands::check::{load_suite, Checker, Probe};
 pub use crate::commands::cli::{Cli, ExitStatus};
 pub use crate::commands::run;
 pub use crate::config::{CacheConfig, Config};
+pub use crate::model::directory::change::{Change as DirectoryChange, Uid as DirectoryUid};
 pub use crate::model::routes::field::FieldValue;
 pub use crate::model::routes::trie::Segment;
 pub use crate::model::routes::{Resolved, RouteTable};

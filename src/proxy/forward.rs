@@ -375,17 +375,39 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
     }
 }
 
-/// Copies bytes both ways between the client's and the upstream's upgraded connections.
+/// Copies bytes both ways between the client's and the upstream's upgraded connections,
+/// until either side closes or `watch` says the stream is no longer allowed (then the client
+/// gets a close frame 1008 and the upstream connection is dropped).
 pub(crate) fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     request_id: String,
+    watch: Option<super::stream::Watch>,
+    revoked: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
+    use tokio::io::AsyncWriteExt;
     tokio::spawn(async move {
         let result = async {
             let (client, upstream) = tokio::try_join!(client, upstream)?;
             let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+            let refused = async {
+                match watch {
+                    Some(watch) => watch.revoked().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    copied?;
+                }
+                reason = refused => {
+                    revoked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(request_id, reason = reason.as_str(), "stream closed: no longer allowed");
+                    let frame = super::stream::close_frame(super::stream::POLICY_VIOLATION, &reason);
+                    client.write_all(&frame).await?;
+                    client.shutdown().await?;
+                }
+            }
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         }
         .await;

@@ -13,6 +13,7 @@ pub(crate) mod cors;
 pub(crate) mod forward;
 pub(crate) mod limit;
 pub(crate) mod response;
+pub(crate) mod stream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,7 +52,9 @@ const MAX_REQUEST_ID: usize = 128;
 #[derive(Debug)]
 pub struct Gateway {
     verifier: Verifier,
-    snapshot: ArcSwap<Snapshot>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Told the generation of every snapshot swapped in (open streams decide again).
+    swapped: tokio::sync::watch::Sender<u64>,
     caches: Caches,
     metrics: Metrics,
     upstream: Upstream,
@@ -100,7 +103,8 @@ impl Gateway {
         let journal = open_journal(config, &snapshot)?;
         Ok(Gateway {
             verifier,
-            snapshot: ArcSwap::from_pointee(snapshot),
+            swapped: tokio::sync::watch::Sender::new(snapshot.generation),
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             caches: Caches::new(&config.cache),
             metrics,
             server: server.clone(),
@@ -130,7 +134,8 @@ impl Gateway {
         };
         Gateway {
             verifier,
-            snapshot: ArcSwap::from_pointee(snapshot),
+            swapped: tokio::sync::watch::Sender::new(snapshot.generation),
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             caches: Caches::new(&no_cache),
             metrics: Metrics::default(),
             upstream: Upstream::stand_in(&server),
@@ -153,8 +158,10 @@ impl Gateway {
     /// Makes `snapshot` the one every new request uses (requests in flight finish with the
     /// one they started with); cached decisions of older snapshots are dropped.
     pub fn swap(&self, snapshot: Snapshot) {
+        let generation = snapshot.generation;
         self.snapshot.store(Arc::new(snapshot));
         self.caches.decisions.clear();
+        self.swapped.send_replace(generation);
     }
 
     /// Applies directory changes: checked on a copy, written to the journal (on disk before
@@ -466,6 +473,15 @@ impl Gateway {
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Result<Response<Body>, UpstreamError> {
         let websocket = client_upgrade.is_some();
+        let watch = client_upgrade.as_ref().map(|_| {
+            stream::Watch::new(
+                self.snapshot.clone(),
+                self.swapped.subscribe(),
+                self.verifier.clone(),
+                &parts,
+                self.server.forward_cookies,
+            )
+        });
         let request = forward::rewrite(&self.upstream, parts, body, stamp, websocket)?;
         if self.upstream.is_stand_in() {
             return Ok(forward::stand_in_answer(stamp.request_id));
@@ -476,7 +492,14 @@ impl Gateway {
         if let Some(client) = client_upgrade {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let upstream = hyper::upgrade::on(&mut response);
-                forward::tunnel(client, upstream, stamp.request_id.to_string());
+                let revoked = self.metrics.streams_revoked();
+                forward::tunnel(
+                    client,
+                    upstream,
+                    stamp.request_id.to_string(),
+                    watch,
+                    revoked,
+                );
             }
         }
         Ok(response.map(|b| b.map_err(Into::into).boxed()))

@@ -41,6 +41,7 @@ pub struct Metrics {
     client_aborts: AtomicU64,
     rate_limited: AtomicU64,
     directory_changes: AtomicU64,
+    streams_revoked: Arc<AtomicU64>,
     directory_change_failures: AtomicU64,
     internal_errors: AtomicU64,
     connections: Arc<Connections>,
@@ -133,6 +134,12 @@ impl Metrics {
     /// Counts a request whose client went away before its answer, or whose body failed.
     pub fn record_client_abort(&self) {
         inc(&self.client_aborts);
+    }
+
+    /// The counter of streams closed because they were no longer allowed (tunnels count
+    /// into it from their own tasks).
+    pub fn streams_revoked(&self) -> Arc<AtomicU64> {
+        self.streams_revoked.clone()
     }
 
     /// Counts a directory change (effect or API), applied or refused.
@@ -265,6 +272,12 @@ impl Metrics {
                         ("failed", &self.directory_change_failures),
                     ],
                 ),
+            ),
+            (
+                "iotgate_streams_revoked_total".into(),
+                "counter",
+                "WebSocket streams closed (1008) because a new snapshot or the token's exp refused them.",
+                one(get(&self.streams_revoked)),
             ),
             (
                 "iotgate_rate_limited_total".into(),

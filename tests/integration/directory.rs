@@ -242,3 +242,93 @@ async fn the_directory_reloads_while_a_policy_file_is_broken_and_a_broken_shadow
         "policies kept"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_stream_closes_when_its_permission_goes_and_stays_open_otherwise() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+    let up = crate::support::Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::support::mini_config(dir.path(), &format!("http://{}", up.addr), "");
+    let (gateway, _) = iotgate::load(&config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = iotgate::Running::start(listener, gateway.clone()).unwrap();
+    let open = |claims: serde_json::Value| {
+        let token = crate::support::token(claims);
+        let url = format!(
+            "ws://{}/v1/users/alice/devices/d1/stream?authorization={token}",
+            running.addr
+        );
+        async move { tokio_tungstenite::connect_async(url).await.unwrap().0 }
+    };
+    let mut ws = open(json!({"usr": "bob"})).await;
+    ws.send(Message::text("one")).await.unwrap();
+    assert_eq!(
+        ws.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "one"
+    );
+    // an unrelated change: the stream is decided again and stays open
+    let other = iotgate::DirectoryChange::Upsert {
+        uid: iotgate::DirectoryUid {
+            ty: "Mini::User".into(),
+            id: "newcomer".into(),
+        },
+        attrs: json!({"role": "developer", "enabled": true})
+            .as_object()
+            .unwrap()
+            .clone(),
+        parents: None,
+    };
+    gateway.commit(vec![other]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    ws.send(Message::text("two")).await.unwrap();
+    assert_eq!(
+        ws.next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "two"
+    );
+    // bob is disabled: his stream closes with 1008 within a second
+    let disable = iotgate::DirectoryChange::Upsert {
+        uid: iotgate::DirectoryUid {
+            ty: "Mini::User".into(),
+            id: "bob".into(),
+        },
+        attrs: json!({"enabled": false}).as_object().unwrap().clone(),
+        parents: None,
+    };
+    gateway.commit(vec![disable]).await.unwrap();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(1), ws.next())
+        .await
+        .unwrap();
+    match closed {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(frame.code, CloseCode::Policy);
+            assert!(frame.reason.contains("account_disabled"), "{frame:?}");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    // a stream also ends when its token expires
+    let mut short = open(json!({"usr": "alice", "exp": iotgate::now() + 2})).await;
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(4), short.next())
+        .await
+        .unwrap();
+    match closed {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert!(frame.reason.contains("token expired"), "{frame:?}")
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    running.stop().await;
+}
