@@ -112,6 +112,12 @@ case("device history is viewable", "bea", "GET /api/devices/spain-sensor/history
 case("device settings edit is a device change", "bea", "PUT /api/devices/spain-sensor/settings", "deny")
 case("unknown device is out of scope", "eve", "GET /api/devices/ghost", "deny")
 case("unknown path", "eve", "GET /api/reports", 404, reason="no_route")
+# write-through: a "create" never rewrites an entity that exists (its decision was on the container)
+case("adding an existing org below is a conflict", "sara", "POST /api/orgs/spain/orgs", 409, '{"id": "americas"}', reason="entity_exists")
+case("adding an existing user is a conflict", "sam", "POST /api/orgs/spain/users", 409, '{"id": "ada", "role": "basic"}', reason="entity_exists")
+case("adding an existing device is a conflict", "tom", "POST /api/orgs/spain/devices", 409, '{"id": "acme-gw"}', reason="entity_exists")
+case("adding a look-alike org is a conflict", "sara", "POST /api/orgs/spain/orgs", 409, '{"id": "AMERICAS"}', reason="entity_exists")
+case("a basic user adding an existing user is refused, not told it exists", "bea", "POST /api/orgs/emea/users", "deny", '{"id": "ada", "role": "basic"}')
 # public routes: signing in needs no token; nothing else is public
 case("signing in needs no token", None, "POST /auth/login", "allow", '{"username": "eve", "password": "x"}', ["public-sign-in"])
 case("refreshing a session needs no token", None, "POST /auth/refreshToken", "allow", '{"refreshToken": "r"}')

@@ -95,6 +95,9 @@ pub enum Rejection {
     /// A CORS preflight from an origin `[server.cors]` does not allow.
     #[error("origin not allowed")]
     OriginNotAllowed,
+    /// A request that creates an entity the directory has already (or a look-alike of).
+    #[error("`{0}` exists already")]
+    Conflict(String),
     /// A public route's client sent more than `[server] public_rate_per_second` allows;
     /// a token is back in this many seconds.
     #[error("rate limited for {0} s")]
@@ -446,8 +449,22 @@ impl<'s> Pending<'s> {
         self.decision.reject(rejection)
     }
 
-    /// Resolves resource and context and asks Cedar.
+    /// Resolves resource and context and asks Cedar. An allowed request whose `create`
+    /// effect names an entity that exists (or a look-alike of one) is a conflict (409): only
+    /// after the policies allowed it, so a refused client learns nothing about the entity.
     pub fn decide(self, body: Option<&[u8]>) -> Decision {
+        let directory = &self.snapshot.directory;
+        let decision = self.decide_policies(body);
+        match decision
+            .is_allowed()
+            .then(|| creates_existing(directory, &decision.effects))
+        {
+            Some(Some(uid)) => decision.reject(Rejection::Conflict(uid)),
+            _ => decision,
+        }
+    }
+
+    fn decide_policies(self, body: Option<&[u8]>) -> Decision {
         let mut decision = self.decision.clone();
         let body: Option<Value> = match body.filter(|b| self.needs_body() && !b.is_empty()) {
             None => None,
@@ -673,6 +690,19 @@ fn identify(
     authenticate(verifier, &claims, caches.map(|c| &c.tokens))
         .map(Some)
         .map_err(unauthenticated)
+}
+
+/// The first entity a `create` effect names that exists already (or a look-alike of it).
+fn creates_existing(directory: &Directory, effects: &[Change]) -> Option<String> {
+    effects.iter().find_map(|c| {
+        let Change::Create { uid, .. } = c else {
+            return None;
+        };
+        let ty = uid.ty.parse::<cedar_policy::EntityTypeName>().ok()?;
+        let cedar = EntityUid::from_type_name_and_id(ty, EntityId::new(&uid.id));
+        (directory.get(&cedar).is_some() || directory.shadows_present(&cedar))
+            .then(|| cedar.to_string())
+    })
 }
 
 /// Verifies a token, through the token cache when there is one.

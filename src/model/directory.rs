@@ -442,6 +442,14 @@ impl Directory {
                 ));
                 continue;
             };
+            if matches!(c, change::Change::Create { .. }) && dir.claims(ty, &uid.id) {
+                let m = format!(
+                    "change {n}: `{}::{:?}` (or a look-alike) exists",
+                    uid.ty, uid.id
+                );
+                problems.push(Problem::in_file(origin, m));
+                continue;
+            }
             let index = dir.intern_uid(ty, &uid.id);
             let current = dir.node(index).map(|node| node.json());
             dir.remove(index);
@@ -486,6 +494,25 @@ impl Directory {
             attrs,
             parents,
         }
+    }
+
+    /// Whether an entity of type `ty` with this id, or one it is a look-alike of, exists.
+    fn claims(&self, ty: u16, id: &str) -> bool {
+        self.folded.contains_key(&self.folded_hash(ty, id))
+    }
+
+    /// Whether applying `changes` would leave every entity as it is.
+    pub fn unchanged_by(&self, changes: &[change::Change]) -> bool {
+        changes.iter().all(|c| {
+            let uid = c.uid();
+            let current = EntityTypeName::from_str(&uid.ty)
+                .ok()
+                .map(|ty| EntityUid::from_type_name_and_id(ty, EntityId::new(&uid.id)))
+                .and_then(|u| self.get(&u))
+                .map(|node| node.json());
+            !matches!(c, change::Change::Create { .. })
+                && change::result(c, current.clone()) == current
+        })
     }
 
     /// Makes a slot absent (its uid stays, as one others may name).

@@ -171,7 +171,16 @@ impl Gateway {
     /// The changes do not fit (nothing applied), or the journal failed (nothing applied).
     pub async fn commit(&self, changes: Vec<Change>) -> Result<(), CommitError> {
         let _one = self.writes.lock().await;
+        self.commit_locked(changes).await
+    }
+
+    /// [`Gateway::commit`], for a caller that holds the writer lock. Changes that leave
+    /// every entity as it is write nothing.
+    async fn commit_locked(&self, changes: Vec<Change>) -> Result<(), CommitError> {
         let current = self.snapshot();
+        if current.directory.unchanged_by(&changes) {
+            return Ok(());
+        }
         let seq = self.changes.fetch_add(1, Ordering::Relaxed) + 1;
         let next = current
             .with_changes(&changes, seq)
@@ -252,6 +261,13 @@ impl Gateway {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let started = Instant::now();
+        // a request whose route changes the directory is decided, forwarded and applied
+        // under the writer lock, on the newest snapshot: two of them decided on the same
+        // snapshot could both pass a limit (the license) that only one may
+        let _writer = match self.mutates(&request) {
+            true => Some(self.writes.lock().await),
+            false => None,
+        };
         // an IPv4 client of a dual-stack listener is ::ffff:a.b.c.d: trusted proxies, rate
         // limits, logs and X-Forwarded-For see a.b.c.d
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
@@ -338,14 +354,24 @@ impl Gateway {
         proxies.iter().any(|net| net.contains(&peer.ip()))
     }
 
+    /// Whether the request's route has write-through effects.
+    fn mutates<B>(&self, request: &Request<B>) -> bool {
+        let snapshot = self.snapshot.load();
+        crate::request::uri::segments(request.uri().path())
+            .ok()
+            .and_then(|s| snapshot.routes.find(request.method(), &s))
+            .is_some_and(|(route, _)| route.has_effects())
+    }
+
     /// Applies the effects of a request the upstream answered 2xx (never for `check`'s
-    /// stand-in). A failure is logged and counted: the upstream has acted already.
+    /// stand-in); the caller holds the writer lock (`exchange` takes it for every route
+    /// with effects). A failure is logged and counted: the upstream has acted already.
     async fn write_through(&self, record: &Record<'_>, status: StatusCode) {
         let effects = &record.decision.effects;
         if effects.is_empty() || !status.is_success() || self.upstream.is_stand_in() {
             return;
         }
-        if let Err(e) = self.commit(effects.clone()).await {
+        if let Err(e) = self.commit_locked(effects.clone()).await {
             self.metrics.record_directory_change(false);
             tracing::error!(
                 request_id = record.request_id.as_str(),

@@ -143,6 +143,7 @@ impl Failure {
                 Rejection::BodyTooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
                 Rejection::BodyTimeout => (S::REQUEST_TIMEOUT, "request_timeout"),
                 Rejection::RateLimited(_) => (S::TOO_MANY_REQUESTS, "rate_limited"),
+                Rejection::Conflict(_) => (S::CONFLICT, "conflict"),
                 Rejection::UnsupportedMediaType(_) => {
                     (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
                 }
@@ -282,6 +283,7 @@ pub(crate) fn rejection_reason(r: &Rejection) -> &str {
         Rejection::BodyTimeout => "body_timeout",
         Rejection::RateLimited(_) => "rate_limited",
         Rejection::OriginNotAllowed => "origin_not_allowed",
+        Rejection::Conflict(_) => "entity_exists",
         Rejection::UnsupportedMediaType(_) => "unsupported_media_type",
         Rejection::Internal(_) => "internal_error",
     }
@@ -460,6 +462,12 @@ mod tests {
                 S::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "rate_limited",
+            ),
+            (
+                Rejection::Conflict("x".into()).into(),
+                S::CONFLICT,
+                "conflict",
+                "entity_exists",
             ),
             (
                 UpstreamError::Unreachable("refused".into()).into(),

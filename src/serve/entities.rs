@@ -2,7 +2,7 @@
 //! JSON files. Every write goes through `Gateway::commit` (checked, journaled, served).
 //!
 //! ```text
-//! GET    /directory/entities/{type}/{id}   200 the entity's JSON | 404
+//! GET    /directory/entities/{type}/{id}   200 the entity's JSON | 404 (an id may hold `/`)
 //! PUT    /directory/entities/{type}/{id}   {"attrs": {…}, "parents": [{"type","id"}]} → 200
 //! DELETE /directory/entities/{type}/{id}   200 | 404
 //! PUT    /directory/entities               [Cedar entity JSON, …] as one batch → 200
@@ -100,13 +100,14 @@ pub(crate) async fn handle(
     }
 }
 
-/// `/{type}/{id}`, percent-decoded by the strict path rules.
+/// `/{type}/{id}`, percent-decoded by the strict path rules; the id is the rest of the path
+/// (Thinger device ids are `owner/device`).
 fn uid_of(rest: &str) -> Option<Uid> {
     let segments = crate::request::uri::segments(rest).ok()?;
-    match segments.as_slice() {
-        [ty, id] => Some(Uid {
+    match segments.split_first() {
+        Some((ty, id)) if !id.is_empty() => Some(Uid {
             ty: ty.to_string(),
-            id: id.to_string(),
+            id: id.join("/"),
         }),
         _ => None,
     }

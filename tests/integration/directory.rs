@@ -173,6 +173,27 @@ async fn back_to_back_creations_and_promotions_count_the_license_as_it_is_now() 
         200,
         "kim develops now"
     );
+    // creations sent at the same time are decided one after the other: one free seat, one
+    // creation
+    assert_eq!(
+        call(&gw, "olivia", "DELETE", "/v1/users/kim", None).await,
+        200
+    );
+    let racers: Vec<_> = (0..10)
+        .map(|i| {
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                let body = json!({"user": format!("race{i}"), "role": "admin"});
+                call(&gw, "olivia", "POST", "/v1/users", Some(body)).await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for racer in racers {
+        statuses.push(racer.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 403, 403, 403, 403, 403, 403, 403, 403, 403]);
 }
 
 /// A copy of the mini profile in `dir`, served with `reload = "signal"` and `shadow`.

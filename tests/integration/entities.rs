@@ -131,6 +131,11 @@ async fn entities_are_read_written_and_checked_with_the_admin_token() {
     );
     let (code, out) = cli(&["get", "Mini::User", "nobody"]);
     assert_eq!(code, 1, "{out}");
+    // ids with `/` (devices are `owner/device`) are the rest of the path
+    let device = "/directory/entities/Mini::Device/alice/d1";
+    let (status, body) = admin(&served, "GET", device, None, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["uid"]["id"], "alice/d1");
     // a batch in Cedar entity JSON, then a delete
     let batch = json!([
         {"uid": {"type": "Mini::User", "id": "fay"}, "attrs": {"role": "developer", "enabled": true}, "parents": []},

@@ -7,6 +7,7 @@
 //!   if it were in a file (schema, profile rules) ─▶ ancestors recomputed (cycles refused)
 //! ```
 //!
+//! `create` makes an entity that must not exist yet (nor one its id is a look-alike of),
 //! `put` replaces an entity (attributes and parents as given), `upsert` merges attributes
 //! over the current ones (creating the entity when absent) and replaces parents only when
 //! given, `set_parents` replaces only the parents, `delete` removes it (others that name it
@@ -29,6 +30,17 @@ pub struct Uid {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Change {
+    /// Create an entity that does not exist yet.
+    Create {
+        /// Which.
+        uid: Uid,
+        /// Its attributes.
+        #[serde(default)]
+        attrs: Map<String, Value>,
+        /// Its direct parents.
+        #[serde(default)]
+        parents: Vec<Uid>,
+    },
     /// Replace (or create) the entity.
     Put {
         /// Which.
@@ -69,7 +81,8 @@ impl Change {
     /// The entity it changes.
     pub fn uid(&self) -> &Uid {
         match self {
-            Change::Put { uid, .. }
+            Change::Create { uid, .. }
+            | Change::Put { uid, .. }
             | Change::Upsert { uid, .. }
             | Change::SetParents { uid, .. }
             | Change::Delete { uid } => uid,
@@ -98,7 +111,12 @@ pub(crate) fn result(change: &Change, current: Option<Value>) -> Option<Value> {
     };
     match change {
         Change::Delete { .. } => None,
-        Change::Put {
+        Change::Create {
+            uid,
+            attrs,
+            parents,
+        }
+        | Change::Put {
             uid,
             attrs,
             parents,

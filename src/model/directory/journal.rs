@@ -124,8 +124,16 @@ impl Journal {
             .file
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        file.write_all(line.as_bytes())?;
-        file.sync_data()?;
+        let before = file.metadata()?.len();
+        let written = file
+            .write_all(line.as_bytes())
+            .and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            // a batch not acknowledged leaves nothing behind (a partial line would be read
+            // as a bad entry before the next one): cut back to where it started
+            let _ = file.set_len(before).and_then(|()| file.sync_data());
+            return Err(e);
+        }
         *last = entry.seq;
         Ok(entry.seq)
     }

@@ -10,6 +10,11 @@
 //!   time; applied only after the upstream's 2xx)
 //! ```
 //!
+//! `create` refuses (409, before anything is forwarded) a request whose entity, or a
+//! look-alike of it, exists already: a "create" route decides on the container, not on the
+//! entity it names, so it must never rewrite one. Placeholder values in ids may not carry
+//! the separators ids are built with (`/`, `@`): `dave/x/y` is not a device of `dave`.
+//!
 //! Attribute values are TOML literals (`true`, `5`), text templates like any field value,
 //! `"{field.x}"` (the typed value of the route field `x`, after its `map`), or an entity
 //! `{ type = "User", id = "{owner}" }`. An attribute whose value is absent is left out (an
@@ -46,6 +51,7 @@ pub(super) struct FileRef {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
+    Create,
     Upsert,
     Delete,
     SetParents,
@@ -78,12 +84,13 @@ impl Effect {
     ) -> Result<Effect, Vec<String>> {
         let mut problems = Vec::new();
         let op = match f.op.as_str() {
+            "create" => Op::Create,
             "upsert" => Op::Upsert,
             "delete" => Op::Delete,
             "set_parents" => Op::SetParents,
             other => {
                 problems.push(format!(
-                    "unknown effect op `{other}` (upsert, delete, set_parents)"
+                    "unknown effect op `{other}` (create, upsert, delete, set_parents)"
                 ));
                 Op::Delete
             }
@@ -199,7 +206,7 @@ impl Effect {
         inputs: &Inputs<'_>,
         fields: &[(String, FieldValue)],
     ) -> Result<Option<Change>, FieldError> {
-        let Some(id) = self.id.text(inputs, "effect id")? else {
+        let Some(id) = id_text(&self.id, inputs)? else {
             return Ok(None);
         };
         let uid = Uid {
@@ -228,7 +235,7 @@ impl Effect {
             Some(list) => {
                 let mut parents = Vec::with_capacity(list.len());
                 for (ty, t) in list {
-                    let Some(id) = t.text(inputs, "effect parent")? else {
+                    let Some(id) = id_text(t, inputs)? else {
                         return Ok(None);
                     };
                     parents.push(Uid { ty: ty.clone(), id });
@@ -237,6 +244,11 @@ impl Effect {
             }
         };
         Ok(Some(match self.op {
+            Op::Create => Change::Create {
+                uid,
+                attrs,
+                parents: parents.unwrap_or_default(),
+            },
             Op::Upsert => Change::Upsert {
                 uid,
                 attrs,
@@ -249,4 +261,19 @@ impl Effect {
             },
         }))
     }
+}
+
+/// An id rendered from a template, refused when a placeholder value brought in a separator.
+fn id_text(t: &Template, inputs: &Inputs<'_>) -> Result<Option<String>, FieldError> {
+    let Some(id) = t.text(inputs, "effect id")? else {
+        return Ok(None);
+    };
+    let brought = |c: char| id.matches(c).count() != t.literal_count(c);
+    if brought('/') || brought('@') || id.is_empty() || id.chars().any(char::is_control) {
+        return Err(FieldError::Type {
+            field: "effect id".into(),
+            expected: "a non-empty id part without `/`, `@` or control characters",
+        });
+    }
+    Ok(Some(id))
 }

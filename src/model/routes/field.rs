@@ -115,6 +115,17 @@ impl Template {
         Ok(Template { pieces })
     }
 
+    /// How often `c` occurs in its literal text (not in placeholder values).
+    pub(crate) fn literal_count(&self, c: char) -> usize {
+        self.pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Text(t) => t.matches(c).count(),
+                Piece::Source(_) => 0,
+            })
+            .sum()
+    }
+
     /// The placeholders it reads.
     pub(crate) fn sources(&self) -> impl Iterator<Item = &Source> {
         self.pieces.iter().filter_map(|p| match p {

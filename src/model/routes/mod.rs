@@ -223,6 +223,11 @@ impl Route {
         })
     }
 
+    /// Whether a 2xx answer to this route changes the directory.
+    pub fn has_effects(&self) -> bool {
+        !self.effects.is_empty()
+    }
+
     /// The directory changes a request on this route makes when the upstream answers 2xx.
     ///
     /// # Errors
