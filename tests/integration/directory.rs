@@ -283,52 +283,33 @@ async fn an_open_stream_closes_when_its_permission_goes_and_stays_open_otherwise
         );
         async move { tokio_tungstenite::connect_async(url).await.unwrap().0 }
     };
-    let mut ws = open(json!({"usr": "bob"})).await;
-    ws.send(Message::text("one")).await.unwrap();
-    assert_eq!(
-        ws.next()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_text()
-            .unwrap()
-            .as_str(),
-        "one"
-    );
-    // an unrelated change: the stream is decided again and stays open
-    let other = iotgate::DirectoryChange::Upsert {
+    async fn echoes(
+        ws: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        text: &str,
+    ) {
+        ws.send(Message::text(text)).await.unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    let upsert = |id: &str, attrs: serde_json::Value| iotgate::DirectoryChange::Upsert {
         uid: iotgate::DirectoryUid {
             ty: "Mini::User".into(),
-            id: "newcomer".into(),
+            id: id.into(),
         },
-        attrs: json!({"role": "developer", "enabled": true})
-            .as_object()
-            .unwrap()
-            .clone(),
+        attrs: attrs.as_object().unwrap().clone(),
         parents: None,
     };
+    let mut ws = open(json!({"usr": "bob"})).await;
+    echoes(&mut ws, "one").await;
+    // an unrelated change: the stream is decided again and stays open
+    let other = upsert("newcomer", json!({"role": "developer", "enabled": true}));
     gateway.commit(vec![other]).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    ws.send(Message::text("two")).await.unwrap();
-    assert_eq!(
-        ws.next()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_text()
-            .unwrap()
-            .as_str(),
-        "two"
-    );
+    echoes(&mut ws, "two").await;
     // bob is disabled: his stream closes with 1008 within a second
-    let disable = iotgate::DirectoryChange::Upsert {
-        uid: iotgate::DirectoryUid {
-            ty: "Mini::User".into(),
-            id: "bob".into(),
-        },
-        attrs: json!({"enabled": false}).as_object().unwrap().clone(),
-        parents: None,
-    };
+    let disable = upsert("bob", json!({"enabled": false}));
     gateway.commit(vec![disable]).await.unwrap();
     let closed = tokio::time::timeout(std::time::Duration::from_secs(1), ws.next())
         .await
