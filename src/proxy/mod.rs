@@ -73,6 +73,8 @@ pub struct Gateway {
     writes: tokio::sync::Mutex<()>,
     /// Directory changes applied since start (names versions without a journal).
     changes: AtomicU64,
+    /// `[directory] compact_after`.
+    compact_after: usize,
 }
 
 /// Why a directory change was not applied.
@@ -114,6 +116,7 @@ impl Gateway {
             journal,
             writes: tokio::sync::Mutex::new(()),
             changes: AtomicU64::new(0),
+            compact_after: config.directory.compact_after,
             trusts_claims: false,
             upstream_answered: AtomicU64::new(0),
         })
@@ -144,6 +147,7 @@ impl Gateway {
             journal: None,
             writes: tokio::sync::Mutex::new(()),
             changes: AtomicU64::new(0),
+            compact_after: config.directory.compact_after,
             server,
             trusts_claims: true,
             upstream_answered: AtomicU64::new(0),
@@ -197,6 +201,16 @@ impl Gateway {
         }
         self.swap(next);
         self.metrics.record_directory_change(true);
+        if let Some(journal) = &self.journal {
+            let (writer, snapshot, limit) = (journal.clone(), self.snapshot(), self.compact_after);
+            let compacted =
+                tokio::task::spawn_blocking(move || compact_if_due(&writer, &snapshot, limit))
+                    .await;
+            if let Ok(Err(e)) | Err(e) = compacted.map_err(std::io::Error::other) {
+                // the entries stay as they were: nothing is lost, the next write tries again
+                tracing::warn!(journal = %journal.path().display(), error = %e, "journal compaction failed");
+            }
+        }
         Ok(())
     }
 
@@ -538,23 +552,23 @@ fn open_journal(config: &Config, snapshot: &Snapshot) -> Result<Option<Arc<Journ
         return Ok(None);
     };
     let journal = Journal::open(path)?;
-    let entries = crate::model::directory::journal::read(path)?;
-    if entries.len() > config.directory.compact_after {
-        let mut touched = Vec::new();
-        for change in entries.iter().flat_map(|e| &e.changes) {
-            if !touched.contains(change.uid()) {
-                touched.push(change.uid().clone());
-            }
-        }
-        let net = touched
-            .iter()
-            .map(|uid| snapshot.directory.net_change(uid))
-            .collect();
-        journal
-            .compact(net)
-            .map_err(|e| Problem::in_file(path, format!("journal compaction: {e}")))?;
-    }
+    compact_if_due(&journal, snapshot, config.directory.compact_after)
+        .map_err(|e| Problem::in_file(path, format!("journal compaction: {e}")))?;
     Ok(Some(Arc::new(journal)))
+}
+
+/// Rewrites the journal as the net changes of `snapshot` once it holds more than `limit`
+/// entries (at start, and after a write).
+fn compact_if_due(journal: &Journal, snapshot: &Snapshot, limit: usize) -> std::io::Result<()> {
+    let (entries, touched) = journal.held();
+    if entries <= limit {
+        return Ok(());
+    }
+    let net = touched
+        .iter()
+        .map(|uid| snapshot.directory.net_change(uid))
+        .collect();
+    journal.compact(net)
 }
 
 /// A streamed body's frames, minus trailer fields: no decision read them, and upstreams

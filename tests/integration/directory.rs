@@ -334,3 +334,33 @@ async fn an_open_stream_closes_when_its_permission_goes_and_stays_open_otherwise
     }
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_journal_is_compacted_as_it_grows_and_replays_the_same() {
+    let upstream = Recorder::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &upstream.url(), 5);
+    let text = std::fs::read_to_string(&config).unwrap() + "compact_after = 2\n";
+    std::fs::write(&config, text).unwrap();
+    let journal = dir.path().join("state/directory.journal");
+    let gw = load(&config);
+    for user in ["m1", "m2", "m3", "m4", "m5"] {
+        let body = json!({"user": user, "role": "member"});
+        assert_eq!(
+            call(&gw, "olivia", "POST", "/v1/users", Some(body)).await,
+            200
+        );
+        let lines = std::fs::read_to_string(&journal).unwrap().lines().count();
+        assert!(lines <= 2, "{user}: {lines} entries");
+    }
+    assert_eq!(
+        call(&gw, "olivia", "DELETE", "/v1/users/m2", None).await,
+        200
+    );
+    drop(gw);
+    let gw = load(&config);
+    for (user, want) in [("m1", 200), ("m2", 401), ("m5", 200)] {
+        let path = format!("/v1/users/{user}");
+        assert_eq!(call(&gw, user, "GET", &path, None).await, want, "{user}");
+    }
+}

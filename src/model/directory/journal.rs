@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::change::Change;
+use super::change::{Change, Uid};
 use crate::config::problem::{Problem, Problems};
 
 /// One acknowledged batch.
@@ -38,6 +38,8 @@ pub(crate) struct Journal {
     file: Mutex<std::fs::File>,
     /// The last sequence number written.
     last: Mutex<u64>,
+    /// Entries in the file, and every entity they touch (for compaction).
+    held: Mutex<(usize, Vec<Uid>)>,
 }
 
 /// Reads every whole entry of a journal (none when the file does not exist).
@@ -92,10 +94,13 @@ impl Journal {
         if whole < text.len() as u64 {
             file.set_len(whole).map_err(fail)?;
         }
+        let mut touched = Vec::new();
+        note_touched(&mut touched, entries.iter().flat_map(|e| &e.changes));
         Ok(Journal {
             path: path.to_path_buf(),
             file: Mutex::new(file),
             last: Mutex::new(entries.last().map_or(0, |e| e.seq)),
+            held: Mutex::new((entries.len(), touched)),
         })
     }
 
@@ -135,7 +140,21 @@ impl Journal {
             return Err(e);
         }
         *last = entry.seq;
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.0 += 1;
+        note_touched(&mut held.1, changes.iter());
         Ok(entry.seq)
+    }
+
+    /// How many entries the file holds, and the entities they touch.
+    pub(crate) fn held(&self) -> (usize, Vec<Uid>) {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Rewrites the journal as one entry holding `net` (the changes that reproduce the
@@ -173,14 +192,26 @@ impl Journal {
         }
         *file = std::fs::OpenOptions::new().append(true).open(&self.path)?;
         *last = entry.seq;
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0 = 1;
         Ok(())
+    }
+}
+
+/// Adds the entities `changes` touch to `touched`, each once.
+fn note_touched<'c>(touched: &mut Vec<Uid>, changes: impl Iterator<Item = &'c Change>) {
+    for change in changes {
+        if !touched.contains(change.uid()) {
+            touched.push(change.uid().clone());
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::directory::change::Uid;
 
     fn delete(id: &str) -> Change {
         Change::Delete {
