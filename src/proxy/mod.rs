@@ -278,7 +278,12 @@ impl Gateway {
         // a request whose route changes the directory is decided, forwarded and applied
         // under the writer lock, on the newest snapshot: two of them decided on the same
         // snapshot could both pass a limit (the license) that only one may
-        let _writer = match self.mutates(&request) {
+        let mutates = self
+            .snapshot
+            .load()
+            .routes
+            .mutates(request.method(), request.uri().path());
+        let writer = match mutates {
             true => Some(self.writes.lock().await),
             false => None,
         };
@@ -337,7 +342,8 @@ impl Gateway {
                     };
                     match self.forward(parts, body, stamp, client_upgrade).await {
                         Ok(response) => {
-                            self.write_through(&record, response.status()).await;
+                            let locked = writer.is_some();
+                            self.write_through(&record, response.status(), locked).await;
                             response
                         }
                         Err(e) => self.upstream_failed(e, &record.request_id, &record.decision),
@@ -368,24 +374,21 @@ impl Gateway {
         proxies.iter().any(|net| net.contains(&peer.ip()))
     }
 
-    /// Whether the request's route has write-through effects.
-    fn mutates<B>(&self, request: &Request<B>) -> bool {
-        let snapshot = self.snapshot.load();
-        crate::request::uri::segments(request.uri().path())
-            .ok()
-            .and_then(|s| snapshot.routes.find(request.method(), &s))
-            .is_some_and(|(route, _)| route.has_effects())
-    }
-
     /// Applies the effects of a request the upstream answered 2xx (never for `check`'s
-    /// stand-in); the caller holds the writer lock (`exchange` takes it for every route
-    /// with effects). A failure is logged and counted: the upstream has acted already.
-    async fn write_through(&self, record: &Record<'_>, status: StatusCode) {
+    /// stand-in); `locked`: the caller holds the writer lock (`exchange` takes it for every
+    /// route with effects). A failure is logged and counted: the upstream has acted already.
+    async fn write_through(&self, record: &Record<'_>, status: StatusCode, locked: bool) {
         let effects = &record.decision.effects;
         if effects.is_empty() || !status.is_success() || self.upstream.is_stand_in() {
             return;
         }
-        if let Err(e) = self.commit_locked(effects.clone()).await {
+        // a reload may have given the route its effects after `exchange` looked: then the
+        // lock is not held yet
+        let committed = match locked {
+            true => self.commit_locked(effects.clone()).await,
+            false => self.commit(effects.clone()).await,
+        };
+        if let Err(e) = committed {
             self.metrics.record_directory_change(false);
             tracing::error!(
                 request_id = record.request_id.as_str(),

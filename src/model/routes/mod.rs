@@ -290,6 +290,9 @@ pub struct RouteTable {
     pub warnings: Vec<Problem>,
     routes: Vec<Route>,
     trie: Trie,
+    /// The methods of the routes with write-through effects (so most requests need no
+    /// second look to know they change nothing).
+    mutating: Vec<http::Method>,
 }
 
 impl RouteTable {
@@ -320,6 +323,15 @@ impl RouteTable {
             }
             Found::MethodNotRouted | Found::NoPath => None,
         }
+    }
+
+    /// Whether a request's route has write-through effects.
+    pub fn mutates(&self, method: &http::Method, path: &str) -> bool {
+        self.mutating.contains(method)
+            && crate::request::uri::segments(path)
+                .ok()
+                .and_then(|s| self.find(method, &s))
+                .is_some_and(|(route, _)| route.has_effects())
     }
 
     /// The anonymous principal, when a route is public.
@@ -476,6 +488,7 @@ impl<'a> Compiler<'a> {
         let mut routes = Vec::new();
         let mut keys = Vec::new();
         let mut trie = Trie::default();
+        let mut mutating: Vec<http::Method> = Vec::new();
         for (i, r) in file.routes.iter().enumerate() {
             let key = format!("route.{i}");
             let Some((route, methods)) = self.route(
@@ -498,6 +511,13 @@ impl<'a> Compiler<'a> {
                 );
                 continue;
             }
+            if route.has_effects() {
+                for m in &methods {
+                    if !mutating.contains(m) {
+                        mutating.push(m.clone());
+                    }
+                }
+            }
             routes.push(route);
             keys.push(i);
         }
@@ -518,6 +538,7 @@ impl<'a> Compiler<'a> {
                 warnings,
                 routes,
                 trie,
+                mutating,
             }),
             _ => Err(self.problems),
         }

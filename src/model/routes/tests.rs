@@ -409,3 +409,31 @@ fn a_public_route_needs_an_anonymous_type_in_the_schema() {
         "{problems}"
     );
 }
+
+#[test]
+fn only_routes_with_effects_mutate() {
+    let (Ok(table), _) = load(
+        r#"
+[[route]]
+method = ["GET", "POST"]
+path = "/v1/users"
+action = "CreateUser"
+resource = { type = "User", id = "{body.id}" }
+context = ["new_role"]
+effects = [{ op = "create", type = "User", id = "{body.id}", attrs = { role = "{field.new_role}", enabled = true } }]
+
+[[route]]
+method = "DELETE"
+path = "/v1/users/{owner}/devices/{device}"
+action = "DeleteDevice"
+resource = { type = "Device", id = "{owner}/{device}", attrs = ["owner"] }
+"#,
+    ) else {
+        panic!("the effect route loads")
+    };
+    assert!(table.mutates(&http::Method::POST, "/v1/users"));
+    assert!(table.mutates(&http::Method::GET, "/v1/users"));
+    assert!(!table.mutates(&http::Method::DELETE, "/v1/users/a/devices/b"));
+    assert!(!table.mutates(&http::Method::POST, "/v1/users/x"));
+    assert!(!table.mutates(&http::Method::PUT, "/v1/users"));
+}
