@@ -21,6 +21,7 @@
 //! request/    strict readers of what a client sends: path and query, headers, JSON bodies
 //! authn/      tokens → verified identities
 //! model/      schema, route table, directory, policies, license: what decisions read
+//! platform/   the platforms followed: import of a server's REST API, stand-in servers
 //! authz/      the decision path, policy index, caches, snapshots
 //! telemetry/  the decision log and metrics
 //! proxy/      the gateway: decide, forward, the one failure → HTTP mapping
@@ -32,6 +33,7 @@ mod authz;
 mod commands;
 mod config;
 mod model;
+mod platform;
 mod proxy;
 mod request;
 mod serve;
@@ -51,6 +53,7 @@ pub use crate::model::routes::field::FieldValue;
 pub use crate::model::routes::trie::Segment;
 pub use crate::model::routes::{Resolved, RouteTable};
 pub use crate::model::schema::Catalog;
+pub use crate::platform::mock::{Flavor as MockFlavor, Platform as MockPlatform};
 pub use crate::proxy::forward::{rewrite, Stamp, Upstream};
 pub use crate::proxy::response::{full, Body, BoxError};
 pub use crate::proxy::Gateway;

@@ -11,21 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::Algorithm;
 use serde::Serialize;
 
+use super::fetch::Fetcher;
 use super::keys::KeySet;
 
 /// The least time between two fetches the unknown-`kid` trigger may cause.
 pub(crate) const MIN_REFETCH: Duration = Duration::from_secs(10);
-/// Longest wait for a JWKS answer.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest JWKS document read.
 const MAX_JWKS_BYTES: usize = 1 << 20;
 
@@ -149,26 +142,7 @@ impl Remote {
     }
 
     async fn download(&self) -> Result<String, String> {
-        let client = client()?;
-        let request = http::Request::get(self.url.clone())
-            .header(http::header::ACCEPT, "application/json")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(FETCH_TIMEOUT, client.request(request))
-            .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| format!("unreachable: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("answered {}", response.status()));
-        }
-        let body = tokio::time::timeout(
-            FETCH_TIMEOUT,
-            Limited::new(response.into_body(), MAX_JWKS_BYTES).collect(),
-        )
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| format!("body: {e}"))?;
-        String::from_utf8(body.to_bytes().to_vec()).map_err(|_| "not UTF-8".to_string())
+        Fetcher::new()?.get(&self.url, None, MAX_JWKS_BYTES).await
     }
 
     /// Keeps the set fresh: fetches `refresh` after the last attempt, and when woken, as
@@ -187,27 +161,4 @@ impl Remote {
             let _ = self.fetch().await;
         }
     }
-}
-
-fn client() -> Result<Client<HttpsConnector<HttpConnector>, Empty<Bytes>>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("tls: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(FETCH_TIMEOUT));
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
 }

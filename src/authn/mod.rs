@@ -14,6 +14,7 @@
 //! key change bumps [`Verifier::generation`], which the token cache compares. Every failure
 //! is an [`AuthError`], which the gateway answers with 401.
 
+pub(crate) mod fetch;
 pub(crate) mod jwks;
 pub(crate) mod keys;
 

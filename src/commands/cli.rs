@@ -32,8 +32,90 @@ pub enum Command {
     Token(TokenArgs),
     /// Read or change the directory of a running gateway (its admin listener's entity API).
     Directory(DirectoryArgs),
+    /// Read a platform's REST API into directory files and project policies.
+    Import(ImportArgs),
+    /// Run a stand-in platform server (the Thinger or the Central API, state in memory),
+    /// for trying `import`, `[directory.sync]` and write-through effects.
+    Mock(MockArgs),
     /// Start a mock Thinger server and the gateway in front of it, with ready-to-paste curl lines.
     Demo,
+}
+
+/// `import`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImportArgs {
+    /// Which platform.
+    #[command(subcommand)]
+    pub from: ImportFrom,
+}
+
+/// What every import takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImportCommon {
+    /// The server's base URL (`https://iot.example.com`).
+    #[arg(long)]
+    pub url: String,
+    /// A file holding an administrator's API token (sent as a bearer token).
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// The folder to write: `directory/*.json` and `policies/projects/*.cedar` (files it
+    /// does not make in those two folders are removed).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Write nothing: print what would change and exit 1 if anything would.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// `import` platforms.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ImportFrom {
+    /// A Thinger.io server: accounts, projects and their members' Allow/Deny sections,
+    /// devices, buckets, dashboards, endpoints, storages, tokens and plugins.
+    Thinger {
+        /// Server, token, output.
+        #[command(flatten)]
+        common: ImportCommon,
+        /// The subscription's own account (`original = true`; the API does not say which).
+        #[arg(long)]
+        original: Option<String>,
+        /// The Cedar schema whose actions Allow/Deny sections expand to (default: the
+        /// bundled `thinger` schema).
+        #[arg(long)]
+        schema: Option<PathBuf>,
+    },
+    /// An IoT Central-style server: the organization tree under `--root`, its users and devices.
+    Central {
+        /// Server, token, output.
+        #[command(flatten)]
+        common: ImportCommon,
+        /// The top organization.
+        #[arg(long)]
+        root: String,
+    },
+}
+
+/// `mock`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MockArgs {
+    /// Which API.
+    #[arg(value_enum)]
+    pub flavor: MockFlavor,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub listen: String,
+    /// The state to start from (default: `examples/<flavor>/platform.json`, built in).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+}
+
+/// The APIs `mock` serves.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum MockFlavor {
+    /// Thinger.io's `/v1/users/…`.
+    Thinger,
+    /// The `central` profile's `/api/…`.
+    Central,
 }
 
 /// `--config FILE`.

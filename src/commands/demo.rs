@@ -3,30 +3,24 @@
 //!
 //! ```text
 //! embedded examples/thinger profile ──written to a temp folder──▶ Loaded ──▶ Gateway
-//! mock Thinger API (127.0.0.1:<any>) ◀── gateway (127.0.0.1:8080, or any free port)
+//! mock Thinger API (platform::mock, 127.0.0.1:<any>) ◀── gateway (127.0.0.1:8080, or any free port)
 //! tokens for an admin, a developer, a guest project member and a disabled account
 //!   ──▶ stdout: export lines + curl lines, each with the status it should get
 //! Ctrl-C ──▶ gateway drains, mock stops, temp folder removed, exit 0
 //! ```
 
-use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::net::TcpListener;
 
 use crate::authn::{now, Signer};
 use crate::authz::snapshot::Loaded;
 use crate::commands::cli::ExitStatus;
-use crate::proxy::response::{full, Body};
+use crate::platform::mock::{Flavor, Platform};
 use crate::proxy::Gateway;
 use crate::serve::{shutdown_signal, Running};
 
@@ -109,7 +103,8 @@ async fn run_inner(out: &mut dyn Write) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let upstream_addr = upstream.local_addr().map_err(|e| e.to_string())?;
-    let mock = tokio::spawn(mock_thinger(upstream));
+    let seed = serde_json::from_str(super::import::THINGER_STATE).map_err(|e| e.to_string())?;
+    let mock = tokio::spawn(Platform::new(Flavor::Thinger, &seed)?.serve(upstream));
     let config = folder.write_profile(upstream_addr)?;
     let loaded = Loaded::load(&config).map_err(|p| p.to_string())?;
     let signer = Signer::from_config(&loaded.config)?;
@@ -321,45 +316,6 @@ fn print_tour(out: &mut dyn Write, addr: SocketAddr, signer: &Signer) -> std::io
     writeln!(out, "# explain a decision without the server:")?;
     writeln!(out, "#   cargo run -- check --config examples/thinger/iotgate.toml --request \"POST /v3/users/dave/devices/sensor1/resources/led\" --as bob")?;
     out.flush()
-}
-
-/// A tiny stand-in for the Thinger server: answers every request with what it received.
-async fn mock_thinger(listener: TcpListener) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            return;
-        };
-        tokio::spawn(async move {
-            let service = service_fn(|req: Request<Incoming>| async move {
-                Ok::<_, Infallible>(mock_answer(&req))
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-fn mock_answer(req: &Request<Incoming>) -> Response<Body> {
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-    };
-    let body = json!({
-        "mock": "thinger",
-        "method": req.method().as_str(),
-        "path": req.uri().path(),
-        "principal": header("x-iotgate-principal"),
-        "policy_version": header("x-iotgate-policy-version"),
-    });
-    let mut response = Response::new(full(Bytes::from(body.to_string())));
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ pub(crate) mod check;
 pub(crate) mod cli;
 pub(crate) mod demo;
 pub(crate) mod directory;
+pub(crate) mod import;
 
 use std::io::Write;
 
@@ -26,6 +27,8 @@ pub fn run(cli: &Cli) -> ExitStatus {
         Command::Directory(args) => {
             runtime().and_then(|rt| rt.block_on(directory::run(args, &mut out)))
         }
+        Command::Import(args) => runtime().and_then(|rt| rt.block_on(import::run(args, &mut out))),
+        Command::Mock(args) => runtime().and_then(|rt| rt.block_on(import::mock(args, &mut out))),
         Command::Serve(args) => {
             crate::telemetry::init(cli.log_format);
             runtime().map(|rt| rt.block_on(serve(args)))

@@ -67,6 +67,23 @@ struct FileDirectory {
     journal: Option<String>,
     #[serde(default = "default_compact_after")]
     compact_after: usize,
+    sync: Option<FileSync>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileSync {
+    from: String,
+    url: String,
+    token_file: String,
+    #[serde(default = "default_sync_interval")]
+    interval_seconds: u64,
+    root: Option<String>,
+    original: Option<String>,
+    policies: Option<String>,
+}
+
+fn default_sync_interval() -> u64 {
+    60
 }
 
 #[derive(Debug, Deserialize)]
@@ -375,6 +392,39 @@ pub struct DirectoryConfig {
     pub journal: Option<PathBuf>,
     /// Entries after which the journal is compacted (at start and on write).
     pub compact_after: usize,
+    /// `[directory.sync]`: the platform imported live.
+    pub sync: Option<SyncConfig>,
+}
+
+/// `[directory.sync]`: which platform, where, how often.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// The platform and what its import needs.
+    pub from: SyncFrom,
+    /// Its base URL.
+    pub url: String,
+    /// A file holding an administrator's API token.
+    pub token_file: PathBuf,
+    /// Time between two imports.
+    pub interval: Duration,
+    /// The policy folder the generated project files are written to (under `projects/`);
+    /// one of `[policy] policies`.
+    pub policies: Option<PathBuf>,
+}
+
+/// The platforms `[directory.sync]` follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncFrom {
+    /// A Thinger server; `original` is the subscription's account.
+    Thinger {
+        /// The subscription's own account.
+        original: Option<String>,
+    },
+    /// An IoT Central-style server, from the organization `root` down.
+    Central {
+        /// The top organization.
+        root: String,
+    },
 }
 
 /// `[admin]`.
@@ -657,12 +707,20 @@ impl Config {
             max_bytes: file.cache.max_bytes,
             max_entry_bytes: file.cache.max_entry_bytes,
         };
-        let directory = file
-            .directory
-            .map_or_else(DirectoryConfig::default, |d| DirectoryConfig {
+        let directory = file.directory.map_or_else(DirectoryConfig::default, |d| {
+            let sync = d.sync.and_then(|s| match ctx.sync(s, &policy) {
+                Ok(sync) => Some(sync),
+                Err(found) => {
+                    problems.extend(found);
+                    None
+                }
+            });
+            DirectoryConfig {
                 journal: d.journal.as_deref().map(|p| ctx.path(p)),
                 compact_after: d.compact_after.max(1),
-            });
+                sync,
+            }
+        });
         let admin = AdminConfig {
             token_file: file.admin.and_then(|a| a.token_file).map(|p| ctx.path(&p)),
         };
@@ -975,6 +1033,71 @@ impl Ctx<'_> {
         }
     }
 
+    /// `[directory.sync]`, every problem at once.
+    fn sync(&self, s: FileSync, policy: &PolicyConfig) -> Result<SyncConfig, Problems> {
+        let mut problems = Problems::new();
+        let at = |key: &str| format!("directory.sync.{key}");
+        let from = match (s.from.as_str(), s.root) {
+            ("thinger", _) => Some(SyncFrom::Thinger {
+                original: s.original,
+            }),
+            ("central", Some(root)) => Some(SyncFrom::Central { root }),
+            ("central", None) => {
+                problems.push(self.source.problem(
+                    &at("root"),
+                    "a central sync needs `root`, the top organization",
+                ));
+                None
+            }
+            (other, _) => {
+                problems.push(self.source.problem(
+                    &at("from"),
+                    format!("`{other}` is not a platform (thinger, central)"),
+                ));
+                None
+            }
+        };
+        if !(s.url.starts_with("http://") || s.url.starts_with("https://"))
+            || s.url.parse::<http::Uri>().is_err()
+        {
+            problems.push(
+                self.source
+                    .problem(&at("url"), format!("`{}` is not an http(s) URL", s.url)),
+            );
+        }
+        if !(5..=86_400).contains(&s.interval_seconds) {
+            problems.push(
+                self.source
+                    .problem(&at("interval_seconds"), "must be between 5 and 86400"),
+            );
+        }
+        let policies = s.policies.as_deref().map(|p| self.path(p));
+        match (&from, &policies) {
+            (Some(SyncFrom::Thinger { .. }), None) => problems.push(self.source.problem(
+                &at("from"),
+                "a thinger sync needs `policies`, the folder its project files are written to",
+            )),
+            (_, Some(dir)) if !policy.policies.contains(dir) => problems.push(self.source.problem(
+                &at("policies"),
+                format!(
+                    "`{}` must also be listed in [policy] policies",
+                    dir.display()
+                ),
+            )),
+            _ => {}
+        }
+        match from {
+            Some(from) if problems.is_empty() => Ok(SyncConfig {
+                from,
+                url: s.url.trim_end_matches('/').to_string(),
+                token_file: self.path(&s.token_file),
+                interval: Duration::from_secs(s.interval_seconds),
+                policies,
+            }),
+            _ => Err(problems),
+        }
+    }
+
     fn policy(&self, p: FilePolicy) -> PolicyConfig {
         let paths = |v: &[String]| v.iter().map(|p| self.path(p)).collect();
         PolicyConfig {
@@ -1130,6 +1253,37 @@ directory = ["dir"]
                 "/etc/gw/c.toml:7: `RS256` needs a public key, not `hs256_secret_file`",
             ]
         );
+    }
+
+    #[test]
+    fn a_sync_section_is_checked_whole() {
+        let good = format!(
+            "{GOOD}\n[directory.sync]\nfrom = \"thinger\"\nurl = \"http://10.0.0.5:8081/\"\ntoken_file = \"t\"\npolicies = \"policies\"\n"
+        );
+        let c = Config::parse(Path::new("/etc/gw/c.toml"), &good).unwrap();
+        let sync = c.directory.sync.unwrap();
+        assert_eq!(sync.url, "http://10.0.0.5:8081");
+        assert_eq!(sync.interval, Duration::from_secs(60));
+        assert_eq!(sync.policies, Some(PathBuf::from("/etc/gw/policies")));
+        assert_eq!(sync.from, SyncFrom::Thinger { original: None });
+        let bad = format!(
+            "{GOOD}\n[directory.sync]\nfrom = \"central\"\nurl = \"ftp://x\"\ntoken_file = \"t\"\ninterval_seconds = 1\npolicies = \"elsewhere\"\n"
+        );
+        assert_eq!(
+            errors(&bad),
+            vec![
+                "/etc/gw/c.toml:17: a central sync needs `root`, the top organization",
+                "/etc/gw/c.toml:19: `ftp://x` is not an http(s) URL",
+                "/etc/gw/c.toml:21: must be between 5 and 86400",
+                "/etc/gw/c.toml:22: `/etc/gw/elsewhere` must also be listed in [policy] policies",
+            ]
+        );
+        let thinger = bad
+            .replace("central", "thinger")
+            .replace("policies = \"elsewhere\"\n", "");
+        assert!(errors(&thinger).iter().any(|e| e.ends_with(
+            "a thinger sync needs `policies`, the folder its project files are written to"
+        )));
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! ```text
 //! GET  /healthz  200 while the process runs
 //! GET  /readyz   200 when a snapshot serves and the upstream answered in the last 30 s
-//!                (probed with GET / when it has not), else 503
-//! GET  /status   JSON: versions, loaded-at, counts, last reload attempt, cache stats
+//!                (probed with GET / when it has not), else 503; `degraded` lists what
+//!                serves on stale data (a failing `[directory.sync]`)
+//! GET  /status   JSON: versions, loaded-at, counts, last reload attempt, cache stats, sync
 //! GET  /metrics  Prometheus text format
 //! POST /reload   build and swap a new snapshot now (409 when reload = "off")
+//! POST /sync     run `[directory.sync]` now: 200 with its status, 502 when it failed
 //! /directory/entities…  the entity API (`serve::entities`), with the [admin] token
 //! ```
 //!
@@ -24,6 +26,7 @@ use crate::config::Reload;
 use crate::proxy::response::{full, AdminRefusal, Body, Failure};
 use crate::proxy::Gateway;
 use crate::serve::reload::{rfc3339, Reloader};
+use crate::serve::sync::Sync;
 use crate::telemetry::metrics::KeyStats;
 
 /// How recently the upstream must have answered for `/readyz`.
@@ -39,6 +42,8 @@ pub(crate) struct Admin {
     hosts: Vec<String>,
     /// The `[admin] token_file` bearer token the entity API requires.
     token: Option<String>,
+    /// `[directory.sync]`, when configured.
+    sync: Option<Arc<Sync>>,
 }
 
 impl Admin {
@@ -51,6 +56,7 @@ impl Admin {
         addr: SocketAddr,
         extra_hosts: &[String],
         token: Option<String>,
+        sync: Option<Arc<Sync>>,
     ) -> Admin {
         let port = addr.port();
         let mut hosts = vec![
@@ -65,6 +71,7 @@ impl Admin {
             mode,
             hosts,
             token,
+            sync,
         }
     }
 
@@ -116,13 +123,26 @@ impl Admin {
                     keys.fetched += ok;
                     keys.failed += failed;
                 }
-                let body = self.gateway.metrics().render(
+                let mut body = self.gateway.metrics().render(
                     caches.decisions.stats(),
                     caches.tokens.stats(),
                     keys,
                 );
+                if let Some(sync) = &self.sync {
+                    body.push_str(&sync.metrics());
+                }
                 text(StatusCode::OK, "text/plain; version=0.0.4", body)
             }
+            (&Method::POST, "/sync") => match &self.sync {
+                None => self.refuse(AdminRefusal::NotFound),
+                Some(sync) => {
+                    let status = match sync.once(&self.gateway, &self.reloader).await {
+                        Ok(()) => StatusCode::OK,
+                        Err(_) => StatusCode::BAD_GATEWAY,
+                    };
+                    text(status, "application/json", json!(sync.status()).to_string())
+                }
+            },
             (&Method::POST, "/reload") if self.mode == Reload::Off => {
                 self.refuse(AdminRefusal::ReloadOff)
             }
@@ -147,11 +167,18 @@ impl Admin {
 
     async fn ready(&self) -> Response<Body> {
         if self.gateway.upstream_ready(READY_WINDOW).await {
-            text(
-                StatusCode::OK,
-                "application/json",
-                json!({"ready": true}).to_string(),
-            )
+            // decisions go on with the last directory while the platform cannot be read
+            let degraded: Vec<String> = self
+                .sync
+                .iter()
+                .filter_map(|s| s.status().last_error)
+                .map(|e| format!("sync: {e}"))
+                .collect();
+            let body = match degraded.is_empty() {
+                true => json!({"ready": true}),
+                false => json!({"ready": true, "degraded": degraded}),
+            };
+            text(StatusCode::OK, "application/json", body.to_string())
         } else {
             let body = json!({"ready": false, "reason": "upstream has not answered"});
             text(
@@ -188,6 +215,7 @@ impl Admin {
                 "generation": self.gateway.verifier().generation(),
                 "jwks": self.gateway.verifier().remotes().iter().map(|r| r.status()).collect::<Vec<_>>(),
             },
+            "sync": self.sync.as_ref().map(|s| s.status()),
         })
     }
 }

@@ -11,6 +11,7 @@ pub(crate) mod admin;
 pub(crate) mod entities;
 pub(crate) mod listener;
 pub(crate) mod reload;
+pub(crate) mod sync;
 pub(crate) mod tls;
 
 use std::future::Future;
@@ -53,6 +54,13 @@ pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), String> {
         }
         None => None,
     };
+    let sync = config
+        .directory
+        .sync
+        .as_ref()
+        .map(sync::Sync::new)
+        .transpose()
+        .map_err(|e| format!("{e}\n"))?;
     let listener = TcpListener::bind(server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}\n", server.listen))?;
@@ -72,6 +80,13 @@ pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), String> {
         Reload::Off => Vec::new(),
     };
     background.extend(fetch_remote_keys(&gateway).await);
+    if let Some(sync) = &sync {
+        // the first import before serving; a failure serves the files and the journal
+        let _ = sync.once(&gateway, &reloader).await;
+        background.push(tokio::spawn(
+            sync.clone().run(gateway.clone(), reloader.clone()),
+        ));
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
     let admin = admin_listener.zip(admin_addr).map(|(l, addr)| {
@@ -82,6 +97,7 @@ pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), String> {
             addr,
             &server.admin_hosts,
             admin_token.clone(),
+            sync.clone(),
         ));
         let stopped = stopped(stop_rx.clone());
         let limits = Limits::new(&server, Arc::default());

@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::attacks::{root, token, Recorder};
 
 /// A config with a journal and a license of `seats`, in `dir`.
-fn config(dir: &Path, upstream: &str, seats: u64) -> PathBuf {
+pub(crate) fn config(dir: &Path, upstream: &str, seats: u64) -> PathBuf {
     let r = root();
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n\
@@ -32,7 +32,7 @@ fn config(dir: &Path, upstream: &str, seats: u64) -> PathBuf {
     path
 }
 
-async fn call(
+pub(crate) async fn call(
     gateway: &iotgate::Gateway,
     who: &str,
     method: &str,
@@ -52,7 +52,7 @@ async fn call(
     gateway.handle(request, peer).await.status().as_u16()
 }
 
-fn load(config: &Path) -> Arc<iotgate::Gateway> {
+pub(crate) fn load(config: &Path) -> Arc<iotgate::Gateway> {
     iotgate::load(config).unwrap().0
 }
 

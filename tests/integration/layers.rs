@@ -7,11 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The layers, lowest first.
-const LAYERS: [&str; 9] = [
+const LAYERS: [&str; 10] = [
     "config",
     "request",
     "authn",
     "model",
+    "platform",
     "authz",
     "telemetry",
     "proxy",

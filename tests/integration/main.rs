@@ -15,6 +15,7 @@ mod front_door;
 mod keys;
 mod layers;
 mod operations;
+mod platform;
 mod process;
 mod profiles;
 mod properties;

@@ -364,7 +364,6 @@ pub(crate) struct Served {
 impl Served {
     /// `reload` is "watch", "signal" or "off"; `shadow` lines go under `[policy]`.
     pub(crate) fn start(upstream: &str, reload: &str, extra_policy: &str) -> Served {
-        use std::io::{BufRead, BufReader};
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&fixture("mini"), &dir.path().join("mini"));
         copy_dir(&fixture("keys"), &dir.path().join("keys"));
@@ -379,6 +378,13 @@ impl Served {
             ),
         )
         .unwrap();
+        Served::spawn(dir, &config)
+    }
+
+    /// `iotgate serve --config <config>` (a file in `dir`, removed with it) with JSON logs;
+    /// returns once it logged its addresses.
+    pub(crate) fn spawn(dir: tempfile::TempDir, config: &Path) -> Served {
+        use std::io::{BufRead, BufReader};
         let mut child = Command::new(env!("CARGO_BIN_EXE_iotgate"))
             .args([
                 "--log-format",
@@ -402,11 +408,17 @@ impl Served {
                 sink.lock().unwrap().push(line);
             }
         });
-        let first = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("iotgate did not start");
-        let started: serde_json::Value =
-            serde_json::from_str(&first).unwrap_or_else(|_| panic!("{first}"));
+        // the start line, after what ran before serving (a first sync logs)
+        let started = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("iotgate did not start");
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|_| panic!("{line}"));
+            if v.get("listen").is_some() {
+                break v;
+            }
+        };
         Served {
             addr: started["listen"].as_str().unwrap().to_string(),
             admin: started["admin"].as_str().unwrap().to_string(),

@@ -1,0 +1,269 @@
+//! `iotgate import thinger`: a Thinger server's accounts, projects, members and shared
+//! resources, read through its REST API.
+//!
+//! ```text
+//! GET /v1/users                                  accounts {user, role, enabled}
+//! GET /v1/users/{u}/projects                     projects {project}
+//! GET /v1/users/{u}/projects/{p}/members         members {member, enabled, allow, deny,
+//!                                                  roles, global_roles, groups}
+//! GET /v1/users/{u}/projects/{p}/roles           project roles {role, allow, deny} (when named)
+//! GET /v1/users/{u}/roles                        global roles {role, enabled, allow, deny} (when named)
+//! GET /v1/users/{u}/{devices|buckets|…}          the account's resources {device|bucket|…}
+//! GET /v1/users/{u}/{devices|buckets|…}?project={p}   those shared through project p
+//!   ──▶ users.json (User: role, enabled[, original]), resources.json (Project, Device, …
+//!       with parents = their projects), policies/projects/{u}@{p}.cedar
+//! ```
+//!
+//! Roles: API `admin` → `admin`, `user` → `developer`, `member` → `user` (guest); any
+//! other (`domain_admin`: its domain scoping has no counterpart here) → `user`, warned.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::permissions::{self, Grant, Member, Vocabulary};
+use super::{id_of, reference, Entity, Source, World};
+use crate::model::schema::Catalog;
+
+const NS: &str = "Thinger";
+
+/// The collections an account owns: (path segment, id key, entity type).
+const COLLECTIONS: [(&str, &str, &str); 7] = [
+    ("devices", "device", "Device"),
+    ("buckets", "bucket", "Bucket"),
+    ("dashboards", "dashboard", "Dashboard"),
+    ("endpoints", "endpoint", "Endpoint"),
+    ("storages", "storage", "Storage"),
+    ("tokens", "token", "Token"),
+    ("plugins", "plugin", "Plugin"),
+];
+
+/// What `import thinger` is told besides the server.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Options {
+    /// The subscription's own account (`original = true`): the API does not say which.
+    pub(crate) original: Option<String>,
+}
+
+fn role(api: &str) -> Option<&'static str> {
+    match api {
+        "admin" => Some("admin"),
+        "user" => Some("developer"),
+        "member" => Some("user"),
+        _ => None,
+    }
+}
+
+/// Reads the server into a [`World`].
+///
+/// # Errors
+/// A request failed or answered something that is not the API's shape.
+pub(crate) async fn import(
+    source: &Source,
+    catalog: &Catalog,
+    options: &Options,
+) -> Result<World, String> {
+    let vocab = Vocabulary::new(catalog, NS);
+    let mut world = World {
+        types: std::iter::once("User")
+            .chain(std::iter::once("Project"))
+            .chain(COLLECTIONS.iter().map(|(_, _, ty)| *ty))
+            .map(|t| format!("{NS}::{t}"))
+            .collect(),
+        ..World::default()
+    };
+    let mut users = Vec::new();
+    let mut resources = Vec::new();
+    for item in source.list("/v1/users").await? {
+        let Some(id) = id_of(&item, "user", "account", &mut world.warnings) else {
+            continue;
+        };
+        users.push(account(&item, &id, options, &mut world.warnings));
+        resources.extend(account_resources(source, &vocab, &id, &mut world).await?);
+    }
+    world.entities.insert("users.json", users);
+    world.entities.insert("resources.json", resources);
+    Ok(world)
+}
+
+fn account(item: &Value, id: &str, options: &Options, warnings: &mut Vec<String>) -> Entity {
+    let api_role = item.get("role").and_then(Value::as_str).unwrap_or("");
+    let role = role(api_role).unwrap_or_else(|| {
+        warnings.push(format!(
+            "account `{id}`: role `{api_role}` imported as the guest role `user`"
+        ));
+        "user"
+    });
+    let enabled = item
+        .get("enabled")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let mut user = Entity::new(&format!("{NS}::User"), id)
+        .attr("role", Value::from(role))
+        .attr("enabled", Value::Bool(enabled));
+    if options.original.as_deref() == Some(id) {
+        user = user.attr("original", Value::Bool(true));
+    }
+    user
+}
+
+/// An account's projects (and their policy files) and resources.
+async fn account_resources(
+    source: &Source,
+    vocab: &Vocabulary<'_>,
+    owner: &str,
+    world: &mut World,
+) -> Result<Vec<Entity>, String> {
+    let mut shared: BTreeMap<(&str, String), Vec<String>> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut roles = Roles::default();
+    for item in source.list(&format!("/v1/users/{owner}/projects")).await? {
+        let Some(p) = id_of(&item, "project", "project", &mut world.warnings) else {
+            continue;
+        };
+        let project = format!("{owner}@{p}");
+        out.push(
+            Entity::new(&format!("{NS}::Project"), &project)
+                .attr("owner", reference(&format!("{NS}::User"), owner)),
+        );
+        for (segment, key, ty) in COLLECTIONS {
+            let path = format!("/v1/users/{owner}/{segment}?project={p}");
+            for item in source.list(&path).await? {
+                if let Some(id) = id_of(&item, key, ty, &mut world.warnings) {
+                    shared.entry((ty, id)).or_default().push(project.clone());
+                }
+            }
+        }
+        let members = members(source, owner, &p, &mut roles, &mut world.warnings).await?;
+        let (text, warnings) = permissions::project_file(vocab, owner, &p, &members);
+        world.warnings.extend(warnings);
+        let text = permissions::pretty(&text).map_err(|e| format!("{project}: {e}"))?;
+        world
+            .policies
+            .insert(format!("projects/{project}.cedar"), text);
+    }
+    for (segment, key, ty) in COLLECTIONS {
+        for item in source.list(&format!("/v1/users/{owner}/{segment}")).await? {
+            let Some(id) = id_of(&item, key, ty, &mut world.warnings) else {
+                continue;
+            };
+            let mut entity = Entity::new(&format!("{NS}::{ty}"), &format!("{owner}/{id}"))
+                .attr("owner", reference(&format!("{NS}::User"), owner));
+            for project in shared.remove(&(ty, id)).unwrap_or_default() {
+                entity = entity.parent(&format!("{NS}::Project"), &project);
+            }
+            out.push(entity);
+        }
+    }
+    Ok(out)
+}
+
+/// Project and global roles, fetched once per owner when a member names them.
+#[derive(Default)]
+struct Roles {
+    global: Option<BTreeMap<String, Value>>,
+}
+
+async fn roles_at(source: &Source, path: &str) -> Result<BTreeMap<String, Value>, String> {
+    let mut out = BTreeMap::new();
+    for item in source.list(path).await? {
+        if let Some(name) = item.get("role").and_then(Value::as_str) {
+            out.insert(name.to_string(), item.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// A project's members with the grants of their own sections and roles.
+async fn members(
+    source: &Source,
+    owner: &str,
+    project: &str,
+    roles: &mut Roles,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Member>, String> {
+    let base = format!("/v1/users/{owner}/projects/{project}");
+    let mut project_roles: Option<BTreeMap<String, Value>> = None;
+    let mut out = Vec::new();
+    for item in source.list(&format!("{base}/members")).await? {
+        let Some(id) = id_of(&item, "member", "member", warnings) else {
+            continue;
+        };
+        let mut member = Member {
+            id,
+            enabled: item
+                .get("enabled")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            grants: vec![Grant {
+                label: "own".into(),
+                allow: item.get("allow").cloned(),
+                deny: item.get("deny").cloned(),
+            }],
+            blocked: None,
+        };
+        if names(&item, "groups").next().is_some() {
+            member.blocked =
+                Some("asset groups restrict it, which the import cannot express".into());
+        }
+        for name in names(&item, "roles") {
+            if project_roles.is_none() {
+                project_roles = Some(roles_at(source, &format!("{base}/roles")).await?);
+            }
+            let role = project_roles.as_ref().and_then(|r| r.get(&name));
+            member
+                .grants
+                .push(role_grant(warnings, &member, "role", &name, role));
+        }
+        for name in names(&item, "global_roles") {
+            if roles.global.is_none() {
+                roles.global = Some(roles_at(source, &format!("/v1/users/{owner}/roles")).await?);
+            }
+            let role = roles.global.as_ref().and_then(|r| r.get(&name));
+            member
+                .grants
+                .push(role_grant(warnings, &member, "global_role", &name, role));
+        }
+        out.push(member);
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// The grant of a named role; a missing or disabled role grants nothing (its deny stays).
+fn role_grant(
+    warnings: &mut Vec<String>,
+    member: &Member,
+    kind: &str,
+    name: &str,
+    role: Option<&Value>,
+) -> Grant {
+    let label = format!("{kind}/{name}");
+    let Some(role) = role.filter(|_| super::plain_id(name)) else {
+        warnings.push(format!(
+            "member `{}`: {label} is not a role here; it grants nothing",
+            member.id
+        ));
+        return Grant {
+            label,
+            allow: None,
+            deny: None,
+        };
+    };
+    let enabled = role.get("enabled").and_then(Value::as_bool).unwrap_or(true);
+    Grant {
+        allow: role.get("allow").filter(|_| enabled).cloned(),
+        deny: role.get("deny").cloned(),
+        label,
+    }
+}
+
+/// The plain-id strings of an array member.
+fn names<'v>(item: &'v Value, key: &str) -> impl Iterator<Item = String> + 'v {
+    item.get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(String::from)
+}
