@@ -472,18 +472,20 @@ impl<'s> Pending<'s> {
                 if let Err(e) = &self.media {
                     return decision.reject(Rejection::UnsupportedMediaType(e.clone()));
                 }
-                let parsed = self.route.body.parse(bytes).and_then(|map| {
-                    let shared = match self.route.body {
-                        BodyFormat::Form => form::in_query(&map, self.query.as_deref()),
-                        BodyFormat::Json => None,
+                let parsed = self.route.body.parse(bytes).and_then(|value| {
+                    let shared = match (self.route.body, &value) {
+                        (BodyFormat::Form, Value::Object(map)) => {
+                            form::in_query(map, self.query.as_deref())
+                        }
+                        _ => None,
                     };
                     match shared {
                         Some(name) => Err(format!("`{name}` is in both the query and the form")),
-                        None => Ok(map),
+                        None => Ok(value),
                     }
                 });
                 match parsed {
-                    Ok(map) => Some(Value::Object(map)),
+                    Ok(value) => Some(value),
                     Err(e) => return decision.reject(Rejection::BadRequest(BadRequest::Body(e))),
                 }
             }

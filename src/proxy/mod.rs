@@ -55,6 +55,8 @@ pub struct Gateway {
     snapshot: Arc<ArcSwap<Snapshot>>,
     /// Told the generation of every snapshot swapped in (open streams decide again).
     swapped: tokio::sync::watch::Sender<u64>,
+    /// Woken by a 2xx answer to a `resync` route; `[directory.sync]` waits on it.
+    resync: tokio::sync::Notify,
     caches: Caches,
     metrics: Metrics,
     upstream: Upstream,
@@ -106,6 +108,7 @@ impl Gateway {
         Ok(Gateway {
             verifier,
             swapped: tokio::sync::watch::Sender::new(snapshot.generation),
+            resync: tokio::sync::Notify::new(),
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             caches: Caches::new(&config.cache),
             metrics,
@@ -138,6 +141,7 @@ impl Gateway {
         Gateway {
             verifier,
             swapped: tokio::sync::watch::Sender::new(snapshot.generation),
+            resync: tokio::sync::Notify::new(),
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             caches: Caches::new(&no_cache),
             metrics: Metrics::default(),
@@ -212,6 +216,11 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+
+    /// Notified when a `resync` route was answered 2xx (one wake-up is kept until taken).
+    pub(crate) fn resync_wanted(&self) -> &tokio::sync::Notify {
+        &self.resync
     }
 
     /// Holds off directory changes while a reload builds and swaps its snapshot.
@@ -316,50 +325,56 @@ impl Gateway {
             status: None,
         };
         let expose = self.server.expose_messages;
-        let mut response =
-            match (&record.decision.outcome, body) {
-                (Outcome::Allow, Some(body)) => {
-                    let stream = route.is_some_and(|r| r.stream);
-                    let websocket = stream && forward::is_websocket(&parts.method, &parts.headers);
-                    let client_upgrade = parts
-                        .extensions
-                        .remove::<hyper::upgrade::OnUpgrade>()
-                        .filter(|_| websocket);
-                    let stamp = Stamp {
-                        peer,
-                        trusted: self.trusted(peer),
-                        secure: parts.extensions.get::<Arc<TlsSession>>().is_some(),
-                        cookies: self.server.forward_cookies,
-                        reads_no_token: route.is_some_and(|r| r.auth == Auth::None),
-                        request_id: &record.request_id,
-                        principal: record
-                            .decision
-                            .principal
-                            .as_deref()
-                            .filter(|_| !record.decision.anonymous),
-                        policy_version: &record.decision.policy_version,
-                        directory_version: &record.decision.directory_version,
-                    };
-                    match self.forward(parts, body, stamp, client_upgrade).await {
-                        Ok(response) => {
-                            let locked = writer.is_some();
-                            self.write_through(&record, response.status(), locked).await;
-                            response
+        let mut response = match (&record.decision.outcome, body) {
+            (Outcome::Allow, Some(body)) => {
+                let stream = route.is_some_and(|r| r.stream);
+                let websocket = stream && forward::is_websocket(&parts.method, &parts.headers);
+                let client_upgrade = parts
+                    .extensions
+                    .remove::<hyper::upgrade::OnUpgrade>()
+                    .filter(|_| websocket);
+                let stamp = Stamp {
+                    peer,
+                    trusted: self.trusted(peer),
+                    secure: parts.extensions.get::<Arc<TlsSession>>().is_some(),
+                    cookies: self.server.forward_cookies,
+                    reads_no_token: route.is_some_and(|r| r.auth == Auth::None),
+                    request_id: &record.request_id,
+                    principal: record
+                        .decision
+                        .principal
+                        .as_deref()
+                        .filter(|_| !record.decision.anonymous),
+                    policy_version: &record.decision.policy_version,
+                    directory_version: &record.decision.directory_version,
+                };
+                match self.forward(parts, body, stamp, client_upgrade).await {
+                    Ok(response) => {
+                        let locked = writer.is_some();
+                        self.write_through(&record, response.status(), locked).await;
+                        let resync = route.is_some_and(|r| r.resync);
+                        if resync && response.status().is_success() && !self.upstream.is_stand_in()
+                        {
+                            self.resync.notify_one();
                         }
-                        Err(e) => self.upstream_failed(e, &record.request_id, &record.decision),
+                        response
                     }
+                    Err(e) => self.upstream_failed(e, &record.request_id, &record.decision),
                 }
-                (Outcome::Reject(r), _) => Failure::Rejected(r.clone()).to_response(
-                    &record.request_id,
-                    &record.decision.policy_version,
-                    expose,
-                ),
-                (Outcome::Allow, None) => match preflight {
+            }
+            (Outcome::Reject(r), _) => Failure::Rejected(r.clone()).to_response(
+                &record.request_id,
+                &record.decision.policy_version,
+                expose,
+            ),
+            (Outcome::Allow, None) => {
+                match preflight {
                     Some(cors) => cors.preflight(&parts, &snapshot.routes),
                     None => Failure::Rejected(Rejection::Forbidden(Default::default()))
                         .to_response(&record.request_id, &record.decision.policy_version, expose),
-                },
-            };
+                }
+            }
+        };
         if let (Some(cors), None) = (&self.cors, preflight) {
             cors.decorate(origin.as_ref(), response.headers_mut());
         }

@@ -174,7 +174,7 @@ pub(crate) fn body_media(headers: &HeaderMap, format: BodyFormat) -> Result<(), 
         .trim()
         .to_ascii_lowercase();
     let fits = match format {
-        BodyFormat::Json => {
+        BodyFormat::Json | BodyFormat::JsonArray => {
             essence == "application/json"
                 || essence
                     .strip_prefix("application/")

@@ -9,7 +9,7 @@
 //! key repeated at any depth, in any ASCII case, is refused: iotgate and the upstream must
 //! read the same values. Keys with control characters (`"role\u0000"`, which C-string
 //! servers read as `role`) are refused too. The top level must be an object, since fields read
-//! `{body.a.b}` paths.
+//! `{body.a.b}` paths (or, for a `json-array` route, an array read whole as `{body}`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,15 +22,29 @@ use serde_json::{Map, Value};
 /// # Errors
 /// Not JSON, not an object, or a repeated key (the message says which).
 pub(crate) fn object(bytes: &[u8]) -> Result<Map<String, Value>, String> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = Strict
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|()| v))
-        .map_err(|e| e.to_string())?;
-    match value {
+    match strict(bytes)? {
         Value::Object(map) => Ok(map),
         _ => Err("the body is not a JSON object".into()),
     }
+}
+
+/// Parses `bytes` as one JSON array with no duplicate key at any depth.
+///
+/// # Errors
+/// Not JSON, not an array, or a repeated key.
+pub(crate) fn array(bytes: &[u8]) -> Result<Value, String> {
+    match strict(bytes)? {
+        v @ Value::Array(_) => Ok(v),
+        _ => Err("the body is not a JSON array".into()),
+    }
+}
+
+fn strict(bytes: &[u8]) -> Result<Value, String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    Strict
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| e.to_string())
 }
 
 /// A `Value` seed that refuses duplicate keys.

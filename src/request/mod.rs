@@ -14,29 +14,31 @@ pub(crate) mod json;
 pub(crate) mod token;
 pub(crate) mod uri;
 
-/// How a route that reads body fields parses the body: `body = "json" | "form"`.
+/// How a route that reads body fields parses the body:
+/// `body = "json" | "json-array" | "form"`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum BodyFormat {
     /// One JSON object (`application/json`, `application/*+json`).
     #[default]
     Json,
+    /// One JSON array (same media types), read whole as `{body}` (Thinger's
+    /// `PUT …/projects` with `["owner@project", …]`).
+    JsonArray,
     /// `application/x-www-form-urlencoded` pairs, read as an object of strings.
     Form,
 }
 
 impl BodyFormat {
-    /// Parses a body in this format into an object.
+    /// Parses a body in this format: an object, or an array for `json-array`.
     ///
     /// # Errors
-    /// Malformed, or a repeated key (the message says which).
-    pub(crate) fn parse(
-        self,
-        bytes: &[u8],
-    ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    /// Malformed, of the other shape, or a repeated key (the message says which).
+    pub(crate) fn parse(self, bytes: &[u8]) -> Result<serde_json::Value, String> {
         match self {
-            BodyFormat::Json => json::object(bytes),
-            BodyFormat::Form => form::object(bytes),
+            BodyFormat::Json => json::object(bytes).map(serde_json::Value::Object),
+            BodyFormat::JsonArray => json::array(bytes),
+            BodyFormat::Form => form::object(bytes).map(serde_json::Value::Object),
         }
     }
 }

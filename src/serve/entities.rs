@@ -73,11 +73,7 @@ pub(crate) async fn handle(
         (Method::GET, Some(uid)) => get(gateway, &uid),
         (Method::PUT, Some(uid)) => {
             let put: Put = read(request).await?;
-            let change = Change::Put {
-                uid,
-                attrs: put.attrs,
-                parents: put.parents,
-            };
+            let change = put_change(gateway, uid, put.attrs, put.parents);
             commit(gateway, vec![change]).await
         }
         (Method::DELETE, Some(uid)) => {
@@ -88,16 +84,39 @@ pub(crate) async fn handle(
             let batch: Vec<Entity> = read(request).await?;
             let changes = batch
                 .into_iter()
-                .map(|e| Change::Put {
-                    uid: e.uid,
-                    attrs: e.attrs,
-                    parents: e.parents,
-                })
+                .map(|e| put_change(gateway, e.uid, e.attrs, e.parents))
                 .collect();
             commit(gateway, changes).await
         }
         _ => Err(AdminRefusal::NotFound),
     }
+}
+
+/// A PUT's change: it replaces an entity that exists, and creates one that does not, which
+/// refuses (422) a look-alike of one that exists (`User::"ACME"` beside `acme`), as effects do.
+fn put_change(gateway: &Gateway, uid: Uid, attrs: Map<String, Value>, parents: Vec<Uid>) -> Change {
+    match present(gateway, &uid) {
+        true => Change::Put {
+            uid,
+            attrs,
+            parents,
+        },
+        false => Change::Create {
+            uid,
+            attrs,
+            parents,
+        },
+    }
+}
+
+fn present(gateway: &Gateway, uid: &Uid) -> bool {
+    <cedar_policy::EntityTypeName as std::str::FromStr>::from_str(&uid.ty).is_ok_and(|ty| {
+        let cedar = cedar_policy::EntityUid::from_type_name_and_id(
+            ty,
+            cedar_policy::EntityId::new(&uid.id),
+        );
+        gateway.snapshot().directory.get(&cedar).is_some()
+    })
 }
 
 /// `/{type}/{id}`, percent-decoded by the strict path rules; the id is the rest of the path

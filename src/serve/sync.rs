@@ -2,7 +2,8 @@
 //! catching what write-through missed (changes made on the server directly).
 //!
 //! ```text
-//! every interval (the first at start, before serving):
+//! every interval (the first at start, before serving), and 200 ms after a `resync` route
+//! (a project member added, changed or removed through iotgate) was answered 2xx:
 //!   platform::{thinger,central}::import (on the serving schema) ─▶ World
 //!     ├─ project policy files ─▶ write into `policies`/projects/ (only what differs)
 //!     │    └─ any changed ─▶ Reloader::reload("sync") (a file that does not load: the
@@ -24,6 +25,9 @@ use super::reload::{rfc3339, Reloader};
 use crate::config::{SyncConfig, SyncFrom};
 use crate::platform::{self, Source, World};
 use crate::proxy::Gateway;
+
+/// How long a `resync` wake-up waits before importing.
+const RESYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// What `/status` shows of the sync.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -102,10 +106,17 @@ impl Sync {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Runs every interval, forever (the caller ran the first).
+    /// Runs every interval, and soon after a `resync` route was answered 2xx, forever (the
+    /// caller ran the first).
     pub(crate) async fn run(self: Arc<Self>, gateway: Arc<Gateway>, reloader: Arc<Reloader>) {
         loop {
-            tokio::time::sleep(self.config.interval).await;
+            tokio::select! {
+                () = tokio::time::sleep(self.config.interval) => {}
+                () = gateway.resync_wanted().notified() => {
+                    // let a burst of member changes land first
+                    tokio::time::sleep(RESYNC_DELAY).await;
+                }
+            }
             let _ = self.once(&gateway, &reloader).await;
         }
     }

@@ -93,6 +93,21 @@ async fn entities_are_read_written_and_checked_with_the_admin_token() {
     );
     let (_, body) = admin(&served, "GET", user, None, Some(TOKEN)).await;
     assert_eq!(body["attrs"]["enabled"], true);
+    // a look-alike of an existing account is refused, as a create through effects is
+    let lookalike = json!({"attrs": {"role": "admin", "enabled": true}, "parents": []});
+    let (status, body) = admin(
+        &served,
+        "PUT",
+        "/directory/entities/Mini::User/ERIN",
+        Some(lookalike),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["problems"][0].as_str().unwrap().contains("look-alike"),
+        "{body}"
+    );
     // the new account decides at once
     let token = crate::support::token(json!({"usr": "erin"}));
     let (status, _, _) = send(crate::support::get(

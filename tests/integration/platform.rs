@@ -336,6 +336,49 @@ async fn write_through_matches_what_the_server_holds() {
         200
     );
     assert!(platform.item("/v1/users/dave/devices", "probe").is_none());
+    // sharing a device with projects: the body is the list of projects
+    let share = |list: Value| {
+        call(
+            &gw,
+            "dave",
+            "PUT",
+            "/v1/users/dave/devices/lab/projects",
+            Some(list),
+        )
+    };
+    assert_eq!(
+        call(&gw, "erin", "GET", "/v1/users/dave/devices/lab", None).await,
+        403
+    );
+    assert_eq!(share(json!(["dave@greenhouse"])).await, 200);
+    assert_eq!(
+        platform.item("/v1/users/dave/devices", "lab").unwrap()["projects"],
+        json!(["dave@greenhouse"])
+    );
+    assert_eq!(
+        call(&gw, "erin", "GET", "/v1/users/dave/devices/lab", None).await,
+        200,
+        "shared now"
+    );
+    assert_eq!(share(json!([])).await, 200);
+    assert_eq!(
+        call(&gw, "erin", "GET", "/v1/users/dave/devices/lab", None).await,
+        403,
+        "unshared"
+    );
+    for bad in [
+        json!(["erin@fleet"]),
+        json!(["dave@a/b"]),
+        json!([7]),
+        json!({"projects": []}),
+    ] {
+        assert_eq!(share(bad.clone()).await, 400, "{bad}");
+    }
+    assert_eq!(
+        platform.item("/v1/users/dave/devices", "lab").unwrap()["projects"],
+        json!([]),
+        "never forwarded"
+    );
     // removed on the server directly: the directory still has it until a sync
     let again = json!({"user": "acme2", "role": "member"});
     assert_eq!(
@@ -454,6 +497,28 @@ async fn a_sync_follows_changes_made_on_the_server_directly_and_an_outage_keeps_
         200,
         "lab is shared now"
     );
+    // a member removed through iotgate: the sync runs by itself right after
+    assert_eq!(
+        status_of(&served, "erin", "/v1/users/dave/devices/sensor1").await,
+        200
+    );
+    let remove =
+        http::Request::delete(served.url("/v1/users/dave/projects/greenhouse/members/erin"))
+            .header(
+                "authorization",
+                format!("Bearer {}", crate::attacks::token(json!({"usr": "dave"}))),
+            )
+            .body(iotgate::full(""))
+            .unwrap();
+    assert_eq!(send(remove).await.0, 200);
+    let started = std::time::Instant::now();
+    while status_of(&served, "erin", "/v1/users/dave/devices/sensor1").await != 403 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "no resync"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // a sync that finds nothing new changes nothing
     let (code, status) = sync_now(&served).await;
     assert_eq!(
@@ -475,7 +540,7 @@ async fn a_sync_follows_changes_made_on_the_server_directly_and_an_outage_keeps_
         "{status}"
     );
     assert_eq!(
-        status_of(&served, "erin", "/v1/users/dave/devices/lab").await,
+        status_of(&served, "dave", "/v1/users/dave/devices/lab").await,
         503,
         "the upstream is down too, but iotgate allowed it"
     );
@@ -489,7 +554,7 @@ async fn a_sync_follows_changes_made_on_the_server_directly_and_an_outage_keeps_
     assert!(served.status().await["sync"]["last_success"].is_string());
     let metrics = served.admin_get("/metrics").await.1;
     assert!(
-        metrics.contains("iotgate_sync_runs_total{result=\"ok\"} 3"),
+        metrics.contains("iotgate_sync_runs_total{result=\"ok\"} 4"),
         "{metrics}"
     );
     assert!(

@@ -46,7 +46,22 @@ pub(super) struct FileEffect {
 pub(super) struct FileRef {
     #[serde(rename = "type")]
     ty: String,
-    id: String,
+    id: Option<String>,
+    /// A list of whole ids (`"{body}"` of a `json-array` route) instead of one `id`.
+    each: Option<String>,
+    /// What every id of `each` must start with (`"{owner}@"`); the rest is one id part.
+    prefix: Option<String>,
+}
+
+/// A compiled parent: one id, or every id of a list.
+#[derive(Debug, Clone)]
+enum Parent {
+    One(String, Template),
+    Each {
+        ty: String,
+        list: Template,
+        prefix: Option<Template>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +87,7 @@ pub(crate) struct Effect {
     ty: String,
     id: Template,
     attrs: Vec<(String, AttrValue)>,
-    parents: Option<Vec<(String, Template)>>,
+    parents: Option<Vec<Parent>>,
 }
 
 impl Effect {
@@ -156,10 +171,7 @@ impl Effect {
                     if !catalog.member_of.get(&ty).is_some_and(|m| m.contains(&pty)) {
                         problems.push(format!("`{pty}` is not a parent type of `{ty}`"));
                     }
-                    Template::parse(&p.id)
-                        .map_err(|m| problems.push(m))
-                        .ok()
-                        .map(|t| (pty, t))
+                    Parent::compile(p, pty).map_err(|m| problems.push(m)).ok()
                 })
                 .collect()
         });
@@ -184,9 +196,11 @@ impl Effect {
             AttrValue::Text(t) | AttrValue::Entity(_, t) => Some(t),
             AttrValue::Literal(_) | AttrValue::Field(_) => None,
         });
-        std::iter::once(&self.id)
-            .chain(attrs)
-            .chain(self.parents.iter().flatten().map(|(_, t)| t))
+        let parents = self.parents.iter().flatten().flat_map(|p| match p {
+            Parent::One(_, t) => vec![t],
+            Parent::Each { list, prefix, .. } => std::iter::once(list).chain(prefix).collect(),
+        });
+        std::iter::once(&self.id).chain(attrs).chain(parents)
     }
 
     /// The route fields it reads by `{field.x}`.
@@ -234,12 +248,13 @@ impl Effect {
             None => None,
             Some(list) => {
                 let mut parents = Vec::with_capacity(list.len());
-                for (ty, t) in list {
-                    let Some(id) = id_text(t, inputs)? else {
-                        return Ok(None);
-                    };
-                    parents.push(Uid { ty: ty.clone(), id });
+                for parent in list {
+                    match parent.resolve(inputs)? {
+                        Some(uids) => parents.extend(uids),
+                        None => return Ok(None),
+                    }
                 }
+                parents.dedup();
                 Some(parents)
             }
         };
@@ -260,6 +275,68 @@ impl Effect {
                 parents: parents.unwrap_or_default(),
             },
         }))
+    }
+}
+
+impl Parent {
+    fn compile(p: &FileRef, ty: String) -> Result<Parent, String> {
+        match (&p.id, &p.each) {
+            (Some(id), None) if p.prefix.is_none() => Ok(Parent::One(ty, Template::parse(id)?)),
+            (None, Some(each)) => {
+                let list = Template::parse(each)?;
+                if list.sources().count() != 1 || !(each.starts_with('{') && each.ends_with('}')) {
+                    return Err(format!(
+                        "`each = \"{each}\"` must be one placeholder (`{{body}}`)"
+                    ));
+                }
+                let prefix = p.prefix.as_deref().map(Template::parse).transpose()?;
+                Ok(Parent::Each { ty, list, prefix })
+            }
+            _ => Err("a parent has `id`, or `each` (with an optional `prefix`)".into()),
+        }
+    }
+
+    /// Its uids; `Ok(None)` when a value is absent.
+    fn resolve(&self, inputs: &Inputs<'_>) -> Result<Option<Vec<Uid>>, FieldError> {
+        match self {
+            Parent::One(ty, t) => {
+                Ok(id_text(t, inputs)?.map(|id| vec![Uid { ty: ty.clone(), id }]))
+            }
+            Parent::Each { ty, list, prefix } => {
+                let Some(items) = list.strings(inputs, "effect parents")? else {
+                    return Ok(None);
+                };
+                let prefix = match prefix {
+                    Some(p) => match p.text(inputs, "effect parents")? {
+                        Some(text) => text,
+                        None => return Ok(None),
+                    },
+                    None => String::new(),
+                };
+                let wrong = || {
+                    FieldError::Type {
+                    field: "effect parents".into(),
+                    expected: "ids made of the prefix and one id part without `/`, `@` or control characters",
+                }
+                };
+                let mut uids = Vec::with_capacity(items.len());
+                for item in items {
+                    let part = item.strip_prefix(prefix.as_str()).ok_or_else(wrong)?;
+                    if part.is_empty()
+                        || part.contains(['/', '@'])
+                        || part.chars().any(char::is_control)
+                    {
+                        return Err(wrong());
+                    }
+                    uids.push(Uid {
+                        ty: ty.clone(),
+                        id: item,
+                    });
+                }
+                uids.sort_by(|a, b| a.id.cmp(&b.id));
+                Ok(Some(uids))
+            }
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Placeholders: `{name}` a path capture, `{query.x}` a query parameter, `{claim.x}` a token
-//! claim, `{body.a.b}` a field of the JSON body, `{principal.parent.T}` the id of the
+//! claim, `{body.a.b}` a field of the JSON body (`{body}`: all of it, a `json-array` body), `{principal.parent.T}` the id of the
 //! principal's one direct parent of type `T` in the directory, `{tls.subject}` / `{tls.cn}`
 //! the verified TLS client certificate's subject / common name. A field may be conditional (`when`), have a
 //! `default`, be `optional`, or `map` its value onto other strings.
@@ -58,6 +58,7 @@ impl Source {
             None => (inner, None),
         };
         let source = match (kind, rest) {
+            ("body", None) => Source::Body(Vec::new()),
             (name, None) if super::trie::is_identifier(name) => Source::Capture(name.to_string()),
             ("query", Some(n)) if !n.is_empty() => Source::Query(n.to_string()),
             ("claim", Some(n)) if !n.is_empty() => Source::Claim(n.to_string()),
@@ -139,6 +140,32 @@ impl Template {
         match self.pieces.as_slice() {
             [Piece::Source(s)] => Some(s),
             _ => None,
+        }
+    }
+
+    /// The strings of the JSON array its single placeholder reads (`{body}` of a
+    /// `json-array` route); `Ok(None)` when absent.
+    ///
+    /// # Errors
+    /// The template is more than one placeholder, or the value is not an array of strings.
+    pub(crate) fn strings(
+        &self,
+        inputs: &Inputs<'_>,
+        field: &str,
+    ) -> Result<Option<Vec<String>>, FieldError> {
+        let wrong = || FieldError::Type {
+            field: field.to_string(),
+            expected: "an array of strings",
+        };
+        let source = self.single().ok_or_else(wrong)?;
+        match inputs.lookup(source)? {
+            None => Ok(None),
+            Some(Raw::Json(Value::Array(items))) => items
+                .iter()
+                .map(|v| v.as_str().map(String::from).ok_or_else(wrong))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(wrong()),
         }
     }
 

@@ -130,6 +130,10 @@ struct FileRoute {
     defaults: bool,
     #[serde(default)]
     effects: Vec<effect::FileEffect>,
+    /// Whether a 2xx answer asks `[directory.sync]` to run now: what it changes lives in the
+    /// platform's own permission model (project members), not in directory entries.
+    #[serde(default)]
+    resync: bool,
 }
 
 fn yes() -> bool {
@@ -191,6 +195,8 @@ pub struct Route {
     pub body: BodyFormat,
     /// What a 2xx answer to it changes in the directory.
     effects: Vec<effect::Effect>,
+    /// Whether a 2xx answer wakes `[directory.sync]`.
+    pub resync: bool,
     /// Capture name → values it never takes, folded (`trie::fold`): a path where a capture
     /// takes one, in any case or with trailing dots, is no route (404).
     reserved: Vec<(String, BTreeSet<String>)>,
@@ -741,6 +747,7 @@ impl<'a> Compiler<'a> {
             context,
             needs_body,
             stream: r.stream,
+            resync: r.resync,
             auth: r.auth,
             body: r.body,
             effects,
