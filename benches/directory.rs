@@ -2,7 +2,8 @@
 //! the schema, index with ancestors) 10,000 and 1,000,000 entities, next to building one
 //! plain Cedar `Entities` store from the same files. Then the policies: time to load a whole
 //! snapshot (parse, strict validation, index) with 10 to 100,000 project policies — what a
-//! start or a reload costs. Prints tables; run with `cargo bench --bench directory`.
+//! start or a reload costs. With each directory, what one runtime change costs (a new
+//! snapshot: the directory copied, changed, its ancestors recomputed). Prints tables; run with `cargo bench --bench directory`.
 //!
 //! Not a criterion bench: each size is loaded once in a fresh process state, because a load
 //! takes seconds and its memory is the point.
@@ -22,8 +23,13 @@ use std::time::Instant;
 fn main() {
     let sizes = scale::sizes("IOTGATE_BENCH_ENTITIES", &[10_000, 1_000_000]);
     println!(
-        "{:>10} {:>14} {:>14} {:>16} {:>16}",
-        "entities", "iotgate load", "iotgate RSS+", "plain Cedar build", "plain Cedar RSS+"
+        "{:>10} {:>14} {:>14} {:>16} {:>16} {:>14}",
+        "entities",
+        "iotgate load",
+        "iotgate RSS+",
+        "plain Cedar build",
+        "plain Cedar RSS+",
+        "one write"
     );
     for n in sizes {
         let world = scale::write(10, n);
@@ -34,6 +40,7 @@ fn main() {
         let load = started.elapsed();
         let grown = scale::rss().saturating_sub(before);
         let count = snapshot.directory.len();
+        let write = one_write(&snapshot);
         drop(snapshot);
         let (plain, plain_rss) = if std::env::var("IOTGATE_BENCH_SKIP_PLAIN").is_ok() {
             ("skipped".to_string(), "-".to_string())
@@ -41,9 +48,10 @@ fn main() {
             plain_cedar(&world)
         };
         println!(
-            "{count:>10} {:>13.2}s {:>11} MiB {plain:>16} {plain_rss:>16}",
+            "{count:>10} {:>13.2}s {:>11} MiB {plain:>16} {plain_rss:>16} {:>11.1} ms",
             load.as_secs_f64(),
-            grown / (1 << 20)
+            grown / (1 << 20),
+            write.as_secs_f64() * 1000.0
         );
     }
     let policies = scale::sizes("IOTGATE_BENCH_POLICIES", &[10, 1_000, 10_000, 100_000]);
@@ -63,6 +71,41 @@ fn main() {
             snapshot.policies.index.len()
         );
     }
+}
+
+/// What one directory change costs (a write-through effect or an entity API PUT): a new
+/// snapshot with one account disabled, the median of five.
+fn one_write(snapshot: &iotgate::Snapshot) -> std::time::Duration {
+    let id = snapshot
+        .directory
+        .nodes()
+        .map(|n| n.uid())
+        .find(|u| u.type_name().basename() == "User")
+        .unwrap();
+    let change = iotgate::DirectoryChange::Upsert {
+        uid: iotgate::DirectoryUid {
+            ty: id.type_name().to_string(),
+            id: id.id().unescaped().to_string(),
+        },
+        attrs: serde_json::json!({"enabled": false})
+            .as_object()
+            .unwrap()
+            .clone(),
+        parents: None,
+    };
+    let mut times: Vec<_> = (0..5)
+        .map(|seq| {
+            let started = Instant::now();
+            let next = snapshot
+                .with_changes(std::slice::from_ref(&change), seq)
+                .unwrap();
+            let took = started.elapsed();
+            drop(next);
+            took
+        })
+        .collect();
+    times.sort();
+    times[2]
 }
 
 fn plain_cedar(world: &scale::World) -> (String, String) {

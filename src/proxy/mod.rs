@@ -538,6 +538,7 @@ impl Gateway {
                 self.verifier.clone(),
                 &parts,
                 self.server.forward_cookies,
+                self.metrics.streams_redecided(),
             )
         });
         let request = forward::rewrite(&self.upstream, parts, body, stamp, websocket)?;

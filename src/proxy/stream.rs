@@ -32,6 +32,8 @@ pub(crate) struct Watch {
     forwards_cookies: bool,
     /// When its token expires (seconds since the epoch).
     expires: Option<u64>,
+    /// Counts each decision again.
+    redecided: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Watch {
@@ -41,6 +43,7 @@ impl Watch {
         verifier: Verifier,
         parts: &http::request::Parts,
         forwards_cookies: bool,
+        redecided: Arc<std::sync::atomic::AtomicU64>,
     ) -> Watch {
         let token = verifier
             .token(
@@ -61,6 +64,7 @@ impl Watch {
             headers: parts.headers.clone(),
             forwards_cookies,
             expires,
+            redecided,
         }
     }
 
@@ -83,7 +87,9 @@ impl Watch {
                         std::future::pending::<()>().await;
                     }
                     let snapshot = self.snapshots.load_full();
-                    if let Some(reason) = self.refused(&snapshot) {
+                    let refused = self.refused(&snapshot);
+                    self.redecided.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(reason) = refused {
                         return reason;
                     }
                 }

@@ -42,6 +42,7 @@ pub struct Metrics {
     rate_limited: AtomicU64,
     directory_changes: AtomicU64,
     streams_revoked: Arc<AtomicU64>,
+    streams_redecided: Arc<AtomicU64>,
     directory_change_failures: AtomicU64,
     internal_errors: AtomicU64,
     connections: Arc<Connections>,
@@ -140,6 +141,12 @@ impl Metrics {
     /// into it from their own tasks).
     pub fn streams_revoked(&self) -> Arc<AtomicU64> {
         self.streams_revoked.clone()
+    }
+
+    /// The counter of open streams decided again after a snapshot change (each stream's
+    /// task counts into it).
+    pub fn streams_redecided(&self) -> Arc<AtomicU64> {
+        self.streams_redecided.clone()
     }
 
     /// Counts a directory change (effect or API), applied or refused.
@@ -278,6 +285,12 @@ impl Metrics {
                 "counter",
                 "WebSocket streams closed (1008) because a new snapshot or the token's exp refused them.",
                 one(get(&self.streams_revoked)),
+            ),
+            (
+                "iotgate_streams_redecided_total".into(),
+                "counter",
+                "Open WebSocket streams decided again because a new snapshot serves.",
+                one(get(&self.streams_redecided)),
             ),
             (
                 "iotgate_rate_limited_total".into(),
