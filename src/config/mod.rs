@@ -1038,6 +1038,15 @@ impl Ctx<'_> {
         let mut problems = Problems::new();
         let at = |key: &str| format!("directory.sync.{key}");
         let from = match (s.from.as_str(), s.root) {
+            ("thinger", _) if s.original.is_none() => {
+                // the API does not say which account is the subscription's; without it the
+                // sync would strip `original` from the directory, and its protection
+                problems.push(self.source.problem(
+                    &at("from"),
+                    "a thinger sync needs `original`, the subscription's account",
+                ));
+                None
+            }
             ("thinger", _) => Some(SyncFrom::Thinger {
                 original: s.original,
             }),
@@ -1258,14 +1267,23 @@ directory = ["dir"]
     #[test]
     fn a_sync_section_is_checked_whole() {
         let good = format!(
-            "{GOOD}\n[directory.sync]\nfrom = \"thinger\"\nurl = \"http://10.0.0.5:8081/\"\ntoken_file = \"t\"\npolicies = \"policies\"\n"
+            "{GOOD}\n[directory.sync]\nfrom = \"thinger\"\nurl = \"http://10.0.0.5:8081/\"\ntoken_file = \"t\"\npolicies = \"policies\"\noriginal = \"acme\"\n"
         );
         let c = Config::parse(Path::new("/etc/gw/c.toml"), &good).unwrap();
         let sync = c.directory.sync.unwrap();
         assert_eq!(sync.url, "http://10.0.0.5:8081");
         assert_eq!(sync.interval, Duration::from_secs(60));
         assert_eq!(sync.policies, Some(PathBuf::from("/etc/gw/policies")));
-        assert_eq!(sync.from, SyncFrom::Thinger { original: None });
+        assert_eq!(
+            sync.from,
+            SyncFrom::Thinger {
+                original: Some("acme".into())
+            }
+        );
+        let unprotected = good.replace("original = \"acme\"\n", "");
+        assert!(errors(&unprotected)
+            .iter()
+            .any(|e| e.ends_with("a thinger sync needs `original`, the subscription's account")));
         let bad = format!(
             "{GOOD}\n[directory.sync]\nfrom = \"central\"\nurl = \"ftp://x\"\ntoken_file = \"t\"\ninterval_seconds = 1\npolicies = \"elsewhere\"\n"
         );
@@ -1280,7 +1298,7 @@ directory = ["dir"]
         );
         let thinger = bad
             .replace("central", "thinger")
-            .replace("policies = \"elsewhere\"\n", "");
+            .replace("policies = \"elsewhere\"\n", "original = \"acme\"\n");
         assert!(errors(&thinger).iter().any(|e| e.ends_with(
             "a thinger sync needs `policies`, the folder its project files are written to"
         )));

@@ -43,6 +43,8 @@ pub struct Platform {
     flavor: Flavor,
     store: Mutex<BTreeMap<String, Collection>>,
     failing: std::sync::atomic::AtomicBool,
+    /// At most this many items per list (0: all), as a paging server answers.
+    page: std::sync::atomic::AtomicUsize,
 }
 
 /// What a request does to the store.
@@ -107,6 +109,7 @@ impl Platform {
             flavor,
             store: Mutex::new(store),
             failing: std::sync::atomic::AtomicBool::new(false),
+            page: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
 
@@ -143,9 +146,15 @@ impl Platform {
             .insert(id.to_string(), value);
     }
 
-    /// While `on`, the state API answers 503 (an outage of the platform's API).
+    /// While `on`, every request is answered 503 (an outage of the platform).
     pub fn fail(&self, on: bool) {
         self.failing.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Answers lists with at most `n` items (`None`: all), as a server that pages them.
+    pub fn page_lists(&self, n: Option<usize>) {
+        self.page
+            .store(n.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Removes an item directly.
@@ -169,11 +178,11 @@ impl Platform {
             Flavor::Thinger => Platform::thinger_target(req.method(), req.uri()),
             Flavor::Central => central_target(req.method(), req.uri().path()),
         };
-        if target == Target::Echo {
-            return echo(&req, self.flavor);
-        }
         if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
             return answer(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "down"}));
+        }
+        if target == Target::Echo {
+            return echo(&req, self.flavor);
         }
         if !req.headers().contains_key(http::header::AUTHORIZATION) {
             return answer(StatusCode::UNAUTHORIZED, &json!({"error": "no token"}));
@@ -198,8 +207,13 @@ impl Platform {
         match target {
             Target::List { collection, filter } => {
                 let items = store.get(&collection).into_iter().flat_map(|c| c.values());
+                let page = match self.page.load(std::sync::atomic::Ordering::Relaxed) {
+                    0 => usize::MAX,
+                    n => n,
+                };
                 let listed: Vec<Value> = items
                     .filter(|item| filter.as_ref().is_none_or(|(k, v)| holds(item, k, v)))
+                    .take(page)
                     .cloned()
                     .collect();
                 (StatusCode::OK, Value::Array(listed))

@@ -70,7 +70,10 @@ impl Source {
             .get(&url, Some(&self.token), MAX_ANSWER)
             .await
             .map_err(|e| format!("GET {path}: {e}"))?;
-        serde_json::from_str(&text).map_err(|e| format!("GET {path}: not JSON: {e}"))
+        // a key given twice (`"deny": {…}, "deny": {}`) would be read one way here and
+        // maybe another way by the server: refused
+        crate::request::json::answer(text.as_bytes())
+            .map_err(|e| format!("GET {path}: not one JSON value without repeated keys: {e}"))
     }
 
     /// GETs `path`, which must answer a JSON array.
@@ -189,12 +192,21 @@ impl World {
                 .map(|ty| EntityUid::from_type_name_and_id(ty, EntityId::new(&entity.uid.id)))
                 .and_then(|u| directory.get(&u))
                 .map(|node| canonical(&node.json()));
-            if current.as_ref() != Some(&wanted) {
-                changes.push(Change::Put {
-                    uid: entity.uid.clone(),
-                    attrs: wanted["attrs"].as_object().cloned().unwrap_or_default(),
-                    parents: entity.parents.clone(),
-                });
+            let (uid, parents) = (entity.uid.clone(), entity.parents.clone());
+            let attrs = wanted["attrs"].as_object().cloned().unwrap_or_default();
+            match current {
+                Some(c) if c == wanted => {}
+                Some(_) => changes.push(Change::Put {
+                    uid,
+                    attrs,
+                    parents,
+                }),
+                // a new one is a create: a look-alike of an entity that exists is refused
+                None => changes.push(Change::Create {
+                    uid,
+                    attrs,
+                    parents,
+                }),
             }
         }
         for node in directory.nodes() {
@@ -311,6 +323,35 @@ pub(crate) fn write(
     Ok(changes)
 }
 
+/// What the files `changes` names hold now (`None`: absent), to put back with [`restore`].
+pub(crate) fn save(
+    out: &Path,
+    changes: &[(PathBuf, FileChange)],
+) -> Vec<(PathBuf, Option<String>)> {
+    changes
+        .iter()
+        .map(|(rel, _)| (rel.clone(), std::fs::read_to_string(out.join(rel)).ok()))
+        .collect()
+}
+
+/// Puts back what [`save`] read.
+///
+/// # Errors
+/// A file could not be written or removed.
+pub(crate) fn restore(out: &Path, saved: &[(PathBuf, Option<String>)]) -> std::io::Result<()> {
+    for (rel, text) in saved {
+        let path = out.join(rel);
+        match text {
+            Some(text) => std::fs::write(&path, text)?,
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            },
+        }
+    }
+    Ok(())
+}
+
 /// A platform id usable in entity ids and file names: 1–64 of `A-Z a-z 0-9 _ - .`, not
 /// `.`/`..` (Thinger's own pattern is `^[a-zA-Z0-9_-]{1,32}$`).
 pub(crate) fn plain_id(id: &str) -> bool {
@@ -332,7 +373,7 @@ pub(crate) fn id_of(
     match item.get(key).and_then(Value::as_str) {
         Some(id) if plain_id(id) => Some(id.to_string()),
         Some(id) => {
-            warnings.push(format!("{what} `{id}` skipped: not a plain id"));
+            warnings.push(format!("{what} {id:?} skipped: not a plain id"));
             None
         }
         None => {

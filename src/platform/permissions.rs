@@ -103,13 +103,34 @@ struct Scope {
     named: Vec<(String, String, BTreeSet<String>)>,
 }
 
-/// Reads a tree; `Err` says what it cannot represent.
-fn scope(tree: &Value, vocab: &Vocabulary<'_>, owner: &str) -> Result<Scope, String> {
+/// Which section a tree is: a Deny must be read whole, or the member gets no permit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Allow,
+    Deny,
+}
+
+/// A key of a tree (a type, an id, an action pattern): `*`, or plain. Anything else (quotes,
+/// newlines, `//`: text that would land in a policy file) stops the member's import.
+fn plain_key(key: &str) -> bool {
+    key == "*" || super::plain_id(key.strip_suffix('*').unwrap_or(key))
+}
+
+/// Reads a tree; `Err` says what it cannot represent (only plain keys appear in it).
+fn scope(
+    tree: &Value,
+    vocab: &Vocabulary<'_>,
+    owner: &str,
+    section: Section,
+) -> Result<Scope, String> {
     let Some(types) = tree.as_object() else {
         return Err("the section is not an object".into());
     };
     let mut scope = Scope::default();
     for (type_key, ids) in types {
+        if !plain_key(type_key) {
+            return Err("a type key is not a plain name".into());
+        }
         let Some(tys) = vocab.types(type_key) else {
             return Err(format!(
                 "`{type_key}` is not a type shared through projects"
@@ -119,23 +140,31 @@ fn scope(tree: &Value, vocab: &Vocabulary<'_>, owner: &str) -> Result<Scope, Str
             return Err(format!("`{type_key}` does not map ids to actions"));
         };
         for (id, value) in ids {
-            let patterns = patterns(value).ok_or_else(|| {
-                format!("`{type_key}.{id}`: only action names and `*` are understood")
-            })?;
+            if id != "*" && !super::plain_id(id) {
+                return Err(format!("an id under `{type_key}` is not a plain id"));
+            }
+            let patterns = patterns(value)
+                .filter(|p| p.iter().all(|a| plain_key(a)))
+                .ok_or_else(|| {
+                    format!("`{type_key}.{id}`: only action names and `*` are understood")
+                })?;
             if type_key == "*" && id == "*" && patterns.iter().any(|p| p == "*") {
                 scope.everything = true;
             }
             let mut actions = BTreeSet::new();
             for p in &patterns {
-                actions.extend(vocab.actions(p, &tys));
+                let expanded = vocab.actions(p, &tys);
+                if expanded.is_empty() && section == Section::Deny {
+                    // a deny that names nothing the schema has cannot be honoured exactly
+                    return Err(format!(
+                        "`{type_key}.{id}`: `{p}` names no action of the type"
+                    ));
+                }
+                actions.extend(expanded);
             }
             match id.as_str() {
                 "*" => scope.any_resource.extend(actions),
-                named
-                    if type_key != "*"
-                        && super::plain_id(named)
-                        && !tys[0].ends_with("::Project") =>
-                {
+                named if type_key != "*" && !tys[0].ends_with("::Project") => {
                     scope
                         .named
                         .push((tys[0].clone(), format!("{owner}/{named}"), actions));
@@ -190,7 +219,7 @@ pub(crate) fn project_file(
                 label => format!("{project}/{}/{label}", member.id),
             };
             if let Some(tree) = &grant.allow {
-                match scope(tree, vocab, owner) {
+                match scope(tree, vocab, owner, Section::Allow) {
                     Ok(s) => permits.push_str(&policies(
                         "permit", &base, "allow", &principal, &project, vocab, &s, None,
                     )),
@@ -201,7 +230,7 @@ pub(crate) fn project_file(
             }
             if let Some(tree) = &grant.deny {
                 let reason = format!("the Deny section of {} in {project}", member.id);
-                match scope(tree, vocab, owner) {
+                match scope(tree, vocab, owner, Section::Deny) {
                     Ok(s) => forbids.push_str(&policies(
                         "forbid",
                         &base,
@@ -226,7 +255,8 @@ pub(crate) fn project_file(
                     "{project}: member `{}` gets no permit: {why}",
                     member.id
                 ));
-                text.push_str(&format!("// no permit: {why}\n"));
+                // a fixed phrase: server text never lands in a policy file
+                text.push_str("// no permit: the import could not read its sections exactly (see its warnings)\n");
             }
             None => text.push_str(&permits),
         }

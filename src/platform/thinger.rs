@@ -72,14 +72,29 @@ pub(crate) async fn import(
             .collect(),
         ..World::default()
     };
-    let mut users = Vec::new();
+    let mut users: Vec<Entity> = Vec::new();
     let mut resources = Vec::new();
     for item in source.list("/v1/users").await? {
         let Some(id) = id_of(&item, "user", "account", &mut world.warnings) else {
             continue;
         };
+        if users.iter().any(|u| u.uid.id == id) {
+            world
+                .warnings
+                .push(format!("account `{id}` listed twice: the first kept"));
+            continue;
+        }
         users.push(account(&item, &id, options, &mut world.warnings));
         resources.extend(account_resources(source, &vocab, &id, &mut world).await?);
+    }
+    match &options.original {
+        Some(o) if !users.iter().any(|u| &u.uid.id == o) => world.warnings.push(format!(
+            "no account `{o}`: no account is the subscription's (`original`)"
+        )),
+        None => world.warnings.push(
+            "no --original: no account is the subscription's, which no rule then protects".into(),
+        ),
+        Some(_) => {}
     }
     world.entities.insert("users.json", users);
     world.entities.insert("resources.json", resources);
@@ -206,7 +221,12 @@ async fn members(
             member.blocked =
                 Some("asset groups restrict it, which the import cannot express".into());
         }
-        for name in names(&item, "roles") {
+        let named = names(&item, "roles").chain(names(&item, "global_roles"));
+        if named.into_iter().any(|n| !super::plain_id(&n)) {
+            // such a role's Deny could not be honoured
+            member.blocked = Some("a role it names is not a plain id".into());
+        }
+        for name in names(&item, "roles").filter(|n| super::plain_id(n)) {
             if project_roles.is_none() {
                 project_roles = Some(roles_at(source, &format!("{base}/roles")).await?);
             }
@@ -215,7 +235,7 @@ async fn members(
                 .grants
                 .push(role_grant(warnings, &member, "role", &name, role));
         }
-        for name in names(&item, "global_roles") {
+        for name in names(&item, "global_roles").filter(|n| super::plain_id(n)) {
             if roles.global.is_none() {
                 roles.global = Some(roles_at(source, &format!("/v1/users/{owner}/roles")).await?);
             }
@@ -239,7 +259,7 @@ fn role_grant(
     role: Option<&Value>,
 ) -> Grant {
     let label = format!("{kind}/{name}");
-    let Some(role) = role.filter(|_| super::plain_id(name)) else {
+    let Some(role) = role else {
         warnings.push(format!(
             "member `{}`: {label} is not a role here; it grants nothing",
             member.id
@@ -258,12 +278,16 @@ fn role_grant(
     }
 }
 
-/// The plain-id strings of an array member.
+/// The strings of an array member (anything else in it: a name that is not plain, which
+/// blocks the member).
 fn names<'v>(item: &'v Value, key: &str) -> impl Iterator<Item = String> + 'v {
-    item.get(key)
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(String::from)
+    let listed: Vec<String> = match item.get(key) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map_or_else(|| "\u{0}".to_string(), String::from))
+            .collect(),
+        Some(_) => vec!["\u{0}".to_string()],
+    };
+    listed.into_iter()
 }

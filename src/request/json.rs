@@ -40,16 +40,33 @@ pub(crate) fn array(bytes: &[u8]) -> Result<Value, String> {
 }
 
 fn strict(bytes: &[u8]) -> Result<Value, String> {
+    parse(bytes, Strict { exact_only: false })
+}
+
+/// Parses `bytes` as one JSON value with no key given twice in the same object (a
+/// platform's API answer, read by `import` and sync): an answer that says two things is
+/// refused. Keys in another case or with control characters pass: they are the data of one
+/// member or account, which the import then refuses on its own.
+///
+/// # Errors
+/// Not JSON, or a key given twice.
+pub(crate) fn answer(bytes: &[u8]) -> Result<Value, String> {
+    parse(bytes, Strict { exact_only: true })
+}
+
+fn parse(bytes: &[u8], seed: Strict) -> Result<Value, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    Strict
-        .deserialize(&mut de)
+    seed.deserialize(&mut de)
         .and_then(|v| de.end().map(|()| v))
         .map_err(|e| e.to_string())
 }
 
-/// A `Value` seed that refuses duplicate keys.
+/// A `Value` seed that refuses duplicate keys: in any ASCII case and keys with control
+/// characters too, unless `exact_only`.
 #[derive(Clone, Copy)]
-struct Strict;
+struct Strict {
+    exact_only: bool,
+}
 
 impl<'de> DeserializeSeed<'de> for Strict {
     type Value = Value;
@@ -100,7 +117,7 @@ impl<'de> Visitor<'de> for Strict {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(Strict)? {
+        while let Some(item) = seq.next_element_seed(self)? {
             items.push(item);
         }
         Ok(Value::Array(items))
@@ -112,6 +129,14 @@ impl<'de> Visitor<'de> for Strict {
         // pair (a 64 KiB body can hold thousands of keys)
         let mut folded: HashMap<String, String> = HashMap::new();
         while let Some(key) = map.next_key::<String>()? {
+            if self.exact_only {
+                if out.contains_key(&key) {
+                    return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
+                }
+                let value = map.next_value_seed(self)?;
+                out.insert(key, value);
+                continue;
+            }
             if key.chars().any(char::is_control) {
                 return Err(de::Error::custom(format_args!(
                     "key {key:?} has a control character"
@@ -125,7 +150,7 @@ impl<'de> Visitor<'de> for Strict {
                     }
                 });
             }
-            let value = map.next_value_seed(Strict)?;
+            let value = map.next_value_seed(self)?;
             out.insert(key, value);
         }
         Ok(Value::Object(out))
@@ -168,5 +193,21 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn platform_answers_refuse_only_a_key_given_twice() {
+        let one = answer(br#"[{"allow":{"Device":{},"device":{},"x\u0000":1}}]"#).unwrap();
+        assert_eq!(one[0]["allow"].as_object().unwrap().len(), 3);
+        for bad in [
+            &br#"[{"deny":{"Device":{"*":["DeleteDevice"]},"Device":{}}}]"#[..],
+            br#"{"a":[{"b":1,"\u0062":2}]}"#,
+        ] {
+            assert!(answer(bad).unwrap_err().contains("duplicate key"));
+        }
+        assert!(array(br#"{"a":1}"#)
+            .unwrap_err()
+            .contains("not a JSON array"));
+        assert_eq!(array(br#"["a@b"]"#).unwrap(), serde_json::json!(["a@b"]));
     }
 }

@@ -5,29 +5,37 @@
 //! every interval (the first at start, before serving), and 200 ms after a `resync` route
 //! (a project member added, changed or removed through iotgate) was answered 2xx:
 //!   platform::{thinger,central}::import (on the serving schema) ─▶ World
+//!     ├─ World::reconcile(serving directory) ─▶ creates, puts and deletes (more than half
+//!     │    of the imported types' entities removed, and more than 10: the run is refused)
 //!     ├─ project policy files ─▶ write into `policies`/projects/ (only what differs)
-//!     │    └─ any changed ─▶ Reloader::reload("sync") (a file that does not load: the
-//!     │       last good policies keep serving, the run fails)
-//!     └─ World::reconcile(serving directory) ─▶ puts and deletes ─▶ Gateway::commit
-//!        (checked, journaled, served; nothing when they agree)
-//!   a failed run changes nothing; /status `sync`, /readyz `degraded`, metrics show it
+//!     │    └─ any changed ─▶ Reloader::reload("sync"); refused: the files are put back,
+//!     │       the last good policies keep serving, the run fails
+//!     └─ the changes ─▶ Gateway::commit (checked, journaled, served)
+//!   one run at a time; a failed run changes nothing; /status `sync`, /readyz `degraded`,
+//!   metrics show it
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use super::reload::{rfc3339, Reloader};
 use crate::config::{SyncConfig, SyncFrom};
+use crate::model::directory::change::Change;
 use crate::platform::{self, Source, World};
 use crate::proxy::Gateway;
 
 /// How long a `resync` wake-up waits before importing.
 const RESYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+/// The least time between the starts of two runs a `resync` wake-up causes: a client that
+/// keeps changing members cannot make iotgate hammer the platform.
+const MIN_GAP: std::time::Duration = std::time::Duration::from_secs(2);
+/// Removals a run may always make (beyond, at most half of the imported types' entities).
+const MAX_REMOVALS_ALWAYS: usize = 10;
 
 /// What `/status` shows of the sync.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -52,6 +60,8 @@ pub(crate) struct Sync {
     config: SyncConfig,
     source: Source,
     status: Mutex<SyncStatus>,
+    /// One run at a time (timer, `resync`, `POST /sync`); when the last one started.
+    running: tokio::sync::Mutex<Option<std::time::Instant>>,
     ok: AtomicU64,
     failed: AtomicU64,
 }
@@ -82,6 +92,7 @@ impl Sync {
                 ..SyncStatus::default()
             }),
             config: config.clone(),
+            running: tokio::sync::Mutex::new(None),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         }))
@@ -113,8 +124,10 @@ impl Sync {
             tokio::select! {
                 () = tokio::time::sleep(self.config.interval) => {}
                 () = gateway.resync_wanted().notified() => {
-                    // let a burst of member changes land first
-                    tokio::time::sleep(RESYNC_DELAY).await;
+                    // let a burst of member changes land first, and keep runs apart
+                    let last = *self.running.lock().await;
+                    let gap = last.map_or(Duration::ZERO, |t| MIN_GAP.saturating_sub(t.elapsed()));
+                    tokio::time::sleep(RESYNC_DELAY.max(gap)).await;
                 }
             }
             let _ = self.once(&gateway, &reloader).await;
@@ -126,6 +139,8 @@ impl Sync {
     /// # Errors
     /// The import, the policy files or the directory change failed (nothing else changed).
     pub(crate) async fn once(&self, gateway: &Gateway, reloader: &Reloader) -> Result<(), String> {
+        let mut running = self.running.lock().await;
+        *running = Some(std::time::Instant::now());
         let started = rfc3339(SystemTime::now());
         let result = self.apply(gateway, reloader).await;
         let mut status = self.lock();
@@ -174,20 +189,20 @@ impl Sync {
             }
             SyncFrom::Central { root } => platform::central::import(&self.source, root).await?,
         };
+        let changes = world.reconcile(&gateway.snapshot().directory);
+        self.check_removals(gateway, &world, &changes)?;
+        if !changes.is_empty() {
+            // checked before the policy files change, so a directory the schema refuses
+            // leaves those as they are too
+            gateway
+                .snapshot()
+                .with_changes(&changes, 0)
+                .map_err(|p| format!("the platform's entities do not fit: {p}"))?;
+        }
         let files = match &self.config.policies {
-            Some(dir) => self.write_policies(dir.clone(), &world).await?,
+            Some(dir) => self.policies(dir.clone(), &world, reloader).await?,
             None => 0,
         };
-        if files > 0 {
-            let attempt = reloader.reload("sync").await;
-            if !attempt.ok {
-                return Err(format!(
-                    "the synced policies did not load: {}",
-                    attempt.problems.join("; ")
-                ));
-            }
-        }
-        let changes = world.reconcile(&gateway.snapshot().directory);
         let count = changes.len();
         if count > 0 {
             gateway.commit(changes).await.map_err(|e| e.to_string())?;
@@ -195,19 +210,74 @@ impl Sync {
         Ok((world, count, files))
     }
 
-    /// Writes the project files that differ; returns how many changed.
-    async fn write_policies(&self, dir: PathBuf, world: &World) -> Result<usize, String> {
+    /// Refuses a run that would remove more than half of the entities of the imported types
+    /// (and more than ten): an empty or cut-short answer (a token without the scope, a
+    /// proxy's error page as 200, paging) must not empty the directory.
+    fn check_removals(
+        &self,
+        gateway: &Gateway,
+        world: &World,
+        changes: &[Change],
+    ) -> Result<(), String> {
+        let removals = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Delete { .. }))
+            .count();
+        let snapshot = gateway.snapshot();
+        let owned = snapshot
+            .directory
+            .nodes()
+            .filter(|n| world.types.contains(&n.uid().type_name().to_string()))
+            .count();
+        match removals > MAX_REMOVALS_ALWAYS && removals * 2 > owned {
+            true => Err(format!(
+                "the platform's answer would remove {removals} of {owned} entities; refused (remove them through the entity API, or import with `iotgate import` and review)"
+            )),
+            false => Ok(()),
+        }
+    }
+
+    /// Writes the project files that differ and reloads; when the reload refuses them, the
+    /// files are put back as they were (what is on disk is what serves). Returns how many
+    /// files changed.
+    async fn policies(
+        &self,
+        dir: PathBuf,
+        world: &World,
+        reloader: &Reloader,
+    ) -> Result<usize, String> {
         let files: BTreeMap<PathBuf, String> = world
             .policies
             .iter()
             .map(|(rel, text)| (PathBuf::from(rel), text.clone()))
             .collect();
         let shown = dir.display().to_string();
-        tokio::task::spawn_blocking(move || platform::write(&dir, &files, &platform::SYNC_OWNED))
+        let at = dir.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            let changes = platform::plan(&at, &files, &platform::SYNC_OWNED)?;
+            let saved = platform::save(&at, &changes);
+            platform::write(&at, &files, &platform::SYNC_OWNED).map(|_| saved)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{shown}: {e}"))?;
+        if saved.is_empty() {
+            return Ok(0);
+        }
+        let attempt = reloader.reload("sync").await;
+        if attempt.ok {
+            return Ok(saved.len());
+        }
+        let put_back = tokio::task::spawn_blocking(move || platform::restore(&dir, &saved))
             .await
-            .map_err(|e| e.to_string())?
-            .map(|changes| changes.len())
-            .map_err(|e| format!("{shown}: {e}"))
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = put_back {
+            tracing::error!(folder = shown.as_str(), error = %e, "sync could not put the refused policy files back");
+        }
+        Err(format!(
+            "the synced policies did not load (put back): {}",
+            attempt.problems.join("; ")
+        ))
     }
 
     /// Its counters in the Prometheus text format.

@@ -160,7 +160,7 @@ fn flavor(profile: &str) -> iotgate::MockFlavor {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_thinger_suite_passes_on_a_world_imported_from_the_server() {
-    suite_passes_on_the_imported_world("thinger", &["--original", "acme"], 143).await;
+    suite_passes_on_the_imported_world("thinger", &["--original", "acme"], 147).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -244,6 +244,17 @@ async fn what_an_import_cannot_express_exactly_is_narrowed_never_widened() {
         // a named device and a wildcard action
         json!({"member": "olivia", "enabled": true, "allow": {"Device": {"lab": "Read*"}},
                "deny": {"Device": {"lab": ["ReadDeviceResource"]}}}),
+        // text that would be Cedar if it landed in the file: a type key, a named id
+        json!({"member": "m1", "enabled": true,
+               "allow": {"Device\n@id(\"pwn\")\npermit(principal,action,resource);\n//": {"*": "*"}}}),
+        json!({"member": "m2", "enabled": true,
+               "allow": {"Device": {"d1\npermit(principal,action,resource);\n//": "*"}}}),
+        // a Deny naming no action of the type cannot be honoured: no permit either
+        json!({"member": "m3", "enabled": true, "allow": {"*": {"*": "*"}},
+               "deny": {"Device": {"*": ["DeleteDevices"]}}}),
+        // a role whose name is not plain (its Deny could not be read), asset groups not as a list
+        json!({"member": "m4", "enabled": true, "allow": {"*": {"*": "*"}}, "roles": ["no delete"]}),
+        json!({"member": "m5", "enabled": true, "allow": {"*": {"*": "*"}}, "groups": "g1"}),
     ]);
     let (_platform, addr) = mock(iotgate::MockFlavor::Thinger, &state).await;
     let dir = tempfile::tempdir().unwrap();
@@ -256,7 +267,7 @@ async fn what_an_import_cannot_express_exactly_is_narrowed_never_widened() {
         "{text}"
     );
     assert!(
-        text.contains("warning: account `bad/name` skipped: not a plain id"),
+        text.contains("warning: account \"bad/name\" skipped: not a plain id"),
         "{text}"
     );
     assert!(
@@ -272,7 +283,20 @@ async fn what_an_import_cannot_express_exactly_is_narrowed_never_widened() {
     assert!(files[Path::new("directory/users.json")]
         .contains(r#"{"uid":{"type":"Thinger::User","id":"dom"},"attrs":{"role":"user","enabled":true},"parents":[]}"#));
     let policy = &files[Path::new("policies/projects/dave@greenhouse.cedar")];
-    for member in ["carol", "gina", "frank"] {
+    assert!(
+        !policy.contains("pwn") && !policy.contains("permit(principal"),
+        "{policy}"
+    );
+    // and what it wrote loads
+    let config = imported_config("thinger", dir.path());
+    let (code, out) = run(vec![
+        "validate".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    for member in ["carol", "gina", "frank", "m1", "m2", "m3", "m4", "m5"] {
         assert!(
             !policy.contains(&format!(
                 "permit (\n  principal == Thinger::User::\"{member}\""
@@ -531,6 +555,53 @@ async fn a_sync_follows_changes_made_on_the_server_directly_and_an_outage_keeps_
         "{status}"
     );
 
+    // generated files the reload refuses (here: another file of the set is broken) are put
+    // back, so what is on disk is what serves; the next good run applies them
+    let synced = served
+        .dir
+        .path()
+        .join("synced/projects/dave@greenhouse.cedar");
+    let before = std::fs::read_to_string(&synced).unwrap();
+    let broken = served.dir.path().join("base/broken.cedar");
+    std::fs::write(&broken, "permit (").unwrap();
+    let carol =
+        json!({"member": "carol", "enabled": true, "allow": {"Device": {"*": "ReadDeviceStatus"}}});
+    platform.put("/v1/users/dave/projects/greenhouse/members", "carol", carol);
+    let (code, status) = sync_now(&served).await;
+    assert_eq!(code, 502, "{status}");
+    assert!(
+        status["last_error"].as_str().unwrap().contains("put back"),
+        "{status}"
+    );
+    assert_eq!(std::fs::read_to_string(&synced).unwrap(), before);
+    std::fs::remove_file(&broken).unwrap();
+    let (code, status) = sync_now(&served).await;
+    assert_eq!(
+        (code, status["policy_files"].as_u64()),
+        (200, Some(1)),
+        "{status}"
+    );
+    assert!(std::fs::read_to_string(&synced).unwrap().contains("carol"));
+
+    // an answer cut short (paging, a token without the scope) would empty the directory:
+    // refused
+    platform.page_lists(Some(1));
+    let (code, status) = sync_now(&served).await;
+    assert_eq!(code, 502, "{status}");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("would remove"),
+        "{status}"
+    );
+    assert_eq!(
+        status_of(&served, "dave", "/v1/users/dave/devices").await,
+        200,
+        "nothing removed"
+    );
+    platform.page_lists(None);
+
     // the platform's API is down: the last directory keeps deciding, and it shows
     platform.fail(true);
     let (code, status) = sync_now(&served).await;
@@ -554,11 +625,11 @@ async fn a_sync_follows_changes_made_on_the_server_directly_and_an_outage_keeps_
     assert!(served.status().await["sync"]["last_success"].is_string());
     let metrics = served.admin_get("/metrics").await.1;
     assert!(
-        metrics.contains("iotgate_sync_runs_total{result=\"ok\"} 4"),
+        metrics.contains("iotgate_sync_runs_total{result=\"ok\"} 5"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("iotgate_sync_runs_total{result=\"failed\"} 1"),
+        metrics.contains("iotgate_sync_runs_total{result=\"failed\"} 3"),
         "{metrics}"
     );
     platform.fail(false);

@@ -313,19 +313,16 @@ impl Parent {
                     },
                     None => String::new(),
                 };
-                let wrong = || {
-                    FieldError::Type {
+                let wrong = || FieldError::Type {
                     field: "effect parents".into(),
-                    expected: "ids made of the prefix and one id part without `/`, `@` or control characters",
-                }
+                    expected: "ids made of the prefix and one plain id part (A-Z a-z 0-9 _ - .)",
                 };
                 let mut uids = Vec::with_capacity(items.len());
                 for item in items {
                     let part = item.strip_prefix(prefix.as_str()).ok_or_else(wrong)?;
-                    if part.is_empty()
-                        || part.contains(['/', '@'])
-                        || part.chars().any(char::is_control)
-                    {
+                    // one plain id part, as platform ids are (`[A-Za-z0-9_.-]`, ≤ 64)
+                    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+                    if part.is_empty() || part.len() > 64 || !part.chars().all(plain) {
                         return Err(wrong());
                     }
                     uids.push(Uid {

@@ -713,6 +713,23 @@ impl<'a> Compiler<'a> {
         );
         self.check_captures(key, r, &path, &sources, &methods);
         let needs_body = sources.iter().any(|s| matches!(s, Source::Body(_)));
+        let whole = sources
+            .iter()
+            .any(|s| matches!(s, Source::Body(p) if p.is_empty()));
+        let parts = sources
+            .iter()
+            .any(|s| matches!(s, Source::Body(p) if !p.is_empty()));
+        match (r.body, whole, parts) {
+            (BodyFormat::JsonArray, _, true) => self.problem(
+                &format!("{key}.body"),
+                "a `json-array` route reads its body whole, as `{body}`, never `{body.x}`",
+            ),
+            (BodyFormat::Json | BodyFormat::Form, true, _) => self.problem(
+                &format!("{key}.body"),
+                "`{body}` (the whole body) is for a `body = \"json-array\"` route",
+            ),
+            _ => {}
+        }
         if r.body != BodyFormat::Json && !needs_body {
             self.problem(
                 &format!("{key}.body"),

@@ -437,3 +437,56 @@ resource = { type = "Device", id = "{owner}/{device}", attrs = ["owner"] }
     assert!(!table.mutates(&http::Method::POST, "/v1/users/x"));
     assert!(!table.mutates(&http::Method::PUT, "/v1/users"));
 }
+
+#[test]
+fn a_whole_body_is_read_only_by_json_array_routes() {
+    let route = |body: &str, parents: &str| {
+        format!(
+            r#"
+[[route]]
+method = "DELETE"
+path = "/v1/users/{{owner}}/devices/{{device}}"
+action = "DeleteDevice"
+resource = {{ type = "Device", id = "{{owner}}/{{device}}", attrs = ["owner"] }}
+{body}
+effects = [{{ op = "set_parents", type = "Device", id = "{{owner}}/{{device}}", parents = [{parents}] }}]
+"#
+        )
+    };
+    let each = r#"{ type = "Project", each = "{body}", prefix = "{owner}@" }"#;
+    assert_eq!(
+        problems(&route("body = \"json-array\"", each)),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        problems(&route("", each)),
+        vec!["+1 `{body}` (the whole body) is for a `body = \"json-array\"` route"]
+    );
+    assert_eq!(
+        problems(&route(
+            "body = \"json-array\"",
+            r#"{ type = "Project", id = "{body.p}" }"#
+        )),
+        vec!["+6 a `json-array` route reads its body whole, as `{body}`, never `{body.x}`"]
+    );
+    assert_eq!(
+        problems(&route(
+            "body = \"json-array\"",
+            r#"{ type = "Project", each = "x{body}" }"#
+        )),
+        vec![
+            "+7 `each = \"x{body}\"` must be one placeholder (`{body}`)",
+            "+6 `body` is only for a route whose fields read the body (`{body.x}`)"
+        ]
+    );
+    assert_eq!(
+        problems(&route(
+            "body = \"json-array\"",
+            r#"{ type = "Project", id = "p", each = "{body}" }"#
+        )),
+        vec![
+            "+7 a parent has `id`, or `each` (with an optional `prefix`)",
+            "+6 `body` is only for a route whose fields read the body (`{body.x}`)"
+        ]
+    );
+}
