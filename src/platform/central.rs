@@ -103,7 +103,7 @@ fn user(item: &Value, id: &str, org: &str, warnings: &mut Vec<String>) -> Entity
         .find(|r| **r == given)
         .copied()
         .unwrap_or_else(|| {
-            warnings.push(format!("user `{id}`: role `{given}` imported as `basic`"));
+            warnings.push(format!("user `{id}`: role {given:?} imported as `basic`"));
             "basic"
         });
     let enabled = item

@@ -342,7 +342,11 @@ pub(crate) fn restore(out: &Path, saved: &[(PathBuf, Option<String>)]) -> std::i
     for (rel, text) in saved {
         let path = out.join(rel);
         match text {
-            Some(text) => std::fs::write(&path, text)?,
+            Some(text) => {
+                let tmp = path.with_extension("tmp~");
+                std::fs::write(&tmp, text)?;
+                std::fs::rename(&tmp, &path)?;
+            }
             None => match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}

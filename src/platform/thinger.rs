@@ -105,7 +105,7 @@ fn account(item: &Value, id: &str, options: &Options, warnings: &mut Vec<String>
     let api_role = item.get("role").and_then(Value::as_str).unwrap_or("");
     let role = role(api_role).unwrap_or_else(|| {
         warnings.push(format!(
-            "account `{id}`: role `{api_role}` imported as the guest role `user`"
+            "account `{id}`: role {api_role:?} imported as the guest role `user`"
         ));
         "user"
     });
@@ -137,6 +137,15 @@ async fn account_resources(
             continue;
         };
         let project = format!("{owner}@{p}");
+        if world
+            .policies
+            .contains_key(&format!("projects/{project}.cedar"))
+        {
+            world
+                .warnings
+                .push(format!("project `{project}` listed twice: the first kept"));
+            continue;
+        }
         out.push(
             Entity::new(&format!("{NS}::Project"), &project)
                 .attr("owner", reference(&format!("{NS}::User"), owner)),
@@ -157,11 +166,19 @@ async fn account_resources(
             .policies
             .insert(format!("projects/{project}.cedar"), text);
     }
+    let mut seen = std::collections::HashSet::new();
     for (segment, key, ty) in COLLECTIONS {
         for item in source.list(&format!("/v1/users/{owner}/{segment}")).await? {
             let Some(id) = id_of(&item, key, ty, &mut world.warnings) else {
                 continue;
             };
+            let uid = format!("{owner}/{id}");
+            if !seen.insert((ty, uid.clone())) {
+                world
+                    .warnings
+                    .push(format!("{ty} `{uid}` listed twice: the first kept"));
+                continue;
+            }
             let mut entity = Entity::new(&format!("{NS}::{ty}"), &format!("{owner}/{id}"))
                 .attr("owner", reference(&format!("{NS}::User"), owner));
             for project in shared.remove(&(ty, id)).unwrap_or_default() {
@@ -176,14 +193,16 @@ async fn account_resources(
 /// Project and global roles, fetched once per owner when a member names them.
 #[derive(Default)]
 struct Roles {
-    global: Option<BTreeMap<String, Value>>,
+    global: Option<BTreeMap<String, Option<Value>>>,
 }
 
-async fn roles_at(source: &Source, path: &str) -> Result<BTreeMap<String, Value>, String> {
+/// Roles by name; `None` for a name listed twice (which of the two applies is a guess).
+async fn roles_at(source: &Source, path: &str) -> Result<BTreeMap<String, Option<Value>>, String> {
     let mut out = BTreeMap::new();
     for item in source.list(path).await? {
         if let Some(name) = item.get("role").and_then(Value::as_str) {
-            out.insert(name.to_string(), item.clone());
+            let twice = out.contains_key(name);
+            out.insert(name.to_string(), (!twice).then(|| item.clone()));
         }
     }
     Ok(out)
@@ -198,7 +217,7 @@ async fn members(
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Member>, String> {
     let base = format!("/v1/users/{owner}/projects/{project}");
-    let mut project_roles: Option<BTreeMap<String, Value>> = None;
+    let mut project_roles: Option<BTreeMap<String, Option<Value>>> = None;
     let mut out = Vec::new();
     for item in source.list(&format!("{base}/members")).await? {
         let Some(id) = id_of(&item, "member", "member", warnings) else {
@@ -226,25 +245,42 @@ async fn members(
             // such a role's Deny could not be honoured
             member.blocked = Some("a role it names is not a plain id".into());
         }
-        for name in names(&item, "roles").filter(|n| super::plain_id(n)) {
+        let unique = |key: &str| -> std::collections::BTreeSet<String> {
+            names(&item, key).filter(|n| super::plain_id(n)).collect()
+        };
+        for name in unique("roles") {
             if project_roles.is_none() {
                 project_roles = Some(roles_at(source, &format!("{base}/roles")).await?);
             }
             let role = project_roles.as_ref().and_then(|r| r.get(&name));
+            if role.is_some_and(Option::is_none) {
+                member.blocked = Some(format!("role `{name}` is listed twice"));
+            }
+            let role = role.and_then(Option::as_ref);
             member
                 .grants
                 .push(role_grant(warnings, &member, "role", &name, role));
         }
-        for name in names(&item, "global_roles").filter(|n| super::plain_id(n)) {
+        for name in unique("global_roles") {
             if roles.global.is_none() {
                 roles.global = Some(roles_at(source, &format!("/v1/users/{owner}/roles")).await?);
             }
             let role = roles.global.as_ref().and_then(|r| r.get(&name));
+            if role.is_some_and(Option::is_none) {
+                member.blocked = Some(format!("global role `{name}` is listed twice"));
+            }
+            let role = role.and_then(Option::as_ref);
             member
                 .grants
                 .push(role_grant(warnings, &member, "global_role", &name, role));
         }
-        out.push(member);
+        match out.iter_mut().find(|m: &&mut Member| m.id == member.id) {
+            // two entries for one member: which one holds is a guess, so neither permits
+            Some(first) => {
+                first.blocked = Some("it is listed twice".into());
+            }
+            None => out.push(member),
+        }
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)

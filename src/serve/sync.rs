@@ -6,7 +6,8 @@
 //! (a project member added, changed or removed through iotgate) was answered 2xx:
 //!   platform::{thinger,central}::import (on the serving schema) ─▶ World
 //!     ├─ World::reconcile(serving directory) ─▶ creates, puts and deletes (more than half
-//!     │    of the imported types' entities removed, and more than 10: the run is refused)
+//!     │    of the imported types' entities removed, and more than 10: the removals are
+//!     │    held back and the run fails; the rest still applies)
 //!     ├─ project policy files ─▶ write into `policies`/projects/ (only what differs)
 //!     │    └─ any changed ─▶ Reloader::reload("sync"); refused: the files are put back,
 //!     │       the last good policies keep serving, the run fails
@@ -189,8 +190,27 @@ impl Sync {
             }
             SyncFrom::Central { root } => platform::central::import(&self.source, root).await?,
         };
-        let changes = world.reconcile(&gateway.snapshot().directory);
-        self.check_removals(gateway, &world, &changes)?;
+        if let SyncFrom::Thinger {
+            original: Some(original),
+        } = &self.config.from
+        {
+            // a typo here would strip `original` from the real account, and its protection
+            let found = world
+                .all_entities()
+                .any(|e| e.uid.ty.ends_with("::User") && &e.uid.id == original);
+            if !found {
+                return Err(format!(
+                    "the platform has no account `{original}` (`original`); nothing applied"
+                ));
+            }
+        }
+        let mut changes = world.reconcile(&gateway.snapshot().directory);
+        // too many removals: everything else still applies (a revocation must not wait for
+        // an operator), the removals wait, and the run reports the refusal
+        let guard = self.check_removals(gateway, &world, &changes);
+        if guard.is_err() {
+            changes.retain(|c| !matches!(c, Change::Delete { .. }));
+        }
         if !changes.is_empty() {
             // checked before the policy files change, so a directory the schema refuses
             // leaves those as they are too
@@ -207,7 +227,7 @@ impl Sync {
         if count > 0 {
             gateway.commit(changes).await.map_err(|e| e.to_string())?;
         }
-        Ok((world, count, files))
+        guard.map(|()| (world, count, files))
     }
 
     /// Refuses a run that would remove more than half of the entities of the imported types

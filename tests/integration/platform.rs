@@ -160,7 +160,7 @@ fn flavor(profile: &str) -> iotgate::MockFlavor {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_thinger_suite_passes_on_a_world_imported_from_the_server() {
-    suite_passes_on_the_imported_world("thinger", &["--original", "acme"], 147).await;
+    suite_passes_on_the_imported_world("thinger", &["--original", "acme"], 150).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -262,7 +262,7 @@ async fn what_an_import_cannot_express_exactly_is_narrowed_never_widened() {
     assert_eq!(code, 0, "{text}");
     assert!(
         text.contains(
-            "warning: account `dom`: role `domain_admin` imported as the guest role `user`"
+            "warning: account `dom`: role \"domain_admin\" imported as the guest role `user`"
         ),
         "{text}"
     );

@@ -322,7 +322,8 @@ impl Parent {
                     let part = item.strip_prefix(prefix.as_str()).ok_or_else(wrong)?;
                     // one plain id part, as platform ids are (`[A-Za-z0-9_.-]`, ≤ 64)
                     let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
-                    if part.is_empty() || part.len() > 64 || !part.chars().all(plain) {
+                    let dots = part == "." || part == "..";
+                    if part.is_empty() || dots || part.len() > 64 || !part.chars().all(plain) {
                         return Err(wrong());
                     }
                     uids.push(Uid {
