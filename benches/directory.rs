@@ -56,19 +56,33 @@ fn main() {
     }
     let policies = scale::sizes("IOTGATE_BENCH_POLICIES", &[10, 1_000, 10_000, 100_000]);
     println!(
-        "\n{:>10} {:>16} {:>14}",
-        "policies", "snapshot load", "index buckets"
+        "\n{:>10} {:>16} {:>14} {:>22}",
+        "policies", "snapshot load", "index buckets", "reload, 1 file edited"
     );
     let world = scale::write_directory_world(10_000);
     for n in policies {
-        let config = iotgate::Config::load(&world.add_policies(n)).unwrap();
+        let path = world.add_policies(n);
+        let config = iotgate::Config::load(&path).unwrap();
+        // one more project file, the one an operator edits
+        let edited = config.policy.policies.last().unwrap().join("edited.cedar");
+        let policy = |role: &str| {
+            format!("@id(\"edited\")\npermit (principal, action == Thinger::Action::\"ListDevices\", resource)\nwhen {{ principal.role == \"{role}\" }};\n")
+        };
+        std::fs::write(&edited, policy("admin")).unwrap();
         let started = Instant::now();
         let snapshot = iotgate::Snapshot::load(&config).unwrap();
+        let load = started.elapsed();
+        std::fs::write(&edited, policy("developer")).unwrap();
+        let started = Instant::now();
+        let reloaded = iotgate::Snapshot::load_after(&config, Some(&snapshot)).unwrap();
+        let reload = started.elapsed();
+        assert_ne!(reloaded.policy_version, snapshot.policy_version);
         println!(
-            "{:>10} {:>15.2}s {:>14}",
+            "{:>10} {:>15.2}s {:>14} {:>21.2}s",
             snapshot.policies.set.policies().count(),
-            started.elapsed().as_secs_f64(),
-            snapshot.policies.index.len()
+            load.as_secs_f64(),
+            snapshot.policies.index.len(),
+            reload.as_secs_f64()
         );
     }
 }

@@ -69,12 +69,27 @@ impl Snapshot {
     /// # Errors
     /// Every problem found in schema, routes, policies and directory.
     pub fn load(config: &Config) -> Result<Snapshot, Problems> {
+        Snapshot::load_after(config, None)
+    }
+
+    /// [`Snapshot::load`] for a reload: policy files that did not change (under the same
+    /// schema) are taken over from `previous` already parsed and validated.
+    ///
+    /// # Errors
+    /// As [`Snapshot::load`].
+    pub fn load_after(config: &Config, previous: Option<&Snapshot>) -> Result<Snapshot, Problems> {
         let p = &config.policy;
         let mut problems = Problems::new();
         let schema = problems.take(Catalog::load(&p.schema));
         let catalog = schema.as_ref().map(|(c, _)| c);
         let routes = catalog.and_then(|c| problems.take(RouteTable::load(&p.routes, c)));
-        let policies = problems.take(Policies::load(&p.policies, catalog));
+        let with_text = schema.as_ref().map(|(c, t)| (c, t.as_str()));
+        let previous_policies = previous.map(|s| &*s.policies);
+        let policies = problems.take(Policies::load_reusing(
+            &p.policies,
+            with_text,
+            previous_policies,
+        ));
         let mut warnings = Vec::new();
         let shadow = match (p.shadow.is_empty(), catalog) {
             (false, Some(c)) => match Policies::load(&p.shadow, Some(c)) {

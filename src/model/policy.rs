@@ -5,6 +5,11 @@
 //!   ──▶ one PolicySet ──strict validation, level 2──▶ Policies { set, origins, reasons }
 //! ```
 //!
+//! A reload passes the policies it replaces: a file whose path and text did not change, under
+//! the same schema, keeps its parsed and validated policies (strict validation is per policy),
+//! so editing one file of 100,000 policies parses and validates that file only. Duplicate ids
+//! are still checked across the whole set, and the index is built over all of it.
+//!
 //! A policy without `@id` is named `<file>#policyN` (N counts within its file), so ids never
 //! collide across files. Level-2 validation guarantees that a policy reads attributes at most
 //! two entity hops from the principal, action, resource and context — exactly the entities
@@ -13,6 +18,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::{PolicyId, PolicySet, ValidationMode, Validator};
 
@@ -58,6 +64,8 @@ pub struct Policies {
     pub labels: Vec<String>,
     /// The policies bucketed by scope pins (see `index`).
     pub index: PolicyIndex,
+    /// The schema text they were validated against (`None`: not validated).
+    schema: Option<Arc<str>>,
 }
 
 impl Policies {
@@ -68,6 +76,22 @@ impl Policies {
     /// Unreadable directories or files, parse errors, templates, duplicate ids and
     /// validation errors — all of them, each with file and line.
     pub fn load(dirs: &[PathBuf], catalog: Option<&Catalog>) -> Result<Policies, Problems> {
+        Policies::load_reusing(dirs, catalog.map(|c| (c, "")), None)
+    }
+
+    /// [`Policies::load`] against `catalog` and the schema text it came from, taking over
+    /// what did not change from `previous` (see the module docs): the same policies,
+    /// problems and decisions as a full load.
+    ///
+    /// # Errors
+    /// As [`Policies::load`].
+    pub fn load_reusing(
+        dirs: &[PathBuf],
+        schema: Option<(&Catalog, &str)>,
+        previous: Option<&Policies>,
+    ) -> Result<Policies, Problems> {
+        let catalog = schema.map(|(c, _)| c);
+        let schema_text = schema.map(|(_, t)| t).filter(|t| !t.is_empty());
         let mut problems = Problems::new();
         let mut policies = Policies {
             set: PolicySet::new(),
@@ -75,14 +99,33 @@ impl Policies {
             files: Vec::new(),
             labels: Vec::new(),
             index: PolicyIndex::default(),
+            schema: None,
         };
+        // reusable only when validated against the very schema this load validates with
+        let reuse =
+            previous.filter(|p| schema_text.is_some() && p.schema.as_deref() == schema_text);
+        let unchanged = reuse.map(Policies::by_file).unwrap_or_default();
+        let mut fresh = PolicySet::new();
         for dir in dirs {
             let files = problems.take(cedar_files(dir)).unwrap_or_default();
             for path in files {
                 match read_text(&path) {
                     Ok(text) => {
                         let name = path.strip_prefix(dir).unwrap_or(&path).to_path_buf();
-                        policies.add_file(&path, &name, text, &mut problems);
+                        let kept = unchanged.get(path.as_path()).filter(|(t, _)| *t == text);
+                        match (kept, reuse) {
+                            (Some((_, ids)), Some(previous)) => {
+                                policies.take_over(
+                                    previous,
+                                    &path,
+                                    &name,
+                                    text,
+                                    ids,
+                                    &mut problems,
+                                );
+                            }
+                            _ => policies.add_file(&path, &name, text, &mut fresh, &mut problems),
+                        }
                     }
                     Err(p) => problems.push(p),
                 }
@@ -97,7 +140,8 @@ impl Policies {
             }
         }
         if let (Some(catalog), true) = (catalog, problems.is_empty()) {
-            policies.validate(catalog, &mut problems);
+            policies.validate(catalog, &fresh, &mut problems);
+            policies.schema = schema_text.map(Arc::from);
         }
         if let Some(catalog) = catalog {
             match PolicyIndex::build(&policies.set, catalog) {
@@ -111,8 +155,91 @@ impl Policies {
         problems.into_result(policies)
     }
 
+    /// Each file's text and the ids of its policies.
+    fn by_file(&self) -> HashMap<&Path, (&str, Vec<&PolicyId>)> {
+        let mut out: HashMap<&Path, (&str, Vec<&PolicyId>)> = self
+            .files
+            .iter()
+            .map(|f| (f.path.as_path(), (f.text.as_str(), Vec::new())))
+            .collect();
+        for (id, origin) in &self.origins {
+            if let Some((_, ids)) = out.get_mut(origin.file.as_path()) {
+                ids.push(id);
+            }
+        }
+        out
+    }
+
+    /// Takes over an unchanged file's parsed and validated policies from `previous`.
+    fn take_over(
+        &mut self,
+        previous: &Policies,
+        path: &Path,
+        name: &Path,
+        text: String,
+        ids: &[&PolicyId],
+        problems: &mut Problems,
+    ) {
+        for &id in ids {
+            let (Some(policy), Some(origin)) = (previous.set.policy(id), previous.origins.get(id))
+            else {
+                continue;
+            };
+            self.insert(path, origin.line, id.clone(), policy.clone(), problems);
+        }
+        self.files.push(SourceFile {
+            path: path.to_path_buf(),
+            name: name.to_path_buf(),
+            text,
+        });
+    }
+
+    /// Adds one policy, refusing an id the set has already (naming where it was first).
+    /// Returns whether it was added.
+    fn insert(
+        &mut self,
+        path: &Path,
+        line: Option<usize>,
+        id: PolicyId,
+        policy: cedar_policy::Policy,
+        problems: &mut Problems,
+    ) -> bool {
+        if let Some(first) = self.origins.get(&id) {
+            problems.push(Problem::at_line(
+                path,
+                line,
+                format!(
+                    "duplicate policy id `{id}` (first in {}{})",
+                    first.file.display(),
+                    first.line.map(|l| format!(":{l}")).unwrap_or_default()
+                ),
+            ));
+            return false;
+        }
+        if let Err(e) = self.set.add(policy) {
+            problems.push(Problem::at_line(path, line, e.to_string()));
+            return false;
+        }
+        self.origins.insert(
+            id,
+            Origin {
+                file: path.to_path_buf(),
+                line,
+            },
+        );
+        true
+    }
+
     /// Adds one file's policies; `name` (relative to its directory) names unnamed ones.
-    fn add_file(&mut self, path: &Path, name: &Path, text: String, problems: &mut Problems) {
+    /// They also go into `fresh`, the policies still to validate.
+    fn add_file(
+        &mut self,
+        path: &Path,
+        name: &Path,
+        text: String,
+        fresh: &mut PolicySet,
+        problems: &mut Problems,
+    ) {
         match PolicySet::from_str(&text) {
             Err(e) => problems.extend(diagnostic::problems(path, &text, &e)),
             Ok(parsed) => {
@@ -135,29 +262,10 @@ impl Policies {
                         None => (format!("{}#policy{n}", name.display()), None),
                     };
                     let id = PolicyId::new(id);
-                    if let Some(first) = self.origins.get(&id) {
-                        problems.push(Problem::at_line(
-                            path,
-                            line,
-                            format!(
-                                "duplicate policy id `{id}` (first in {}{})",
-                                first.file.display(),
-                                first.line.map(|l| format!(":{l}")).unwrap_or_default()
-                            ),
-                        ));
-                        continue;
+                    let renamed = p.new_id(id.clone());
+                    if self.insert(path, line, id, renamed.clone(), problems) {
+                        let _ = fresh.add(renamed);
                     }
-                    if let Err(e) = self.set.add(p.new_id(id.clone())) {
-                        problems.push(Problem::at_line(path, line, e.to_string()));
-                        continue;
-                    }
-                    self.origins.insert(
-                        id,
-                        Origin {
-                            file: path.to_path_buf(),
-                            line,
-                        },
-                    );
                 }
             }
         }
@@ -168,9 +276,10 @@ impl Policies {
         });
     }
 
-    fn validate(&self, catalog: &Catalog, problems: &mut Problems) {
+    /// Validates `fresh` (the policies not taken over already validated).
+    fn validate(&self, catalog: &Catalog, fresh: &PolicySet, problems: &mut Problems) {
         let result = Validator::new(catalog.schema.clone()).validate_with_level(
-            &self.set,
+            fresh,
             ValidationMode::Strict,
             MAX_DEREF_LEVEL,
         );

@@ -88,7 +88,10 @@ impl Reloader {
         // no directory change may land between reading the journal and swapping
         let _writes = self.gateway.write_lock().await;
         let config = self.config.clone();
-        let loaded = tokio::task::spawn_blocking(move || Snapshot::load(&config)).await;
+        let previous = self.gateway.snapshot();
+        let loaded =
+            tokio::task::spawn_blocking(move || Snapshot::load_after(&config, Some(&previous)))
+                .await;
         let (mut directory_applied, mut warnings) = (false, Vec::new());
         let mut problems: Vec<String> = match loaded {
             Ok(Ok(snapshot)) => {

@@ -131,3 +131,59 @@ fn version_label_is_read() {
     ]);
     assert_eq!(result.unwrap().labels, vec!["2026.11-r3"]);
 }
+
+/// The ids and texts of a set, sorted, for comparing two loads.
+fn contents(p: &Policies) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = p
+        .set
+        .policies()
+        .map(|p| (p.id().to_string(), p.to_string()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_reload_takes_over_unchanged_files_and_decides_as_a_full_load() {
+    let dir = write_tree(&[
+        ("a.cedar", "@id(\"a\")\npermit(principal, action, resource);"),
+        ("b.cedar", "@id(\"b\")\nforbid(principal, action, resource) when { resource.owner.role == \"x\" };"),
+    ]);
+    let dirs = [dir.path().to_path_buf()];
+    let catalog = catalog();
+    let first = Policies::load_reusing(&dirs, Some((&catalog, SCHEMA)), None).unwrap();
+    // one file edited: a new policy, and one that does not validate
+    std::fs::write(
+        dir.path().join("b.cedar"),
+        "@id(\"b\")\nforbid(principal, action, resource) when { resource.owner.role == \"y\" };\n@id(\"c\")\npermit(principal, action, resource) when { resource.nope };",
+    )
+    .unwrap();
+    let refused = Policies::load_reusing(&dirs, Some((&catalog, SCHEMA)), Some(&first));
+    let full = Policies::load(&dirs, Some(&catalog));
+    let (a, b) = (refused.unwrap_err(), full.unwrap_err());
+    assert_eq!(messages(&dir, a), messages(&dir, b));
+    // fixed: the same set as a full load, the unchanged file's policy taken over
+    std::fs::write(
+        dir.path().join("b.cedar"),
+        "@id(\"b\")\nforbid(principal, action, resource) when { resource.owner.role == \"y\" };\n@id(\"c\")\npermit(principal, action, resource);",
+    )
+    .unwrap();
+    let next = Policies::load_reusing(&dirs, Some((&catalog, SCHEMA)), Some(&first)).unwrap();
+    let full = Policies::load(&dirs, Some(&catalog)).unwrap();
+    assert_eq!(contents(&next), contents(&full));
+    assert_eq!(next.origins[&PolicyId::new("c")].line, Some(3));
+    // a new file repeating a taken-over id is still a duplicate
+    std::fs::write(
+        dir.path().join("c.cedar"),
+        "@id(\"a\")\npermit(principal, action, resource);",
+    )
+    .unwrap();
+    let dup = Policies::load_reusing(&dirs, Some((&catalog, SCHEMA)), Some(&next)).unwrap_err();
+    assert!(messages(&dir, dup)[0].contains("duplicate policy id `a`"));
+    std::fs::remove_file(dir.path().join("c.cedar")).unwrap();
+    // another schema: nothing is taken over, the unchanged file is validated again
+    let narrower = SCHEMA.replace("entity Doc = { owner: User };", "entity Doc;");
+    let other = Catalog::parse(Path::new("s.cedarschema"), &narrower).unwrap();
+    let err = Policies::load_reusing(&dirs, Some((&other, &narrower)), Some(&next)).unwrap_err();
+    assert!(messages(&dir, err).iter().any(|m| m.contains("policy `b`")));
+}
