@@ -30,11 +30,11 @@ pub fn run(cli: &Cli) -> ExitStatus {
         Command::Import(args) => runtime().and_then(|rt| rt.block_on(import::run(args, &mut out))),
         Command::Mock(args) => runtime().and_then(|rt| rt.block_on(import::mock(args, &mut out))),
         Command::Serve(args) => {
-            crate::telemetry::init(cli.log_format);
+            let _log = crate::telemetry::init(cli.log_format);
             runtime().map(|rt| rt.block_on(serve(args)))
         }
         Command::Demo => {
-            crate::telemetry::init(cli.log_format);
+            let _log = crate::telemetry::init(cli.log_format);
             runtime().map(|rt| rt.block_on(demo::run(&mut out)))
         }
     };

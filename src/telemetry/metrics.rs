@@ -293,6 +293,12 @@ impl Metrics {
                 one(get(&self.streams_redecided)),
             ),
             (
+                "iotgate_log_lines_dropped_total".into(),
+                "counter",
+                "Log lines (decision records included) dropped because the log writer fell behind.",
+                one(super::log_lines_dropped()),
+            ),
+            (
                 "iotgate_rate_limited_total".into(),
                 "counter",
                 "Public requests refused by their client's rate limit (429).",
@@ -492,6 +498,7 @@ mod tests {
             "iotgate_decision_cache_bytes 700",
             "iotgate_jwks_fetches_total{result=\"failed\"} 1",
             "iotgate_key_generation 3",
+            "iotgate_log_lines_dropped_total 0",
             "iotgate_connections_open 0",
             "# TYPE iotgate_decision_duration_seconds histogram",
         ] {

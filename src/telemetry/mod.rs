@@ -20,19 +20,52 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Installs the global subscriber (stderr; `RUST_LOG` filters, default `info`).
-pub(crate) fn init(format: LogFormat) {
+/// Lines the log writer could hold before one is dropped (never a blocking write on a
+/// request task): about 64 MiB of decision records at their usual size.
+const LOG_BUFFER_LINES: usize = 128_000;
+
+/// The log writer's drop counter, for `iotgate_log_lines_dropped_total`.
+static DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    std::sync::OnceLock::new();
+
+/// Lines the log writer dropped because it fell behind.
+pub(crate) fn log_lines_dropped() -> u64 {
+    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+}
+
+/// Installs the global subscriber (stderr; `RUST_LOG` filters, default `info`). Lines are
+/// formatted on the thread that logs and written by a dedicated writer thread, buffered and
+/// flushed whenever it has caught up; if it falls behind by [`LOG_BUFFER_LINES`], new lines
+/// are dropped and counted, never waited for. Keep the guard until exit: dropping it
+/// flushes what is left.
+pub(crate) fn init(format: LogFormat) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("iotgate-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 << 10,
+            std::io::stderr(),
+        ));
+    let counter = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     // A second init (tests, demo) keeps the first subscriber.
-    let _ = match format {
+    let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
+    match installed {
+        Ok(()) => {
+            let _ = DROPPED.set(counter);
+            Some(guard)
+        }
+        Err(_) => None,
+    }
 }
 
 /// Emits the decision event of one request.
