@@ -583,6 +583,21 @@ async fn a_sync_follows_changes_made_on_the_server_directly_and_an_outage_keeps_
     );
     assert!(std::fs::read_to_string(&synced).unwrap().contains("carol"));
 
+    // the subscription's account is not among those read (renamed, a typo in `original`):
+    // nothing applies, so its protection is never stripped
+    let acme = platform.item("/v1/users", "acme").unwrap();
+    platform.remove("/v1/users", "acme");
+    let (code, status) = sync_now(&served).await;
+    assert_eq!(code, 502, "{status}");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no account `acme`"),
+        "{status}"
+    );
+    platform.put("/v1/users", "acme", acme);
+
     // an answer cut short (paging, a token without the scope) would empty the directory:
     // refused
     platform.page_lists(Some(1));
@@ -629,7 +644,7 @@ async fn a_sync_follows_changes_made_on_the_server_directly_and_an_outage_keeps_
         "{metrics}"
     );
     assert!(
-        metrics.contains("iotgate_sync_runs_total{result=\"failed\"} 3"),
+        metrics.contains("iotgate_sync_runs_total{result=\"failed\"} 4"),
         "{metrics}"
     );
     platform.fail(false);
