@@ -73,7 +73,7 @@ impl Snapshot {
     }
 
     /// [`Snapshot::load`] for a reload: policy files that did not change (under the same
-    /// schema) are taken over from `previous` already parsed and validated.
+    /// schema) are taken over from `previous` already parsed and validated, live and shadow.
     ///
     /// # Errors
     /// As [`Snapshot::load`].
@@ -91,8 +91,9 @@ impl Snapshot {
             previous_policies,
         ));
         let mut warnings = Vec::new();
-        let shadow = match (p.shadow.is_empty(), catalog) {
-            (false, Some(c)) => match Policies::load(&p.shadow, Some(c)) {
+        let previous_shadow = previous.and_then(|s| s.shadow.as_deref());
+        let shadow = match (p.shadow.is_empty(), with_text) {
+            (false, Some(c)) => match Policies::load_reusing(&p.shadow, Some(c), previous_shadow) {
                 Ok(shadow) => Some(shadow),
                 Err(broken) => {
                     let dropped = broken
