@@ -113,18 +113,19 @@ impl Policies {
                     Ok(text) => {
                         let name = path.strip_prefix(dir).unwrap_or(&path).to_path_buf();
                         let kept = unchanged.get(path.as_path()).filter(|(t, _)| *t == text);
-                        match (kept, reuse) {
-                            (Some((_, ids)), Some(previous)) => {
-                                policies.take_over(
-                                    previous,
-                                    &path,
-                                    &name,
-                                    text,
-                                    ids,
-                                    &mut problems,
-                                );
-                            }
-                            _ => policies.add_file(&path, &name, text, &mut fresh, &mut problems),
+                        let taken = match (kept, reuse) {
+                            (Some((_, ids)), Some(previous)) => policies.take_over(
+                                previous,
+                                &path,
+                                &name,
+                                &text,
+                                ids,
+                                &mut problems,
+                            ),
+                            _ => false,
+                        };
+                        if !taken {
+                            policies.add_file(&path, &name, text, &mut fresh, &mut problems);
                         }
                     }
                     Err(p) => problems.push(p),
@@ -170,28 +171,34 @@ impl Policies {
         out
     }
 
-    /// Takes over an unchanged file's parsed and validated policies from `previous`.
+    /// Takes over an unchanged file's parsed and validated policies from `previous`; `false`
+    /// (nothing taken) when `previous` does not hold every one of them, so the file is read
+    /// again rather than a policy lost.
     fn take_over(
         &mut self,
         previous: &Policies,
         path: &Path,
         name: &Path,
-        text: String,
+        text: &str,
         ids: &[&PolicyId],
         problems: &mut Problems,
-    ) {
-        for &id in ids {
-            let (Some(policy), Some(origin)) = (previous.set.policy(id), previous.origins.get(id))
-            else {
-                continue;
-            };
+    ) -> bool {
+        let found: Option<Vec<_>> = ids
+            .iter()
+            .map(|&id| Some((id, previous.set.policy(id)?, previous.origins.get(id)?)))
+            .collect();
+        let Some(found) = found else {
+            return false;
+        };
+        for (id, policy, origin) in found {
             self.insert(path, origin.line, id.clone(), policy.clone(), problems);
         }
         self.files.push(SourceFile {
             path: path.to_path_buf(),
             name: name.to_path_buf(),
-            text,
+            text: text.to_string(),
         });
+        true
     }
 
     /// Adds one policy, refusing an id the set has already (naming where it was first).

@@ -12,9 +12,10 @@
 //!
 //! Roles are the profile's own names (`administrator`, `manager`, `technician`, `basic`);
 //! any other is imported as `basic`, warned. An org reached twice (a cycle, or two parents)
-//! is kept under the first parent, warned.
+//! is kept under the first parent, warned; a user or device listed under two orgs is left
+//! out, warned (the higher org would widen what it is given).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde_json::Value;
 
@@ -36,10 +37,16 @@ pub(crate) async fn import(source: &Source, root: &str) -> Result<World, String>
         ..World::default()
     };
     let top = source.get(&format!("/api/orgs/{root}")).await?;
+    if top.get("id").and_then(Value::as_str) != Some(root) {
+        return Err(format!(
+            "GET /api/orgs/{root}: the answer is another organization"
+        ));
+    }
     let root = id_of(&top, "id", "org", &mut world.warnings)
         .ok_or_else(|| format!("GET /api/orgs/{root}: no usable `id`"))?;
     let (mut orgs, mut users, mut devices) = (Vec::new(), Vec::new(), Vec::new());
-    let mut members = BTreeSet::new();
+    // how often each user and device is listed
+    let mut listed: BTreeMap<(&str, String), usize> = BTreeMap::new();
     let mut seen = BTreeSet::from([root.clone()]);
     let mut queue = VecDeque::from([(root, None::<String>)]);
     let org_type = format!("{NS}::Org");
@@ -61,38 +68,44 @@ pub(crate) async fn import(source: &Source, root: &str) -> Result<World, String>
             }
         }
         for item in source.list(&format!("/api/orgs/{org}/users")).await? {
-            if let Some(id) = first(&item, "user", &mut members, &mut world.warnings) {
+            if let Some(id) = first(&item, "user", &mut listed, &mut world.warnings) {
                 users.push(user(&item, &id, &org, &mut world.warnings));
             }
         }
         for item in source.list(&format!("/api/orgs/{org}/devices")).await? {
-            if let Some(id) = first(&item, "device", &mut members, &mut world.warnings) {
+            if let Some(id) = first(&item, "device", &mut listed, &mut world.warnings) {
                 devices.push(Entity::new(&format!("{NS}::Device"), &id).parent(&org_type, &org));
             }
         }
     }
+    // one listed under two organizations is kept under neither: either would be a guess,
+    // and the higher one would widen
+    let once = |e: &Entity, what: &str| listed.get(&(what, e.uid.id.clone())) == Some(&1);
+    users.retain(|e| once(e, "user"));
+    devices.retain(|e| once(e, "device"));
     world.entities.insert("orgs.json", orgs);
     world.entities.insert("users.json", users);
     world.entities.insert("devices.json", devices);
     Ok(world)
 }
 
-/// The id of a user or device listed under an org, unless an earlier org listed it.
-fn first(
+/// The id of a user or device listed under an org, the first time it is listed.
+fn first<'w>(
     item: &Value,
-    what: &str,
-    seen: &mut BTreeSet<String>,
+    what: &'w str,
+    listed: &mut BTreeMap<(&'w str, String), usize>,
     warnings: &mut Vec<String>,
 ) -> Option<String> {
     let id = id_of(item, "id", what, warnings)?;
-    match seen.insert(format!("{what}/{id}")) {
-        true => Some(id),
-        false => {
-            warnings.push(format!(
-                "{what} `{id}` listed under two orgs: kept under the first"
-            ));
+    let count = listed.entry((what, id.clone())).or_default();
+    *count += 1;
+    match *count {
+        1 => Some(id),
+        2 => {
+            warnings.push(format!("{what} `{id}` listed under two orgs: skipped"));
             None
         }
+        _ => None,
     }
 }
 

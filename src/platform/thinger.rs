@@ -236,19 +236,16 @@ async fn members(
             }],
             blocked: None,
         };
-        if names(&item, "groups").next().is_some() {
+        if names(&item, "groups").is_none_or(|g| !g.is_empty()) {
             member.blocked =
                 Some("asset groups restrict it, which the import cannot express".into());
         }
-        let named = names(&item, "roles").chain(names(&item, "global_roles"));
-        if named.into_iter().any(|n| !super::plain_id(&n)) {
+        let (project_named, global_named) = (names(&item, "roles"), names(&item, "global_roles"));
+        if project_named.is_none() || global_named.is_none() {
             // such a role's Deny could not be honoured
             member.blocked = Some("a role it names is not a plain id".into());
         }
-        let unique = |key: &str| -> std::collections::BTreeSet<String> {
-            names(&item, key).filter(|n| super::plain_id(n)).collect()
-        };
-        for name in unique("roles") {
+        for name in project_named.unwrap_or_default() {
             if project_roles.is_none() {
                 project_roles = Some(roles_at(source, &format!("{base}/roles")).await?);
             }
@@ -261,7 +258,7 @@ async fn members(
                 .grants
                 .push(role_grant(warnings, &member, "role", &name, role));
         }
-        for name in unique("global_roles") {
+        for name in global_named.unwrap_or_default() {
             if roles.global.is_none() {
                 roles.global = Some(roles_at(source, &format!("/v1/users/{owner}/roles")).await?);
             }
@@ -314,16 +311,15 @@ fn role_grant(
     }
 }
 
-/// The strings of an array member (anything else in it: a name that is not plain, which
-/// blocks the member).
-fn names<'v>(item: &'v Value, key: &str) -> impl Iterator<Item = String> + 'v {
-    let listed: Vec<String> = match item.get(key) {
-        None | Some(Value::Null) => Vec::new(),
+/// The plain names an array member lists (absent or null: none); `None` when it is not an
+/// array of plain names, which the import cannot read exactly.
+fn names(item: &Value, key: &str) -> Option<std::collections::BTreeSet<String>> {
+    match item.get(key) {
+        None | Some(Value::Null) => Some(std::collections::BTreeSet::new()),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|v| v.as_str().map_or_else(|| "\u{0}".to_string(), String::from))
+            .map(|v| v.as_str().filter(|n| super::plain_id(n)).map(String::from))
             .collect(),
-        Some(_) => vec!["\u{0}".to_string()],
-    };
-    listed.into_iter()
+        Some(_) => None,
+    }
 }

@@ -652,3 +652,43 @@ async fn a_sync_follows_changes_made_on_the_server_directly_and_an_outage_keeps_
     let ready: Value = serde_json::from_str(&served.admin_get("/readyz").await.1).unwrap();
     assert!(ready.get("degraded").is_none(), "{ready}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_central_user_listed_under_two_orgs_is_left_out_and_the_root_must_be_the_one_asked() {
+    let mut state = seed("central");
+    let users = state["users"].as_array_mut().unwrap();
+    let tom = users.iter_mut().find(|u| u["id"] == "tom").unwrap();
+    // under spain and, higher, emea: either would be a guess, emea would widen
+    tom["org"] = json!(["spain", "emea"]);
+    let (platform, addr) = mock(iotgate::MockFlavor::Central, &state).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (code, text) = run(import_args(
+        "central",
+        addr,
+        dir.path(),
+        &["--root", "acme"],
+    ))
+    .await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("warning: user `tom` listed under two orgs: skipped"),
+        "{text}"
+    );
+    let users = &tree(&dir.path().join("out"))[Path::new("directory/users.json")];
+    assert!(!users.contains("\"tom\""), "{users}");
+    assert!(users.contains("\"sam\""), "{users}");
+    // the root answers as another organization: nothing is written
+    platform.put("/api/orgs", "acme", json!({"id": "emea"}));
+    let (code, text) = run(import_args(
+        "central",
+        addr,
+        dir.path(),
+        &["--root", "acme", "--check"],
+    ))
+    .await;
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("the answer is another organization"),
+        "{text}"
+    );
+}
