@@ -1,10 +1,18 @@
-//! Logging: the subscriber set-up and the one decision event every request produces.
+//! Logging: the subscriber set-up and the one decision record every request produces.
+//!
+//! ```text
+//! tracing events ─▶ fmt subscriber (RUST_LOG filter) ─┐
+//! decision record ─▶ record::build (same shape) ──────┴▶ sink: one buffer, one writer thread
+//! ```
 //!
 //! Fields are stable names; the raw path and query are never logged (Thinger tokens travel
 //! in `?authorization=`), only the route template, and no header value is ever logged.
 
 pub(crate) mod metrics;
+pub(crate) mod record;
+pub(crate) mod sink;
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
@@ -20,52 +28,38 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Lines the log writer could hold before one is dropped (never a blocking write on a
-/// request task): about 64 MiB of decision records at their usual size.
-const LOG_BUFFER_LINES: usize = 128_000;
+/// Unwritten log bytes held before lines are dropped (never a blocking write on a request
+/// task): about 110,000 decision records.
+const LOG_BUFFER_BYTES: usize = 64 << 20;
 
-/// The log writer's drop counter, for `iotgate_log_lines_dropped_total`.
-static DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
-    std::sync::OnceLock::new();
+/// The installed log: its sink and the format of the lines iotgate encodes itself.
+static LOG: OnceLock<(Arc<sink::Sink>, LogFormat)> = OnceLock::new();
 
 /// Lines the log writer dropped because it fell behind.
 pub(crate) fn log_lines_dropped() -> u64 {
-    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+    LOG.get().map_or(0, |(sink, _)| sink.dropped())
 }
 
 /// Installs the global subscriber (stderr; `RUST_LOG` filters, default `info`). Lines are
-/// formatted on the thread that logs and written by a dedicated writer thread, buffered and
-/// flushed whenever it has caught up; if it falls behind by [`LOG_BUFFER_LINES`], new lines
-/// are dropped and counted, never waited for. Keep the guard until exit: dropping it
-/// flushes what is left.
-pub(crate) fn init(format: LogFormat) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+/// formatted on the thread that logs and written in batches by the sink's own thread; if it
+/// falls behind by [`LOG_BUFFER_BYTES`], new lines are dropped and counted, never waited
+/// for. Keep the guard until exit: dropping it writes what is left.
+pub(crate) fn init(format: LogFormat) -> Option<sink::Guard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(LOG_BUFFER_LINES)
-        .thread_name("iotgate-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 << 10,
-            std::io::stderr(),
-        ));
-    let counter = writer.error_counter();
+    let (sink, guard) = sink::Sink::start(LOG_BUFFER_BYTES, std::io::stderr()).ok()?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(writer);
+        .with_writer(sink::MakeSink(sink.clone()));
     // A second init (tests, demo) keeps the first subscriber.
     let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
-    match installed {
-        Ok(()) => {
-            let _ = DROPPED.set(counter);
-            Some(guard)
-        }
-        Err(_) => None,
-    }
+    installed.ok()?;
+    let _ = LOG.set((sink, format));
+    Some(guard)
 }
 
 /// Emits the decision event of one request.
@@ -78,29 +72,38 @@ pub(crate) fn decision(
     status: u16,
     latency: Duration,
 ) {
-    let allowed = if d.is_allowed() { "allow" } else { "deny" };
-    tracing::info!(
-        target: "iotgate::decision",
-        request_id,
-        client = %client,
-        principal = d.principal.as_deref().unwrap_or("-"),
-        method = method.as_str(),
-        route = d.route.as_deref().unwrap_or("-"),
-        action = d.action.as_deref().unwrap_or("-"),
-        resource = %d.resource.as_ref().map_or_else(|| "-".to_string(), ToString::to_string),
-        decision = allowed,
-        status,
-        reason,
-        detail = %d,
-        policies = d.policies.join(",").as_str(),
-        reasons = d.reasons.join("; ").as_str(),
-        errors = d.errors.join("; ").as_str(),
-        policy_version = &*d.policy_version,
-        directory_version = &*d.directory_version,
-        cached = d.cached,
-        latency_us = latency.as_micros() as u64,
-        "decision"
-    );
+    let Some((sink, format)) = LOG.get() else {
+        return;
+    };
+    if !tracing::enabled!(target: "iotgate::decision", tracing::Level::INFO) {
+        return;
+    }
+    let fields = |l: &mut record::Line<'_>| {
+        l.str("request_id", request_id);
+        l.display("client", &client);
+        l.str("principal", d.principal.as_deref().unwrap_or("-"));
+        l.str("method", method.as_str());
+        l.str("route", d.route.as_deref().unwrap_or("-"));
+        l.str("action", d.action.as_deref().unwrap_or("-"));
+        match &d.resource {
+            Some(resource) => l.display("resource", resource),
+            None => l.str("resource", "-"),
+        }
+        l.str("decision", if d.is_allowed() { "allow" } else { "deny" });
+        l.num("status", u64::from(status));
+        l.str("reason", reason);
+        l.display("detail", d);
+        l.joined("policies", &d.policies, ",");
+        l.joined("reasons", &d.reasons, "; ");
+        l.joined("errors", &d.errors, "; ");
+        l.str("policy_version", &d.policy_version);
+        l.str("directory_version", &d.directory_version);
+        l.bool("cached", d.cached);
+        l.num("latency_us", latency.as_micros() as u64);
+    };
+    record::build(*format, "iotgate::decision", "decision", fields, |line| {
+        sink.append(line);
+    });
 }
 
 /// Emits a shadow disagreement: the candidate policies would have decided otherwise.

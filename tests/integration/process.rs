@@ -76,6 +76,26 @@ async fn serve_logs_one_decision_per_request_without_tokens_and_stops_on_sigterm
     assert_eq!(deny["status"], 403);
 }
 
+#[tokio::test]
+async fn a_log_filter_that_turns_decisions_off_writes_none() {
+    let up = Upstream::start().await;
+    let (dir, config) = Served::mini(&format!("http://{}", up.addr), "off", "");
+    let mut served = Served::spawn_logging(dir, &config, "info,iotgate::decision=off");
+    let bob = token(json!({"usr": "bob"}));
+    let (status, _, _) = send(get(&served.url("/v1/users/alice/devices/d1"), Some(&bob))).await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(served.terminate(), Some(0));
+    let logs = served.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("iotgate stopped")),
+        "{logs:#?}"
+    );
+    assert!(
+        !logs.iter().any(|l| l.contains("\"decision\"")),
+        "a decision line passed the filter: {logs:#?}"
+    );
+}
+
 /// One printed curl line: method, token variable, body, URL and the status it should get.
 struct Curl {
     method: String,

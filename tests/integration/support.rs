@@ -364,6 +364,16 @@ pub(crate) struct Served {
 impl Served {
     /// `reload` is "watch", "signal" or "off"; `shadow` lines go under `[policy]`.
     pub(crate) fn start(upstream: &str, reload: &str, extra_policy: &str) -> Served {
+        let (dir, config) = Served::mini(upstream, reload, extra_policy);
+        Served::spawn(dir, &config)
+    }
+
+    /// A writable copy of the mini profile and the path of its config.
+    pub(crate) fn mini(
+        upstream: &str,
+        reload: &str,
+        extra_policy: &str,
+    ) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&fixture("mini"), &dir.path().join("mini"));
         copy_dir(&fixture("keys"), &dir.path().join("keys"));
@@ -378,12 +388,17 @@ impl Served {
             ),
         )
         .unwrap();
-        Served::spawn(dir, &config)
+        (dir, config)
     }
 
     /// `iotgate serve --config <config>` (a file in `dir`, removed with it) with JSON logs;
     /// returns once it logged its addresses.
     pub(crate) fn spawn(dir: tempfile::TempDir, config: &Path) -> Served {
+        Served::spawn_logging(dir, config, "info")
+    }
+
+    /// [`Served::spawn`] with `RUST_LOG` set to `filter` (it must let the start line through).
+    pub(crate) fn spawn_logging(dir: tempfile::TempDir, config: &Path, filter: &str) -> Served {
         use std::io::{BufRead, BufReader};
         let mut child = Command::new(env!("CARGO_BIN_EXE_iotgate"))
             .args([
@@ -393,7 +408,7 @@ impl Served {
                 "--config",
                 config.to_str().unwrap(),
             ])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
