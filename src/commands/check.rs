@@ -18,12 +18,13 @@ use std::str::FromStr;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use crate::authn::{now, Signer};
 use crate::authz::decision::{Credentials, Decision, Outcome};
 use crate::authz::snapshot::{Loaded, Snapshot};
 use crate::commands::cli::{parse_claims, CheckArgs, ExitStatus};
+use crate::commands::report::{self, CaseResult, Format};
 use crate::config::problem::{Problem, Problems};
 use crate::config::tomlfile;
 use crate::proxy::{Gateway, TrustedClaims};
@@ -194,18 +195,19 @@ pub(crate) fn run(args: &CheckArgs, out: &mut dyn Write) -> std::io::Result<Exit
         }
         match (&args.request, &args.against) {
             (Some(request), _) => explain_one(loaded, args, request, out).await,
-            (None, Some(dir)) => compare(loaded, &args.suites, dir, out).await,
-            (None, None) => run_suites(loaded, &args.suites, out).await,
+            (None, Some(dir)) => compare(loaded, args, dir, out).await,
+            (None, None) => run_suites(loaded, args, out).await,
         }
     })
 }
 
 /// `check --against DIR`: decides every case with the live policies and with the policies
-/// of `DIR` (same schema, routes and directory) and reports each case whose decision
-/// changes. Exit 0 when none would, 1 when some would.
+/// of `DIR` (same schema, routes and directory) and reports, apart, the cases whose verdict
+/// changes (status) and those where only the determining policies do. Exit 0 when no
+/// verdict would change, 1 when one would.
 async fn compare(
     loaded: Loaded,
-    suites: &[std::path::PathBuf],
+    args: &CheckArgs,
     dir: &Path,
     out: &mut dyn Write,
 ) -> std::io::Result<ExitStatus> {
@@ -216,38 +218,103 @@ async fn compare(
         snapshot,
         verifier: loaded.verifier.clone(),
     });
-    let (cases, mut problems) = load_suites(suites, &loaded);
+    let (cases, mut problems) = load_suites(&args.suites, &loaded);
     let candidate = problems.take(candidate);
     let Some(candidate) = candidate.filter(|_| problems.is_empty()) else {
         write!(out, "{problems}")?;
         return Ok(ExitStatus::Error);
     };
     let (live, candidate) = (Checker::new(loaded), Checker::new(candidate));
-    let mut changed = 0;
+    let mut changes = Vec::new();
     for case in &cases {
         let before = live.answer(&case.probe).await;
         let after = candidate.answer(&case.probe).await;
-        if before.status != after.status || before.decision.policies != after.decision.policies {
-            changed += 1;
+        let change = match (
+            before.status != after.status,
+            before.decision.policies != after.decision.policies,
+        ) {
+            (true, _) => Change::Verdict,
+            (false, true) => Change::Policies,
+            (false, false) => continue,
+        };
+        changes.push((change, case, before, after));
+    }
+    let verdicts = changes.iter().filter(|c| c.0 == Change::Verdict).count();
+    let versions = (live.policy_version(), candidate.policy_version());
+    match args.output() {
+        Format::Human => {
+            for (change, case, before, after) in &changes {
+                let label = match change {
+                    Change::Verdict => "VERDICT ",
+                    Change::Policies => "POLICIES",
+                };
+                writeln!(
+                    out,
+                    "{label}  {}  ({}): {} → {}",
+                    case.name, case.request, before.decision, after.decision
+                )?;
+            }
             writeln!(
                 out,
-                "CHANGED  {}  ({}): {} → {}",
-                case.name, case.request, before.decision, after.decision
+                "{verdicts} of {} cases would change verdict, {} only their determining policies ({} → {})",
+                cases.len(),
+                changes.len() - verdicts,
+                versions.0,
+                versions.1
             )?;
         }
+        format => {
+            let results: Vec<CaseResult> = changes
+                .iter()
+                .map(|(change, case, before, after)| {
+                    let mut r = case.result(after, None);
+                    if *change == Change::Verdict {
+                        r.failure = Some(format!("{} → {}", before.decision, after.decision));
+                    }
+                    r
+                })
+                .collect();
+            let list = |which: Change| -> Vec<Value> {
+                changes
+                    .iter()
+                    .filter(|c| c.0 == which)
+                    .map(|(_, case, before, after)| {
+                        json!({
+                            "suite": case.suite, "name": case.name, "request": case.request,
+                            "before": {"status": before.status.as_u16(), "decision": before.decision.to_string(), "policies": before.decision.policies},
+                            "after": {"status": after.status.as_u16(), "decision": after.decision.to_string(), "policies": after.decision.policies},
+                        })
+                    })
+                    .collect()
+            };
+            let extra = json!({
+                "against": dir,
+                "live_version": &*versions.0,
+                "candidate_version": &*versions.1,
+                "compared": cases.len(),
+                "verdict_changed": list(Change::Verdict),
+                "policies_changed": list(Change::Policies),
+            });
+            match format {
+                Format::Json => report::json("check", extra, out)?,
+                _ => report::cases(format, &results, extra, out)?,
+            }
+        }
     }
-    writeln!(
-        out,
-        "{changed} of {} cases would change ({} → {})",
-        cases.len(),
-        live.policy_version(),
-        candidate.policy_version()
-    )?;
-    Ok(if changed == 0 {
+    Ok(if verdicts == 0 {
         ExitStatus::Ok
     } else {
         ExitStatus::Failed
     })
+}
+
+/// How a case's decision changes under the candidate policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Another status.
+    Verdict,
+    /// The same status, other determining policies.
+    Policies,
 }
 
 async fn explain_one(
@@ -265,14 +332,20 @@ async fn explain_one(
     };
     let answer = Checker::new(loaded).answer(&probe).await;
     let explanation = Explanation::from(&answer);
-    if args.json {
-        writeln!(
+    match args.output() {
+        Format::Human => explanation.write_text(out)?,
+        Format::Json => writeln!(
             out,
             "{}",
             serde_json::to_string_pretty(&explanation).unwrap_or_default()
-        )?;
-    } else {
-        explanation.write_text(out)?;
+        )?,
+        Format::Junit => {
+            writeln!(
+                out,
+                "error: --format junit reports suites; use human or json for --request"
+            )?;
+            return Ok(ExitStatus::Error);
+        }
     }
     Ok(if answer.decision.is_allowed() {
         ExitStatus::Ok
@@ -455,6 +528,8 @@ impl std::fmt::Display for Expected {
 /// A compiled suite case.
 #[derive(Debug)]
 pub struct Case {
+    /// The suite file it is written in.
+    pub suite: std::path::PathBuf,
     /// Its name.
     pub name: String,
     /// The request line as written.
@@ -466,38 +541,168 @@ pub struct Case {
     reason: Option<String>,
 }
 
+impl Case {
+    /// How the case ended with `answer` (`failure`: why it did not pass).
+    fn result(&self, answer: &Answer, failure: Option<String>) -> CaseResult {
+        CaseResult {
+            suite: self.suite.clone(),
+            name: self.name.clone(),
+            request: self.request.clone(),
+            status: answer.status.as_u16(),
+            decision: answer.decision.to_string(),
+            policies: answer.decision.policies.clone(),
+            failure,
+        }
+    }
+}
+
 async fn run_suites(
     loaded: Loaded,
-    suites: &[std::path::PathBuf],
+    args: &CheckArgs,
     out: &mut dyn Write,
 ) -> std::io::Result<ExitStatus> {
-    let (cases, problems) = load_suites(suites, &loaded);
+    let (cases, problems) = load_suites(&args.suites, &loaded);
     if !problems.is_empty() {
         write!(out, "{problems}")?;
         return Ok(ExitStatus::Error);
     }
+    let policies = PolicyList::of(&loaded.snapshot);
     let checker = Checker::new(loaded);
-    let (mut passed, mut failed) = (0, 0);
+    let mut results = Vec::with_capacity(cases.len());
     for case in &cases {
         let answer = checker.answer(&case.probe).await;
-        match verdict(case, &answer) {
-            Ok(()) => {
-                passed += 1;
-                let decision = &answer.decision;
-                writeln!(out, "PASS  {}  ({} → {decision})", case.name, case.request)?;
+        results.push(case.result(&answer, verdict(case, &answer).err()));
+    }
+    let failed = results.iter().filter(|r| r.failure.is_some()).count();
+    let want_coverage = args.coverage || args.coverage_min.is_some();
+    let coverage = want_coverage.then(|| policies.coverage(&results));
+    let format = args.output();
+    match format {
+        Format::Human => {
+            for r in &results {
+                match &r.failure {
+                    None => writeln!(out, "PASS  {}  ({} → {})", r.name, r.request, r.decision)?,
+                    Some(why) => writeln!(out, "FAIL  {}  ({}): {why}", r.name, r.request)?,
+                }
             }
-            Err(why) => {
-                failed += 1;
-                writeln!(out, "FAIL  {}  ({}): {why}", case.name, case.request)?;
+            writeln!(out, "{} passed, {failed} failed", results.len() - failed)?;
+            if let Some(coverage) = &coverage {
+                coverage.write_text(out)?;
             }
         }
+        format => {
+            let extra = coverage
+                .as_ref()
+                .map_or(Value::Null, |c| json!({ "coverage": c }));
+            report::cases(format, &results, extra, out)?;
+        }
     }
-    writeln!(out, "{passed} passed, {failed} failed")?;
-    Ok(if failed == 0 {
+    let below = match (&coverage, args.coverage_min) {
+        (Some(c), Some(min)) if c.percent < min => {
+            if format == Format::Human {
+                writeln!(
+                    out,
+                    "coverage {:.1} % is below the minimum {min} %",
+                    c.percent
+                )?;
+            }
+            true
+        }
+        _ => false,
+    };
+    Ok(if failed == 0 && !below {
         ExitStatus::Ok
     } else {
         ExitStatus::Failed
     })
+}
+
+/// Every policy of the live set and where it is written, for coverage.
+struct PolicyList(Vec<(String, Option<std::path::PathBuf>, Option<usize>)>);
+
+/// The policies that determined no case.
+#[derive(Debug, Serialize)]
+struct Coverage {
+    /// Policies in the set.
+    policies: usize,
+    /// Policies that determined at least one case.
+    covered: usize,
+    /// `covered / policies` in percent (100 for an empty set).
+    percent: f64,
+    /// The others, with file and line.
+    uncovered: Vec<Uncovered>,
+}
+
+#[derive(Debug, Serialize)]
+struct Uncovered {
+    id: String,
+    file: Option<std::path::PathBuf>,
+    line: Option<usize>,
+}
+
+impl PolicyList {
+    fn of(snapshot: &Snapshot) -> PolicyList {
+        let policies = &snapshot.policies;
+        let mut list: Vec<_> = policies
+            .set
+            .policies()
+            .map(|p| {
+                let origin = policies.origins.get(p.id());
+                let (file, line) = origin.map_or((None, None), |o| (Some(o.file.clone()), o.line));
+                (p.id().to_string(), file, line)
+            })
+            .collect();
+        list.sort_by(|a, b| (&a.1, a.2, &a.0).cmp(&(&b.1, b.2, &b.0)));
+        PolicyList(list)
+    }
+
+    fn coverage(&self, results: &[CaseResult]) -> Coverage {
+        let determined: std::collections::HashSet<&str> = results
+            .iter()
+            .flat_map(|r| r.policies.iter().map(String::as_str))
+            .collect();
+        let uncovered: Vec<Uncovered> = self
+            .0
+            .iter()
+            .filter(|(id, _, _)| !determined.contains(id.as_str()))
+            .map(|(id, file, line)| Uncovered {
+                id: id.clone(),
+                file: file.clone(),
+                line: *line,
+            })
+            .collect();
+        let policies = self.0.len();
+        let covered = policies - uncovered.len();
+        let percent = match policies {
+            0 => 100.0,
+            n => covered as f64 * 100.0 / n as f64,
+        };
+        Coverage {
+            policies,
+            covered,
+            percent,
+            uncovered,
+        }
+    }
+}
+
+impl Coverage {
+    fn write_text(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "coverage: {} of {} policies determined a case ({:.1} %)",
+            self.covered, self.policies, self.percent
+        )?;
+        for u in &self.uncovered {
+            let place = match (&u.file, u.line) {
+                (Some(f), Some(l)) => format!("{}:{l}", f.display()),
+                (Some(f), None) => f.display().to_string(),
+                (None, _) => "-".to_string(),
+            };
+            writeln!(out, "  not covered: {}  ({place})", u.id)?;
+        }
+        Ok(())
+    }
 }
 
 fn verdict(case: &Case, answer: &Answer) -> Result<(), String> {
@@ -557,7 +762,7 @@ pub fn load_suite(path: &Path, loaded: &Loaded) -> Result<Vec<Case>, Problems> {
     let mut problems = parsed.unknown;
     let mut cases = Vec::new();
     for (i, c) in parsed.value.cases.into_iter().enumerate() {
-        match compile_case(c, loaded) {
+        match compile_case(c, path, loaded) {
             Ok(case) => cases.push(case),
             Err(m) => problems.push(parsed.file.problem(&format!("case.{i}"), m)),
         }
@@ -568,7 +773,7 @@ pub fn load_suite(path: &Path, loaded: &Loaded) -> Result<Vec<Case>, Problems> {
     problems.into_result(cases)
 }
 
-fn compile_case(c: FileCase, loaded: &Loaded) -> Result<Case, String> {
+fn compile_case(c: FileCase, suite: &Path, loaded: &Loaded) -> Result<Case, String> {
     let expect = match &c.expect {
         Expect::Word(w) if w == "allow" => Expected::Allow,
         Expect::Word(w) if w == "deny" => Expected::Deny,
@@ -622,6 +827,7 @@ fn compile_case(c: FileCase, loaded: &Loaded) -> Result<Case, String> {
         Some(v) => probe.with_body(serde_json::to_vec(v).map_err(|e| e.to_string())?),
     };
     Ok(Case {
+        suite: suite.to_path_buf(),
         name: c.name,
         request: c.request,
         probe,

@@ -1,6 +1,7 @@
 //! Command-line interface: clap types and exit statuses. `main` parses, the command
 //! modules run.
 
+use crate::commands::report::Format;
 use crate::telemetry::LogFormat;
 use std::path::PathBuf;
 use std::process::{ExitCode, Termination};
@@ -27,7 +28,9 @@ pub enum Command {
     /// Run decision suites, or explain one decision.
     Check(CheckArgs),
     /// Load and validate everything; print every problem.
-    Validate(ConfigArg),
+    Validate(ValidateArgs),
+    /// Format policy files as `cedar format` does.
+    Fmt(FmtArgs),
     /// Mint a token signed with the configured key, for trying things out.
     Token(TokenArgs),
     /// Read or change the directory of a running gateway (its admin listener's entity API).
@@ -209,12 +212,55 @@ pub struct CheckArgs {
     /// JSON body for `--request`.
     #[arg(long, requires = "request")]
     pub body: Option<String>,
-    /// Print the explanation as JSON.
-    #[arg(long, requires = "request")]
+    /// Output format: `human`, `json`, or `junit` (suites only).
+    #[arg(long, value_enum, default_value = "human")]
+    pub format: Format,
+    /// The same as `--format json`.
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
     /// Report every suite case whose decision would change with this policy folder instead.
     #[arg(long, value_name = "DIR", conflicts_with = "request")]
     pub against: Option<PathBuf>,
+    /// After the suites, list the policies that determined no case.
+    #[arg(long, conflicts_with_all = ["request", "against"])]
+    pub coverage: bool,
+    /// Fail (exit 1) when fewer than PCT % of the policies determined a case (implies
+    /// `--coverage`).
+    #[arg(long, value_name = "PCT", conflicts_with_all = ["request", "against"])]
+    pub coverage_min: Option<f64>,
+}
+
+impl CheckArgs {
+    /// The output format asked for (`--json` is `--format json`).
+    pub fn output(&self) -> Format {
+        if self.json {
+            Format::Json
+        } else {
+            self.format
+        }
+    }
+}
+
+/// `validate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ValidateArgs {
+    /// The configuration.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "human")]
+    pub format: Format,
+}
+
+/// `fmt`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FmtArgs {
+    /// Policy files, or folders whose `*.cedar` files are formatted.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Write nothing: list the files that would change and exit 1 if any would.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// `token`.

@@ -1,20 +1,23 @@
-//! The small commands: `validate` and `token`.
+//! The commands, and the small ones here: `validate` and `token`.
 
 pub(crate) mod check;
 pub(crate) mod cli;
 pub(crate) mod demo;
 pub(crate) mod directory;
+pub(crate) mod fmt;
 pub(crate) mod import;
+pub(crate) mod report;
 
 use std::io::Write;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::authn::{now, Signer};
 use crate::authz::snapshot::Loaded;
 use crate::commands::cli::{
-    parse_claims, parse_ttl, Cli, Command, ConfigArg, ExitStatus, ServeArgs, TokenArgs,
+    parse_claims, parse_ttl, Cli, Command, ExitStatus, ServeArgs, TokenArgs, ValidateArgs,
 };
+use crate::commands::report::{Finding, Format, Severity};
 use crate::config::Config;
 
 /// Runs the command line's command, writing its output to stdout.
@@ -23,6 +26,7 @@ pub fn run(cli: &Cli) -> ExitStatus {
     let result = match &cli.command {
         Command::Check(args) => check::run(args, &mut out),
         Command::Validate(args) => validate(args, &mut out),
+        Command::Fmt(args) => fmt::run(args, &mut out),
         Command::Token(args) => token(args, &mut out),
         Command::Directory(args) => {
             runtime().and_then(|rt| rt.block_on(directory::run(args, &mut out)))
@@ -60,12 +64,13 @@ pub(crate) async fn serve(args: &ServeArgs) -> ExitStatus {
 
 /// `validate`: loads config, keys, schema, routes, policies and directory; prints every
 /// problem (exit 2) or a summary (exit 0).
-pub(crate) fn validate(args: &ConfigArg, out: &mut dyn Write) -> std::io::Result<ExitStatus> {
-    let tls = Config::load(&args.config)
+pub(crate) fn validate(args: &ValidateArgs, out: &mut dyn Write) -> std::io::Result<ExitStatus> {
+    let path = &args.config.config;
+    let tls = Config::load(path)
         .ok()
         .and_then(|c| c.server)
         .and_then(|server| crate::serve::tls_of(&server).err());
-    let loaded = match (Loaded::load(&args.config), tls) {
+    let loaded = match (Loaded::load(path), tls) {
         (Ok(loaded), None) => Ok(loaded),
         (Ok(_), Some(tls)) => Err(tls),
         (Err(mut problems), tls) => {
@@ -75,12 +80,58 @@ pub(crate) fn validate(args: &ConfigArg, out: &mut dyn Write) -> std::io::Result
             Err(problems)
         }
     };
+    let (findings, summary) = match &loaded {
+        Err(problems) => {
+            let findings = problems
+                .iter()
+                .map(|p| Finding::of_problem(p, "load", Severity::Error))
+                .collect();
+            (findings, json!({ "ok": false }))
+        }
+        Ok(loaded) => {
+            let s = &loaded.snapshot;
+            let mut findings: Vec<Finding> = s
+                .routes
+                .warnings
+                .iter()
+                .map(|w| Finding::of_problem(w, "warning", Severity::Warning))
+                .collect();
+            findings.extend(
+                s.warnings
+                    .iter()
+                    .map(|w| Finding::unlocated("warning", Severity::Warning, w)),
+            );
+            let summary = json!({
+                "ok": true,
+                "routes": s.routes.routes().len(),
+                "policies": s.policies.set.policies().count(),
+                "entities": s.directory.len(),
+                "policy_version": &*s.policy_version,
+                "directory_version": &*s.directory_version,
+            });
+            (findings, summary)
+        }
+    };
+    match args.format {
+        Format::Human => validate_text(&loaded, out)?,
+        format => report::findings(format, "validate", &findings, summary, out)?,
+    }
+    Ok(match loaded {
+        Ok(_) => ExitStatus::Ok,
+        Err(_) => ExitStatus::Error,
+    })
+}
+
+/// `validate`'s lines for people: every problem and a count, or the warnings and a summary.
+fn validate_text(
+    loaded: &Result<Loaded, crate::config::problem::Problems>,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     match loaded {
         Err(problems) => {
             write!(out, "{problems}")?;
             let n = problems.iter().count();
-            writeln!(out, "{n} problem{}", if n == 1 { "" } else { "s" })?;
-            Ok(ExitStatus::Error)
+            writeln!(out, "{n} problem{}", if n == 1 { "" } else { "s" })
         }
         Ok(loaded) => {
             let s = &loaded.snapshot;
@@ -98,8 +149,7 @@ pub(crate) fn validate(args: &ConfigArg, out: &mut dyn Write) -> std::io::Result
                 s.directory.len(),
                 s.policy_version,
                 s.directory_version
-            )?;
-            Ok(ExitStatus::Ok)
+            )
         }
     }
 }

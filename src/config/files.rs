@@ -14,6 +14,17 @@ use std::path::{Path, PathBuf};
 
 use crate::config::problem::{Problem, Problems};
 
+/// Replaces `path` with `text` through a temporary file beside it (`*.tmp~`, which no
+/// folder walk loads), so a reader — a watching gateway — never sees half a file.
+///
+/// # Errors
+/// The temporary file cannot be written or renamed.
+pub(crate) fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Lowercase hex of bytes (content digests in versions).
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

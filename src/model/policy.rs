@@ -68,6 +68,18 @@ pub struct Policies {
     schema: Option<Arc<str>>,
 }
 
+/// `text` as `cedar format` prints it (80 columns, 2-space indent; comments kept).
+///
+/// # Errors
+/// The text does not parse as policies.
+pub(crate) fn formatted(text: &str) -> Result<String, String> {
+    let config = cedar_policy_formatter::Config {
+        line_width: 80,
+        indent_width: 2,
+    };
+    cedar_policy_formatter::policies_str_to_pretty(text, &config).map_err(|e| e.to_string())
+}
+
 impl Policies {
     /// Reads every `*.cedar` below `dirs` and validates them against the schema (when it
     /// loaded).

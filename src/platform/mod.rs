@@ -314,9 +314,7 @@ pub(crate) fn write(
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
-                let tmp = path.with_extension("tmp~");
-                std::fs::write(&tmp, text)?;
-                std::fs::rename(&tmp, &path)?;
+                crate::config::files::write_atomic(&path, text)?;
             }
         }
     }
@@ -342,11 +340,7 @@ pub(crate) fn restore(out: &Path, saved: &[(PathBuf, Option<String>)]) -> std::i
     for (rel, text) in saved {
         let path = out.join(rel);
         match text {
-            Some(text) => {
-                let tmp = path.with_extension("tmp~");
-                std::fs::write(&tmp, text)?;
-                std::fs::rename(&tmp, &path)?;
-            }
+            Some(text) => crate::config::files::write_atomic(&path, text)?,
             None => match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}

@@ -332,15 +332,3 @@ fn action_list(ns: &str, actions: &BTreeSet<String>) -> String {
 fn quoted(s: &str) -> String {
     Value::String(s.to_string()).to_string()
 }
-
-/// Formats a generated file as `cedar format` does.
-///
-/// # Errors
-/// The text is not Cedar (a generator bug; the import stops).
-pub(crate) fn pretty(text: &str) -> Result<String, String> {
-    let config = cedar_policy_formatter::Config {
-        line_width: 80,
-        indent_width: 2,
-    };
-    cedar_policy_formatter::policies_str_to_pretty(text, &config).map_err(|e| e.to_string())
-}

@@ -161,7 +161,7 @@ async fn account_resources(
         let members = members(source, owner, &p, &mut roles, &mut world.warnings).await?;
         let (text, warnings) = permissions::project_file(vocab, owner, &p, &members);
         world.warnings.extend(warnings);
-        let text = permissions::pretty(&text).map_err(|e| format!("{project}: {e}"))?;
+        let text = crate::model::policy::formatted(&text).map_err(|e| format!("{project}: {e}"))?;
         world
             .policies
             .insert(format!("projects/{project}.cedar"), text);

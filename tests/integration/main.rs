@@ -22,3 +22,4 @@ mod properties;
 mod proxy;
 mod support;
 mod tls;
+mod workflow;

@@ -221,7 +221,7 @@ fn check_against_reports_the_cases_a_policy_change_would_flip() {
             .lines()
             .last()
             .unwrap()
-            .starts_with("0 of 15 cases would change"),
+            .starts_with("0 of 15 cases would change verdict, 0 only their determining policies"),
         "{out}"
     );
 
@@ -237,12 +237,59 @@ fn check_against_reports_the_cases_a_policy_change_would_flip() {
         candidate.path().to_str().unwrap(),
     ]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("CHANGED  member reads a shared device  (GET /v1/users/alice/devices/d1): allow by [shared.allow] → 403 forbidden"), "{out}");
+    assert!(out.contains("VERDICT   member reads a shared device  (GET /v1/users/alice/devices/d1): allow by [shared.allow] → 403 forbidden"), "{out}");
+    // 403 → 403 by other policies is not a verdict change
     assert!(
-        out.contains("CHANGED  member may not call a shared device's resources"),
+        out.contains("POLICIES  member may not call a shared device's resources  (POST /v1/users/alice/devices/d1/led): 403 forbidden by [shared.deny] → 403 forbidden"),
         "{out}"
     );
-    assert!(!out.contains("CHANGED  owner reads own device"), "{out}");
+    assert!(
+        out.contains("1 of 15 cases would change verdict, 1 only their determining policies"),
+        "{out}"
+    );
+    assert!(!out.contains("owner reads own device"), "{out}");
+
+    // the same meaning under another id: only the determining policies change (exit 0)
+    let renamed = tempfile::tempdir().unwrap();
+    crate::support::copy_dir(&same, renamed.path());
+    let accounts = renamed.path().join("accounts.cedar");
+    let text = std::fs::read_to_string(&accounts).unwrap();
+    std::fs::write(
+        &accounts,
+        text.replace("@id(\"owner-full\")", "@id(\"owners\")"),
+    )
+    .unwrap();
+    let (code, out) = iotgate(&[
+        "check",
+        "--config",
+        config.to_str().unwrap(),
+        suite.to_str().unwrap(),
+        "--against",
+        renamed.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("POLICIES  owner reads own device  (GET /v1/users/alice/devices/d1): allow by [owner-full] → allow by [owners]"), "{out}");
+    assert!(!out.contains("VERDICT"), "{out}");
+    assert!(
+        out.contains("0 of 15 cases would change verdict, "),
+        "{out}"
+    );
+    let (_, json) = iotgate(&[
+        "check",
+        "--config",
+        config.to_str().unwrap(),
+        suite.to_str().unwrap(),
+        "--against",
+        renamed.path().to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["verdict_changed"].as_array().unwrap().len(), 0, "{json}");
+    let changed = v["policies_changed"].as_array().unwrap();
+    assert!(!changed.is_empty());
+    assert_eq!(changed[0]["before"]["policies"][0], "owner-full");
+    assert_eq!(changed[0]["after"]["policies"][0], "owners");
 }
 
 /// Clients hammer the gateway while the policies flip back and forth; every answer must come

@@ -1,0 +1,250 @@
+//! The policy workflow through the real binary: `fmt`, `--format json|junit` of `validate`
+//! and `check`, and `check --coverage`.
+
+use crate::support::{copy_dir, fixture, iotgate};
+
+fn mini_config() -> String {
+    fixture("mini/iotgate.toml").display().to_string()
+}
+
+fn mini_suite() -> String {
+    fixture("mini/checks.toml").display().to_string()
+}
+
+const MESSY: &str = "// keep this comment\n@id(\"a\") permit(principal,action,resource) when {principal.role==\"x\"};\n";
+
+#[test]
+fn fmt_check_lists_files_to_change_writes_nothing_and_fmt_writes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let messy = dir.path().join("nested/messy.cedar");
+    std::fs::create_dir_all(messy.parent().unwrap()).unwrap();
+    std::fs::write(&messy, MESSY).unwrap();
+    let tidy = dir.path().join("tidy.cedar");
+    copy_dir(&fixture("mini/policies"), &dir.path().join("mini"));
+    std::fs::write(&tidy, "@id(\"b\")\nforbid (principal, action, resource);\n").unwrap();
+    let root = dir.path().to_str().unwrap();
+
+    let (code, out) = iotgate(&["fmt", "--check", root]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("would reformat {}", messy.display())),
+        "{out}"
+    );
+    assert!(!out.contains("tidy.cedar"), "{out}");
+    assert!(
+        !out.contains("mini/"),
+        "bundled policies are formatted: {out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&messy).unwrap(),
+        MESSY,
+        "--check wrote"
+    );
+
+    let (code, out) = iotgate(&["fmt", root]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("formatted {}", messy.display())),
+        "{out}"
+    );
+    let written = std::fs::read_to_string(&messy).unwrap();
+    let config = cedar_policy_formatter::Config {
+        line_width: 80,
+        indent_width: 2,
+    };
+    let expected = cedar_policy_formatter::policies_str_to_pretty(MESSY, &config).unwrap();
+    assert_eq!(written, expected);
+    assert!(written.contains("// keep this comment"), "{written}");
+
+    let (code, out) = iotgate(&["fmt", "--check", root]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.ends_with("0 of 6 files would be reformatted\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn fmt_reports_every_file_that_does_not_parse_with_its_line_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.cedar"), MESSY).unwrap();
+    std::fs::write(
+        dir.path().join("b.cedar"),
+        "@id(\"b\")\npermit (principal, action, resource)\nwhen { };\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("c.cedar"),
+        "\n\nforbid (principal action);\n",
+    )
+    .unwrap();
+    let (code, out) = iotgate(&["fmt", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    let b = dir.path().join("b.cedar");
+    let c = dir.path().join("c.cedar");
+    assert!(out.contains(&format!("{}:3: ", b.display())), "{out}");
+    assert!(out.contains(&format!("{}:3: ", c.display())), "{out}");
+    // the file that parses is still formatted
+    assert_ne!(
+        std::fs::read_to_string(dir.path().join("a.cedar")).unwrap(),
+        MESSY
+    );
+    let (code, out) = iotgate(&["fmt", "--check", "/nonexistent/policies"]);
+    assert_eq!(code, 2, "{out}");
+}
+
+#[test]
+fn check_json_reports_every_case_with_its_verdict_and_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("s.toml");
+    std::fs::write(
+        &suite,
+        "[[case]]\nname = \"wrong\"\nas = \"bob\"\nrequest = \"GET /v1/users/alice/devices/d2\"\nexpect = \"allow\"\n\n\
+         [[case]]\nname = \"right\"\nas = \"alice\"\nrequest = \"GET /v1/users/alice/devices/d1\"\nexpect = \"allow\"\n",
+    )
+    .unwrap();
+    let args = ["check", "--config", &mini_config(), suite.to_str().unwrap()];
+    let (code, out) = iotgate(&[&args[..], &["--format", "json"]].concat());
+    assert_eq!(code, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tool"], "check");
+    assert_eq!(
+        (v["passed"].as_u64(), v["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let cases = v["cases"].as_array().unwrap();
+    assert_eq!(cases[0]["name"], "wrong");
+    assert_eq!(cases[0]["status"], 403);
+    assert!(cases[0]["failure"]
+        .as_str()
+        .unwrap()
+        .starts_with("expected allow, got 403 forbidden"));
+    assert_eq!(cases[1]["failure"], serde_json::Value::Null);
+    assert_eq!(cases[1]["policies"][0], "owner-full");
+    assert_eq!(cases[1]["suite"], suite.to_str().unwrap());
+    // `--json` is `--format json`, for suites too
+    let (_, again) = iotgate(&[&args[..], &["--json"]].concat());
+    assert_eq!(again, out);
+}
+
+#[test]
+fn check_junit_is_well_formed_xml_with_one_case_per_case_and_failures_counted() {
+    let (code, out) = iotgate(&[
+        "check",
+        "--config",
+        &mini_config(),
+        &mini_suite(),
+        "--format",
+        "junit",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let doc = roxmltree::Document::parse(&out).unwrap();
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "testsuites");
+    assert_eq!(root.attribute("tests"), Some("15"));
+    assert_eq!(root.attribute("failures"), Some("0"));
+    let cases: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    assert_eq!(cases.len(), 15);
+    assert!(cases
+        .iter()
+        .any(|c| c.attribute("name") == Some("member may not call a shared device's resources (POST /v1/users/alice/devices/d1/led)")));
+}
+
+#[test]
+fn coverage_lists_the_policies_no_case_determined_and_min_fails_below_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("s.toml");
+    std::fs::write(
+        &suite,
+        "[[case]]\nname = \"owner\"\nas = \"alice\"\nrequest = \"GET /v1/users/alice/devices/d1\"\nexpect = \"allow\"\n",
+    )
+    .unwrap();
+    let args = ["check", "--config", &mini_config(), suite.to_str().unwrap()];
+    let (code, out) = iotgate(&[&args[..], &["--coverage"]].concat());
+    assert_eq!(code, 0, "{out}");
+    let (_, json) = iotgate(&[&args[..], &["--coverage", "--format", "json"]].concat());
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let coverage = &v["coverage"];
+    let total = coverage["policies"].as_u64().unwrap();
+    assert_eq!(coverage["covered"], 1, "{json}");
+    let uncovered = coverage["uncovered"].as_array().unwrap();
+    assert_eq!(uncovered.len() as u64, total - 1);
+    assert!(!uncovered.iter().any(|u| u["id"] == "owner-full"));
+    let admin = uncovered
+        .iter()
+        .find(|u| u["id"] == "admin-creates-users")
+        .unwrap();
+    assert!(admin["file"].as_str().unwrap().ends_with("accounts.cedar"));
+    assert_eq!(admin["line"], 18);
+    assert!(
+        out.contains(&format!(
+            "coverage: 1 of {total} policies determined a case"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("  not covered: admin-creates-users  ("),
+        "{out}"
+    );
+    assert!(out.contains("accounts.cedar:18)"), "{out}");
+
+    let (code, out) = iotgate(&[&args[..], &["--coverage-min", "50"]].concat());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is below the minimum 50 %"), "{out}");
+    let floor = format!("{}", 100.0 / total as f64 - 0.5);
+    let (code, out) = iotgate(&[&args[..], &["--coverage-min", &floor]].concat());
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn validate_json_and_junit_list_every_problem_with_file_and_line() {
+    let bad = fixture("bad/broken-everything.toml");
+    let (code, out) = iotgate(&[
+        "validate",
+        "--config",
+        bad.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tool"], "validate");
+    assert_eq!(v["ok"], false);
+    let findings = v["findings"].as_array().unwrap();
+    assert!(!findings.is_empty());
+    let broken = findings
+        .iter()
+        .find(|f| {
+            f["file"]
+                .as_str()
+                .is_some_and(|f| f.ends_with("broken.cedar"))
+        })
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(broken["line"], 6);
+    assert_eq!(broken["severity"], "error");
+    assert_eq!(broken["code"], "load");
+
+    let (code, xml) = iotgate(&[
+        "validate",
+        "--config",
+        bad.to_str().unwrap(),
+        "--format",
+        "junit",
+    ]);
+    assert_eq!(code, 2, "{xml}");
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let failures = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("failure"))
+        .count();
+    assert_eq!(failures, findings.len());
+
+    let (code, out) = iotgate(&["validate", "--config", &mini_config(), "--format", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], true);
+    assert!(v["routes"].as_u64().is_some_and(|n| n > 0));
+}
