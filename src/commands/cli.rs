@@ -31,6 +31,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Format policy files as `cedar format` does.
     Fmt(FmtArgs),
+    /// Write a self-contained deployment folder for a bundled profile.
+    Init(InitArgs),
     /// Mint a token signed with the configured key, for trying things out.
     Token(TokenArgs),
     /// Read or change the directory of a running gateway (its admin listener's entity API).
@@ -250,6 +252,25 @@ pub struct ValidateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "human")]
     pub format: Format,
+}
+
+/// `init`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InitArgs {
+    /// Which bundled profile.
+    #[arg(long, value_enum)]
+    pub profile: Profile,
+    /// The folder to write (missing or empty).
+    pub dir: PathBuf,
+}
+
+/// The bundled profiles.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Profile {
+    /// Thinger.io accounts, projects and their members.
+    Thinger,
+    /// IoT Central-style roles over an organization tree.
+    Central,
 }
 
 /// `fmt`.

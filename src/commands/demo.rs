@@ -24,40 +24,9 @@ use crate::platform::mock::{Flavor, Platform};
 use crate::proxy::Gateway;
 use crate::serve::{shutdown_signal, Running};
 
-/// The thinger example profile, as (path relative to the demo folder, content).
-pub(crate) const PROFILE: &[(&str, &str)] = &[
-    (
-        "schema/thinger.cedarschema",
-        include_str!("../../schema/thinger.cedarschema"),
-    ),
-    (
-        "schema/thinger.routes.toml",
-        include_str!("../../schema/thinger.routes.toml"),
-    ),
-    (
-        "policies/thinger/VERSION",
-        include_str!("../../policies/thinger/VERSION"),
-    ),
-    (
-        "policies/thinger/accounts.cedar",
-        include_str!("../../policies/thinger/accounts.cedar"),
-    ),
-    (
-        "policies/thinger/ownership.cedar",
-        include_str!("../../policies/thinger/ownership.cedar"),
-    ),
-    (
-        "policies/thinger/public.cedar",
-        include_str!("../../policies/thinger/public.cedar"),
-    ),
-    (
-        "policies/thinger/roles.cedar",
-        include_str!("../../policies/thinger/roles.cedar"),
-    ),
-    (
-        "policies/thinger/tokens.cedar",
-        include_str!("../../policies/thinger/tokens.cedar"),
-    ),
+/// The thinger example beyond the profile's own files (`init::THINGER`): its project
+/// policies, directory and secret, as (path relative to the demo folder, content).
+const EXAMPLE: &[(&str, &str)] = &[
     (
         "policies/thinger/projects/dave@greenhouse.cedar",
         include_str!("../../policies/thinger/projects/dave@greenhouse.cedar"),
@@ -79,6 +48,11 @@ pub(crate) const PROFILE: &[(&str, &str)] = &[
         include_str!("../../examples/thinger/secret.key"),
     ),
 ];
+
+/// Every file the demo writes: the profile's, then the example's.
+fn profile() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    super::init::THINGER.iter().chain(EXAMPLE)
+}
 
 /// Where the gateway listens when the port is free.
 const PREFERRED: &str = "127.0.0.1:8080";
@@ -137,7 +111,7 @@ impl TempFolder {
 
     /// Writes the embedded profile and a config pointing at the mock; returns the config path.
     fn write_profile(&self, upstream: SocketAddr) -> Result<PathBuf, String> {
-        for (rel, text) in PROFILE {
+        for (rel, text) in profile() {
             let path = self.0.join(rel);
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
@@ -326,7 +300,7 @@ mod tests {
 
     /// The files the demo embeds, relative to the crate root.
     fn embedded_paths() -> impl Iterator<Item = &'static Path> {
-        PROFILE.iter().map(|(rel, _)| Path::new(*rel))
+        profile().map(|(rel, _)| Path::new(*rel))
     }
 
     /// The demo embeds every file of the example profile, so it cannot drift from it.
@@ -353,7 +327,7 @@ mod tests {
                 rel.display()
             );
         }
-        for (rel, text) in PROFILE {
+        for (rel, text) in profile() {
             assert_eq!(
                 &std::fs::read_to_string(root.join(rel)).unwrap(),
                 text,

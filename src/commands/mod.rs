@@ -6,6 +6,7 @@ pub(crate) mod demo;
 pub(crate) mod directory;
 pub(crate) mod fmt;
 pub(crate) mod import;
+pub(crate) mod init;
 pub(crate) mod report;
 
 use std::io::Write;
@@ -27,6 +28,7 @@ pub fn run(cli: &Cli) -> ExitStatus {
         Command::Check(args) => check::run(args, &mut out),
         Command::Validate(args) => validate(args, &mut out),
         Command::Fmt(args) => fmt::run(args, &mut out),
+        Command::Init(args) => init::run(args, &mut out),
         Command::Token(args) => token(args, &mut out),
         Command::Directory(args) => {
             runtime().and_then(|rt| rt.block_on(directory::run(args, &mut out)))

@@ -248,3 +248,53 @@ fn validate_json_and_junit_list_every_problem_with_file_and_line() {
     assert_eq!(v["ok"], true);
     assert!(v["routes"].as_u64().is_some_and(|n| n > 0));
 }
+
+#[test]
+fn init_writes_a_folder_that_validates_and_passes_its_suite_wherever_it_is_moved() {
+    for profile in ["thinger", "central"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("gate");
+        let (code, out) = iotgate(&["init", "--profile", profile, dir.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("iotgate check --config"), "{out}");
+        // self-contained: it works after a move
+        let moved = tmp.path().join("elsewhere");
+        std::fs::rename(&dir, &moved).unwrap();
+        let config = moved.join("iotgate.toml");
+        let (code, out) = iotgate(&["validate", "--config", config.to_str().unwrap()]);
+        assert_eq!(code, 0, "{profile}: {out}");
+        let checks = moved.join("checks.toml");
+        let (code, out) = iotgate(&[
+            "check",
+            "--config",
+            config.to_str().unwrap(),
+            checks.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{profile}: {out}");
+        assert!(out.ends_with("3 passed, 0 failed\n"), "{out}");
+        let (code, out) = iotgate(&["fmt", "--check", moved.join("policies").to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}");
+        let secret = std::fs::read_to_string(moved.join("secret.key")).unwrap();
+        assert_eq!(secret.trim().len(), 64, "a fresh 32-byte secret");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(moved.join("secret.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "the secret is readable by others: {mode:o}"
+            );
+        }
+        // never over an existing deployment
+        let (code, out) = iotgate(&["init", "--profile", profile, moved.to_str().unwrap()]);
+        assert_eq!(code, 2, "{out}");
+        assert_eq!(
+            std::fs::read_to_string(moved.join("secret.key")).unwrap(),
+            secret
+        );
+    }
+}
