@@ -31,6 +31,9 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Format policy files as `cedar format` does.
     Fmt(FmtArgs),
+    /// Find what validation cannot: unknown entities, unconfined project policies, forbids
+    /// without a reason, policies that can never apply.
+    Lint(LintArgs),
     /// Write a self-contained deployment folder for a bundled profile.
     Init(InitArgs),
     /// Mint a token signed with the configured key, for trying things out.
@@ -271,6 +274,27 @@ pub enum Profile {
     Thinger,
     /// IoT Central-style roles over an organization tree.
     Central,
+}
+
+/// `lint`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LintArgs {
+    /// The configuration.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "human")]
+    pub format: Format,
+    /// `warnings`: fail (exit 1) on warnings too.
+    #[arg(long, value_name = "WHAT", value_parser = ["warnings"])]
+    pub deny: Option<String>,
+}
+
+impl LintArgs {
+    /// Whether warnings fail the run.
+    pub fn deny_warnings(&self) -> bool {
+        self.deny.is_some()
+    }
 }
 
 /// `fmt`.

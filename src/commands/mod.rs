@@ -7,6 +7,7 @@ pub(crate) mod directory;
 pub(crate) mod fmt;
 pub(crate) mod import;
 pub(crate) mod init;
+pub(crate) mod lint;
 pub(crate) mod report;
 
 use std::io::Write;
@@ -29,6 +30,7 @@ pub fn run(cli: &Cli) -> ExitStatus {
         Command::Validate(args) => validate(args, &mut out),
         Command::Fmt(args) => fmt::run(args, &mut out),
         Command::Init(args) => init::run(args, &mut out),
+        Command::Lint(args) => lint::run(args, &mut out),
         Command::Token(args) => token(args, &mut out),
         Command::Directory(args) => {
             runtime().and_then(|rt| rt.block_on(directory::run(args, &mut out)))

@@ -298,3 +298,142 @@ fn init_writes_a_folder_that_validates_and_passes_its_suite_wherever_it_is_moved
         );
     }
 }
+
+/// A writable mini profile with `files` added under its policy folder.
+fn mini_with(files: &[(&str, &str)]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("mini"), &dir.path().join("mini"));
+    copy_dir(&fixture("keys"), &dir.path().join("keys"));
+    for (rel, text) in files {
+        let path = dir.path().join("mini/policies").join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let config = dir.path().join("mini/iotgate.toml");
+    (dir, config)
+}
+
+const LINTED: &str = r#"@id("typo")
+permit (
+  principal == Mini::User::"caorl",
+  action == Mini::Action::"ReadDevice",
+  resource
+);
+
+@id("no-reason")
+forbid (principal, action == Mini::Action::"ReadDevice", resource)
+when { principal.role == "x" };
+
+@id("wrong-type")
+permit (
+  principal is Mini::User,
+  action == Mini::Action::"CreateUser",
+  resource is Mini::Device
+);
+
+@id("look-alike")
+@reason("blocks the look-alike admin")
+forbid (principal is Mini::User, action == Mini::Action::"ReadDevice", resource)
+when { principal.role == "аdmin" };
+"#;
+
+const PROJECT: &str = r#"@id("alice@p1/bob/allow")
+permit (
+  principal == Mini::User::"bob",
+  action == Mini::Action::"ReadDevice",
+  resource
+)
+when { resource in Mini::Project::"shared" };
+"#;
+
+#[test]
+fn lint_reports_each_code_with_file_line_and_severity_and_exits_by_severity() {
+    let (_dir, config) = mini_with(&[
+        ("linted.cedar", LINTED),
+        ("projects/alice@p1.cedar", PROJECT),
+    ]);
+    let config = config.to_str().unwrap();
+    let (code, out) = iotgate(&["lint", "--config", config, "--format", "json"]);
+    assert_eq!(code, 1, "a project-reach error fails: {out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let findings = v["findings"].as_array().unwrap();
+    let find = |code: &str, needle: &str| {
+        findings
+            .iter()
+            .find(|f| f["code"] == code && f["message"].as_str().unwrap().contains(needle))
+            .unwrap_or_else(|| panic!("no {code} about {needle}: {out}"))
+            .clone()
+    };
+    let typo = find("unknown-entity", "Mini::User::\"caorl\"");
+    assert!(typo["file"].as_str().unwrap().ends_with("linted.cedar"));
+    assert_eq!(typo["line"], 1);
+    assert_eq!(typo["severity"], "warning");
+    assert_eq!(find("forbid-without-reason", "no-reason")["line"], 8);
+    assert_eq!(find("never-applies", "wrong-type")["line"], 12);
+    assert_eq!(find("confusable-text", "look-alike")["line"], 19);
+    let everyone = find("unconstrained-permit", "status-for-everyone");
+    assert!(everyone["file"].as_str().unwrap().ends_with("public.cedar"));
+    let reach = find("project-reach", "does not confine its resource");
+    assert_eq!(reach["severity"], "error");
+    assert!(reach["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("projects/alice@p1.cedar"));
+    find("project-reach", "names project `shared`");
+    assert_eq!(v["errors"], 2);
+    // the forbid with a reason and the constrained permits are not flagged
+    assert!(
+        !findings.iter().any(|f| f["code"] == "forbid-without-reason"
+            && f["message"].as_str().unwrap().contains("look-alike"))
+    );
+
+    let (code, out) = iotgate(&["lint", "--config", config]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(
+            "linted.cedar:1: warning[unknown-entity]: policy `typo` names Mini::User::\"caorl\""
+        ),
+        "{out}"
+    );
+    assert!(out.ends_with("2 errors, 8 warnings\n"), "{out}");
+
+    // warnings alone pass, unless denied
+    let (_clean, config) = mini_with(&[("linted.cedar", LINTED)]);
+    let config = config.to_str().unwrap();
+    let (code, out) = iotgate(&["lint", "--config", config]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = iotgate(&["lint", "--config", config, "--deny", "warnings"]);
+    assert_eq!(code, 1, "{out}");
+    let (code, xml) = iotgate(&["lint", "--config", config, "--format", "junit"]);
+    assert_eq!(code, 0, "{xml}");
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    assert_eq!(
+        doc.descendants()
+            .filter(|n| n.has_tag_name("failure"))
+            .count(),
+        7
+    );
+
+    // a config that does not load is exit 2, with its problems
+    let bad = fixture("bad/broken-everything.toml");
+    let (code, out) = iotgate(&["lint", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("broken.cedar:6: error[load]"), "{out}");
+}
+
+#[test]
+fn the_bundled_profiles_lint_clean_with_warnings_denied() {
+    for profile in ["thinger", "central"] {
+        let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("examples/{profile}/iotgate.toml"));
+        let (code, out) = iotgate(&[
+            "lint",
+            "--config",
+            config.to_str().unwrap(),
+            "--deny",
+            "warnings",
+        ]);
+        assert_eq!(code, 0, "{profile}: {out}");
+        assert!(out.ends_with("0 errors, 0 warnings\n"), "{out}");
+    }
+}
