@@ -202,7 +202,7 @@ fn timestamp(buf: &mut Vec<u8>) {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` of a Unix time (Howard Hinnant's days-to-civil algorithm).
-fn civil(secs: u64) -> String {
+pub(crate) fn civil(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let z = days + 719_468;

@@ -207,14 +207,19 @@ fn check_against_reports_the_cases_a_policy_change_would_flip() {
     let config = fixture("mini/iotgate.toml");
     let suite = fixture("mini/checks.toml");
     let same = fixture("mini/policies");
-    let (code, out) = iotgate(&[
-        "check",
-        "--config",
-        config.to_str().unwrap(),
-        suite.to_str().unwrap(),
-        "--against",
-        same.to_str().unwrap(),
-    ]);
+    let against = |dir: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "check",
+            "--config",
+            config.to_str().unwrap(),
+            suite.to_str().unwrap(),
+            "--against",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        iotgate(&args)
+    };
+    let (code, out) = against(&same, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.trim_end()
@@ -228,14 +233,7 @@ fn check_against_reports_the_cases_a_policy_change_would_flip() {
     let candidate = tempfile::tempdir().unwrap();
     crate::support::copy_dir(&same, candidate.path());
     std::fs::remove_file(candidate.path().join("projects/shared.cedar")).unwrap();
-    let (code, out) = iotgate(&[
-        "check",
-        "--config",
-        config.to_str().unwrap(),
-        suite.to_str().unwrap(),
-        "--against",
-        candidate.path().to_str().unwrap(),
-    ]);
+    let (code, out) = against(candidate.path(), &[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("VERDICT   member reads a shared device  (GET /v1/users/alice/devices/d1): allow by [shared.allow] → 403 forbidden"), "{out}");
     // 403 → 403 by other policies is not a verdict change
@@ -259,14 +257,7 @@ fn check_against_reports_the_cases_a_policy_change_would_flip() {
         text.replace("@id(\"owner-full\")", "@id(\"owners\")"),
     )
     .unwrap();
-    let (code, out) = iotgate(&[
-        "check",
-        "--config",
-        config.to_str().unwrap(),
-        suite.to_str().unwrap(),
-        "--against",
-        renamed.path().to_str().unwrap(),
-    ]);
+    let (code, out) = against(renamed.path(), &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("POLICIES  owner reads own device  (GET /v1/users/alice/devices/d1): allow by [owner-full] → allow by [owners]"), "{out}");
     assert!(!out.contains("VERDICT"), "{out}");
@@ -274,16 +265,7 @@ fn check_against_reports_the_cases_a_policy_change_would_flip() {
         out.contains("0 of 15 cases would change verdict, "),
         "{out}"
     );
-    let (_, json) = iotgate(&[
-        "check",
-        "--config",
-        config.to_str().unwrap(),
-        suite.to_str().unwrap(),
-        "--against",
-        renamed.path().to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
+    let (_, json) = against(renamed.path(), &["--format", "json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["verdict_changed"].as_array().unwrap().len(), 0, "{json}");
     let changed = v["policies_changed"].as_array().unwrap();
