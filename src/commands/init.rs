@@ -90,7 +90,47 @@ const CENTRAL: &[(&str, &str)] = &[
 struct Starter {
     files: &'static [(&'static str, &'static str)],
     config: &'static str,
-    checks: &'static str,
+    /// A request that needs an account (the starter suite sends it without and as a stranger).
+    guarded: &'static str,
+    /// The public login request and its body (a TOML value).
+    login: &'static str,
+    login_body: &'static str,
+}
+
+impl Starter {
+    /// The starter `checks.toml`: three cases that hold on an empty directory.
+    fn checks(&self) -> String {
+        let Starter {
+            guarded,
+            login,
+            login_body,
+            ..
+        } = self;
+        format!(
+            r#"# Decision suite: iotgate check --config iotgate.toml checks.toml
+# Add a case for every rule you rely on; `--coverage` lists the policies no case reaches.
+
+[[case]]
+name = "a request without a token is refused"
+anonymous = true
+request = "{guarded}"
+expect = 401
+
+[[case]]
+name = "an account the directory does not have is not let in"
+as = "nobody"
+request = "{guarded}"
+expect = 401
+
+[[case]]
+name = "login needs no token"
+anonymous = true
+request = "{login}"
+body = {login_body}
+expect = "allow"
+"#
+        )
+    }
 }
 
 const THINGER_STARTER: Starter = Starter {
@@ -123,28 +163,9 @@ ttl_seconds = 30
 [license]
 max_accounts = 5                          # your subscription's account limit
 "#,
-    checks: r#"# Decision suite: iotgate check --config iotgate.toml checks.toml
-# Add a case for every rule you rely on; `--coverage` lists the policies no case reaches.
-
-[[case]]
-name = "a request without a token is refused"
-anonymous = true
-request = "GET /v1/users/alice/devices"
-expect = 401
-
-[[case]]
-name = "an account the directory does not have is not let in"
-as = "nobody"
-request = "GET /v1/users/nobody/devices"
-expect = 401
-
-[[case]]
-name = "login needs no token"
-anonymous = true
-request = "POST /oauth/token"
-body = "grant_type=password&username=alice&password=secret"
-expect = "allow"
-"#,
+    guarded: "GET /v1/users/nobody/devices",
+    login: "POST /oauth/token",
+    login_body: r#""grant_type=password&username=alice&password=secret""#,
 };
 
 const CENTRAL_STARTER: Starter = Starter {
@@ -169,28 +190,9 @@ policies = ["policies"]
 directory = ["directory"]                 # `iotgate import central … --out .` fills it
 reload = "watch"
 "#,
-    checks: r#"# Decision suite: iotgate check --config iotgate.toml checks.toml
-# Add a case for every rule you rely on; `--coverage` lists the policies no case reaches.
-
-[[case]]
-name = "a request without a token is refused"
-anonymous = true
-request = "GET /api/devices/d1"
-expect = 401
-
-[[case]]
-name = "an account the directory does not have is not let in"
-as = "nobody"
-request = "GET /api/devices/d1"
-expect = 401
-
-[[case]]
-name = "login needs no token"
-anonymous = true
-request = "POST /auth/login"
-body = { username = "alice", password = "secret" }
-expect = "allow"
-"#,
+    guarded: "GET /api/devices/d1",
+    login: "POST /auth/login",
+    login_body: r#"{ username = "alice", password = "secret" }"#,
 };
 
 /// Runs `init`: exit 0 written, 2 the folder is not empty or cannot be written.
@@ -245,7 +247,7 @@ fn write(starter: &Starter, dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir.join("policies/projects"))?;
     std::fs::create_dir_all(dir.join("directory"))?;
     put(&dir.join("iotgate.toml"), starter.config)?;
-    put(&dir.join("checks.toml"), starter.checks)?;
+    put(&dir.join("checks.toml"), &starter.checks())?;
     let secret = dir.join("secret.key");
     put(&secret, &random_secret()?)?;
     #[cfg(unix)]
