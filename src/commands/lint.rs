@@ -5,6 +5,7 @@
 //!   ─▶ each policy (JSON form, origin file:line) ─▶ unknown-entity, forbid-without-reason,
 //!      unconstrained-permit, project-reach
 //!   ─▶ Cedar's validator warnings ─▶ never-applies, confusable-text
+//!   ─▶ the directory files (each entity's file:line) ─▶ dangling-reference
 //!   ─▶ findings (sorted by file, line) ─▶ report (human | json | junit)
 //! ```
 //!
@@ -22,6 +23,7 @@ use serde_json::{json, Value};
 use crate::authz::snapshot::{Loaded, Snapshot};
 use crate::commands::cli::{ExitStatus, LintArgs};
 use crate::commands::report::{self, Finding, Format, Severity};
+use crate::model::directory::Directory;
 use crate::model::policy::Origin;
 
 /// Runs `lint`.
@@ -37,7 +39,7 @@ pub(crate) fn run(args: &LintArgs, out: &mut dyn Write) -> std::io::Result<ExitS
             return Ok(ExitStatus::Error);
         }
     };
-    let findings = lint(&loaded.snapshot);
+    let findings = lint(&loaded);
     write_findings(args.format, &findings, out)?;
     let errors = findings
         .iter()
@@ -78,9 +80,42 @@ fn write_findings(
     Ok(())
 }
 
-/// Every finding of a loaded snapshot, sorted by file and line.
-pub(crate) fn lint(snapshot: &Snapshot) -> Vec<Finding> {
-    let mut findings = Vec::new();
+/// Directory entries whose parents or entity attributes name entities the directory files
+/// do not have (the files as written; the journal is the gateway's own).
+fn directory_findings(loaded: &Loaded) -> Vec<Finding> {
+    let snapshot = &loaded.snapshot;
+    let paths = &loaded.config.policy.directory;
+    let Ok((dir, at)) = Directory::load_located(paths, &snapshot.catalog, &snapshot.routes.rules)
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for node in dir.nodes() {
+        let parents = node.parents().into_iter().filter(|p| dir.get(p).is_none());
+        let parents = parents.map(|p| (p, "parent"));
+        let refs = node.refs().into_iter().filter(|r| dir.node(*r).is_none());
+        let refs = refs.map(|r| (dir.uid(r), "attribute"));
+        for (missing, kind) in parents.chain(refs) {
+            let place = at.of(node.index());
+            out.push(Finding {
+                file: place.map(|(f, _)| f.to_path_buf()),
+                line: place.map(|(_, l)| l),
+                code: "dangling-reference".to_string(),
+                severity: Severity::Warning,
+                message: format!(
+                    "entity {} names {missing} as {kind}, which the directory does not have",
+                    node.uid()
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// Every finding of a loaded configuration, sorted by file and line.
+pub(crate) fn lint(loaded: &Loaded) -> Vec<Finding> {
+    let snapshot = &loaded.snapshot;
+    let mut findings = directory_findings(loaded);
     for policy in snapshot.policies.set.policies() {
         let origin = snapshot.policies.origins.get(policy.id());
         let file = origin.map(|o| o.file.as_path());

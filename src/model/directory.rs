@@ -72,6 +72,21 @@ struct Slot {
     deeper: Box<[u32]>,
 }
 
+/// Where the entities of a directory load are written.
+#[derive(Debug, Default)]
+pub struct Locations {
+    files: Vec<PathBuf>,
+    defined_at: Vec<Option<(u32, usize)>>,
+}
+
+impl Locations {
+    /// The file and 1-based line of the entity in a slot, when a file defines it.
+    pub fn of(&self, index: u32) -> Option<(&Path, usize)> {
+        let (file, line) = (*self.defined_at.get(index as usize)?)?;
+        Some((self.files.get(file as usize)?.as_path(), line))
+    }
+}
+
 /// A profile's rule for entities of one type, checked at load (e.g. "each user has exactly
 /// one org and one of four roles").
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,6 +298,18 @@ impl Directory {
         catalog: &Catalog,
         rules: &[EntityRule],
     ) -> Result<Directory, Problems> {
+        Directory::load_located(paths, catalog, rules).map(|(dir, _)| dir)
+    }
+
+    /// [`Directory::load`], also returning where each entity is written (for `lint`).
+    ///
+    /// # Errors
+    /// As [`Directory::load`].
+    pub fn load_located(
+        paths: &[PathBuf],
+        catalog: &Catalog,
+        rules: &[EntityRule],
+    ) -> Result<(Directory, Locations), Problems> {
         let mut problems = Problems::new();
         let mut dir = Directory::default();
         let mut defined_at: Vec<Option<(u32, usize)>> = Vec::new();
@@ -353,7 +380,7 @@ impl Directory {
                 ),
             ));
         }
-        problems.into_result(dir)
+        problems.into_result((dir, Locations { files, defined_at }))
     }
 
     /// Adds (or replaces) an entity made by iotgate itself, e.g. the license `Server`, with
@@ -559,7 +586,7 @@ impl Directory {
     }
 
     /// The uid of a slot.
-    fn uid(&self, index: u32) -> EntityUid {
+    pub(crate) fn uid(&self, index: u32) -> EntityUid {
         let slot = &self.slots[index as usize];
         EntityUid::from_type_name_and_id(
             self.types[slot.ty as usize].clone(),

@@ -348,10 +348,15 @@ when { resource in Mini::Project::"shared" };
 
 #[test]
 fn lint_reports_each_code_with_file_line_and_severity_and_exits_by_severity() {
-    let (_dir, config) = mini_with(&[
+    let (dir, config) = mini_with(&[
         ("linted.cedar", LINTED),
         ("projects/alice@p1.cedar", PROJECT),
     ]);
+    std::fs::write(
+        dir.path().join("mini/directory/extra.json"),
+        "[\n  {\"uid\": {\"type\": \"Mini::Device\", \"id\": \"alice/d9\"}, \"attrs\": {\"owner\": {\"type\": \"Mini::User\", \"id\": \"alice\"}},\n   \"parents\": [{\"type\": \"Mini::Project\", \"id\": \"nowhere\"}]}\n]\n",
+    )
+    .unwrap();
     let config = config.to_str().unwrap();
     let (code, out) = iotgate(&["lint", "--config", config, "--format", "json"]);
     assert_eq!(code, 1, "a project-reach error fails: {out}");
@@ -380,6 +385,24 @@ fn lint_reports_each_code_with_file_line_and_severity_and_exits_by_severity() {
         .unwrap()
         .ends_with("projects/alice@p1.cedar"));
     find("project-reach", "names project `shared`");
+    let orphan = find(
+        "dangling-reference",
+        "Mini::Device::\"alice/orphan\" names Mini::User::\"ghost\" as attribute",
+    );
+    assert!(orphan["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("directory/devices.json"));
+    assert_eq!(orphan["line"], 6);
+    let homeless = find(
+        "dangling-reference",
+        "names Mini::Project::\"nowhere\" as parent",
+    );
+    assert!(homeless["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("directory/extra.json"));
+    assert_eq!(homeless["line"], 2);
     assert_eq!(v["errors"], 2);
     // the forbid with a reason and the constrained permits are not flagged
     assert!(
@@ -395,7 +418,7 @@ fn lint_reports_each_code_with_file_line_and_severity_and_exits_by_severity() {
         ),
         "{out}"
     );
-    assert!(out.ends_with("2 errors, 8 warnings\n"), "{out}");
+    assert!(out.ends_with("2 errors, 10 warnings\n"), "{out}");
 
     // warnings alone pass, unless denied
     let (_clean, config) = mini_with(&[("linted.cedar", LINTED)]);
@@ -411,7 +434,7 @@ fn lint_reports_each_code_with_file_line_and_severity_and_exits_by_severity() {
         doc.descendants()
             .filter(|n| n.has_tag_name("failure"))
             .count(),
-        7
+        8
     );
 
     // a config that does not load is exit 2, with its problems
