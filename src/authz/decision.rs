@@ -257,6 +257,18 @@ pub struct Decision {
     /// What the request changes in the directory once the upstream answers 2xx (the
     /// route's effects, resolved).
     pub effects: Vec<Change>,
+    /// What the policies were asked about beyond method, path and query, kept only when
+    /// the gateway records decision inputs (`[log] decision_inputs`).
+    pub read: Option<Box<Read>>,
+}
+
+/// A recorded decision's claims and body fields: never the token, never the raw body.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Read {
+    /// The verified token's claims (empty for the anonymous principal).
+    pub claims: Claims,
+    /// What of the body the route read ([`Route::read_of`]), when it read one.
+    pub body: Option<Value>,
 }
 
 impl Decision {
@@ -276,6 +288,7 @@ impl Decision {
             shadow: None,
             cached: false,
             effects: Vec::new(),
+            read: None,
         }
     }
 
@@ -348,6 +361,8 @@ pub struct Pending<'s> {
     principal: NodeRef<'s>,
     /// Whether a body would be read as JSON (checked only when one is sent).
     media: Result<(), HeaderError>,
+    /// Whether the decision keeps what it read ([`Decision::read`]).
+    record: bool,
     decision: Decision,
 }
 
@@ -429,11 +444,18 @@ pub fn begin<'s>(
         } else {
             Ok(())
         },
+        record: false,
         decision,
     })
 }
 
 impl<'s> Pending<'s> {
+    /// Keeps what the decision reads in [`Decision::read`] (for the decision-input record).
+    pub fn recording(mut self, on: bool) -> Self {
+        self.record = on;
+        self
+    }
+
     /// Whether [`Pending::decide`] needs the request body.
     pub fn needs_body(&self) -> bool {
         self.route.needs_body()
@@ -490,6 +512,12 @@ impl<'s> Pending<'s> {
                 }
             }
         };
+        if self.record {
+            decision.read = Some(Box::new(Read {
+                claims: self.claims.clone(),
+                body: body.as_ref().map(|b| self.route.read_of(b)),
+            }));
+        }
         let principal = self.principal;
         let principal_parents = move || principal.parents();
         let inputs = Inputs {

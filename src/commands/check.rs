@@ -193,6 +193,9 @@ pub(crate) fn run(args: &CheckArgs, out: &mut dyn Write) -> std::io::Result<Exit
                 writeln!(out, "warning: JWKS {}: {e}", remote.status().url)?;
             }
         }
+        if let Some(file) = &args.replay {
+            return super::replay::run(loaded, args, file, out).await;
+        }
         match (&args.request, &args.against) {
             (Some(request), _) => explain_one(loaded, args, request, out).await,
             (None, Some(dir)) => compare(loaded, args, dir, out).await,

@@ -196,7 +196,7 @@ pub struct CheckArgs {
     #[command(flatten)]
     pub config: ConfigArg,
     /// Decision suites (TOML files of `[[case]]`s).
-    #[arg(required_unless_present = "request", conflicts_with = "request")]
+    #[arg(required_unless_present_any = ["request", "replay"], conflicts_with_all = ["request", "replay"])]
     pub suites: Vec<PathBuf>,
     /// One request to explain, as "METHOD /path?query".
     #[arg(long)]
@@ -205,7 +205,7 @@ pub struct CheckArgs {
     #[arg(long, requires = "request", conflicts_with = "as_user")]
     pub token: Option<String>,
     /// Decide as this user without a token signature.
-    #[arg(long = "as", value_name = "USER", requires = "request", required_unless_present_any = ["token", "suites", "anonymous"])]
+    #[arg(long = "as", value_name = "USER", requires = "request", required_unless_present_any = ["token", "suites", "anonymous", "replay"])]
     pub as_user: Option<String>,
     /// Send no token: the anonymous principal on a public route (`auth` `none` or
     /// `optional`), 401 elsewhere.
@@ -223,15 +223,24 @@ pub struct CheckArgs {
     /// The same as `--format json`.
     #[arg(long, conflicts_with = "format")]
     pub json: bool,
-    /// Report every suite case whose decision would change with this policy folder instead.
+    /// Report every suite case (or `--replay` request) whose decision would change with this
+    /// policy folder instead.
     #[arg(long, value_name = "DIR", conflicts_with = "request")]
     pub against: Option<PathBuf>,
+    /// Decide again every request recorded in this file (`[log] decision_inputs`), with the
+    /// live and the candidate policies (`--against`) and directory (`--directory-against`),
+    /// and report the decisions that flip.
+    #[arg(long, value_name = "FILE", conflicts_with = "request")]
+    pub replay: Option<PathBuf>,
+    /// With `--replay`: the candidate directory folder.
+    #[arg(long, value_name = "DIR", requires = "replay")]
+    pub directory_against: Option<PathBuf>,
     /// After the suites, list the policies that determined no case.
-    #[arg(long, conflicts_with_all = ["request", "against"])]
+    #[arg(long, conflicts_with_all = ["request", "against", "replay"])]
     pub coverage: bool,
     /// Fail (exit 1) when fewer than PCT % of the policies determined a case (implies
     /// `--coverage`).
-    #[arg(long, value_name = "PCT", conflicts_with_all = ["request", "against"])]
+    #[arg(long, value_name = "PCT", conflicts_with_all = ["request", "against", "replay"])]
     pub coverage_min: Option<f64>,
 }
 

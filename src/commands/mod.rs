@@ -8,6 +8,7 @@ pub(crate) mod fmt;
 pub(crate) mod import;
 pub(crate) mod init;
 pub(crate) mod lint;
+pub(crate) mod replay;
 pub(crate) mod report;
 
 use std::io::Write;

@@ -60,6 +60,23 @@ struct FileConfig {
     license: Option<FileLicense>,
     directory: Option<FileDirectory>,
     admin: Option<FileAdmin>,
+    log: Option<FileLog>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FileLog {
+    decision_inputs: Option<String>,
+    #[serde(default = "default_inputs_max_bytes")]
+    decision_inputs_max_bytes: u64,
+}
+
+/// Size at which the decision-input record is rotated by default (100 MiB).
+const DEFAULT_INPUTS_MAX_BYTES: u64 = 100 << 20;
+/// The smallest rotation size accepted.
+const MIN_INPUTS_MAX_BYTES: u64 = 64 << 10;
+
+fn default_inputs_max_bytes() -> u64 {
+    DEFAULT_INPUTS_MAX_BYTES
 }
 
 #[derive(Debug, Deserialize)]
@@ -383,6 +400,26 @@ pub struct Config {
     pub directory: DirectoryConfig,
     /// `[admin]`.
     pub admin: AdminConfig,
+    /// `[log]`.
+    pub log: LogConfig,
+}
+
+/// `[log]`: what `serve` records besides its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Where each decision's inputs are recorded (JSON lines) for `check --replay`.
+    pub decision_inputs: Option<PathBuf>,
+    /// The record is rotated (to `<file>.1`) past this size.
+    pub decision_inputs_max_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            decision_inputs: None,
+            decision_inputs_max_bytes: DEFAULT_INPUTS_MAX_BYTES,
+        }
+    }
 }
 
 /// `[directory]`.
@@ -724,6 +761,18 @@ impl Config {
         let admin = AdminConfig {
             token_file: file.admin.and_then(|a| a.token_file).map(|p| ctx.path(&p)),
         };
+        let log = file.log.map_or_else(LogConfig::default, |l| {
+            if l.decision_inputs_max_bytes < MIN_INPUTS_MAX_BYTES {
+                problems.push(source.problem(
+                    "log.decision_inputs_max_bytes",
+                    format!("must be at least {MIN_INPUTS_MAX_BYTES}"),
+                ));
+            }
+            LogConfig {
+                decision_inputs: l.decision_inputs.as_deref().map(|p| ctx.path(p)),
+                decision_inputs_max_bytes: l.decision_inputs_max_bytes,
+            }
+        });
         let license = file.license.map(|l| LicenseConfig {
             max_accounts: l.max_accounts,
             licensed_roles: l.licensed_roles,
@@ -738,6 +787,7 @@ impl Config {
                 license,
                 directory,
                 admin,
+                log,
             }),
             _ => Err(problems),
         }

@@ -41,8 +41,10 @@ use crate::model::directory::change::Change;
 use crate::model::directory::journal::Journal;
 use crate::model::routes::{Auth, Route};
 use crate::proxy::response::{full, Body, BoxError, Failure, UpstreamError, REQUEST_ID};
+use crate::request::uri::Query;
 use crate::request::{headers, TlsSession};
 use crate::telemetry;
+use crate::telemetry::inputs::{Entry, Recorder};
 use crate::telemetry::metrics::{Metrics, UpstreamFailure};
 
 /// Longest client-sent `X-Request-Id` kept as is.
@@ -77,6 +79,8 @@ pub struct Gateway {
     changes: AtomicU64,
     /// `[directory] compact_after`.
     compact_after: usize,
+    /// `[log] decision_inputs` (`serve` only).
+    recorder: Option<Recorder>,
 }
 
 /// Why a directory change was not applied.
@@ -105,6 +109,19 @@ impl Gateway {
         })?;
         let metrics = Metrics::default();
         let journal = open_journal(config, &snapshot)?;
+        let recorder = match &config.log.decision_inputs {
+            Some(path) => Some(
+                Recorder::open(
+                    path,
+                    config.log.decision_inputs_max_bytes,
+                    metrics.inputs_dropped(),
+                )
+                .map_err(|e| {
+                    config.problem("log.decision_inputs", format!("{}: {e}", path.display()))
+                })?,
+            ),
+            None => None,
+        };
         Ok(Gateway {
             verifier,
             swapped: tokio::sync::watch::Sender::new(snapshot.generation),
@@ -122,6 +139,7 @@ impl Gateway {
             compact_after: config.directory.compact_after,
             trusts_claims: false,
             upstream_answered: AtomicU64::new(0),
+            recorder,
         })
     }
 
@@ -155,6 +173,7 @@ impl Gateway {
             server,
             trusts_claims: true,
             upstream_answered: AtomicU64::new(0),
+            recorder: None,
         }
     }
 
@@ -313,8 +332,17 @@ impl Gateway {
             None => self.decide(&snapshot, &parts, body, client).await,
         };
         let origin = parts.headers.get(http::header::ORIGIN).cloned();
+        let target = decision.read.as_ref().map(|_| {
+            let query = Query::new(parts.uri.query());
+            let query = match self.verifier.query_parameter() {
+                Some(token) => query.without(token),
+                None => parts.uri.query().map(String::from),
+            };
+            (parts.uri.path().to_string(), query)
+        });
         let mut record = Record {
             gateway: self,
+            target,
             client,
             shadow_version: snapshot.shadow_version.clone(),
             request_id,
@@ -496,6 +524,7 @@ impl Gateway {
             Err(rejected) => return (*rejected, None, None),
             Ok(p) => p,
         };
+        let pending = pending.recording(self.recorder.is_some());
         let route = Some(pending.route());
         if let (Some(limiter), Auth::Optional | Auth::None) = (&self.limiter, pending.route().auth)
         {
@@ -617,6 +646,8 @@ pub(crate) struct ClientBodyError(BoxError);
 /// upstream may have executed it, so it must not go unrecorded.
 struct Record<'g> {
     gateway: &'g Gateway,
+    /// Path and query (without the token parameter) when decision inputs are recorded.
+    target: Option<(String, Option<String>)>,
     client: IpAddr,
     shadow_version: Option<Arc<str>>,
     request_id: String,
@@ -652,6 +683,32 @@ impl Drop for Record<'_> {
                 decision,
                 self.shadow_version.as_deref(),
             );
+        }
+        if let (Some(recorder), Some(read), Some((path, query))) =
+            (&self.gateway.recorder, &decision.read, self.target.take())
+        {
+            recorder.record(&Entry {
+                at: telemetry::record::now(),
+                request_id: self.request_id.clone(),
+                method: self.method.to_string(),
+                path,
+                query,
+                principal: decision.principal.clone().unwrap_or_default(),
+                claims: read.claims.clone(),
+                anonymous: decision.anonymous,
+                body: read.body.clone(),
+                route: decision.route.clone().unwrap_or_default(),
+                status,
+                decision: if decision.is_allowed() {
+                    "allow"
+                } else {
+                    "deny"
+                }
+                .into(),
+                policies: decision.policies.clone(),
+                policy_version: decision.policy_version.to_string(),
+                directory_version: decision.directory_version.to_string(),
+            });
         }
         telemetry::decision(
             &self.request_id,

@@ -289,6 +289,21 @@ impl<'a> Query<'a> {
         self.find(name, |k| k.eq_ignore_ascii_case(name))
     }
 
+    /// The raw query without the pairs named `name` in any ASCII case (the token
+    /// parameter, before a query is recorded); `None` when nothing is left.
+    pub fn without(&self, name: &str) -> Option<String> {
+        let kept: Vec<&str> = self
+            .raw
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter(|pair| {
+                let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
+                !form_decode(k).is_some_and(|k| k.eq_ignore_ascii_case(name))
+            })
+            .collect();
+        (!kept.is_empty()).then(|| kept.join("&"))
+    }
+
     fn find(
         &self,
         name: &str,
@@ -312,6 +327,22 @@ impl<'a> Query<'a> {
     }
 }
 
+/// `text` encoded for an `application/x-www-form-urlencoded` name or value (every byte but
+/// ASCII letters, digits and `*-._` percent-encoded, spaces as `+`).
+pub(crate) fn form_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 pub(crate) fn form_decode(raw: &str) -> Option<String> {
     let plus = raw.replace('+', " ");
     String::from_utf8(decode(&plus)?).ok()
@@ -320,6 +351,25 @@ pub(crate) fn form_decode(raw: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_drops_every_spelling_of_the_parameter_and_keeps_the_rest_raw() {
+        let q = Query::new(Some(
+            "a=1&authorization=x&Authorization=y&%61uthorization=z&b=%20",
+        ));
+        assert_eq!(q.without("authorization").as_deref(), Some("a=1&b=%20"));
+        assert_eq!(
+            Query::new(Some("authorization=x")).without("authorization"),
+            None
+        );
+    }
+
+    #[test]
+    fn form_encoding_round_trips() {
+        for text in ["grant_type=password&x", "a b+c", "ünï/%"] {
+            assert_eq!(form_decode(&form_encode(text)).as_deref(), Some(text));
+        }
+    }
 
     #[test]
     fn path_normalization_table() {

@@ -43,6 +43,8 @@ pub struct Metrics {
     directory_changes: AtomicU64,
     streams_revoked: Arc<AtomicU64>,
     streams_redecided: Arc<AtomicU64>,
+    /// Decision-input entries dropped because the record file fell behind.
+    inputs_dropped: Arc<AtomicU64>,
     directory_change_failures: AtomicU64,
     internal_errors: AtomicU64,
     connections: Arc<Connections>,
@@ -147,6 +149,11 @@ impl Metrics {
     /// task counts into it).
     pub fn streams_redecided(&self) -> Arc<AtomicU64> {
         self.streams_redecided.clone()
+    }
+
+    /// The counter of dropped decision-input entries, for the recorder to count into.
+    pub(crate) fn inputs_dropped(&self) -> Arc<AtomicU64> {
+        self.inputs_dropped.clone()
     }
 
     /// Counts a directory change (effect or API), applied or refused.
@@ -297,6 +304,12 @@ impl Metrics {
                 "counter",
                 "Log lines (decision records included) dropped because the log writer fell behind.",
                 one(super::log_lines_dropped()),
+            ),
+            (
+                "iotgate_decision_inputs_dropped_total".into(),
+                "counter",
+                "Decision-input entries ([log] decision_inputs) dropped because the file fell behind.",
+                one(get(&self.inputs_dropped)),
             ),
             (
                 "iotgate_rate_limited_total".into(),
@@ -499,6 +512,7 @@ mod tests {
             "iotgate_jwks_fetches_total{result=\"failed\"} 1",
             "iotgate_key_generation 3",
             "iotgate_log_lines_dropped_total 0",
+            "iotgate_decision_inputs_dropped_total 0",
             "iotgate_connections_open 0",
             "# TYPE iotgate_decision_duration_seconds histogram",
         ] {

@@ -8,6 +8,7 @@
 //! Fields are stable names; the raw path and query are never logged (Thinger tokens travel
 //! in `?authorization=`), only the route template, and no header value is ever logged.
 
+pub(crate) mod inputs;
 pub(crate) mod metrics;
 pub(crate) mod record;
 pub(crate) mod sink;
@@ -47,7 +48,8 @@ pub(crate) fn log_lines_dropped() -> u64 {
 pub(crate) fn init(format: LogFormat) -> Option<sink::Guard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (sink, guard) = sink::Sink::start(LOG_BUFFER_BYTES, std::io::stderr()).ok()?;
+    let (sink, guard) =
+        sink::Sink::start(LOG_BUFFER_BYTES, std::io::stderr(), Arc::default()).ok()?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

@@ -184,6 +184,13 @@ fn logfmt_value(buf: &mut Vec<u8>, value: &str) {
     }
 }
 
+/// The current UTC time as RFC 3339 with microseconds.
+pub(crate) fn now() -> String {
+    let mut buf = Vec::with_capacity(27);
+    timestamp(&mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
 /// Appends the current UTC time as RFC 3339 with microseconds (`2026-12-02T04:29:49.531944Z`).
 fn timestamp(buf: &mut Vec<u8>) {
     let now = SystemTime::now()

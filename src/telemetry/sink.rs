@@ -24,7 +24,7 @@ const BATCH_BYTES: usize = 256 << 10;
 pub(crate) struct Sink {
     pending: Mutex<Pending>,
     wake: Condvar,
-    dropped: AtomicU64,
+    dropped: Arc<AtomicU64>,
     limit: usize,
 }
 
@@ -43,15 +43,16 @@ pub(crate) struct Guard {
 
 impl Sink {
     /// A sink holding at most `limit` unwritten bytes, written to `out` by a thread of its
-    /// own.
+    /// own; lines it drops are counted into `dropped`.
     pub(crate) fn start(
         limit: usize,
         out: impl Write + Send + 'static,
+        dropped: Arc<AtomicU64>,
     ) -> std::io::Result<(Arc<Sink>, Guard)> {
         let sink = Arc::new(Sink {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
-            dropped: AtomicU64::new(0),
+            dropped,
             limit,
         });
         let writer = sink.clone();
@@ -176,7 +177,7 @@ mod tests {
     #[test]
     fn every_line_from_every_thread_is_written_whole_before_the_guard_returns() {
         let out = Shared::default();
-        let (sink, guard) = Sink::start(64 << 20, out.clone()).unwrap();
+        let (sink, guard) = Sink::start(64 << 20, out.clone(), Arc::default()).unwrap();
         std::thread::scope(|s| {
             for t in 0..4 {
                 let sink = &sink;
@@ -221,7 +222,8 @@ mod tests {
     fn a_stuck_output_drops_and_counts_lines_instead_of_blocking_the_caller() {
         let (release, stuck) = std::sync::mpsc::channel();
         let out = Shared::default();
-        let (sink, guard) = Sink::start(1_000, Blocked(stuck, out.clone())).unwrap();
+        let (sink, guard) =
+            Sink::start(1_000, Blocked(stuck, out.clone()), Arc::default()).unwrap();
         sink.append(b"first\n");
         // the writer takes "first" and blocks on it; the next lines fill the limit
         std::thread::sleep(Duration::from_millis(50));

@@ -460,3 +460,165 @@ fn the_bundled_profiles_lint_clean_with_warnings_denied() {
         assert!(out.ends_with("0 errors, 0 warnings\n"), "{out}");
     }
 }
+
+/// A request with a bearer token and an optional JSON body.
+fn call(method: &str, url: &str, bearer: &str, body: Option<&str>) -> http::Request<iotgate::Body> {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", format!("Bearer {bearer}"));
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
+    let bytes = bytes::Bytes::from(body.unwrap_or("").to_string());
+    b.body(iotgate::full(bytes)).unwrap()
+}
+
+#[tokio::test]
+async fn replay_of_recorded_traffic_reports_exactly_the_flips_a_change_makes() {
+    use crate::support::{send, token, Served, Upstream};
+    let up = Upstream::start().await;
+    let (dir, config) = Served::mini(&format!("http://{}", up.addr), "off", "");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[log]\ndecision_inputs = \"inputs.jsonl\"\n");
+    std::fs::write(&config, text).unwrap();
+    let mut served = Served::spawn(dir, &config);
+    let (bob, alice, root) = (
+        token(serde_json::json!({"usr": "bob"})),
+        token(serde_json::json!({"usr": "alice"})),
+        token(serde_json::json!({"usr": "root"})),
+    );
+    let d1 = served.url("/v1/users/alice/devices/d1");
+    let traffic = [
+        (call("GET", &d1, &bob, None), 200),
+        (call("GET", &d1, &bob, None), 200),
+        (
+            call(
+                "POST",
+                &served.url("/v1/users/alice/devices/d1/led"),
+                &bob,
+                None,
+            ),
+            403,
+        ),
+        (call("GET", &d1, &alice, None), 200),
+        (
+            call(
+                "POST",
+                &served.url("/v1/users"),
+                &root,
+                Some(r#"{"id": "dora", "role": "admin", "password": "hunter2"}"#),
+            ),
+            200,
+        ),
+    ];
+    for (request, status) in traffic {
+        assert_eq!(send(request).await.0.as_u16(), status);
+    }
+    // the token in the query is never recorded
+    let url = served.url(&format!("/v1/users/alice/devices/d2?authorization={bob}"));
+    let (status, _, _) = send(crate::support::get(&url, None)).await;
+    assert_eq!(status.as_u16(), 403);
+    assert_eq!(served.terminate(), Some(0));
+    let record_path = config.parent().unwrap().join("inputs.jsonl");
+    let record = std::fs::read_to_string(&record_path).unwrap();
+    assert_eq!(record.lines().count(), 6, "{record}");
+    for secret in [&bob, &alice, &root, &"hunter2".to_string()] {
+        assert!(
+            !record.contains(secret.as_str()),
+            "a token or the raw body was recorded: {record}"
+        );
+    }
+    let entries: Vec<serde_json::Value> = record
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        entries[4]["body"],
+        serde_json::json!({"id": "dora", "role": "admin"})
+    );
+    assert_eq!(entries[5]["path"], "/v1/users/alice/devices/d2");
+    assert!(entries[5].get("query").is_none(), "{}", entries[5]);
+
+    // the candidate: the shared project's grant removed, admins may no longer make admins
+    let policies = config.parent().unwrap().join("policies");
+    let candidate = tempfile::tempdir().unwrap();
+    copy_dir(&policies, candidate.path());
+    std::fs::remove_file(candidate.path().join("projects/shared.cedar")).unwrap();
+    std::fs::write(
+        candidate.path().join("no-new-admins.cedar"),
+        "@id(\"no-new-admins\")\n@reason(\"no new admins\")\nforbid (principal, action == Mini::Action::\"CreateUser\", resource)\nwhen { context has new_role && context.new_role == \"admin\" };\n",
+    )
+    .unwrap();
+    let args = [
+        "check",
+        "--config",
+        config.to_str().unwrap(),
+        "--replay",
+        record_path.to_str().unwrap(),
+        "--against",
+        candidate.path().to_str().unwrap(),
+    ];
+    let (code, out) = iotgate(&args);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("allow → deny  GET /v1/users/{owner}/devices/{device}  (candidate: [-]): 2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("allow → deny  POST /v1/users  (candidate: [no-new-admins]): 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("    e.g. bob GET /v1/users/alice/devices/d1  (request "),
+        "{out}"
+    );
+    assert!(out.contains("3 of 6 recorded requests would flip"), "{out}");
+    assert!(
+        out.contains("0 decided otherwise today than when recorded"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("allow → deny").count() + out.matches("deny → allow").count(),
+        2,
+        "{out}"
+    );
+    let (_, json) = iotgate(&[&args[..], &["--format", "json"]].concat());
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["flipped"], 3);
+    assert_eq!(v["flips"].as_array().unwrap().len(), 2);
+
+    // the same policies flip nothing (exit 0); a candidate directory that disables alice does
+    let (code, out) = iotgate(&[&args[..5], &["--against", policies.to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 of 6 recorded requests would flip"), "{out}");
+    let directory = tempfile::tempdir().unwrap();
+    copy_dir(
+        &config.parent().unwrap().join("directory"),
+        directory.path(),
+    );
+    let users = directory.path().join("users.json");
+    let text = std::fs::read_to_string(&users).unwrap().replace(
+        r#""id": "alice"}, "attrs": {"role": "developer", "enabled": true}"#,
+        r#""id": "alice"}, "attrs": {"role": "developer", "enabled": false}"#,
+    );
+    std::fs::write(&users, text).unwrap();
+    let (code, out) = iotgate(
+        &[
+            &args[..5],
+            &["--directory-against", directory.path().to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 1, "{out}");
+    // alice is refused, and so is bob on her devices (their owner is disabled)
+    assert!(out.contains("3 of 6 recorded requests would flip"), "{out}");
+    assert!(
+        out.contains("allow → deny  GET /v1/users/{owner}/devices/{device}  (candidate: [owner-disabled]): 2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("    e.g. alice GET /v1/users/alice/devices/d1"),
+        "{out}"
+    );
+}

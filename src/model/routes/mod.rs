@@ -186,7 +186,8 @@ pub struct Route {
     resource_id: Field,
     resource_attrs: Vec<Arc<Field>>,
     context: Vec<Arc<Field>>,
-    needs_body: bool,
+    /// The body paths its fields read (`[]`: the whole body), deduplicated.
+    body_paths: Vec<Vec<String>>,
     /// Whether the route is a WebSocket stream (the only routes that may upgrade).
     pub stream: bool,
     /// Who may call it.
@@ -200,6 +201,30 @@ pub struct Route {
     /// Capture name → values it never takes, folded (`trie::fold`): a path where a capture
     /// takes one, in any case or with trailing dots, is no route (404).
     reserved: Vec<(String, BTreeSet<String>)>,
+}
+
+/// Copies the value at `path` in `from` into `to`, nesting objects as in `from`.
+fn copy_path(
+    from: &serde_json::Value,
+    path: &[String],
+    to: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    let Some((key, rest)) = path.split_first() else {
+        return;
+    };
+    let Some(value) = from.get(key) else {
+        return;
+    };
+    if rest.is_empty() {
+        to.insert(key.clone(), value.clone());
+        return;
+    }
+    let slot = to
+        .entry(key.clone())
+        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    if let Some(inner) = slot.as_object_mut() {
+        copy_path(value, rest, inner);
+    }
 }
 
 /// What a route computed for one request.
@@ -217,9 +242,22 @@ pub struct Resolved {
 impl Route {
     /// Whether the route's fields read the JSON body (so the body must be read first).
     pub fn needs_body(&self) -> bool {
-        self.needs_body
+        !self.body_paths.is_empty()
     }
 
+    /// What of `body` the route reads, and nothing else: the values at its body paths, in
+    /// objects nested as in the body (the whole body for `{body}`). A recorded request keeps
+    /// this instead of the body, and a replay sends it back as the body.
+    pub fn read_of(&self, body: &serde_json::Value) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for path in &self.body_paths {
+            if path.is_empty() {
+                return body.clone();
+            }
+            copy_path(body, path, &mut out);
+        }
+        serde_json::Value::Object(out)
+    }
     /// Whether a capture took a value the route reserves (such a path is no route).
     fn takes_reserved(&self, captures: &[(&str, String)]) -> bool {
         self.reserved.iter().any(|(name, values)| {
@@ -712,7 +750,16 @@ impl<'a> Compiler<'a> {
                 .flat_map(|t| t.sources()),
         );
         self.check_captures(key, r, &path, &sources, &methods);
-        let needs_body = sources.iter().any(|s| matches!(s, Source::Body(_)));
+        let mut body_paths: Vec<Vec<String>> = sources
+            .iter()
+            .filter_map(|s| match s {
+                Source::Body(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        body_paths.sort();
+        body_paths.dedup();
+        let needs_body = !body_paths.is_empty();
         let whole = sources
             .iter()
             .any(|s| matches!(s, Source::Body(p) if p.is_empty()));
@@ -762,7 +809,7 @@ impl<'a> Compiler<'a> {
             },
             resource_attrs: attrs,
             context,
-            needs_body,
+            body_paths,
             stream: r.stream,
             resync: r.resync,
             auth: r.auth,
