@@ -350,12 +350,15 @@ impl Loaded {
     /// # Errors
     /// All problems found.
     pub fn load(path: &Path) -> Result<Loaded, Problems> {
-        let config = Config::load(path)?;
-        let mut problems = Problems::new();
+        // a config with problems still names the files to check: report theirs too
+        let (config, mut problems) = Config::load_all(path);
+        let Some(config) = config else {
+            return Err(problems);
+        };
         let verifier = problems.take(Verifier::from_config(&config));
         let snapshot = problems.take(Snapshot::load(&config));
         match (verifier, snapshot) {
-            (Some(verifier), Some(snapshot)) => Ok(Loaded {
+            (Some(verifier), Some(snapshot)) if problems.is_empty() => Ok(Loaded {
                 config,
                 snapshot,
                 verifier,

@@ -1,6 +1,7 @@
 //! The commands, and the small ones here: `validate` and `token`.
 
 pub(crate) mod check;
+pub(crate) mod checker;
 pub(crate) mod cli;
 pub(crate) mod demo;
 pub(crate) mod directory;

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::authz::decision::Credentials;
 use crate::authz::snapshot::{Loaded, Snapshot};
-use crate::commands::check::{Checker, Probe};
+use crate::commands::checker::{Answer, Checker, Probe};
 use crate::commands::cli::{CheckArgs, ExitStatus};
 use crate::commands::report::{self, Format};
 use crate::request::uri::form_encode;
@@ -83,7 +83,7 @@ pub(crate) async fn run(
         };
         let before = live.answer(&probe).await;
         let after = candidate.answer(&probe).await;
-        let allowed = |a: &super::check::Answer| a.decision.is_allowed() && a.status.is_success();
+        let allowed = |a: &Answer| a.decision.is_allowed() && a.status.is_success();
         let (was, will) = (allowed(&before), allowed(&after));
         if was != (entry.decision == "allow") {
             tally.drifted += 1;

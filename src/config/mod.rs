@@ -717,7 +717,24 @@ impl Config {
         Self::from_file(tomlfile::parse(path, text)?)
     }
 
+    /// Loads the config file and returns whatever of it is usable beside every problem, so
+    /// `validate` goes on to the files it names (an unknown key does not hide a missing
+    /// folder). `None` only when the file cannot be read or parsed, or `[auth]` is unusable.
+    pub fn load_all(path: &Path) -> (Option<Config>, Problems) {
+        match tomlfile::load(path) {
+            Ok(parsed) => Self::from_file_all(parsed),
+            Err(problems) => (None, problems),
+        }
+    }
+
     fn from_file(parsed: tomlfile::Parsed<FileConfig>) -> Result<Config, Problems> {
+        match Self::from_file_all(parsed) {
+            (Some(config), problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(problems),
+        }
+    }
+
+    fn from_file_all(parsed: tomlfile::Parsed<FileConfig>) -> (Option<Config>, Problems) {
         let tomlfile::Parsed {
             value: file,
             file: source,
@@ -777,20 +794,18 @@ impl Config {
             max_accounts: l.max_accounts,
             licensed_roles: l.licensed_roles,
         });
-        match auth {
-            Some(auth) if problems.is_empty() => Ok(Config {
-                source,
-                server,
-                auth,
-                policy,
-                cache,
-                license,
-                directory,
-                admin,
-                log,
-            }),
-            _ => Err(problems),
-        }
+        let config = auth.map(|auth| Config {
+            source,
+            server,
+            auth,
+            policy,
+            cache,
+            license,
+            directory,
+            admin,
+            log,
+        });
+        (config, problems)
     }
 
     /// A problem located at a key of the config file.

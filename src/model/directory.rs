@@ -835,15 +835,21 @@ impl Loader<'_> {
             .entity_types
             .get(&ty_name)
             .ok_or_else(|| format!("{name}: entity type `{ty_name}` is not in the schema"))?;
+        // every problem of the entity, in one message
+        let mut errors: Vec<String> = Vec::new();
         if raw.tags.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(format!("{name}: entity tags are not supported"));
+            errors.push("entity tags are not supported".into());
         }
         let ty = self
             .dir
             .intern_type(&EntityTypeName::from_str(&ty_name).map_err(|e| format!("{name}: {e}"))?);
-        let attrs = self
-            .attributes(&raw.attrs, declared)
-            .map_err(|m| format!("{name}: {m}"))?;
+        let attrs = match self.attributes(&raw.attrs, declared) {
+            Ok(attrs) => Some(attrs),
+            Err(m) => {
+                errors.push(m);
+                None
+            }
+        };
         let allowed = self
             .catalog
             .member_of
@@ -853,22 +859,31 @@ impl Loader<'_> {
         let mut parents = Vec::with_capacity(raw.parents.len());
         let mut parent_types = Vec::with_capacity(raw.parents.len());
         for p in &raw.parents {
-            let (pt, pid) = entity_ref(p)
-                .ok_or_else(|| format!("{name}: a parent is not {{\"type\": …, \"id\": …}}"))?;
+            let Some((pt, pid)) = entity_ref(p) else {
+                errors.push("a parent is not {\"type\": …, \"id\": …}".into());
+                continue;
+            };
             if !allowed.contains(&pt) {
-                return Err(format!(
-                    "{name}: `{pt}` is not a parent type of `{ty_name}`"
-                ));
+                errors.push(format!("`{pt}` is not a parent type of `{ty_name}`"));
+                continue;
             }
-            let pty = self
-                .dir
-                .intern_type(&EntityTypeName::from_str(&pt).map_err(|e| format!("{name}: {e}"))?);
+            let pty = match EntityTypeName::from_str(&pt) {
+                Ok(t) => self.dir.intern_type(&t),
+                Err(e) => {
+                    errors.push(e.to_string());
+                    continue;
+                }
+            };
             let index = self.dir.intern_uid(pty, &pid);
             if !parents.contains(&index) {
                 parents.push(index);
                 parent_types.push(pt);
             }
         }
+        if !errors.is_empty() {
+            return Err(format!("{name}: {}", errors.join("; ")));
+        }
+        let attrs = attrs.unwrap_or_default();
         for rule in self.rules.iter().filter(|r| r.entity_type == ty_name) {
             let messages = rule_violations(rule, &name, &attrs, &parent_types);
             if let Some(first) = messages.into_iter().reduce(|a, b| format!("{a}; {b}")) {
@@ -900,22 +915,27 @@ impl Loader<'_> {
         attrs: &Map<String, Value>,
         declared: &HashMap<String, Attr>,
     ) -> Result<Vec<(String, Val)>, String> {
-        for (name, attr) in declared {
-            if attr.required && !attrs.contains_key(name) {
-                return Err(format!("attribute `{name}` is required"));
-            }
-        }
+        let mut errors: Vec<String> = declared
+            .iter()
+            .filter(|(name, attr)| attr.required && !attrs.contains_key(*name))
+            .map(|(name, _)| format!("attribute `{name}` is required"))
+            .collect();
+        errors.sort();
         let mut out = Vec::with_capacity(attrs.len());
         for (name, value) in attrs {
-            let attr = declared
-                .get(name)
-                .ok_or_else(|| format!("attribute `{name}` is not declared in the schema"))?;
-            let v = self
-                .value(value, &attr.ty)
-                .map_err(|m| format!("attribute `{name}`: {m}"))?;
-            out.push((name.clone(), v));
+            let Some(attr) = declared.get(name) else {
+                errors.push(format!("attribute `{name}` is not declared in the schema"));
+                continue;
+            };
+            match self.value(value, &attr.ty) {
+                Ok(v) => out.push((name.clone(), v)),
+                Err(m) => errors.push(format!("attribute `{name}`: {m}")),
+            }
         }
-        Ok(out)
+        match errors.is_empty() {
+            true => Ok(out),
+            false => Err(errors.join("; ")),
+        }
     }
 
     fn value(&mut self, v: &Value, ty: &Type) -> Result<Val, String> {

@@ -152,7 +152,8 @@ impl Policies {
                 )),
             }
         }
-        if let (Some(catalog), true) = (catalog, problems.is_empty()) {
+        // the policies that parsed are validated even when others did not (all problems at once)
+        if let Some(catalog) = catalog {
             policies.validate(catalog, &fresh, &mut problems);
             policies.schema = schema_text.map(Arc::from);
         }

@@ -62,10 +62,8 @@ async fn file_changes_reload_and_a_broken_file_keeps_the_last_good_snapshot() {
         metrics.contains("iotgate_reloads_total{result=\"failure\"} 1"),
         "{metrics}"
     );
-    assert!(served
-        .logs()
-        .iter()
-        .any(|l| l.contains("reload refused") && l.contains("broken.cedar:1:")));
+    let refused = |l: &str| l.contains("reload refused") && l.contains("broken.cedar:1:");
+    assert!(served.logs_once(refused).await.iter().any(|l| refused(l)));
 }
 
 #[tokio::test]
@@ -190,7 +188,8 @@ async fn shadow_policies_are_decided_logged_and_counted_but_never_enforced() {
         "{metrics}"
     );
     let logged: Vec<serde_json::Value> = served
-        .logs()
+        .logs_once(|l| l.contains("shadow disagreement"))
+        .await
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["message"] == "shadow disagreement")

@@ -469,6 +469,19 @@ impl Served {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The log lines once one matches `wanted` (lines are written in batches by the
+    /// process's log thread: wait at most 5 s).
+    pub(crate) async fn logs_once(&self, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+        for _ in 0..100 {
+            let logs = self.logs();
+            if logs.iter().any(|l| wanted(l)) {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.logs()
+    }
+
     /// Sends SIGTERM and waits for the exit code.
     pub(crate) fn terminate(&mut self) -> Option<i32> {
         self.signal("TERM");

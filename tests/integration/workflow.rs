@@ -622,3 +622,55 @@ async fn replay_of_recorded_traffic_reports_exactly_the_flips_a_change_makes() {
         "{out}"
     );
 }
+
+#[test]
+fn validate_lists_every_problem_across_stages_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("mini"), &dir.path().join("mini"));
+    copy_dir(&fixture("keys"), &dir.path().join("keys"));
+    copy_dir(&fixture("bad"), &dir.path().join("bad"));
+    // an unknown key, a folder that does not exist, a policy that does not parse beside one
+    // that does not type-check, and an entity with three problems of its own
+    let config = dir.path().join("mini/iotgate.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[policy]\n", "colour = \"blue\"\n[policy]\n");
+    let text = text
+        .replace(
+            "policies = [\"policies\"]",
+            "policies = [\"policies\", \"../bad/broken-policy\", \"../bad/schema-mismatch\"]",
+        )
+        .replace(
+            "directory = [\"directory\"]",
+            "directory = [\"directory\", \"missing-folder\", \"more\"]",
+        );
+    std::fs::write(&config, text).unwrap();
+    std::fs::create_dir_all(dir.path().join("mini/more")).unwrap();
+    std::fs::write(
+        dir.path().join("mini/more/odd.json"),
+        "[\n  {\"uid\": {\"type\": \"Mini::User\", \"id\": \"zed\"}, \"attrs\": {\"role\": 7, \"enabled\": true, \"shoe\": 1}, \"parents\": [{\"type\": \"Mini::Device\", \"id\": \"x\"}]}\n]\n",
+    )
+    .unwrap();
+    let (code, out) = iotgate(&["validate", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    for wanted in [
+        "unknown key",
+        "missing-folder",
+        "broken.cedar:6:",
+        "mismatch.cedar:3: policy `typo-attribute`",
+        "mismatch.cedar:6: policy `unknown-type`",
+    ] {
+        assert!(out.contains(wanted), "no `{wanted}` in:\n{out}");
+    }
+    let zed = out
+        .lines()
+        .find(|l| l.contains("odd.json:2:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    for wanted in [
+        "attribute `role`: expected a String",
+        "attribute `shoe` is not declared",
+        "`Mini::Device` is not a parent type",
+    ] {
+        assert!(zed.contains(wanted), "no `{wanted}` in: {zed}");
+    }
+}
