@@ -334,6 +334,19 @@ impl Decision {
         self
     }
 
+    /// Decides a Cedar request over the entities given with the snapshot's policies, by
+    /// the same verdict rules (a forbid or an error denies): `check`'s policy-level cases
+    /// and `--prove`'s counterexamples, which name no route and bring their own entities.
+    pub fn of_cedar(snapshot: &Snapshot, request: &Request, entities: &Entities) -> Decision {
+        let set = &snapshot.policies.set;
+        let live = evaluate::evaluate(&[set], set, request, entities);
+        let mut decision = Decision::new(snapshot);
+        decision.principal = request.principal().map(ToString::to_string);
+        decision.action = request.action().map(ToString::to_string);
+        decision.resource = request.resource().cloned();
+        decision.apply(&Verdicts { live, shadow: None })
+    }
+
     /// Whether a shadow policy set decided differently (allow vs deny).
     pub fn shadow_disagrees(&self) -> bool {
         self.shadow

@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 use crate::authn::{now, Signer};
 use crate::authz::decision::{Credentials, Outcome};
 use crate::authz::snapshot::{Loaded, Snapshot};
-use crate::commands::checker::{Answer, Checker, Probe};
+use crate::commands::checker::{Answer, CedarProbe, Checker, Probe};
 use crate::commands::cli::{parse_claims, CheckArgs, ExitStatus};
 use crate::commands::report::{self, CaseResult, Format};
 use crate::config::problem::{Problem, Problems};
@@ -50,6 +50,9 @@ pub(crate) fn run(args: &CheckArgs, out: &mut dyn Write) -> std::io::Result<Exit
         }
         if let Some(file) = &args.replay {
             return super::replay::run(loaded, args, file, out).await;
+        }
+        if let (true, Some(dir)) = (args.prove, &args.against) {
+            return prove(&loaded, args, dir, out).await;
         }
         match (&args.request, &args.against) {
             (Some(request), _) => explain_one(loaded, args, request, out).await,
@@ -85,8 +88,8 @@ async fn compare(
     let (live, candidate) = (Checker::new(loaded), Checker::new(candidate));
     let mut changes = Vec::new();
     for case in &cases {
-        let before = live.answer(&case.probe).await;
-        let after = candidate.answer(&case.probe).await;
+        let before = live.answer_case(&case.kind).await;
+        let after = candidate.answer_case(&case.kind).await;
         let change = match (
             before.status != after.status,
             before.decision.policies != after.decision.policies,
@@ -164,6 +167,30 @@ async fn compare(
     } else {
         ExitStatus::Failed
     })
+}
+
+#[cfg(feature = "prove")]
+async fn prove(
+    loaded: &Loaded,
+    args: &CheckArgs,
+    dir: &Path,
+    out: &mut dyn Write,
+) -> std::io::Result<ExitStatus> {
+    super::prove::run(loaded, args, dir, out).await
+}
+
+#[cfg(not(feature = "prove"))]
+async fn prove(
+    _: &Loaded,
+    _: &CheckArgs,
+    _: &Path,
+    out: &mut dyn Write,
+) -> std::io::Result<ExitStatus> {
+    writeln!(
+        out,
+        "error: this iotgate was built without the `prove` feature"
+    )?;
+    Ok(ExitStatus::Error)
 }
 
 /// How a case's decision changes under the candidate policies.
@@ -347,8 +374,15 @@ struct FileCase {
     sign: bool,
     #[serde(default)]
     anonymous: bool,
-    request: String,
+    request: Option<String>,
     body: Option<toml::Value>,
+    /// A policy-level case (what `--prove` prints): `principal`, `action`, `resource` as
+    /// Cedar uids, `context` and `entities` as Cedar JSON text.
+    principal: Option<String>,
+    action: Option<String>,
+    resource: Option<String>,
+    context: Option<String>,
+    entities: Option<String>,
     expect: Expect,
     reasons: Option<Vec<String>>,
     /// The `reason` code the client is told.
@@ -390,16 +424,43 @@ pub struct Case {
     pub suite: std::path::PathBuf,
     /// Its name.
     pub name: String,
-    /// The request line as written.
+    /// The request line as written (a policy-level case: its Cedar request).
     pub request: String,
-    /// The request to decide.
-    pub probe: Probe,
+    /// What to decide.
+    pub kind: CaseKind,
     expect: Expected,
     reasons: Option<Vec<String>>,
     reason: Option<String>,
 }
 
+/// What a case decides.
+#[derive(Debug)]
+pub enum CaseKind {
+    /// An HTTP request, answered as `serve` would.
+    Http(Probe),
+    /// A Cedar request over its own entities, decided by the policies alone.
+    Cedar(CedarProbe),
+}
+
+impl Checker {
+    /// Answers a case of either kind.
+    pub async fn answer_case(&self, kind: &CaseKind) -> Answer {
+        match kind {
+            CaseKind::Http(probe) => self.answer(probe).await,
+            CaseKind::Cedar(probe) => self.answer_cedar(probe),
+        }
+    }
+}
+
 impl Case {
+    /// The HTTP request of an HTTP case.
+    pub fn http(&self) -> Option<&Probe> {
+        match &self.kind {
+            CaseKind::Http(probe) => Some(probe),
+            CaseKind::Cedar(_) => None,
+        }
+    }
+
     /// How the case ended with `answer` (`failure`: why it did not pass).
     fn result(&self, answer: &Answer, failure: Option<String>) -> CaseResult {
         CaseResult {
@@ -428,7 +489,7 @@ async fn run_suites(
     let checker = Checker::new(loaded);
     let mut results = Vec::with_capacity(cases.len());
     for case in &cases {
-        let answer = checker.answer(&case.probe).await;
+        let answer = checker.answer_case(&case.kind).await;
         results.push(case.result(&answer, verdict(case, &answer).err()));
     }
     let failed = results.iter().filter(|r| r.failure.is_some()).count();
@@ -632,16 +693,21 @@ pub fn load_suite(path: &Path, loaded: &Loaded) -> Result<Vec<Case>, Problems> {
 }
 
 fn compile_case(c: FileCase, suite: &Path, loaded: &Loaded) -> Result<Case, String> {
-    let expect = match &c.expect {
-        Expect::Word(w) if w == "allow" => Expected::Allow,
-        Expect::Word(w) if w == "deny" => Expected::Deny,
-        Expect::Word(w) => {
-            return Err(format!(
-                "expect `{w}`: use \"allow\", \"deny\" or an HTTP status"
-            ))
-        }
-        Expect::Status(s) if (100..600).contains(s) => Expected::Status(*s),
-        Expect::Status(s) => return Err(format!("expect {s} is not an HTTP status")),
+    let expect = expected(&c.expect)?;
+    if c.principal.is_some() || c.action.is_some() || c.resource.is_some() {
+        let (request, probe) = cedar_case(&c, loaded)?;
+        return Ok(Case {
+            suite: suite.to_path_buf(),
+            name: c.name,
+            request,
+            kind: CaseKind::Cedar(probe),
+            expect,
+            reasons: c.reasons,
+            reason: c.reason,
+        });
+    }
+    let Some(request) = c.request.clone() else {
+        return Err("a case needs `request` (or `principal`, `action` and `resource`)".into());
     };
     let mut claims: Map<String, Value> = match &c.claims {
         Some(t) => serde_json::to_value(t)
@@ -663,18 +729,16 @@ fn compile_case(c: FileCase, suite: &Path, loaded: &Loaded) -> Result<Case, Stri
     }
     let probe = match (&c.token, named, c.sign) {
         (Some(_), true, _) => return Err("give `token` or `as`/`claims`, not both".into()),
-        (Some(token), false, _) => {
-            Probe::parse(&c.request, Credentials::Token)?.with_token(token)?
-        }
+        (Some(token), false, _) => Probe::parse(&request, Credentials::Token)?.with_token(token)?,
         (None, true, true) => {
             claims
                 .entry("exp")
                 .or_insert_with(|| Value::from(now() + SIGNED_CASE_TTL));
             let token = Signer::from_config(&loaded.config)?.sign(&claims)?;
-            Probe::parse(&c.request, Credentials::Token)?.with_token(&token)?
+            Probe::parse(&request, Credentials::Token)?.with_token(&token)?
         }
-        (None, true, false) => Probe::parse(&c.request, Credentials::Trusted(claims))?,
-        (None, false, _) if c.anonymous => Probe::parse(&c.request, Credentials::Token)?,
+        (None, true, false) => Probe::parse(&request, Credentials::Trusted(claims))?,
+        (None, false, _) if c.anonymous => Probe::parse(&request, Credentials::Token)?,
         (None, false, _) => {
             return Err("a case needs `as`, `claims`, `token` or `anonymous = true`".into())
         }
@@ -687,10 +751,56 @@ fn compile_case(c: FileCase, suite: &Path, loaded: &Loaded) -> Result<Case, Stri
     Ok(Case {
         suite: suite.to_path_buf(),
         name: c.name,
-        request: c.request,
-        probe,
+        request,
+        kind: CaseKind::Http(probe),
         expect,
         reasons: c.reasons,
         reason: c.reason,
     })
+}
+
+fn expected(expect: &Expect) -> Result<Expected, String> {
+    match expect {
+        Expect::Word(w) if w == "allow" => Ok(Expected::Allow),
+        Expect::Word(w) if w == "deny" => Ok(Expected::Deny),
+        Expect::Word(w) => Err(format!(
+            "expect `{w}`: use \"allow\", \"deny\" or an HTTP status"
+        )),
+        Expect::Status(s) if (100..600).contains(s) => Ok(Expected::Status(*s)),
+        Expect::Status(s) => Err(format!("expect {s} is not an HTTP status")),
+    }
+}
+
+/// A policy-level case's request (validated against the schema) and entities, and how it
+/// is shown (`principal action resource`).
+fn cedar_case(c: &FileCase, loaded: &Loaded) -> Result<(String, CedarProbe), String> {
+    let uid = |name: &str, v: &Option<String>| -> Result<cedar_policy::EntityUid, String> {
+        let text = v
+            .as_deref()
+            .ok_or_else(|| format!("a policy-level case needs `{name}`"))?;
+        text.parse().map_err(|e| format!("`{name}` {text}: {e}"))
+    };
+    let (principal, action, resource) = (
+        uid("principal", &c.principal)?,
+        uid("action", &c.action)?,
+        uid("resource", &c.resource)?,
+    );
+    if c.request.is_some() || c.as_user.is_some() || c.token.is_some() || c.body.is_some() {
+        return Err("a policy-level case has no `request`, `as`, `token` or `body`".into());
+    }
+    let schema = &loaded.snapshot.catalog.schema;
+    let context = match &c.context {
+        None => cedar_policy::Context::empty(),
+        Some(text) => cedar_policy::Context::from_json_str(text, Some((schema, &action)))
+            .map_err(|e| format!("`context`: {e}"))?,
+    };
+    let entities = match &c.entities {
+        None => cedar_policy::Entities::empty(),
+        Some(text) => cedar_policy::Entities::from_json_str(text, Some(schema))
+            .map_err(|e| format!("`entities`: {e}"))?,
+    };
+    let shown = format!("{principal} {action} {resource}");
+    let request = cedar_policy::Request::new(principal, action, resource, context, Some(schema))
+        .map_err(|e| format!("the request does not fit the schema: {e}"))?;
+    Ok((shown, CedarProbe { request, entities }))
 }

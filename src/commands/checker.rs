@@ -88,6 +88,16 @@ impl Probe {
     }
 }
 
+/// A policy-level request: a Cedar request and the entities it is decided over (no route,
+/// no directory).
+#[derive(Debug, Clone)]
+pub struct CedarProbe {
+    /// The request (validated against the schema).
+    pub request: cedar_policy::Request,
+    /// The entities.
+    pub entities: cedar_policy::Entities,
+}
+
 /// The handler `serve` runs, offline: each probe is answered by [`Gateway::exchange`] on a
 /// gateway with no cache and a stand-in upstream (allowed requests get `200`), so status,
 /// headers and error codes are what `serve` would answer.
@@ -120,6 +130,22 @@ impl Checker {
     /// The policy version it decides with.
     pub fn policy_version(&self) -> std::sync::Arc<str> {
         self.gateway.snapshot().policy_version.clone()
+    }
+
+    /// Decides a policy-level request with the policies `serve` would use (200 allowed,
+    /// 403 denied).
+    pub fn answer_cedar(&self, probe: &CedarProbe) -> Answer {
+        let snapshot = self.gateway.snapshot();
+        let decision = Decision::of_cedar(&snapshot, &probe.request, &probe.entities);
+        Answer {
+            status: match decision.is_allowed() {
+                true => http::StatusCode::OK,
+                false => http::StatusCode::FORBIDDEN,
+            },
+            error: None,
+            reason: None,
+            decision,
+        }
     }
 
     /// Answers a probe as `serve` would.

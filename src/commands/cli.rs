@@ -196,7 +196,7 @@ pub struct CheckArgs {
     #[command(flatten)]
     pub config: ConfigArg,
     /// Decision suites (TOML files of `[[case]]`s).
-    #[arg(required_unless_present_any = ["request", "replay"], conflicts_with_all = ["request", "replay"])]
+    #[arg(required_unless_present_any = ["request", "replay", "prove"], conflicts_with_all = ["request", "replay"])]
     pub suites: Vec<PathBuf>,
     /// One request to explain, as "METHOD /path?query".
     #[arg(long)]
@@ -205,7 +205,7 @@ pub struct CheckArgs {
     #[arg(long, requires = "request", conflicts_with = "as_user")]
     pub token: Option<String>,
     /// Decide as this user without a token signature.
-    #[arg(long = "as", value_name = "USER", requires = "request", required_unless_present_any = ["token", "suites", "anonymous", "replay"])]
+    #[arg(long = "as", value_name = "USER", requires = "request", required_unless_present_any = ["token", "suites", "anonymous", "replay", "prove"])]
     pub as_user: Option<String>,
     /// Send no token: the anonymous principal on a public route (`auth` `none` or
     /// `optional`), 401 elsewhere.
@@ -232,6 +232,13 @@ pub struct CheckArgs {
     /// and report the decisions that flip.
     #[arg(long, value_name = "FILE", conflicts_with = "request")]
     pub replay: Option<PathBuf>,
+    /// With `--against`: prove, over every request and directory the schema allows, whether
+    /// the candidate permits anything the live policies deny (needs cvc5; see README).
+    #[arg(long, requires = "against", conflicts_with_all = ["replay", "coverage"])]
+    pub prove: bool,
+    /// With `--prove`: a widening is reported but does not fail (exit 0).
+    #[arg(long, requires = "prove")]
+    pub allow_widening: bool,
     /// With `--replay`: the candidate directory folder.
     #[arg(long, value_name = "DIR", requires = "replay")]
     pub directory_against: Option<PathBuf>,

@@ -9,6 +9,8 @@ pub(crate) mod fmt;
 pub(crate) mod import;
 pub(crate) mod init;
 pub(crate) mod lint;
+#[cfg(feature = "prove")]
+pub(crate) mod prove;
 pub(crate) mod replay;
 pub(crate) mod report;
 

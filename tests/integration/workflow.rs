@@ -674,3 +674,156 @@ fn validate_lists_every_problem_across_stages_in_one_run() {
         assert!(zed.contains(wanted), "no `{wanted}` in: {zed}");
     }
 }
+
+/// The `cvc5` for `--prove`: `CVC5`, or the one `scripts/setup-cvc5.sh` makes (the PyPI
+/// wheel and a driver; needs python3 and PyPI once). `None`: skipped by
+/// `IOTGATE_PROVE_TESTS=0`.
+fn cvc5() -> Option<String> {
+    if std::env::var("IOTGATE_PROVE_TESTS").is_ok_and(|v| v == "0") {
+        eprintln!("skipped: IOTGATE_PROVE_TESTS=0");
+        return None;
+    }
+    if let Ok(path) = std::env::var("CVC5") {
+        return Some(path);
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let made = std::process::Command::new("bash")
+        .arg(root.join("scripts/setup-cvc5.sh"))
+        .output()
+        .expect("run scripts/setup-cvc5.sh");
+    assert!(
+        made.status.success(),
+        "scripts/setup-cvc5.sh failed (set CVC5, or IOTGATE_PROVE_TESTS=0 to skip): {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    Some(String::from_utf8(made.stdout).unwrap().trim().to_string())
+}
+
+/// `iotgate` with `CVC5` set.
+fn iotgate_proving(cvc5: &str, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_iotgate"))
+        .args(args)
+        .env("CVC5", cvc5)
+        .output()
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn prove_finds_a_widening_with_a_counterexample_check_confirms_and_proves_a_rewrite_equivalent() {
+    let Some(cvc5) = cvc5() else { return };
+    let config = mini_config();
+    let live = fixture("mini/policies");
+    // a new permit for guests
+    let widened = tempfile::tempdir().unwrap();
+    copy_dir(&live, widened.path());
+    std::fs::write(
+        widened.path().join("guests.cedar"),
+        "@id(\"guests-read\")\npermit (principal, action == Mini::Action::\"ReadDevice\", resource)\nwhen { principal.role == \"guest\" };\n",
+    )
+    .unwrap();
+    let widened_dir = widened.path().to_str().unwrap();
+    let args = [
+        "check",
+        "--config",
+        &config,
+        "--against",
+        widened_dir,
+        "--prove",
+    ];
+    let (code, out) = iotgate_proving(&cvc5, &args);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("WIDENS   Mini::Action::\"ReadDevice\" for Mini::User on Mini::Device"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("WIDENS").count(),
+        1,
+        "only ReadDevice widens: {out}"
+    );
+    assert!(!out.contains("NARROWS"), "{out}");
+    // the counterexample is a case: denied today, allowed by the candidate
+    let case: String = out
+        .lines()
+        .skip_while(|l| *l != "[[case]]")
+        .take_while(|l| !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("proved.toml");
+    std::fs::write(&suite, &case).unwrap();
+    let suite = suite.to_str().unwrap();
+    let (code, today) = iotgate(&["check", "--config", &config, suite]);
+    assert_eq!(code, 0, "denied today:\n{case}\n{today}");
+    assert!(today.contains("→ 403 forbidden"), "{today}");
+    let (code, candidate) = iotgate(&[
+        "check",
+        "--config",
+        &config,
+        suite,
+        "--against",
+        widened_dir,
+    ]);
+    assert_eq!(code, 1, "{candidate}");
+    assert!(
+        candidate.contains("→ allow by [guests-read]"),
+        "{candidate}"
+    );
+    let (code, out) = iotgate_proving(&cvc5, &[&args[..], &["--allow-widening"]].concat());
+    assert_eq!(code, 0, "{out}");
+
+    // the same meaning in other words: proved equivalent
+    let rewritten = tempfile::tempdir().unwrap();
+    copy_dir(&live, rewritten.path());
+    let accounts = rewritten.path().join("accounts.cedar");
+    let text = std::fs::read_to_string(&accounts).unwrap();
+    let text = text.replace(
+        "when { resource.owner == principal && principal.role != \"guest\" };",
+        "when { !(principal.role == \"guest\") }\nunless { principal != resource.owner };",
+    );
+    assert!(text.contains("unless"), "the rewrite applies");
+    std::fs::write(&accounts, text).unwrap();
+    let (code, out) = iotgate_proving(
+        &cvc5,
+        &[
+            "check",
+            "--config",
+            &config,
+            "--against",
+            rewritten.path().to_str().unwrap(),
+            "--prove",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(" 0 widen, 0 narrow, "), "{out}");
+    assert!(out.contains(" 0 not proved"), "{out}");
+
+    // a narrowing alone passes, and is shown
+    let narrowed = tempfile::tempdir().unwrap();
+    copy_dir(&live, narrowed.path());
+    std::fs::write(
+        narrowed.path().join("no-developers.cedar"),
+        "@id(\"no-developers\")\n@reason(\"no\")\nforbid (principal, action == Mini::Action::\"ReadDevice\", resource)\nwhen { principal.role == \"developer\" };\n",
+    )
+    .unwrap();
+    let (code, out) = iotgate_proving(
+        &cvc5,
+        &[
+            "check",
+            "--config",
+            &config,
+            "--against",
+            narrowed.path().to_str().unwrap(),
+            "--prove",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("NARROWS  Mini::Action::\"ReadDevice\""),
+        "{out}"
+    );
+    assert!(!out.contains("WIDENS"), "{out}");
+}

@@ -1,0 +1,172 @@
+//! `iotgate check --config F --against CANDIDATE --prove [--allow-widening]`: whether a
+//! policy change lets through any request the live policies refuse, over every request and
+//! every directory the schema allows — Cedar's symbolic compiler (cedar-policy-symcc) and an
+//! SMT solver (cvc5), not tests.
+//!
+//! ```text
+//! live set, candidate set ─▶ for each request type the schema allows (principal type,
+//!   action, resource type): compile both ─▶ solver: candidate ⇒ live? (no: a widening, with
+//!   a counterexample) ─ live ⇒ candidate? (no: a narrowing) ─▶ one line per change, each
+//!   counterexample as a policy-level `check` case ─▶ exit 1 on a widening
+//! ```
+//!
+//! What is proved is Cedar's decision. iotgate also denies a request on which a policy
+//! raises an error, which can only turn a Cedar allow into a deny: a change proved to
+//! widen nothing widens nothing in iotgate either.
+
+use std::io::Write;
+use std::path::Path;
+
+use cedar_policy::PolicySet;
+use cedar_policy_symcc::solver::LocalSolver;
+use cedar_policy_symcc::{CedarSymCompiler, CompiledPolicySet, Env};
+
+use crate::authz::snapshot::Loaded;
+use crate::commands::cli::{CheckArgs, ExitStatus};
+use crate::model::policy::Policies;
+
+/// Runs the proof.
+pub(crate) async fn run(
+    loaded: &Loaded,
+    args: &CheckArgs,
+    candidate_dir: &Path,
+    out: &mut dyn Write,
+) -> std::io::Result<ExitStatus> {
+    let catalog = &loaded.snapshot.catalog;
+    let candidate = match Policies::load(&[candidate_dir.to_path_buf()], Some(catalog)) {
+        Ok(p) => p,
+        Err(problems) => {
+            write!(out, "{problems}")?;
+            return Ok(ExitStatus::Error);
+        }
+    };
+    let solver = match LocalSolver::cvc5() {
+        Ok(solver) => solver,
+        Err(e) => {
+            writeln!(out, "error: cannot start cvc5 ({e}): set CVC5 to a cvc5 ≥ 1.3.1 executable (`scripts/setup-cvc5.sh` makes one from the PyPI wheel)")?;
+            return Ok(ExitStatus::Error);
+        }
+    };
+    let mut prover = match CedarSymCompiler::new(solver) {
+        Ok(p) => p,
+        Err(e) => {
+            writeln!(out, "error: {e}")?;
+            return Ok(ExitStatus::Error);
+        }
+    };
+    let live = &loaded.snapshot.policies.set;
+    let started = std::time::Instant::now();
+    let mut tally = Tally::default();
+    for env in catalog.schema.request_envs() {
+        let shown = format!(
+            "{} for {} on {}",
+            env.action(),
+            env.principal(),
+            env.resource()
+        );
+        tally.types += 1;
+        let outcome = compare(&mut prover, live, &candidate.set, &env, &catalog.schema).await;
+        match outcome {
+            Err(e) => {
+                tally.failed += 1;
+                writeln!(out, "ERROR    {shown}: {e}")?;
+            }
+            Ok((None, None)) => tally.same += 1,
+            Ok((widening, narrowing)) => {
+                if let Some(cex) = widening {
+                    tally.widened += 1;
+                    writeln!(out, "WIDENS   {shown}: the candidate allows, today denies:")?;
+                    write_case(out, &shown, &cex, "deny")?;
+                }
+                if let Some(cex) = narrowing {
+                    tally.narrowed += 1;
+                    writeln!(out, "NARROWS  {shown}: today allows, the candidate denies:")?;
+                    write_case(out, &shown, &cex, "allow")?;
+                }
+            }
+        }
+    }
+    writeln!(
+        out,
+        "{} request types: {} widen, {} narrow, {} unchanged, {} not proved ({:.1} s)",
+        tally.types,
+        tally.widened,
+        tally.narrowed,
+        tally.same,
+        tally.failed,
+        started.elapsed().as_secs_f64()
+    )?;
+    Ok(if tally.failed > 0 {
+        ExitStatus::Error
+    } else if tally.widened > 0 && !args.allow_widening {
+        ExitStatus::Failed
+    } else {
+        ExitStatus::Ok
+    })
+}
+
+/// Request types, and how many of them the change widens, narrows, leaves alone, or could
+/// not be proved for.
+#[derive(Default)]
+struct Tally {
+    types: usize,
+    widened: usize,
+    narrowed: usize,
+    same: usize,
+    failed: usize,
+}
+
+/// (a request the candidate allows and the live set denies, the reverse), for one request
+/// type.
+async fn compare(
+    prover: &mut CedarSymCompiler<LocalSolver>,
+    live: &PolicySet,
+    candidate: &PolicySet,
+    env: &cedar_policy::RequestEnv,
+    schema: &cedar_policy::Schema,
+) -> Result<(Option<Env>, Option<Env>), String> {
+    let compiled =
+        |set: &PolicySet| CompiledPolicySet::compile(set, env, schema).map_err(|e| e.to_string());
+    let (live, candidate) = (compiled(live)?, compiled(candidate)?);
+    let widening = prover
+        .check_implies_with_counterexample_opt(&candidate, &live)
+        .await
+        .map_err(|e| e.to_string())?;
+    let narrowing = prover
+        .check_implies_with_counterexample_opt(&live, &candidate)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((widening, narrowing))
+}
+
+/// A counterexample as a policy-level `check` case expecting what the live set decides.
+fn write_case(out: &mut dyn Write, shown: &str, cex: &Env, today: &str) -> std::io::Result<()> {
+    let request = &cex.request;
+    let text = |v: Option<String>| toml::Value::String(v.unwrap_or_default()).to_string();
+    let context = request
+        .context()
+        .and_then(|c| c.to_json_value().ok())
+        .map(|v| v.to_string());
+    let entities = cex.entities.to_json_value().ok().map(|v| v.to_string());
+    writeln!(out, "[[case]]")?;
+    writeln!(out, "name = {}", text(Some(format!("proved: {shown}"))))?;
+    writeln!(
+        out,
+        "principal = {}",
+        text(request.principal().map(|p| p.to_string()))
+    )?;
+    writeln!(
+        out,
+        "action = {}",
+        text(request.action().map(|a| a.to_string()))
+    )?;
+    writeln!(
+        out,
+        "resource = {}",
+        text(request.resource().map(|r| r.to_string()))
+    )?;
+    writeln!(out, "context = {}", text(context))?;
+    writeln!(out, "entities = {}", text(entities))?;
+    writeln!(out, "expect = \"{today}\"")?;
+    writeln!(out)
+}
