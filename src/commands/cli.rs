@@ -304,6 +304,10 @@ pub struct LintArgs {
     /// `warnings`: fail (exit 1) on warnings too.
     #[arg(long, value_name = "WHAT", value_parser = ["warnings"])]
     pub deny: Option<String>,
+    /// Also ask the solver (cvc5, as `check --prove`) which policies can raise an error,
+    /// match nothing, or are shadowed by others.
+    #[arg(long)]
+    pub prove: bool,
 }
 
 impl LintArgs {

@@ -6,6 +6,7 @@
 //!      unconstrained-permit, project-reach
 //!   ─▶ Cedar's validator warnings ─▶ never-applies, confusable-text
 //!   ─▶ the directory files (each entity's file:line) ─▶ dangling-reference
+//!   ─▶ with --prove, the solver (see `prove`) ─▶ can-error, never-matches, shadowed
 //!   ─▶ findings (sorted by file, line) ─▶ report (human | json | junit)
 //! ```
 //!
@@ -39,7 +40,17 @@ pub(crate) fn run(args: &LintArgs, out: &mut dyn Write) -> std::io::Result<ExitS
             return Ok(ExitStatus::Error);
         }
     };
-    let findings = lint(&loaded);
+    let mut findings = lint(&loaded);
+    if args.prove {
+        match solver_findings(&loaded.snapshot) {
+            Ok(found) => findings.extend(found),
+            Err(e) => {
+                writeln!(out, "error: {e}")?;
+                return Ok(ExitStatus::Error);
+            }
+        }
+        findings.sort_by(|a, b| (&a.file, a.line, &a.code).cmp(&(&b.file, b.line, &b.code)));
+    }
     write_findings(args.format, &findings, out)?;
     let errors = findings
         .iter()
@@ -78,6 +89,28 @@ fn write_findings(
         )?;
     }
     Ok(())
+}
+
+/// `--prove`: what the solver finds (policies that can error, match nothing, or are shadowed).
+#[cfg(feature = "prove")]
+fn solver_findings(snapshot: &Snapshot) -> Result<Vec<Finding>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let policies = &snapshot.policies;
+    let found = runtime.block_on(super::prove::lint(&policies.set, &snapshot.catalog.schema))?;
+    Ok(found
+        .into_iter()
+        .map(|(id, code, message)| {
+            located(policies.origins.get(&id), code, Severity::Warning, message)
+        })
+        .collect())
+}
+
+#[cfg(not(feature = "prove"))]
+fn solver_findings(_: &Snapshot) -> Result<Vec<Finding>, String> {
+    Err("this iotgate was built without the `prove` feature".into())
 }
 
 /// Directory entries whose parents or entity attributes name entities the directory files

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use cedar_policy::PolicySet;
 use cedar_policy_symcc::solver::LocalSolver;
-use cedar_policy_symcc::{CedarSymCompiler, CompiledPolicySet, Env};
+use cedar_policy_symcc::{CedarSymCompiler, CompiledPolicy, CompiledPolicySet, Env};
 
 use crate::authz::snapshot::Loaded;
 use crate::commands::cli::{CheckArgs, ExitStatus};
@@ -169,4 +169,78 @@ fn write_case(out: &mut dyn Write, shown: &str, cex: &Env, today: &str) -> std::
     writeln!(out, "entities = {}", text(entities))?;
     writeln!(out, "expect = \"{today}\"")?;
     writeln!(out)
+}
+
+/// What the solver finds in one policy set for `lint --prove`: each policy that can raise
+/// an evaluation error, that matches no request at all, or that is shadowed (removing it
+/// changes no decision), as (policy id, code, message).
+///
+/// # Errors
+/// The solver cannot be started or fails on a query.
+pub(crate) async fn lint(
+    set: &PolicySet,
+    schema: &cedar_policy::Schema,
+) -> Result<Vec<(cedar_policy::PolicyId, &'static str, String)>, String> {
+    let solver = LocalSolver::cvc5()
+        .map_err(|e| format!("cannot start cvc5 ({e}): set CVC5 (see `scripts/setup-cvc5.sh`)"))?;
+    let mut prover = CedarSymCompiler::new(solver).map_err(|e| e.to_string())?;
+    let envs: Vec<cedar_policy::RequestEnv> = schema.request_envs().collect();
+    let mut findings = Vec::new();
+    for policy in set.policies() {
+        let id = policy.id();
+        let (mut matches_somewhere, mut errs, mut shadowed) = (false, None, true);
+        for env in &envs {
+            let compiled =
+                CompiledPolicy::compile(policy, env, schema).map_err(|e| e.to_string())?;
+            if prover
+                .check_never_matches_opt(&compiled)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                continue;
+            }
+            matches_somewhere = true;
+            if errs.is_none()
+                && !prover
+                    .check_never_errors_opt(&compiled)
+                    .await
+                    .map_err(|e| e.to_string())?
+            {
+                errs = Some(format!("{} on {}", env.action(), env.resource()));
+            }
+            if shadowed {
+                let mut without = set.clone();
+                let _ = without.remove_static(id.clone());
+                let (all, rest) = (
+                    CompiledPolicySet::compile(set, env, schema).map_err(|e| e.to_string())?,
+                    CompiledPolicySet::compile(&without, env, schema).map_err(|e| e.to_string())?,
+                );
+                shadowed = prover
+                    .check_equivalent_opt(&all, &rest)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        if !matches_somewhere {
+            findings.push((
+                id.clone(),
+                "never-matches",
+                format!("policy `{id}` matches no request the schema allows, in any directory"),
+            ));
+            continue;
+        }
+        if let Some(at) = errs {
+            findings.push((id.clone(), "can-error", format!("policy `{id}` can raise an evaluation error ({at}); iotgate denies such a request, where Cedar alone would ignore an erroring forbid")));
+        }
+        if shadowed {
+            findings.push((
+                id.clone(),
+                "shadowed",
+                format!(
+                    "policy `{id}` is shadowed: removing it changes no decision, in any directory"
+                ),
+            ));
+        }
+    }
+    Ok(findings)
 }

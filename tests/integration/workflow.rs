@@ -827,3 +827,40 @@ fn prove_finds_a_widening_with_a_counterexample_check_confirms_and_proves_a_rewr
     );
     assert!(!out.contains("WIDENS"), "{out}");
 }
+
+#[test]
+fn lint_prove_finds_shadowed_and_unmatchable_policies() {
+    let Some(cvc5) = cvc5() else { return };
+    let (_dir, config) = mini_with(&[(
+        "never.cedar",
+        "@id(\"never\")\npermit (principal, action == Mini::Action::\"ReadDevice\", resource)\nwhen { principal.role == \"x\" && principal.role == \"y\" };\n",
+    )]);
+    let config = config.to_str().unwrap();
+    let (code, out) = iotgate_proving(
+        &cvc5,
+        &["lint", "--config", config, "--prove", "--format", "json"],
+    );
+    assert_eq!(code, 0, "warnings only: {out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let codes: Vec<(String, String)> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["code"].as_str().unwrap().to_string(),
+                f["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let has = |code: &str, id: &str| {
+        codes
+            .iter()
+            .any(|(c, m)| c == code && m.contains(&format!("`{id}`")))
+    };
+    assert!(has("never-matches", "never"), "{out}");
+    // only admins create users, so the forbid on non-admins making admins decides nothing
+    assert!(has("shadowed", "no-admin-from-non-admin"), "{out}");
+    assert!(!has("shadowed", "owner-full"), "{out}");
+    assert!(!has("never-matches", "owner-full"), "{out}");
+}
