@@ -189,11 +189,24 @@ fn policy_findings(
     }
     let conditions = json.get("conditions").cloned().unwrap_or(Value::Null);
     match policy.effect() {
-        Effect::Forbid if policy.annotation("reason").is_none() => out.push((
-            "forbid-without-reason",
-            Severity::Warning,
-            format!("forbid `{id}` has no @reason: a client it refuses is told nothing"),
-        )),
+        Effect::Forbid => {
+            let missing: Vec<(&str, &str)> = [
+                ("reason", "a client it refuses is told no reason"),
+                ("code", "clients get the generic `forbidden` code"),
+            ]
+            .into_iter()
+            .filter(|(a, _)| policy.annotation(a).is_none())
+            .collect();
+            if !missing.is_empty() {
+                let names: Vec<String> = missing.iter().map(|(a, _)| format!("@{a}")).collect();
+                let why: Vec<&str> = missing.iter().map(|(_, w)| *w).collect();
+                out.push((
+                    "forbid-without-reason",
+                    Severity::Warning,
+                    format!("forbid `{id}` has no {}: {}", names.join(" or "), why.join("; ")),
+                ));
+            }
+        }
         Effect::Permit
             if json["principal"]["op"] == "All"
                 && !reads_var(&conditions, "principal")

@@ -333,6 +333,7 @@ permit (
 
 @id("look-alike")
 @reason("blocks the look-alike admin")
+@code("look_alike")
 forbid (principal is Mini::User, action == Mini::Action::"ReadDevice", resource)
 when { principal.role == "аdmin" };
 "#;
@@ -418,7 +419,7 @@ fn lint_reports_each_code_with_file_line_and_severity_and_exits_by_severity() {
         ),
         "{out}"
     );
-    assert!(out.ends_with("2 errors, 10 warnings\n"), "{out}");
+    assert!(out.ends_with("2 errors, 16 warnings\n"), "{out}");
 
     // warnings alone pass, unless denied
     let (_clean, config) = mini_with(&[("linted.cedar", LINTED)]);
@@ -434,7 +435,7 @@ fn lint_reports_each_code_with_file_line_and_severity_and_exits_by_severity() {
         doc.descendants()
             .filter(|n| n.has_tag_name("failure"))
             .count(),
-        8
+        14
     );
 
     // a config that does not load is exit 2, with its problems
@@ -831,10 +832,25 @@ fn prove_finds_a_widening_with_a_counterexample_check_confirms_and_proves_a_rewr
 #[test]
 fn lint_prove_finds_shadowed_and_unmatchable_policies() {
     let Some(cvc5) = cvc5() else { return };
-    let (_dir, config) = mini_with(&[(
-        "never.cedar",
-        "@id(\"never\")\npermit (principal, action == Mini::Action::\"ReadDevice\", resource)\nwhen { principal.role == \"x\" && principal.role == \"y\" };\n",
-    )]);
+    let (dir, config) = mini_with(&[
+        (
+            "never.cedar",
+            "@id(\"never\")\npermit (principal, action == Mini::Action::\"ReadDevice\", resource)\nwhen { principal.role == \"x\" && principal.role == \"y\" };\n",
+        ),
+        (
+            "overflow.cedar",
+            "@id(\"overflow\")\n@reason(\"too high\")\n@code(\"too_high\")\nforbid (principal, action == Mini::Action::\"ReadDevice\", resource)\nwhen { principal has level && principal.level * 2 > 10 };\n",
+        ),
+    ]);
+    // a Long attribute, so that a policy can overflow
+    let schema = dir.path().join("mini/schema/mini.cedarschema");
+    let text = std::fs::read_to_string(&schema).unwrap();
+    let text = text.replace(
+        "entity User = { role: String, enabled: Bool };",
+        "entity User = { role: String, enabled: Bool, level?: Long };",
+    );
+    assert!(text.contains("level?: Long"));
+    std::fs::write(&schema, text).unwrap();
     let config = config.to_str().unwrap();
     let (code, out) = iotgate_proving(
         &cvc5,
@@ -859,6 +875,8 @@ fn lint_prove_finds_shadowed_and_unmatchable_policies() {
             .any(|(c, m)| c == code && m.contains(&format!("`{id}`")))
     };
     assert!(has("never-matches", "never"), "{out}");
+    assert!(has("can-error", "overflow"), "{out}");
+    assert!(!has("can-error", "owner-full"), "{out}");
     // only admins create users, so the forbid on non-admins making admins decides nothing
     assert!(has("shadowed", "no-admin-from-non-admin"), "{out}");
     assert!(!has("shadowed", "owner-full"), "{out}");
