@@ -203,22 +203,22 @@ fn policy_findings(
                 out.push((
                     "forbid-without-reason",
                     Severity::Warning,
-                    format!("forbid `{id}` has no {}: {}", names.join(" or "), why.join("; ")),
+                    format!(
+                        "forbid `{id}` has no {}: {}",
+                        names.join(" or "),
+                        why.join("; ")
+                    ),
                 ));
             }
         }
-        Effect::Permit
-            if json["principal"]["op"] == "All"
-                && !reads_var(&conditions, "principal")
-                && !is_role_file(file) =>
-        {
-            out.push((
-                "unconstrained-permit",
-                Severity::Warning,
-                format!(
-                    "permit `{id}` applies to every principal (anonymous callers included) outside a role file"
-                ),
-            ))
+        Effect::Permit if !is_role_file(file) => {
+            if let Some(open) = unconstrained(&json, &conditions) {
+                out.push((
+                    "unconstrained-permit",
+                    Severity::Warning,
+                    format!("permit `{id}` applies to {open} outside a role file"),
+                ));
+            }
         }
         _ => {}
     }
@@ -315,6 +315,24 @@ fn entities_in(v: &Value, out: &mut BTreeSet<(String, String)>) {
 fn push_entity(e: &Value, out: &mut BTreeSet<(String, String)>) {
     if let (Some(ty), Some(id)) = (e["type"].as_str(), e["id"].as_str()) {
         out.insert((ty.to_string(), id.to_string()));
+    }
+}
+
+/// What a permit leaves open: every principal (neither its scope nor a condition names one),
+/// or every resource — except for the anonymous principal of public routes, whose resource
+/// is rarely the point.
+fn unconstrained(json: &Value, conditions: &Value) -> Option<&'static str> {
+    let open = |var: &str| json[var]["op"] == "All" && !reads_var(conditions, var);
+    let anonymous = json["principal"]["op"] == "is"
+        && json["principal"]["entity_type"]
+            .as_str()
+            .is_some_and(|t| t == "Anonymous" || t.ends_with("::Anonymous"));
+    if open("principal") {
+        Some("every principal (anonymous callers included)")
+    } else if open("resource") && !anonymous {
+        Some("every resource")
+    } else {
+        None
     }
 }
 

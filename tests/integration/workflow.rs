@@ -377,6 +377,14 @@ fn lint_reports_each_code_with_file_line_and_severity_and_exits_by_severity() {
     assert_eq!(find("forbid-without-reason", "no-reason")["line"], 8);
     assert_eq!(find("never-applies", "wrong-type")["line"], 12);
     assert_eq!(find("confusable-text", "look-alike")["line"], 19);
+    let anything = find(
+        "unconstrained-permit",
+        "`admin-creates-users` applies to every resource",
+    );
+    assert!(anything["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("accounts.cedar"));
     let everyone = find("unconstrained-permit", "status-for-everyone");
     assert!(everyone["file"].as_str().unwrap().ends_with("public.cedar"));
     let reach = find("project-reach", "does not confine its resource");
@@ -419,7 +427,7 @@ fn lint_reports_each_code_with_file_line_and_severity_and_exits_by_severity() {
         ),
         "{out}"
     );
-    assert!(out.ends_with("2 errors, 16 warnings\n"), "{out}");
+    assert!(out.ends_with("2 errors, 18 warnings\n"), "{out}");
 
     // warnings alone pass, unless denied
     let (_clean, config) = mini_with(&[("linted.cedar", LINTED)]);
@@ -435,7 +443,7 @@ fn lint_reports_each_code_with_file_line_and_severity_and_exits_by_severity() {
         doc.descendants()
             .filter(|n| n.has_tag_name("failure"))
             .count(),
-        14
+        16
     );
 
     // a config that does not load is exit 2, with its problems
