@@ -525,12 +525,6 @@ impl<'s> Pending<'s> {
                 }
             }
         };
-        if self.record {
-            decision.read = Some(Box::new(Read {
-                claims: self.claims.clone(),
-                body: body.as_ref().map(|b| self.route.read_of(b)),
-            }));
-        }
         let principal = self.principal;
         let principal_parents = move || principal.parents();
         let inputs = Inputs {
@@ -549,6 +543,15 @@ impl<'s> Pending<'s> {
             Ok(effects) => effects,
             Err(e) => return decision.reject(Rejection::BadRequest(e.into())),
         };
+        // only a request whose fields all resolved is kept: a 400 (a key in another case,
+        // a missing field) is the request's fault, not the policies', and its record could
+        // not be replayed as it was sent
+        if self.record {
+            decision.read = Some(Box::new(Read {
+                claims: self.claims.clone(),
+                body: body.as_ref().map(|b| self.route.read_of(b)),
+            }));
+        }
         decision.resource = Some(resolved.resource.clone());
         let Some(cache) = self.caches.map(|c| &c.decisions) else {
             return match self.authorize(&resolved) {

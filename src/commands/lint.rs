@@ -247,9 +247,10 @@ fn project_reach(
         }
     }
     let resource = &json["resource"];
+    let the_project = |e: &Value| e["id"] == project && e["type"].as_str().is_some_and(is_project);
     let scoped = match resource["op"].as_str() {
-        Some("==" | "in") => resource["entity"]["id"] == project,
-        Some("is") => resource["in"]["entity"]["id"] == project,
+        Some("==" | "in") => the_project(&resource["entity"]),
+        Some("is") => the_project(&resource["in"]["entity"]),
         _ => false,
     };
     if !scoped {
@@ -323,10 +324,14 @@ fn push_entity(e: &Value, out: &mut BTreeSet<(String, String)>) {
 /// is rarely the point.
 fn unconstrained(json: &Value, conditions: &Value) -> Option<&'static str> {
     let open = |var: &str| json[var]["op"] == "All" && !reads_var(conditions, var);
-    let anonymous = json["principal"]["op"] == "is"
-        && json["principal"]["entity_type"]
-            .as_str()
-            .is_some_and(|t| t == "Anonymous" || t.ends_with("::Anonymous"));
+    let is_anonymous =
+        |t: Option<&str>| t.is_some_and(|t| t == "Anonymous" || t.ends_with("::Anonymous"));
+    let principal = &json["principal"];
+    let anonymous = match principal["op"].as_str() {
+        Some("is") => is_anonymous(principal["entity_type"].as_str()),
+        Some("==") => is_anonymous(principal["entity"]["type"].as_str()),
+        _ => false,
+    };
     if open("principal") {
         Some("every principal (anonymous callers included)")
     } else if open("resource") && !anonymous {
@@ -358,7 +363,9 @@ fn uid(ty: &str, id: &str) -> Option<EntityUid> {
 fn is_role_file(file: Option<&Path>) -> bool {
     file.is_some_and(|f| {
         f.file_stem().is_some_and(|s| s == "roles")
-            || f.components().any(|c| c.as_os_str() == "roles")
+            || f.parent()
+                .and_then(Path::file_name)
+                .is_some_and(|d| d == "roles")
     })
 }
 

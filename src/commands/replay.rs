@@ -59,13 +59,14 @@ pub(crate) async fn run(
             return Ok(ExitStatus::Error);
         }
     };
-    let entries = match inputs::read(file) {
-        Ok(entries) => entries,
+    let recorded = match inputs::read(file) {
+        Ok(read) => read,
         Err(e) => {
             writeln!(out, "error: {e}")?;
             return Ok(ExitStatus::Error);
         }
     };
+    let entries = &recorded.entries;
     let formats: BTreeMap<String, BodyFormat> = loaded
         .snapshot
         .routes
@@ -73,11 +74,12 @@ pub(crate) async fn run(
         .iter()
         .map(|r| (r.name.clone(), r.body))
         .collect();
+    let principal_claim = loaded.config.auth.principal_claim.clone();
     let (live, candidate) = (Checker::new(loaded), Checker::new(candidate));
     let mut tally = Tally::default();
-    for entry in &entries {
+    for entry in entries {
         let format = formats.get(&entry.route).copied().unwrap_or_default();
-        let Ok(probe) = probe(entry, format) else {
+        let Ok(probe) = probe(entry, format, &principal_claim) else {
             tally.skipped += 1;
             continue;
         };
@@ -106,6 +108,10 @@ pub(crate) async fn run(
         }
     }
     tally.replayed = entries.len() - tally.skipped;
+    tally.skipped += recorded.unreadable;
+    tally.unreadable = recorded
+        .first_unreadable
+        .map(|first| (recorded.unreadable, first));
     let versions = (live.policy_version(), candidate.policy_version());
     tally.write(args.output(), &versions, out)?;
     Ok(if tally.flips.is_empty() {
@@ -116,14 +122,23 @@ pub(crate) async fn run(
 }
 
 /// The request an entry recorded, as `check` sends it.
-fn probe(entry: &Entry, format: BodyFormat) -> Result<Probe, String> {
+fn probe(entry: &Entry, format: BodyFormat, principal_claim: &str) -> Result<Probe, String> {
     let target = match &entry.query {
         Some(q) => format!("{} {}?{q}", entry.method, entry.path),
         None => format!("{} {}", entry.method, entry.path),
     };
     let credentials = match entry.anonymous {
         true => Credentials::Token,
-        false => Credentials::Trusted(entry.claims.clone()),
+        false => {
+            // the principal serve decided for, under the claim `check` reads it from (with
+            // several issuers, serve read it from the matching issuer's claim)
+            let mut claims = entry.claims.clone();
+            claims.insert(
+                principal_claim.to_string(),
+                Value::String(entry.principal.clone()),
+            );
+            Credentials::Trusted(claims)
+        }
     };
     let probe = Probe::parse(&target, credentials)?;
     Ok(match &entry.body {
@@ -155,6 +170,8 @@ struct Tally {
     skipped: usize,
     /// Requests the live policies decide otherwise than when they were recorded.
     drifted: usize,
+    /// Lines that are not records, and the first of them.
+    unreadable: Option<(usize, String)>,
     /// (direction, route, candidate's determining policies) → (count, examples).
     flips: BTreeMap<(&'static str, String, String), (usize, Vec<Entry>)>,
 }
@@ -184,6 +201,12 @@ impl Tally {
                 "live_version": &*versions.0, "candidate_version": &*versions.1,
             });
             return report::json("check --replay", doc, out);
+        }
+        if let Some((count, first)) = &self.unreadable {
+            writeln!(
+                out,
+                "warning: {count} lines are not records and were skipped (first: {first})"
+            )?;
         }
         for ((direction, route, policies), (count, examples)) in &self.flips {
             let by = if policies.is_empty() { "-" } else { policies };

@@ -106,7 +106,7 @@ struct Rotating {
 
 impl Rotating {
     fn open(path: &Path, max_bytes: u64) -> std::io::Result<Rotating> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = open_private(path)?;
         let written = file.metadata()?.len();
         Ok(Rotating {
             path: path.to_path_buf(),
@@ -116,17 +116,25 @@ impl Rotating {
         })
     }
 
+    /// Moves the file to `<file>.1` and starts a new one. A rename that fails (the file was
+    /// moved away by another tool) still starts a new file, so recording never stops.
     fn rotate(&mut self) -> std::io::Result<()> {
         let mut old = self.path.clone().into_os_string();
         old.push(".1");
-        std::fs::rename(&self.path, &old)?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        let _ = std::fs::rename(&self.path, &old);
+        self.file = open_private(&self.path)?;
         self.written = 0;
         Ok(())
     }
+}
+
+/// Opens `path` for appending, created readable by its owner only (it holds claims).
+fn open_private(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }
 
 impl Write for Rotating {
@@ -144,19 +152,40 @@ impl Write for Rotating {
     }
 }
 
-/// Reads a record file: every entry, or the line that is not one.
+/// Reads a record file: every entry, and the lines that are not one — a torn last line
+/// after a crash, say, skips only itself.
 ///
 /// # Errors
-/// The file cannot be read, or a line (1-based) is not an entry.
-pub(crate) fn read(path: &Path) -> Result<Vec<Entry>, String> {
+/// The file cannot be read.
+pub(crate) fn read(path: &Path) -> Result<Recorded, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    text.lines()
+    let mut read = Recorded::default();
+    for (i, line) in text
+        .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
-        })
-        .collect()
+    {
+        match serde_json::from_str(line) {
+            Ok(entry) => read.entries.push(entry),
+            Err(e) => {
+                read.unreadable += 1;
+                read.first_unreadable
+                    .get_or_insert_with(|| format!("{}:{}: {e}", path.display(), i + 1));
+            }
+        }
+    }
+    Ok(read)
+}
+
+/// A record file as read.
+#[derive(Debug, Default)]
+pub(crate) struct Recorded {
+    /// Its entries.
+    pub entries: Vec<Entry>,
+    /// Lines that are not entries.
+    pub unreadable: usize,
+    /// The first of them, `file:line: why`.
+    pub first_unreadable: Option<String>,
 }
 
 #[cfg(test)]

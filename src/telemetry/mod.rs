@@ -6,7 +6,9 @@
 //! ```
 //!
 //! Fields are stable names; the raw path and query are never logged (Thinger tokens travel
-//! in `?authorization=`), only the route template, and no header value is ever logged.
+//! in `?authorization=`), only the route template, and no header value is ever logged. The
+//! opt-in decision-input record (`inputs`) is the exception: it keeps the path and the query
+//! without the token parameter, to be replayed.
 
 pub(crate) mod inputs;
 pub(crate) mod metrics;

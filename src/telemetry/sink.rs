@@ -95,7 +95,7 @@ impl Sink {
     }
 
     /// The writer thread: waits for a batch, takes it, writes it; ends once closed and
-    /// empty. A failing output drops its batch (there is nowhere to report it).
+    /// empty. A failing output drops its batch, counted as dropped lines.
     fn write_out(&self, mut out: impl Write) {
         let mut batch = Vec::new();
         let mut pending = self.lock();
@@ -115,7 +115,11 @@ impl Sink {
             }
             std::mem::swap(&mut pending.buf, &mut batch);
             drop(pending);
-            let _ = out.write_all(&batch).and_then(|()| out.flush());
+            if out.write_all(&batch).and_then(|()| out.flush()).is_err() {
+                // nowhere to report it but the count
+                let lines = batch.iter().filter(|&&b| b == b'\n').count();
+                self.dropped.fetch_add(lines as u64, Ordering::Relaxed);
+            }
             batch.clear();
             batch.shrink_to(BATCH_BYTES * 4);
             pending = self.lock();

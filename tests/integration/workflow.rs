@@ -520,6 +520,16 @@ async fn replay_of_recorded_traffic_reports_exactly_the_flips_a_change_makes() {
             ),
             200,
         ),
+        // the request's own fault (a key in another case than the route reads): not recorded
+        (
+            call(
+                "POST",
+                &served.url("/v1/users"),
+                &root,
+                Some(r#"{"id": "eddy", "Role": "admin"}"#),
+            ),
+            400,
+        ),
     ];
     for (request, status) in traffic {
         assert_eq!(send(request).await.0.as_u16(), status);
@@ -548,6 +558,11 @@ async fn replay_of_recorded_traffic_reports_exactly_the_flips_a_change_makes() {
     );
     assert_eq!(entries[5]["path"], "/v1/users/alice/devices/d2");
     assert!(entries[5].get("query").is_none(), "{}", entries[5]);
+
+    // a torn last line (a crash mid-write) skips only itself
+    let mut torn = record.clone();
+    torn.push_str("{\"at\": \"2026-12-02T0");
+    std::fs::write(&record_path, torn).unwrap();
 
     // the candidate: the shared project's grant removed, admins may no longer make admins
     let policies = config.parent().unwrap().join("policies");
@@ -584,7 +599,11 @@ async fn replay_of_recorded_traffic_reports_exactly_the_flips_a_change_makes() {
     );
     assert!(out.contains("3 of 6 recorded requests would flip"), "{out}");
     assert!(
-        out.contains("0 decided otherwise today than when recorded"),
+        out.contains("0 decided otherwise today than when recorded; 1 skipped"),
+        "{out}"
+    );
+    assert!(
+        out.contains("warning: 1 lines are not records and were skipped"),
         "{out}"
     );
     assert_eq!(
@@ -850,15 +869,7 @@ fn lint_prove_finds_shadowed_and_unmatchable_policies() {
             "@id(\"overflow\")\n@reason(\"too high\")\n@code(\"too_high\")\nforbid (principal, action == Mini::Action::\"ReadDevice\", resource)\nwhen { principal has level && principal.level * 2 > 10 };\n",
         ),
     ]);
-    // a Long attribute, so that a policy can overflow
-    let schema = dir.path().join("mini/schema/mini.cedarschema");
-    let text = std::fs::read_to_string(&schema).unwrap();
-    let text = text.replace(
-        "entity User = { role: String, enabled: Bool };",
-        "entity User = { role: String, enabled: Bool, level?: Long };",
-    );
-    assert!(text.contains("level?: Long"));
-    std::fs::write(&schema, text).unwrap();
+    with_level(&dir);
     let config = config.to_str().unwrap();
     let (code, out) = iotgate_proving(
         &cvc5,
@@ -889,4 +900,46 @@ fn lint_prove_finds_shadowed_and_unmatchable_policies() {
     assert!(has("shadowed", "no-admin-from-non-admin"), "{out}");
     assert!(!has("shadowed", "owner-full"), "{out}");
     assert!(!has("never-matches", "owner-full"), "{out}");
+}
+
+/// Gives the mini copy's users a `level?: Long`, so that a policy can overflow.
+fn with_level(dir: &tempfile::TempDir) {
+    let schema = dir.path().join("mini/schema/mini.cedarschema");
+    let text = std::fs::read_to_string(&schema).unwrap().replace(
+        "entity User = { role: String, enabled: Bool };",
+        "entity User = { role: String, enabled: Bool, level?: Long };",
+    );
+    assert!(text.contains("level?: Long"));
+    std::fs::write(&schema, text).unwrap();
+}
+
+#[test]
+fn prove_is_unsure_when_a_removed_policy_could_error_where_cedar_sees_no_change() {
+    let Some(cvc5) = cvc5() else { return };
+    // never true, but it overflows for a large level: iotgate denies those requests today
+    let (dir, config) = mini_with(&[(
+        "overflow.cedar",
+        "@id(\"overflow\")\n@reason(\"x\")\n@code(\"x\")\nforbid (principal, action == Mini::Action::\"ReadDevice\", resource)\nwhen { principal has level && principal.level * 2 == principal.level * 2 + 1 };\n",
+    )]);
+    with_level(&dir);
+    let candidate = tempfile::tempdir().unwrap();
+    copy_dir(&dir.path().join("mini/policies"), candidate.path());
+    std::fs::remove_file(candidate.path().join("overflow.cedar")).unwrap();
+    let (code, out) = iotgate_proving(
+        &cvc5,
+        &[
+            "check",
+            "--config",
+            config.to_str().unwrap(),
+            "--against",
+            candidate.path().to_str().unwrap(),
+            "--prove",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("UNSURE   Mini::Action::\"ReadDevice\" for Mini::User on Mini::Device: live policy `overflow`"), "{out}");
+    assert!(
+        out.contains(" 0 widen, "),
+        "Cedar alone sees no change: {out}"
+    );
 }
