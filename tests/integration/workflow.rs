@@ -727,6 +727,21 @@ fn cvc5() -> Option<String> {
     Some(String::from_utf8(made.stdout).unwrap().trim().to_string())
 }
 
+/// `check --config CONFIG --against CANDIDATE --prove` with `CVC5` set.
+fn prove(cvc5: &str, config: &str, candidate: &str) -> (i32, String) {
+    iotgate_proving(
+        cvc5,
+        &[
+            "check",
+            "--config",
+            config,
+            "--against",
+            candidate,
+            "--prove",
+        ],
+    )
+}
+
 /// `iotgate` with `CVC5` set.
 fn iotgate_proving(cvc5: &str, args: &[&str]) -> (i32, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_iotgate"))
@@ -814,17 +829,7 @@ fn prove_finds_a_widening_with_a_counterexample_check_confirms_and_proves_a_rewr
     );
     assert!(text.contains("unless"), "the rewrite applies");
     std::fs::write(&accounts, text).unwrap();
-    let (code, out) = iotgate_proving(
-        &cvc5,
-        &[
-            "check",
-            "--config",
-            &config,
-            "--against",
-            rewritten.path().to_str().unwrap(),
-            "--prove",
-        ],
-    );
+    let (code, out) = prove(&cvc5, &config, rewritten.path().to_str().unwrap());
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(" 0 widen, 0 narrow, "), "{out}");
     assert!(out.contains(" 0 not proved"), "{out}");
@@ -837,17 +842,7 @@ fn prove_finds_a_widening_with_a_counterexample_check_confirms_and_proves_a_rewr
         "@id(\"no-developers\")\n@reason(\"no\")\nforbid (principal, action == Mini::Action::\"ReadDevice\", resource)\nwhen { principal.role == \"developer\" };\n",
     )
     .unwrap();
-    let (code, out) = iotgate_proving(
-        &cvc5,
-        &[
-            "check",
-            "--config",
-            &config,
-            "--against",
-            narrowed.path().to_str().unwrap(),
-            "--prove",
-        ],
-    );
+    let (code, out) = prove(&cvc5, &config, narrowed.path().to_str().unwrap());
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("NARROWS  Mini::Action::\"ReadDevice\""),
@@ -925,16 +920,10 @@ fn prove_is_unsure_when_a_removed_policy_could_error_where_cedar_sees_no_change(
     let candidate = tempfile::tempdir().unwrap();
     copy_dir(&dir.path().join("mini/policies"), candidate.path());
     std::fs::remove_file(candidate.path().join("overflow.cedar")).unwrap();
-    let (code, out) = iotgate_proving(
+    let (code, out) = prove(
         &cvc5,
-        &[
-            "check",
-            "--config",
-            config.to_str().unwrap(),
-            "--against",
-            candidate.path().to_str().unwrap(),
-            "--prove",
-        ],
+        config.to_str().unwrap(),
+        candidate.path().to_str().unwrap(),
     );
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("UNSURE   Mini::Action::\"ReadDevice\" for Mini::User on Mini::Device: live policy `overflow`"), "{out}");
