@@ -75,6 +75,30 @@ impl Admin {
         }
     }
 
+    /// What serves, and how the last reload went, the way Prometheus exporters say it.
+    fn info_metrics(&self) -> String {
+        let snapshot = self.gateway.snapshot();
+        let ok = self.reloader.last().is_none_or(|a| a.ok);
+        let loaded = snapshot
+            .loaded_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        format!(
+            "# HELP iotgate_build_info The iotgate version.\n# TYPE iotgate_build_info gauge\n\
+             iotgate_build_info{{version=\"{}\"}} 1\n\
+             # HELP iotgate_snapshot_info The policy and directory versions serving.\n# TYPE iotgate_snapshot_info gauge\n\
+             iotgate_snapshot_info{{policy_version=\"{}\",directory_version=\"{}\"}} 1\n\
+             # HELP iotgate_last_reload_successful Whether the last reload attempt (or the start) succeeded.\n# TYPE iotgate_last_reload_successful gauge\n\
+             iotgate_last_reload_successful {}\n\
+             # HELP iotgate_last_reload_success_timestamp_seconds When the serving snapshot was built (start, reload or directory change).\n# TYPE iotgate_last_reload_success_timestamp_seconds gauge\n\
+             iotgate_last_reload_success_timestamp_seconds {loaded:.3}\n",
+            label(env!("CARGO_PKG_VERSION")),
+            label(&snapshot.policy_version),
+            label(&snapshot.directory_version),
+            u8::from(ok),
+        )
+    }
+
     /// Whether a request may be answered: no `Origin` (browsers send one on cross-site
     /// requests) and a `Host` the listener is known by (DNS rebinding sends the attacker's).
     fn may_answer(&self, request: &Request<Incoming>) -> bool {
@@ -103,7 +127,12 @@ impl Admin {
             };
             return answer.unwrap_or_else(|refusal| self.refuse(refusal));
         }
-        match (request.method(), request.uri().path()) {
+        // HEAD is GET without the body (hyper sends none for HEAD)
+        let method = match request.method() {
+            &Method::HEAD => &Method::GET,
+            m => m,
+        };
+        match (method, request.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
             (&Method::GET, "/readyz") => self.ready().await,
             (&Method::GET, "/status") => text(
@@ -131,6 +160,8 @@ impl Admin {
                 if let Some(sync) = &self.sync {
                     body.push_str(&sync.metrics());
                 }
+                body.push_str(&self.info_metrics());
+                body.push_str(&process_metrics());
                 text(StatusCode::OK, "text/plain; version=0.0.4", body)
             }
             (&Method::POST, "/sync") => match &self.sync {
@@ -227,4 +258,69 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// A Prometheus label value, escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The `process_*` metrics every Prometheus client exports, from `/proc/self` (absent where
+/// there is no `/proc`).
+fn process_metrics() -> String {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return String::new();
+    };
+    // fields after the command name, which may hold spaces: see proc(5)
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    let ticks = 100.0; // USER_HZ on Linux
+    let page = 4096.0;
+    let cpu = field(14).zip(field(15)).map(|(u, s)| (u + s) / ticks);
+    let rss = field(24).map(|pages| pages * page);
+    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).ok();
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    let start = boot.zip(field(22)).map(|(b, t)| b + t / ticks);
+    let mut out = String::new();
+    let mut put = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+        if let Some(v) = value {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        }
+    };
+    put(
+        "process_cpu_seconds_total",
+        "counter",
+        "User and system CPU time spent, in seconds.",
+        cpu,
+    );
+    put(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        rss,
+    );
+    put(
+        "process_open_fds",
+        "gauge",
+        "Open file descriptors.",
+        fds.map(|n| n as f64),
+    );
+    put(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch, in seconds.",
+        start,
+    );
+    out
 }

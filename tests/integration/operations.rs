@@ -59,6 +59,21 @@ async fn file_changes_reload_and_a_broken_file_keeps_the_last_good_snapshot() {
         "{metrics}"
     );
     assert!(
+        metrics
+            .lines()
+            .any(|l| l == "iotgate_last_reload_successful 0"),
+        "{metrics}"
+    );
+    let serving = format!(
+        "iotgate_snapshot_info{{policy_version=\"{}\",directory_version=\"{}\"}} 1",
+        after["policy_version"].as_str().unwrap(),
+        after["directory_version"].as_str().unwrap()
+    );
+    assert!(
+        metrics.lines().any(|l| l == serving),
+        "{serving}\n{metrics}"
+    );
+    assert!(
         metrics.contains("iotgate_reloads_total{result=\"failure\"} 1"),
         "{metrics}"
     );
@@ -117,6 +132,32 @@ async fn admin_endpoints_report_health_status_and_metrics() {
         !metrics.contains("secret") && !metrics.contains("alice/devices/d"),
         "raw paths in metrics"
     );
+    let value = |name: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name}:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(metrics.lines().any(|l| l
+        == format!(
+            "iotgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+    assert_eq!(value("iotgate_last_reload_successful"), 1.0);
+    assert!(value("iotgate_last_reload_success_timestamp_seconds") > 1.7e9);
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") >= 3.0);
+    assert!(value("process_start_time_seconds") > 1.7e9);
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    // HEAD on the admin endpoints: the status, no body
+    for path in ["/healthz", "/readyz", "/status", "/metrics"] {
+        let url = format!("http://{}{path}", served.admin);
+        let (status, _, body) =
+            send(http::Request::head(url).body(iotgate::full("")).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "HEAD {path}");
+        assert!(body.is_empty(), "HEAD {path} has a body");
+    }
 
     // POST /reload with nothing changed: same version; SIGHUP after a change: new decision
     let (code, _, body) = served.admin_post("/reload").await;
