@@ -141,8 +141,19 @@ struct FileServer {
     public_burst: Option<u64>,
     #[serde(default)]
     expose_messages: bool,
+    #[serde(default)]
+    shutdown_delay_seconds: u64,
+    #[serde(default = "default_drain")]
+    drain_seconds: u64,
     cors: Option<FileCors>,
     tls: Option<FileTls>,
+}
+
+/// How long in-flight requests may run after a shutdown by default.
+const DEFAULT_DRAIN_SECONDS: u64 = 10;
+
+fn default_drain() -> u64 {
+    DEFAULT_DRAIN_SECONDS
 }
 
 #[derive(Debug, Deserialize)]
@@ -499,6 +510,11 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Largest request head (request line and headers); beyond it, 431.
     pub max_header_bytes: usize,
+    /// After SIGTERM, how long `/readyz` fails while everything is still served (so a load
+    /// balancer stops sending new requests first).
+    pub shutdown_delay: Duration,
+    /// Then, how long in-flight requests may run once the listener closed.
+    pub drain: Duration,
     /// `Host` values the admin listener answers besides its own address and `localhost`.
     pub admin_hosts: Vec<String>,
     /// Requests per second and client address on public routes (`None`: unlimited).
@@ -575,6 +591,8 @@ impl ServerConfig {
             admin_hosts: Vec::new(),
             public_rate: None,
             expose_messages: false,
+            shutdown_delay: Duration::ZERO,
+            drain: Duration::from_secs(DEFAULT_DRAIN_SECONDS),
             cors: None,
             tls: None,
         }
@@ -853,6 +871,11 @@ impl Ctx<'_> {
             s.max_connections as u64,
             MAX_CONNECTIONS,
         )? as usize;
+        let drain = bounded("server.drain_seconds", s.drain_seconds, MAX_TIMEOUT_SECONDS)?;
+        let shutdown_delay = match s.shutdown_delay_seconds {
+            0 => 0,
+            delay => bounded("server.shutdown_delay_seconds", delay, MAX_TIMEOUT_SECONDS)?,
+        };
         let listen = addr("server.listen", &s.listen)?;
         let admin_listen = match &s.admin_listen {
             Some(a) => Some(addr("server.admin_listen", a)?),
@@ -916,6 +939,8 @@ impl Ctx<'_> {
             admin_hosts: s.admin_hosts,
             public_rate,
             expose_messages: s.expose_messages,
+            shutdown_delay: Duration::from_secs(shutdown_delay),
+            drain: Duration::from_secs(drain),
             cors,
             tls,
         })
@@ -1376,6 +1401,8 @@ directory = ["dir"]
             ("idle_timeout_seconds", "18446744073709551615"),
             ("max_connections", "0"),
             ("max_connections", "10000000000"),
+            ("drain_seconds", "0"),
+            ("shutdown_delay_seconds", "18446744073709551615"),
         ] {
             let text = GOOD.replace("[auth]", &format!("{key} = {value}\n\n[auth]"));
             let errs = errors(&text);

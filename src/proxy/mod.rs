@@ -81,6 +81,8 @@ pub struct Gateway {
     compact_after: usize,
     /// `[log] decision_inputs` (`serve` only).
     recorder: Option<Recorder>,
+    /// Set on SIGTERM: `/readyz` fails while requests are still served.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Why a directory change was not applied.
@@ -140,6 +142,7 @@ impl Gateway {
             trusts_claims: false,
             upstream_answered: AtomicU64::new(0),
             recorder,
+            draining: Default::default(),
         })
     }
 
@@ -174,7 +177,18 @@ impl Gateway {
             trusts_claims: true,
             upstream_answered: AtomicU64::new(0),
             recorder: None,
+            draining: Default::default(),
         }
+    }
+
+    /// Marks the gateway as shutting down (`/readyz` fails from now on).
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a shutdown has begun.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// The snapshot new requests use.

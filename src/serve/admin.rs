@@ -197,6 +197,14 @@ impl Admin {
     }
 
     async fn ready(&self) -> Response<Body> {
+        if self.gateway.is_draining() {
+            let body = json!({"ready": false, "reason": "shutting down"});
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/json",
+                body.to_string(),
+            );
+        }
         if self.gateway.upstream_ready(READY_WINDOW).await {
             // decisions go on with the last directory while the platform cannot be read
             let degraded: Vec<String> = self

@@ -7,7 +7,7 @@
 //!   max_header_bytes (431 beyond), header_read_timeout (also bounds the wait between
 //!   HTTP/1 keep-alive requests),
 //!   idle watch (no request in flight and no byte moved for idle_timeout: closed)
-//! shutdown ─▶ stop accepting ─▶ in-flight requests finish (at most SHUTDOWN_GRACE)
+//! shutdown ─▶ stop accepting ─▶ in-flight requests finish (at most `[server] drain_seconds`)
 //! ```
 //!
 //! A connection that upgrades hands its socket to the WebSocket tunnel and leaves the count.
@@ -39,8 +39,6 @@ use crate::proxy::response::Body;
 use crate::request::TlsSession;
 use crate::telemetry::metrics::Connections;
 
-/// How long in-flight requests may run after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// At most one accept-error log line per this period (the others are counted).
 const ACCEPT_LOG_PERIOD: Duration = Duration::from_secs(1);
 
@@ -59,6 +57,8 @@ pub(crate) struct Limits {
     pub counters: Arc<Connections>,
     /// TLS of the listener (`[server.tls]`), when it has one.
     pub tls: Option<Arc<Tls>>,
+    /// How long in-flight requests may run after the listener closed.
+    pub drain: Duration,
 }
 
 impl Limits {
@@ -71,6 +71,7 @@ impl Limits {
             max_header_bytes: server.max_header_bytes,
             counters,
             tls: None,
+            drain: server.drain,
         }
     }
 
@@ -81,7 +82,7 @@ impl Limits {
 }
 
 /// Accepts connections on `listener` and answers with `handler` until `shutdown` completes,
-/// then lets in-flight requests finish (at most [`SHUTDOWN_GRACE`]).
+/// then lets in-flight requests finish (at most the limits' `drain`).
 pub(crate) async fn serve_http<H, F>(
     listener: TcpListener,
     handler: H,
@@ -148,7 +149,7 @@ pub(crate) async fn serve_http<H, F>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+    if tokio::time::timeout(limits.drain, graceful.shutdown())
         .await
         .is_err()
     {

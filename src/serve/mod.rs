@@ -4,7 +4,8 @@
 //! config ─▶ Loaded (snapshot + keys; every problem printed, exit 2, nothing bound)
 //!        ─▶ Gateway ─▶ bind listen (+ admin_listen) ─▶ accept loops (HTTP/1.1 + h2c, upgrades)
 //!        ─▶ Reloader: file watch + SIGHUP (reload = "watch"), SIGHUP only ("signal"), none ("off")
-//! SIGTERM / SIGINT ─▶ stop accepting ─▶ in-flight requests finish (bounded) ─▶ exit 0
+//! SIGTERM / SIGINT ─▶ /readyz 503 for shutdown_delay_seconds (still serving) ─▶ stop
+//!   accepting ─▶ in-flight requests finish (at most drain_seconds) ─▶ exit 0
 //! ```
 
 pub(crate) mod admin;
@@ -110,11 +111,22 @@ pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), String> {
     });
     log_start(&listener, admin_addr, &gateway);
     let limits = Limits::new(gateway.server(), gateway.metrics().connections()).with_tls(tls);
+    let draining = gateway.clone();
     serve_http(
         listener,
         gateway_handler(gateway),
         async move {
             shutdown_signal().await;
+            // fail readiness first, keep serving while the load balancer notices, then stop
+            draining.start_draining();
+            let delay = draining.server().shutdown_delay;
+            if !delay.is_zero() {
+                tracing::info!(
+                    seconds = delay.as_secs(),
+                    "shutting down: not ready, still serving"
+                );
+                tokio::time::sleep(delay).await;
+            }
             let _ = stop_tx.send(true);
         },
         limits,

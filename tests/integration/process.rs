@@ -209,3 +209,37 @@ async fn demo_prints_calls_that_get_the_statuses_it_announces() {
         "demo left its folder behind"
     );
 }
+
+#[tokio::test]
+async fn sigterm_fails_readiness_keeps_serving_for_the_delay_then_exits() {
+    let up = Upstream::start().await;
+    let (dir, config) = Served::mini(&format!("http://{}", up.addr), "off", "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[server]\n",
+        "[server]\nshutdown_delay_seconds = 2\ndrain_seconds = 5\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut served = Served::spawn(dir, &config);
+    // the upstream answers, so ready
+    let bob = token(json!({"usr": "bob"}));
+    let d1 = served.url("/v1/users/alice/devices/d1");
+    assert_eq!(send(get(&d1, Some(&bob))).await.0, http::StatusCode::OK);
+    assert_eq!(served.admin_get("/readyz").await.0, http::StatusCode::OK);
+    let asked = std::time::Instant::now();
+    served.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = served.admin_get("/readyz").await;
+    assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("shutting down"), "{body}");
+    assert_eq!(
+        send(get(&d1, Some(&bob))).await.0,
+        http::StatusCode::OK,
+        "still served during the delay"
+    );
+    assert_eq!(served.terminate(), Some(0));
+    assert!(
+        asked.elapsed() >= Duration::from_secs(2),
+        "exited before the delay: {:?}",
+        asked.elapsed()
+    );
+}
