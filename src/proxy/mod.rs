@@ -690,6 +690,9 @@ impl Drop for Record<'_> {
         }
         metrics.record_request(decision.route.as_deref().unwrap_or("-"), status);
         metrics.record_decision(decision.is_allowed(), self.decided);
+        if let Outcome::Reject(r) = &decision.outcome {
+            metrics.record_denial(response::rejection_reason(r));
+        }
         if decision.shadow_disagrees() {
             metrics.record_shadow_disagreement();
             telemetry::shadow_disagreement(

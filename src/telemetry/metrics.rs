@@ -45,6 +45,8 @@ pub struct Metrics {
     streams_redecided: Arc<AtomicU64>,
     /// Decision-input entries dropped because the record file fell behind.
     inputs_dropped: Arc<AtomicU64>,
+    /// Refusals by the reason code the client is told.
+    denials: RwLock<HashMap<String, AtomicU64>>,
     directory_change_failures: AtomicU64,
     internal_errors: AtomicU64,
     connections: Arc<Connections>,
@@ -93,6 +95,19 @@ impl Metrics {
                 .or_default()
                 .entry(status)
                 .or_default());
+        }
+    }
+
+    /// Counts a refusal under the reason code its client is told.
+    pub(crate) fn record_denial(&self, reason: &str) {
+        if let Ok(map) = self.denials.read() {
+            if let Some(counter) = map.get(reason) {
+                inc(counter);
+                return;
+            }
+        }
+        if let Ok(mut map) = self.denials.write() {
+            inc(map.entry(reason.to_string()).or_default());
         }
     }
 
@@ -201,6 +216,12 @@ impl Metrics {
                 "counter",
                 "Requests by route template and status.",
                 self.request_samples(),
+            ),
+            (
+                "iotgate_denials_total".into(),
+                "counter",
+                "Refused requests by the reason code the client is told.",
+                self.denial_samples(),
             ),
             (
                 "iotgate_decisions_total".into(),
@@ -387,6 +408,23 @@ impl Metrics {
     }
 
     /// `{route, status}` request counts, sorted.
+    fn denial_samples(&self) -> Vec<(String, u64)> {
+        let mut samples: Vec<(String, u64)> = self
+            .denials
+            .read()
+            .map(|m| {
+                m.iter()
+                    .map(|(reason, c)| {
+                        let labels = format!("{{reason=\"{}\"}}", escape(reason));
+                        (labels, c.load(Ordering::Relaxed))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        samples.sort();
+        samples
+    }
+
     fn request_samples(&self) -> Vec<(String, u64)> {
         let mut samples: Vec<(String, u64)> = self
             .requests

@@ -122,6 +122,8 @@ async fn admin_endpoints_report_health_status_and_metrics() {
         "iotgate_decision_duration_seconds_count 5",
         "iotgate_decision_cache_hits_total 2",
         "iotgate_upstream_errors_total{kind=\"unreachable\"} 0",
+        "iotgate_denials_total{reason=\"no_permit\"} 1",
+        "iotgate_denials_total{reason=\"token_missing\"} 1",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
