@@ -701,9 +701,11 @@ impl Drop for Record<'_> {
                 self.shadow_version.as_deref(),
             );
         }
-        if let (Some(recorder), Some(read), Some((path, query))) =
-            (&self.gateway.recorder, &decision.read, self.target.take())
-        {
+        if let (Some(recorder), Some(read), Some((path, query))) = (
+            &self.gateway.recorder,
+            decision.read.as_deref(),
+            self.target.take(),
+        ) {
             recorder.record(&Entry {
                 at: telemetry::record::now(),
                 request_id: self.request_id.clone(),

@@ -70,7 +70,8 @@ impl Sink {
     pub(crate) fn append(&self, lines: &[u8]) {
         let mut pending = self.lock();
         let before = pending.buf.len();
-        if before + lines.len() > self.limit {
+        // past the limit, or after the writer stopped (a line logged during exit): counted
+        if pending.closed || before + lines.len() > self.limit {
             drop(pending);
             let count = lines.iter().filter(|&&b| b == b'\n').count().max(1);
             self.dropped.fetch_add(count as u64, Ordering::Relaxed);
@@ -207,6 +208,20 @@ mod tests {
             assert_eq!(mine, expected, "thread {t}'s lines whole and in order");
         }
         assert_eq!(sink.dropped(), 0);
+    }
+
+    #[test]
+    fn a_line_after_the_writer_stopped_is_counted_not_silently_lost() {
+        let out = Shared::default();
+        let (sink, guard) = Sink::start(1 << 20, out.clone(), Arc::default()).unwrap();
+        sink.append(b"before\n");
+        drop(guard);
+        sink.append(b"after\n");
+        assert_eq!(
+            String::from_utf8(out.0.lock().unwrap().clone()).unwrap(),
+            "before\n"
+        );
+        assert_eq!(sink.dropped(), 1);
     }
 
     /// An output that blocks until the test lets it go.
