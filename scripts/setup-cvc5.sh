@@ -15,9 +15,11 @@ if ! "$home/venv/bin/python" -c "import cvc5" 2>/dev/null; then
   python3 -m venv "$home/venv" >&2
   "$home/venv/bin/pip" install --quiet --disable-pip-version-check "cvc5==1.4.2" >&2
 fi
-cat > "$home/cvc5" <<WRAPPER
+# written aside and renamed: tests call this script while others run the wrapper
+cat > "$home/cvc5.$$" <<WRAPPER
 #!/bin/sh
 exec "$home/venv/bin/python" "$root/scripts/cvc5-driver.py" "\$@"
 WRAPPER
-chmod +x "$home/cvc5"
+chmod +x "$home/cvc5.$$"
+mv -f "$home/cvc5.$$" "$home/cvc5"
 echo "$home/cvc5"

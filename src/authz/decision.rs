@@ -35,6 +35,7 @@ use crate::model::policy::Policies;
 use crate::model::routes::field::{FieldError, Inputs};
 use crate::model::routes::{Auth, Resolved, Route};
 use crate::request::headers::{self, HeaderError};
+use crate::request::subrequest::SubrequestError;
 use crate::request::uri::{self, PathError, Query, QueryError};
 use crate::request::{form, BodyFormat, TlsClient};
 
@@ -105,6 +106,13 @@ pub enum Rejection {
     /// A body the route reads is not plain JSON (other type, charset or encoding).
     #[error("unsupported body: {0}")]
     UnsupportedMediaType(HeaderError),
+    /// Decide mode: a route that reads body fields, asked about by a front proxy that does
+    /// not send the body.
+    #[error("the route reads the body, which the front proxy does not send")]
+    BodyNotForwarded,
+    /// Decide mode: the sub-request does not say which request to decide.
+    #[error("sub-request: {0}")]
+    Subrequest(SubrequestError),
     /// iotgate's own fault (500): the request was fine, the decision could not be made.
     #[error("internal fault: {0}")]
     Internal(InternalError),
@@ -302,6 +310,11 @@ impl Decision {
             false => Outcome::Reject(Rejection::OriginNotAllowed),
         };
         decision
+    }
+
+    /// A request refused before it reached a route (decide mode's sub-request checks).
+    pub fn refused(snapshot: &Snapshot, rejection: Rejection) -> Decision {
+        Decision::new(snapshot).reject(rejection)
     }
 
     fn reject(mut self, rejection: Rejection) -> Self {

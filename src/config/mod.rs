@@ -115,7 +115,10 @@ fn default_compact_after() -> usize {
 #[derive(Debug, Deserialize)]
 struct FileServer {
     listen: String,
-    upstream: String,
+    upstream: Option<String>,
+    #[serde(default)]
+    mode: Mode,
+    decide: Option<FileDecide>,
     admin_listen: Option<String>,
     #[serde(default = "default_max_body")]
     max_body_bytes: usize,
@@ -154,6 +157,15 @@ const DEFAULT_DRAIN_SECONDS: u64 = 10;
 
 fn default_drain() -> u64 {
     DEFAULT_DRAIN_SECONDS
+}
+
+#[derive(Debug, Deserialize)]
+struct FileDecide {
+    from: Option<FrontProxy>,
+    #[serde(default)]
+    path_prefix: String,
+    #[serde(default)]
+    body_routes: BodyRoutes,
 }
 
 #[derive(Debug, Deserialize)]
@@ -487,8 +499,12 @@ pub struct AdminConfig {
 pub struct ServerConfig {
     /// Client-facing listener.
     pub listen: SocketAddr,
-    /// The existing IoT server (`http://` or `https://`, no path).
-    pub upstream: http::Uri,
+    /// The existing IoT server (`http://` or `https://`, no path); optional in decide mode,
+    /// where `/readyz` probes it only when given.
+    pub upstream: Option<http::Uri>,
+    /// `[server] mode = "decide"`: answer a front proxy's authorization sub-requests
+    /// instead of forwarding (`None`: the reverse proxy).
+    pub decide: Option<DecideConfig>,
     /// Optional admin listener.
     pub admin_listen: Option<SocketAddr>,
     /// Largest body read for context extraction (413 beyond).
@@ -525,6 +541,55 @@ pub struct ServerConfig {
     pub cors: Option<CorsConfig>,
     /// `[server.tls]`: the client listener speaks TLS.
     pub tls: Option<TlsConfig>,
+}
+
+/// `[server] mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    /// Decide and forward (the reverse proxy).
+    #[default]
+    Proxy,
+    /// Decide only: a front proxy asks, then forwards itself.
+    Decide,
+}
+
+/// `[server.decide]`: how the front proxy tells the original request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecideConfig {
+    /// Which front proxy's sub-request convention.
+    pub from: FrontProxy,
+    /// Envoy `path_prefix`: the sub-request's path is this prefix, then the original path.
+    pub path_prefix: String,
+    /// What happens to routes that read body fields.
+    pub body_routes: BodyRoutes,
+}
+
+/// `[server.decide] from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrontProxy {
+    /// nginx `auth_request`: `X-Original-Method` and `X-Original-URI`; only 2xx, 401 and
+    /// 403 may answer (nginx turns anything else into a 500).
+    Nginx,
+    /// Traefik `forwardAuth`, Caddy `forward_auth`: `X-Forwarded-Method`,
+    /// `X-Forwarded-Uri`, `X-Forwarded-Host`; the answer reaches the client as it is.
+    Forwarded,
+    /// Envoy `ext_authz` (HTTP service): the original method, `path_prefix` + the original
+    /// path; the answer reaches the client as it is.
+    Envoy,
+}
+
+/// `[server.decide] body_routes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyRoutes {
+    /// Routes that read body fields are refused (403 `body_not_forwarded`): the front
+    /// proxy sends no body.
+    #[default]
+    Refuse,
+    /// Decided on the sub-request's body (Envoy `with_request_body`); only with `envoy`.
+    Decide,
 }
 
 /// `[server.tls]`.
@@ -577,7 +642,8 @@ impl ServerConfig {
     pub fn offline() -> ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            upstream: http::Uri::from_static("http://127.0.0.1:9"),
+            upstream: None,
+            decide: None,
             admin_listen: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             upstream_timeout: Duration::from_secs(DEFAULT_UPSTREAM_TIMEOUT_SECONDS),
@@ -881,8 +947,19 @@ impl Ctx<'_> {
             Some(a) => Some(addr("server.admin_listen", a)?),
             None => None,
         };
-        let upstream =
-            parse_upstream(&s.upstream).map_err(|m| self.source.problem("server.upstream", m))?;
+        let upstream = match (&s.upstream, s.mode) {
+            (Some(u), _) => {
+                Some(parse_upstream(u).map_err(|m| self.source.problem("server.upstream", m))?)
+            }
+            (None, Mode::Decide) => None,
+            (None, Mode::Proxy) => {
+                return Err(self.source.problem(
+                    "server",
+                    "missing field `upstream` (the server to forward to)",
+                ))
+            }
+        };
+        let decide = self.decide(&s)?;
         let public_rate = match s.public_rate_per_second {
             0 => None,
             rate => {
@@ -914,6 +991,7 @@ impl Ctx<'_> {
         Ok(ServerConfig {
             listen,
             upstream,
+            decide,
             admin_listen,
             max_body_bytes: s.max_body_bytes,
             upstream_timeout: Duration::from_secs(s.upstream_timeout_seconds.max(1)),
@@ -944,6 +1022,63 @@ impl Ctx<'_> {
             cors,
             tls,
         })
+    }
+
+    /// `mode` and `[server.decide]`, which go together; decide mode refuses what only a
+    /// forwarding gateway can do (answer CORS) and needs the proxies it trusts named.
+    fn decide(&self, s: &FileServer) -> Result<Option<DecideConfig>, Problem> {
+        let problem = |key: &str, message: &str| Err(self.source.problem(key, message));
+        let d = match (s.mode, &s.decide) {
+            (Mode::Proxy, None) => return Ok(None),
+            (Mode::Proxy, Some(_)) => {
+                return problem("server.decide", "[server.decide] needs `mode = \"decide\"`")
+            }
+            (Mode::Decide, None) => {
+                return problem(
+                    "server.mode",
+                    "`mode = \"decide\"` needs [server.decide] with `from = \"nginx\"`, `\"forwarded\"` or `\"envoy\"`",
+                )
+            }
+            (Mode::Decide, Some(d)) => d,
+        };
+        let Some(from) = d.from else {
+            return problem(
+                "server.decide",
+                "missing field `from` (`\"nginx\"`, `\"forwarded\"` or `\"envoy\"`)",
+            );
+        };
+        if s.trusted_proxies.is_empty() {
+            return problem(
+                "server.trusted_proxies",
+                "decide mode takes the original request only from the proxies named here",
+            );
+        }
+        if s.cors.is_some() {
+            return problem(
+                "server.cors",
+                "in decide mode the front proxy answers CORS (iotgate's answer never reaches the browser on a preflight)",
+            );
+        }
+        if d.body_routes == BodyRoutes::Decide && from != FrontProxy::Envoy {
+            return problem(
+                "server.decide.body_routes",
+                "only Envoy (`with_request_body`) sends the body to decide on",
+            );
+        }
+        let prefix = &d.path_prefix;
+        if !prefix.is_empty()
+            && (from != FrontProxy::Envoy || !prefix.starts_with('/') || prefix.ends_with('/'))
+        {
+            return problem(
+                "server.decide.path_prefix",
+                "an Envoy `path_prefix` such as `/authz` (starts with `/`, does not end with one)",
+            );
+        }
+        Ok(Some(DecideConfig {
+            from,
+            path_prefix: prefix.clone(),
+            body_routes: d.body_routes,
+        }))
     }
 
     fn cors(&self, c: FileCors) -> Result<CorsConfig, Problem> {
@@ -1392,6 +1527,98 @@ directory = ["dir"]
         assert!(errors(&thinger).iter().any(|e| e.ends_with(
             "a thinger sync needs `policies`, the folder its project files are written to"
         )));
+    }
+
+    #[test]
+    fn decide_mode_is_checked_with_what_it_rules_out() {
+        let decide = |server: &str, section: &str| {
+            let text = GOOD.replace("[auth]", &format!("{server}\n{section}\n[auth]"));
+            Config::parse(Path::new("/etc/gw/c.toml"), &text)
+        };
+        let trusted = "mode = \"decide\"\ntrusted_proxies = [\"10.0.0.0/8\"]";
+        let c = decide(
+            trusted,
+            "[server.decide]\nfrom = \"envoy\"\npath_prefix = \"/authz\"\nbody_routes = \"decide\"",
+        )
+        .unwrap();
+        let d = c.server.unwrap().decide.unwrap();
+        assert_eq!(
+            (d.from, d.path_prefix.as_str(), d.body_routes),
+            (FrontProxy::Envoy, "/authz", BodyRoutes::Decide)
+        );
+        let wrong = [
+            (trusted, "", "needs [server.decide]"),
+            (
+                "",
+                "[server.decide]\nfrom = \"nginx\"",
+                "needs `mode = \"decide\"`",
+            ),
+            (
+                "mode = \"decide\"",
+                "[server.decide]\nfrom = \"nginx\"",
+                "only from the proxies named here",
+            ),
+            (
+                trusted,
+                "[server.decide]\nbody_routes = \"refuse\"",
+                "missing field `from`",
+            ),
+            (
+                trusted,
+                "[server.decide]\nfrom = \"nginx\"\nbody_routes = \"decide\"",
+                "only Envoy",
+            ),
+            (
+                trusted,
+                "[server.decide]\nfrom = \"nginx\"\npath_prefix = \"/authz\"",
+                "an Envoy `path_prefix`",
+            ),
+            (
+                trusted,
+                "[server.decide]\nfrom = \"envoy\"\npath_prefix = \"authz/\"",
+                "an Envoy `path_prefix`",
+            ),
+            (
+                trusted,
+                "[server.decide]\nfrom = \"traefik\"",
+                "unknown variant",
+            ),
+            (
+                &format!("{trusted}\n[server.cors]\nallowed_origins = [\"*\"]"),
+                "[server.decide]\nfrom = \"nginx\"",
+                "the front proxy answers CORS",
+            ),
+        ];
+        for (server, section, wanted) in wrong {
+            let errs: Vec<String> = decide(server, section)
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert!(
+                errs.iter().any(|e| e.contains(wanted)),
+                "{server} {section}: {errs:?}"
+            );
+        }
+        // decide mode may name no upstream; the reverse proxy must
+        let text = GOOD.replace("upstream = \"http://127.0.0.1:8081\"\n", "");
+        assert!(
+            errors(&text)
+                .iter()
+                .any(|e| e.contains("missing field `upstream`")),
+            "{:?}",
+            errors(&text)
+        );
+        let text = text.replace(
+            "[auth]",
+            &format!("{trusted}\n[server.decide]\nfrom = \"nginx\"\n[auth]"),
+        );
+        assert!(Config::parse(Path::new("/etc/gw/c.toml"), &text)
+            .unwrap()
+            .server
+            .unwrap()
+            .upstream
+            .is_none());
     }
 
     #[test]

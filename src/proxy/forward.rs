@@ -23,6 +23,9 @@ use crate::config::problem::{Problem, Problems};
 use crate::config::ServerConfig;
 use crate::proxy::response::{Body, UpstreamError, REQUEST_ID};
 
+/// The base URI of a stand-in without `[server] upstream` (never connected to).
+const STAND_IN: &str = "http://127.0.0.1:9";
+
 /// The pooled client to the existing IoT server.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -39,6 +42,10 @@ impl Upstream {
     /// # Errors
     /// The CA file cannot be read or holds no certificate.
     pub fn new(server: &ServerConfig) -> Result<Upstream, Problems> {
+        let Some(base) = server.upstream.clone() else {
+            // decide mode without an upstream: nothing is ever forwarded
+            return Ok(Upstream::stand_in(server));
+        };
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_native_certs::load_native_certs().certs {
             let _ = roots.add(cert);
@@ -67,7 +74,7 @@ impl Upstream {
             .build(connector);
         Ok(Upstream {
             client: Some(client),
-            base: server.upstream.clone(),
+            base,
             timeout: server.upstream_timeout,
         })
     }
@@ -77,7 +84,10 @@ impl Upstream {
     pub fn stand_in(server: &ServerConfig) -> Upstream {
         Upstream {
             client: None,
-            base: server.upstream.clone(),
+            base: server
+                .upstream
+                .clone()
+                .unwrap_or_else(|| Uri::from_static(STAND_IN)),
             timeout: server.upstream_timeout,
         }
     }
@@ -105,8 +115,12 @@ impl Upstream {
         }
     }
 
-    /// Whether the upstream answers at all (any HTTP status) to `GET /`.
+    /// Whether the upstream answers at all (any HTTP status) to `GET /`; a stand-in (no
+    /// upstream to wait for) always does.
     pub async fn probe(&self) -> bool {
+        if self.is_stand_in() {
+            return true;
+        }
         let request =
             Request::get(self.base.clone()).body(crate::proxy::response::full(bytes::Bytes::new()));
         match request {

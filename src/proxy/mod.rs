@@ -10,6 +10,7 @@
 //! ```
 
 pub(crate) mod cors;
+pub(crate) mod decide;
 pub(crate) mod forward;
 pub(crate) mod limit;
 pub(crate) mod response;
@@ -36,11 +37,12 @@ use crate::authz::decision::{
 use crate::authz::snapshot::Loaded;
 use crate::authz::snapshot::Snapshot;
 use crate::config::problem::{Problem, Problems};
-use crate::config::{CacheConfig, Config, ServerConfig};
+use crate::config::{BodyRoutes, CacheConfig, Config, ServerConfig};
 use crate::model::directory::change::Change;
 use crate::model::directory::journal::Journal;
 use crate::model::routes::{Auth, Route};
 use crate::proxy::response::{full, Body, BoxError, Failure, UpstreamError, REQUEST_ID};
+use crate::request::subrequest::{self, SubrequestError};
 use crate::request::uri::Query;
 use crate::request::{headers, TlsSession};
 use crate::telemetry;
@@ -67,8 +69,9 @@ pub struct Gateway {
     /// `[server.cors]`.
     cors: Option<Cors>,
     server: ServerConfig,
-    /// Whether requests may carry [`TrustedClaims`] (only the offline gateway of `check`).
-    trusts_claims: bool,
+    /// The gateway of `check`: requests may carry [`TrustedClaims`], and in decide mode
+    /// each request is the original one (no sub-request to read).
+    offline: bool,
     /// Milliseconds since the epoch of the upstream's last answer (0: never).
     upstream_answered: AtomicU64,
     /// Where directory changes are made durable (`[directory] journal`).
@@ -139,7 +142,7 @@ impl Gateway {
             writes: tokio::sync::Mutex::new(()),
             changes: AtomicU64::new(0),
             compact_after: config.directory.compact_after,
-            trusts_claims: false,
+            offline: false,
             upstream_answered: AtomicU64::new(0),
             recorder,
             draining: Default::default(),
@@ -174,7 +177,7 @@ impl Gateway {
             changes: AtomicU64::new(0),
             compact_after: config.directory.compact_after,
             server,
-            trusts_claims: true,
+            offline: true,
             upstream_answered: AtomicU64::new(0),
             recorder: None,
             draining: Default::default(),
@@ -317,33 +320,39 @@ impl Gateway {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let started = Instant::now();
-        // a request whose route changes the directory is decided, forwarded and applied
-        // under the writer lock, on the newest snapshot: two of them decided on the same
-        // snapshot could both pass a limit (the license) that only one may
-        let mutates = self
-            .snapshot
-            .load()
-            .routes
-            .mutates(request.method(), request.uri().path());
-        let writer = match mutates {
-            true => Some(self.writes.lock().await),
-            false => None,
-        };
         // an IPv4 client of a dual-stack listener is ::ffff:a.b.c.d: trusted proxies, rate
         // limits, logs and X-Forwarded-For see a.b.c.d
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let request_id = request_id(request.headers());
-        let snapshot = self.snapshot.load_full();
         let (mut parts, body) = request.into_parts();
+        let asked = self.original_request(&mut parts, peer);
+        // a request whose route changes the directory is decided, forwarded and applied
+        // under the writer lock, on the newest snapshot: two of them decided on the same
+        // snapshot could both pass a limit (the license) that only one may (decide mode
+        // forwards nothing and applies no effects)
+        let mutates = self.server.decide.is_none()
+            && (self.snapshot.load().routes).mutates(&parts.method, parts.uri.path());
+        let writer = match mutates {
+            true => Some(self.writes.lock().await),
+            false => None,
+        };
+        let snapshot = self.snapshot.load_full();
         let client =
             headers::client_address(peer.ip(), &parts.headers, &self.server.trusted_proxies);
         let preflight = self.cors.as_ref().filter(|_| Cors::is_preflight(&parts));
-        let (decision, route, body) = match preflight {
-            Some(cors) => {
+        let (decision, route, body) = match (asked, preflight) {
+            (Err(e), _) => {
+                let refused = Decision::refused(&snapshot, Rejection::Subrequest(e));
+                (refused, None, None)
+            }
+            (Ok(_), Some(cors)) => {
                 let allowed = cors.allows(&parts.headers);
                 (Decision::preflight(&snapshot, allowed), None, None)
             }
-            None => self.decide(&snapshot, &parts, body, client).await,
+            (Ok(body_here), None) => {
+                let body = body_here.then_some(body);
+                self.decide(&snapshot, &parts, body, client).await
+            }
         };
         let origin = parts.headers.get(http::header::ORIGIN).cloned();
         let target = decision.read.as_ref().map(|_| {
@@ -368,6 +377,12 @@ impl Gateway {
         };
         let expose = self.server.expose_messages;
         let mut response = match (&record.decision.outcome, body) {
+            (Outcome::Allow, _) if self.server.decide.is_some() => {
+                if route.is_some_and(|r| r.resync) {
+                    self.resync.notify_one();
+                }
+                decide::allowed(&record.decision, &record.request_id)
+            }
             (Outcome::Allow, Some(body)) => {
                 let stream = route.is_some_and(|r| r.stream);
                 let websocket = stream && forward::is_websocket(&parts.method, &parts.headers);
@@ -420,9 +435,34 @@ impl Gateway {
         if let (Some(cors), None) = (&self.cors, preflight) {
             cors.decorate(origin.as_ref(), response.headers_mut());
         }
+        if let Some(config) = &self.server.decide {
+            decide::fit_status(config.from, &mut response);
+        }
         record.status = Some(response.status().as_u16());
         let observed = observe(&record.decision);
         (response, observed)
+    }
+
+    /// Decide mode: makes a sub-request the original request it asks about, and says
+    /// whether that request's body is here to read. `check` passes the original request
+    /// itself (its `--request`).
+    fn original_request(
+        &self,
+        parts: &mut http::request::Parts,
+        peer: SocketAddr,
+    ) -> Result<bool, SubrequestError> {
+        let Some(config) = &self.server.decide else {
+            return Ok(true);
+        };
+        if !self.offline {
+            let cookies = self.server.forward_cookies;
+            subrequest::original(config, parts, self.trusted(peer), cookies)?;
+        }
+        let partial = parts
+            .headers
+            .get("x-envoy-auth-partial-body")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        Ok(config.body_routes == BodyRoutes::Decide && !partial)
     }
 
     /// Whether a peer is one of `[server] trusted_proxies`.
@@ -483,73 +523,37 @@ impl Gateway {
     /// Decides, reading the body first when the route needs it. Returns the decision,
     /// the route matched, and the body to forward (the same bytes when it was
     /// read; a streamed body's errors are marked as the client's).
+    /// `body` is `None` in decide mode when the front proxy sends none: a route that
+    /// reads body fields is then refused.
     async fn decide<'s, B>(
         &'s self,
         snapshot: &'s Snapshot,
         parts: &http::request::Parts,
-        body: B,
+        body: Option<B>,
         client: IpAddr,
     ) -> (Decision, Option<&'s Route>, Option<Body>)
     where
         B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let follows = !body.is_end_stream();
-        let body: Body = body
-            .map_frame(without_trailers)
-            .map_err(|e| -> BoxError { Box::new(ClientBodyError(Box::new(e))) })
-            .boxed();
-        // a GET or HEAD may announce a body that turns out empty (an HTTP/2 DATA frame with
-        // nothing but END_STREAM, a lone last chunk): read it, at most nothing
-        let (has_body, body) = match (&parts.method, follows) {
-            (&http::Method::GET | &http::Method::HEAD, true) => {
-                let deadline = self.server.header_read_timeout;
-                let empty = read_bounded(body, &parts.headers, 0, deadline)
-                    .await
-                    .is_ok();
-                (!empty, full(Bytes::new()))
+        let (has_body, body) = match body {
+            Some(body) => {
+                let (has_body, body) = self.announced(parts, body).await;
+                (has_body, Some(body))
             }
-            (_, follows) => (follows, body),
+            None => (false, None),
         };
-        let head = RequestHead {
-            method: &parts.method,
-            uri: &parts.uri,
-            headers: &parts.headers,
-            has_body,
-            forwards_cookies: self.server.forward_cookies,
-            tls_client: parts
-                .extensions
-                .get::<Arc<TlsSession>>()
-                .and_then(|t| t.client.as_ref()),
+        let pending = match self.begin(snapshot, parts, has_body, client) {
+            Ok(pending) => pending,
+            Err(refused) => return refused,
         };
-        let credentials = match parts.extensions.get::<TrustedClaims>() {
-            Some(TrustedClaims(claims)) if self.trusts_claims => {
-                Credentials::Trusted(claims.clone())
-            }
-            _ => Credentials::Token,
-        };
-        let pending = match decision::begin(
-            snapshot,
-            &self.verifier,
-            head,
-            credentials,
-            Some(&self.caches),
-        ) {
-            Err(rejected) => return (*rejected, None, None),
-            Ok(p) => p,
-        };
-        let pending = pending.recording(self.recorder.is_some());
         let route = Some(pending.route());
-        if let (Some(limiter), Auth::Optional | Auth::None) = (&self.limiter, pending.route().auth)
-        {
-            if let Err(seconds) = limiter.admit(client) {
-                self.metrics.record_rate_limited();
-                return (pending.reject(Rejection::RateLimited(seconds)), route, None);
-            }
-        }
         if !pending.needs_body() {
-            return (pending.decide(None), route, Some(body));
+            return (pending.decide(None), route, body);
         }
+        let Some(body) = body else {
+            return (pending.reject(Rejection::BodyNotForwarded), route, None);
+        };
         let (limit, deadline) = (self.server.max_body_bytes, self.server.header_read_timeout);
         match read_bounded(body, &parts.headers, limit, deadline).await {
             Ok(bytes) => {
@@ -564,6 +568,78 @@ impl Gateway {
                 None,
             ),
         }
+    }
+
+    /// Whether a body follows, and the body to go on with (its errors marked as the
+    /// client's). A GET or HEAD may announce a body that turns out empty (an HTTP/2 DATA
+    /// frame with nothing but END_STREAM, a lone last chunk): it is read, at most nothing.
+    async fn announced<B>(&self, parts: &http::request::Parts, body: B) -> (bool, Body)
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let follows = !body.is_end_stream();
+        let body: Body = body
+            .map_frame(without_trailers)
+            .map_err(|e| -> BoxError { Box::new(ClientBodyError(Box::new(e))) })
+            .boxed();
+        match (&parts.method, follows) {
+            (&http::Method::GET | &http::Method::HEAD, true) => {
+                let deadline = self.server.header_read_timeout;
+                let empty = read_bounded(body, &parts.headers, 0, deadline)
+                    .await
+                    .is_ok();
+                (!empty, full(Bytes::new()))
+            }
+            (_, follows) => (follows, body),
+        }
+    }
+
+    /// The decision up to the body: token, route, directory, rate limit of public routes.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the refusal is the answer, made once per request"
+    )]
+    fn begin<'s>(
+        &'s self,
+        snapshot: &'s Snapshot,
+        parts: &http::request::Parts,
+        has_body: bool,
+        client: IpAddr,
+    ) -> Result<decision::Pending<'s>, (Decision, Option<&'s Route>, Option<Body>)> {
+        let head = RequestHead {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            has_body,
+            forwards_cookies: self.server.forward_cookies,
+            tls_client: parts
+                .extensions
+                .get::<Arc<TlsSession>>()
+                .and_then(|t| t.client.as_ref()),
+        };
+        let credentials = match parts.extensions.get::<TrustedClaims>() {
+            Some(TrustedClaims(claims)) if self.offline => Credentials::Trusted(claims.clone()),
+            _ => Credentials::Token,
+        };
+        let pending = decision::begin(
+            snapshot,
+            &self.verifier,
+            head,
+            credentials,
+            Some(&self.caches),
+        )
+        .map_err(|rejected| (*rejected, None, None))?;
+        let pending = pending.recording(self.recorder.is_some());
+        let route = pending.route();
+        if let (Some(limiter), Auth::Optional | Auth::None) = (&self.limiter, route.auth) {
+            if let Err(seconds) = limiter.admit(client) {
+                self.metrics.record_rate_limited();
+                let refused = pending.reject(Rejection::RateLimited(seconds));
+                return Err((refused, Some(route), None));
+            }
+        }
+        Ok(pending)
     }
 
     async fn forward(

@@ -6,7 +6,7 @@
 //! AdminRefusal (admin) ───┘        {"error", "reason", ["field"], ["message"],
 //!                                   "request_id", "policy_version"}
 //!                                  + WWW-Authenticate (RFC 6750) on 401, Retry-After on
-//!                                  429, X-Request-Id always
+//!                                  429, X-Request-Id and X-Iotgate-Reason always
 //! ```
 //!
 //! `error` is the class of failure, `reason` a stable code a client can act on: a forbid
@@ -23,6 +23,7 @@ use crate::authn::AuthError;
 use crate::authz::decision::{BadRequest, Decision, Outcome, Rejection};
 use crate::model::routes::field::FieldError;
 use crate::request::headers::HeaderError;
+use crate::request::subrequest::SubrequestError;
 use crate::request::uri::QueryError;
 
 impl Decision {
@@ -56,6 +57,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Header carrying the request id.
 pub(crate) const REQUEST_ID: &str = "x-request-id";
+/// Header carrying a refusal's `reason` (for proxies that pass on headers, not bodies).
+pub(crate) const REASON: &str = "x-iotgate-reason";
 
 /// Why the upstream could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -147,6 +150,10 @@ impl Failure {
                 Rejection::UnsupportedMediaType(_) => {
                     (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
                 }
+                Rejection::BodyNotForwarded | Rejection::Subrequest(SubrequestError::Untrusted) => {
+                    (S::FORBIDDEN, "forbidden")
+                }
+                Rejection::Subrequest(_) => (S::BAD_REQUEST, "bad_request"),
                 Rejection::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error"),
             },
             Failure::Upstream(u) => match u {
@@ -257,6 +264,9 @@ impl Failure {
         if let Ok(id) = HeaderValue::from_str(request_id) {
             headers.insert(REQUEST_ID, id);
         }
+        if let Ok(reason) = HeaderValue::from_str(self.reason()) {
+            headers.insert(REASON, reason);
+        }
         if let Failure::Rejected(Rejection::RateLimited(seconds)) = self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
         }
@@ -285,6 +295,10 @@ pub(crate) fn rejection_reason(r: &Rejection) -> &str {
         Rejection::OriginNotAllowed => "origin_not_allowed",
         Rejection::Conflict(_) => "entity_exists",
         Rejection::UnsupportedMediaType(_) => "unsupported_media_type",
+        Rejection::BodyNotForwarded => "body_not_forwarded",
+        Rejection::Subrequest(SubrequestError::Untrusted) => "untrusted_proxy",
+        Rejection::Subrequest(SubrequestError::Undecided(_)) => "header_not_forwarded",
+        Rejection::Subrequest(_) => "bad_subrequest",
         Rejection::Internal(_) => "internal_error",
     }
 }

@@ -11,6 +11,7 @@
 pub(crate) mod form;
 pub(crate) mod headers;
 pub(crate) mod json;
+pub(crate) mod subrequest;
 pub(crate) mod token;
 pub(crate) mod uri;
 

@@ -179,6 +179,18 @@ fn log_start(listener: &TcpListener, admin: Option<SocketAddr>, gateway: &Gatewa
     for warning in &snapshot.warnings {
         tracing::warn!(warning = warning.as_str(), "snapshot");
     }
+    if let Some(decide) = &gateway.server().decide {
+        let routes = snapshot.routes.routes();
+        let effects = routes.iter().filter(|r| r.has_effects()).count();
+        if effects > 0 {
+            // the front proxy forwards; iotgate never sees the upstream's answer
+            tracing::warn!(
+                routes = effects,
+                "decide mode applies no write-through effects: [directory.sync] keeps the directory current"
+            );
+        }
+        tracing::info!(from = ?decide.from, "decide mode: answering the front proxy's sub-requests");
+    }
     let bound = listener
         .local_addr()
         .map(|a| a.to_string())

@@ -668,15 +668,17 @@ async fn the_upstream_sees_exactly_the_verified_credential() {
         "Cookie: session=acme",
         "Connection: close",
     ];
+    // one token: two made a second apart differ in `exp`
+    let bob = bob();
     let answer = exchange(
         gw.addr,
-        request("GET", DEVICE, Some(&bob()), &spoofed, "").as_bytes(),
+        request("GET", DEVICE, Some(&bob), &spoofed, "").as_bytes(),
     )
     .await;
     assert_eq!(statuses(&answer), [200], "{answer}");
     let seen = &up.requests()[0];
     let h = &seen.headers;
-    assert_eq!(h["authorization"], format!("Bearer {}", bob()).as_str());
+    assert_eq!(h["authorization"], format!("Bearer {bob}").as_str());
     assert_eq!(h["x-iotgate-principal"], "bob");
     assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-host"], "iot.example");

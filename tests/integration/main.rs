@@ -12,6 +12,7 @@ mod differential;
 mod directory;
 mod entities;
 mod front_door;
+mod front_proxy;
 mod keys;
 mod layers;
 mod operations;

