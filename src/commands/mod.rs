@@ -25,6 +25,7 @@ use crate::commands::cli::{
 };
 use crate::commands::report::{Finding, Format, Severity};
 use crate::config::Config;
+use crate::telemetry::LogFormat;
 
 /// Runs the command line's command, writing its output to stdout.
 pub fn run(cli: &Cli) -> ExitStatus {
@@ -43,7 +44,7 @@ pub fn run(cli: &Cli) -> ExitStatus {
         Command::Mock(args) => runtime().and_then(|rt| rt.block_on(import::mock(args, &mut out))),
         Command::Serve(args) => {
             let _log = crate::telemetry::init(cli.log_format);
-            runtime().map(|rt| rt.block_on(serve(args)))
+            runtime().map(|rt| rt.block_on(serve(args, cli.log_format)))
         }
         Command::Demo => {
             let _log = crate::telemetry::init(cli.log_format);
@@ -59,12 +60,21 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// `serve`: runs the gateway until a shutdown signal; load problems are printed (exit 2).
-pub(crate) async fn serve(args: &ServeArgs) -> ExitStatus {
+/// `serve`: runs the gateway until a shutdown signal; start-up problems are printed (exit
+/// 2): as `file:line: message` lines, or with `--log-format json` as JSON log lines (level
+/// `ERROR`, `file`, `line`) a log collector parses like the rest.
+pub(crate) async fn serve(args: &ServeArgs, format: LogFormat) -> ExitStatus {
     match crate::serve::run(&args.config.config).await {
         Ok(()) => ExitStatus::Ok,
-        Err(message) => {
-            eprint!("{message}");
+        Err(problems) if format == LogFormat::Json => {
+            for p in problems.iter() {
+                let (file, line) = (p.file.display().to_string(), p.line.unwrap_or(0));
+                tracing::error!(target: "iotgate::startup", file, line, "{}", p.message);
+            }
+            ExitStatus::Error
+        }
+        Err(problems) => {
+            eprint!("{problems}");
             ExitStatus::Error
         }
     }

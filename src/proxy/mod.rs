@@ -367,6 +367,7 @@ impl Gateway {
             gateway: self,
             target,
             client,
+            trace_id: headers::trace_id(&parts.headers),
             shadow_version: snapshot.shadow_version.clone(),
             request_id,
             method: parts.method.clone(),
@@ -405,7 +406,11 @@ impl Gateway {
                     policy_version: &record.decision.policy_version,
                     directory_version: &record.decision.directory_version,
                 };
-                match self.forward(parts, body, stamp, client_upgrade).await {
+                let sent = Instant::now();
+                let forwarded = self.forward(parts, body, stamp, client_upgrade).await;
+                let route_name = record.decision.route.as_deref().unwrap_or("-");
+                self.metrics.record_upstream(route_name, sent.elapsed());
+                match forwarded {
                     Ok(response) => {
                         let locked = writer.is_some();
                         self.write_through(&record, response.status(), locked).await;
@@ -739,6 +744,8 @@ struct Record<'g> {
     /// Path and query (without the token parameter) when decision inputs are recorded.
     target: Option<(String, Option<String>)>,
     client: IpAddr,
+    /// The W3C `traceparent` trace id, when the client sent a valid one.
+    trace_id: Option<String>,
     shadow_version: Option<Arc<str>>,
     request_id: String,
     method: http::Method,
@@ -764,7 +771,8 @@ impl Drop for Record<'_> {
             metrics.record_internal_error();
             tracing::error!(request_id = self.request_id.as_str(), error = %e, "internal fault on the decision path");
         }
-        metrics.record_request(decision.route.as_deref().unwrap_or("-"), status);
+        let route = decision.route.as_deref().unwrap_or("-");
+        metrics.record_request(route, status, self.started.elapsed());
         metrics.record_decision(decision.is_allowed(), self.decided);
         if let Outcome::Reject(r) = &decision.outcome {
             metrics.record_denial(response::rejection_reason(r));
@@ -805,10 +813,14 @@ impl Drop for Record<'_> {
                 directory_version: decision.directory_version.to_string(),
             });
         }
+        let asked = telemetry::Asked {
+            request_id: &self.request_id,
+            trace_id: self.trace_id.as_deref(),
+            client: self.client,
+            method: &self.method,
+        };
         telemetry::decision(
-            &self.request_id,
-            self.client,
-            &self.method,
+            asked,
             decision,
             match &decision.outcome {
                 Outcome::Allow => "-",

@@ -248,9 +248,70 @@ pub(crate) fn client_address(
     client
 }
 
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), when there is
+/// exactly one well-formed header whose ids are not all zeros.
+pub(crate) fn trace_id(headers: &HeaderMap) -> Option<String> {
+    let mut all = headers.get_all("traceparent").iter();
+    let value = all.next()?.to_str().ok()?;
+    if all.next().is_some() {
+        return None;
+    }
+    let mut parts = value.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && !zero(trace)
+        && !zero(parent)
+        && (version != "00" || parts.next().is_none());
+    valid.then(|| trace.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_ids_are_read_from_well_formed_traceparents_only() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let with = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("traceparent", v.parse().unwrap());
+            }
+            trace_id(&h)
+        };
+        assert_eq!(
+            with(&[&format!("00-{id}-00f067aa0ba902b7-01")]).as_deref(),
+            Some(id)
+        );
+        for bad in [
+            format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
+            format!("00-{id}-0000000000000000-01"),
+            format!("00-{}-00f067aa0ba902b7-01", id.to_uppercase()),
+            format!("ff-{id}-00f067aa0ba902b7-01"),
+            format!("00-{id}-00f067aa0ba902b7-01-extra"),
+            format!("00-{id}-00f067aa0ba902b7"),
+            "garbage".to_string(),
+        ] {
+            assert_eq!(with(&[&bad]), None, "{bad}");
+        }
+        let one = format!("00-{id}-00f067aa0ba902b7-01");
+        assert_eq!(
+            with(&[&one, &one]),
+            None,
+            "two traceparents name no one trace"
+        );
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

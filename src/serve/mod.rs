@@ -26,7 +26,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::authz::snapshot::Loaded;
-use crate::config::problem::Problems;
+use crate::config::problem::{Problem, Problems};
 use crate::config::Reload;
 use crate::proxy::response::Body;
 use crate::proxy::Gateway;
@@ -37,19 +37,20 @@ use crate::serve::reload::Reloader;
 /// Runs `serve` with the config at `config_path` until a shutdown signal.
 ///
 /// # Errors
-/// Every load problem, or a listener that cannot bind, as the text to print.
-pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), String> {
-    let (gateway, config) = load(config_path).map_err(|p| p.to_string())?;
+/// Every load problem, or a listener that cannot bind (told against the config file).
+pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), Problems> {
+    let (gateway, config) = load(config_path)?;
+    let in_config = |message: String| Problem::in_file(config_path, message);
     let server = config
         .server
         .clone()
-        .ok_or("`serve` needs a [server] section\n")?;
-    let tls = tls_of(&server).map_err(|p| p.to_string())?;
+        .ok_or_else(|| in_config("`serve` needs a [server] section".into()))?;
+    let tls = tls_of(&server)?;
     let admin_token = match &config.admin.token_file {
         Some(path) => {
-            let token = crate::config::problem::read_text(path).map_err(|p| format!("{p}\n"))?;
+            let token = crate::config::problem::read_text(path)?;
             match token.trim() {
-                "" => return Err(format!("{}: the admin token is empty\n", path.display())),
+                "" => return Err(Problem::in_file(path, "the admin token is empty").into()),
                 token => Some(token.to_string()),
             }
         }
@@ -61,16 +62,14 @@ pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), String> {
         .as_ref()
         .map(sync::Sync::new)
         .transpose()
-        .map_err(|e| format!("{e}\n"))?;
-    let listener = TcpListener::bind(server.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}\n", server.listen))?;
+        .map_err(|e| in_config(e.to_string()))?;
+    let bind = |addr: SocketAddr| async move {
+        let bound = TcpListener::bind(addr).await;
+        bound.map_err(|e| in_config(format!("cannot listen on {addr}: {e}")))
+    };
+    let listener = bind(server.listen).await?;
     let admin_listener = match server.admin_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr}: {e}\n"))?,
-        ),
+        Some(addr) => Some(bind(addr).await?),
         None => None,
     };
     let reloader = Reloader::new(config.clone(), gateway.clone(), tls.clone());

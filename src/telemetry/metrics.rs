@@ -1,8 +1,9 @@
 //! Counters of the serving path, rendered in the Prometheus text format on `/metrics`.
 //!
 //! ```text
-//! proxy ──record_request(route template, status)──┐
-//!       ──record_decision(allow|deny, latency)────┤
+//! proxy ──record_request(route template, status, duration)──┐
+//!       ──record_upstream(route template, duration)──────────┤
+//!       ──record_decision(allow|deny, latency)────────────────┤
 //!       ──record_upstream_error / shadow ─────────┼─▶ Metrics ──render()──▶ text/plain; version=0.0.4
 //! reload ──record_reload(ok)───────────────────────┘      (+ cache stats passed in)
 //! ```
@@ -18,21 +19,99 @@ use std::time::Duration;
 use crate::authz::cache::Stats;
 
 /// Upper bounds (seconds) of the decision latency histogram.
-const BUCKETS: [f64; 12] = [
+const DECISION_BUCKETS: [f64; 12] = [
     0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
     0.05,
 ];
 
+/// Upper bounds (seconds) of the request and upstream duration histograms.
+const REQUEST_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A Prometheus histogram of durations: cumulative bucket counts, count and sum.
+#[derive(Debug)]
+struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            micros: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        for (bound, counter) in self.bounds.iter().zip(&self.buckets) {
+            if secs <= *bound {
+                inc(counter);
+            }
+        }
+        inc(&self.count);
+        let micros = took.as_micros().try_into().unwrap_or(u64::MAX);
+        self.micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// `_bucket`, `_sum` and `_count` lines of one series (`labels`: `route="…"` or empty).
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bound, c) in self.bounds.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
+                get(c)
+            );
+        }
+        let count = get(&self.count);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let braces = |l: &str| match l.is_empty() {
+            true => String::new(),
+            false => format!("{{{l}}}"),
+        };
+        let sum = get(&self.micros) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
+        let _ = writeln!(out, "{name}_count{} {count}", braces(labels));
+    }
+}
+
+/// What is counted per route template.
+#[derive(Debug)]
+struct RouteSeries {
+    /// status → count
+    statuses: HashMap<u16, AtomicU64>,
+    /// Arrival to the answer's head (or the refusal).
+    duration: Histogram,
+    /// Sending to the upstream to its response head.
+    upstream: Histogram,
+}
+
+impl Default for RouteSeries {
+    fn default() -> RouteSeries {
+        RouteSeries {
+            statuses: HashMap::new(),
+            duration: Histogram::new(&REQUEST_BUCKETS),
+            upstream: Histogram::new(&REQUEST_BUCKETS),
+        }
+    }
+}
+
 /// All counters.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    /// route template → status → count (looked up by `&str`: no allocation per request)
-    requests: RwLock<HashMap<String, HashMap<u16, AtomicU64>>>,
+    /// route template → its series (looked up by `&str`: no allocation per request)
+    routes: RwLock<HashMap<String, RouteSeries>>,
     allowed: AtomicU64,
     denied: AtomicU64,
-    latency_buckets: [AtomicU64; BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_micros: AtomicU64,
+    latency: Histogram,
     upstream_unreachable: AtomicU64,
     upstream_timeout: AtomicU64,
     reload_ok: AtomicU64,
@@ -50,6 +129,32 @@ pub struct Metrics {
     directory_change_failures: AtomicU64,
     internal_errors: AtomicU64,
     connections: Arc<Connections>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            routes: RwLock::default(),
+            allowed: AtomicU64::default(),
+            denied: AtomicU64::default(),
+            latency: Histogram::new(&DECISION_BUCKETS),
+            upstream_unreachable: AtomicU64::default(),
+            upstream_timeout: AtomicU64::default(),
+            reload_ok: AtomicU64::default(),
+            reload_failed: AtomicU64::default(),
+            shadow_disagreements: AtomicU64::default(),
+            client_aborts: AtomicU64::default(),
+            rate_limited: AtomicU64::default(),
+            directory_changes: AtomicU64::default(),
+            streams_revoked: Arc::default(),
+            streams_redecided: Arc::default(),
+            inputs_dropped: Arc::default(),
+            denials: RwLock::default(),
+            directory_change_failures: AtomicU64::default(),
+            internal_errors: AtomicU64::default(),
+            connections: Arc::default(),
+        }
+    }
 }
 
 /// Connection counters, shared with the accept loop.
@@ -81,21 +186,44 @@ fn inc(counter: &AtomicU64) {
 }
 
 impl Metrics {
-    /// Counts a finished request by route template (`-` when none matched) and status.
-    pub fn record_request(&self, route: &str, status: u16) {
-        if let Ok(map) = self.requests.read() {
-            if let Some(counter) = map.get(route).and_then(|by_status| by_status.get(&status)) {
-                inc(counter);
-                return;
+    /// Counts a finished request by route template (`-` when none matched) and status,
+    /// and how long it took.
+    pub fn record_request(&self, route: &str, status: u16, took: Duration) {
+        self.with_route(route, |series| {
+            let counter = series.statuses.get(&status)?;
+            inc(counter);
+            series.duration.observe(took);
+            Some(())
+        })
+        .unwrap_or_else(|| {
+            if let Ok(mut map) = self.routes.write() {
+                let series = map.entry(route.to_string()).or_default();
+                inc(series.statuses.entry(status).or_default());
+                series.duration.observe(took);
+            }
+        });
+    }
+
+    /// Times the upstream's answer on a route template.
+    pub fn record_upstream(&self, route: &str, took: Duration) {
+        let observed = self.with_route(route, |series| {
+            series.upstream.observe(took);
+            Some(())
+        });
+        if observed.is_none() {
+            if let Ok(mut map) = self.routes.write() {
+                map.entry(route.to_string())
+                    .or_default()
+                    .upstream
+                    .observe(took);
             }
         }
-        if let Ok(mut map) = self.requests.write() {
-            inc(map
-                .entry(route.to_string())
-                .or_default()
-                .entry(status)
-                .or_default());
-        }
+    }
+
+    /// `f` on the series of a route template already seen (the common case: a read lock).
+    fn with_route(&self, route: &str, f: impl FnOnce(&RouteSeries) -> Option<()>) -> Option<()> {
+        let map = self.routes.read().ok()?;
+        f(map.get(route)?)
     }
 
     /// Counts a refusal under the reason code its client is told.
@@ -114,17 +242,7 @@ impl Metrics {
     /// Counts a decision and its latency.
     pub fn record_decision(&self, allowed: bool, latency: Duration) {
         inc(if allowed { &self.allowed } else { &self.denied });
-        let secs = latency.as_secs_f64();
-        for (bound, counter) in BUCKETS.iter().zip(&self.latency_buckets) {
-            if secs <= *bound {
-                inc(counter);
-            }
-        }
-        inc(&self.latency_count);
-        self.latency_micros.fetch_add(
-            latency.as_micros().try_into().unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.latency.observe(latency);
     }
 
     /// Counts an upstream failure.
@@ -231,12 +349,6 @@ impl Metrics {
                     "decision",
                     &[("allow", &self.allowed), ("deny", &self.denied)],
                 ),
-            ),
-            (
-                "iotgate_decision_duration_seconds".into(),
-                "histogram",
-                "Time to decide (authentication to verdict).",
-                self.latency_samples(),
             ),
         ];
         for (cache, s) in [("decision", decisions), ("token", tokens)] {
@@ -399,12 +511,46 @@ impl Metrics {
         let mut out = String::new();
         for (name, kind, help, samples) in families {
             family(&mut out, &name, kind, help, samples);
-            if kind == "histogram" {
-                let sum = get(&self.latency_micros) as f64 / 1e6;
-                let _ = writeln!(out, "{name}_sum {sum}");
-            }
         }
+        self.render_histograms(&mut out);
         out
+    }
+
+    /// The decision latency, and request and upstream durations by route template.
+    fn render_histograms(&self, out: &mut String) {
+        let head = |out: &mut String, name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        };
+        let name = "iotgate_decision_duration_seconds";
+        head(out, name, "Time to decide (authentication to verdict).");
+        self.latency.render(out, name, "");
+        let Ok(routes) = self.routes.read() else {
+            return;
+        };
+        let mut routes: Vec<_> = routes.iter().collect();
+        routes.sort_by(|a, b| a.0.cmp(b.0));
+        let label = |route: &str| format!("route=\"{}\"", escape(route));
+        let name = "iotgate_request_duration_seconds";
+        head(
+            out,
+            name,
+            "Arrival to the answer's head (or the refusal), by route template.",
+        );
+        for (route, series) in &routes {
+            series.duration.render(out, name, &label(route));
+        }
+        let name = "iotgate_upstream_duration_seconds";
+        head(
+            out,
+            name,
+            "Forwarding to the upstream's response head, by route template.",
+        );
+        for (route, series) in routes
+            .iter()
+            .filter(|(_, s)| s.upstream.count.load(Ordering::Relaxed) > 0)
+        {
+            series.upstream.render(out, name, &label(route));
+        }
     }
 
     /// `{route, status}` request counts, sorted.
@@ -427,12 +573,15 @@ impl Metrics {
 
     fn request_samples(&self) -> Vec<(String, u64)> {
         let mut samples: Vec<(String, u64)> = self
-            .requests
+            .routes
             .read()
             .map(|m| {
                 m.iter()
-                    .flat_map(|(route, by_status)| {
-                        by_status.iter().map(move |(status, c)| (route, status, c))
+                    .flat_map(|(route, series)| {
+                        series
+                            .statuses
+                            .iter()
+                            .map(move |(status, c)| (route, status, c))
                     })
                     .map(|(route, status, c)| {
                         let labels = format!("{{route=\"{}\",status=\"{status}\"}}", escape(route));
@@ -442,19 +591,6 @@ impl Metrics {
             })
             .unwrap_or_default();
         samples.sort();
-        samples
-    }
-
-    /// The decision latency histogram's buckets and count.
-    fn latency_samples(&self) -> Vec<(String, u64)> {
-        let count = self.latency_count.load(Ordering::Relaxed);
-        let mut samples: Vec<(String, u64)> = BUCKETS
-            .iter()
-            .zip(&self.latency_buckets)
-            .map(|(b, c)| (format!("_bucket{{le=\"{b}\"}}"), c.load(Ordering::Relaxed)))
-            .collect();
-        samples.push(("_bucket{le=\"+Inf\"}".into(), count));
-        samples.push(("_count".into(), count));
         samples
     }
 }
@@ -495,9 +631,11 @@ mod tests {
     #[test]
     fn rendering_has_every_family_and_counts() {
         let m = Metrics::default();
-        m.record_request("GET /v1/users/{owner}/devices", 200);
-        m.record_request("GET /v1/users/{owner}/devices", 200);
-        m.record_request("-", 404);
+        let devices = "GET /v1/users/{owner}/devices";
+        m.record_request(devices, 200, Duration::from_millis(2));
+        m.record_request(devices, 200, Duration::from_millis(20));
+        m.record_upstream(devices, Duration::from_millis(15));
+        m.record_request("-", 404, Duration::from_micros(300));
         m.record_decision(true, Duration::from_micros(30));
         m.record_decision(false, Duration::from_micros(3));
         m.record_upstream_error(UpstreamFailure::Timeout);
@@ -537,6 +675,16 @@ mod tests {
             "iotgate_decision_duration_seconds_bucket{le=\"0.00005\"} 2",
             "iotgate_decision_duration_seconds_bucket{le=\"+Inf\"} 2",
             "iotgate_decision_duration_seconds_count 2",
+            "iotgate_decision_duration_seconds_sum 0.000033",
+            "iotgate_request_duration_seconds_bucket{route=\"GET /v1/users/{owner}/devices\",le=\"0.0025\"} 1",
+            "iotgate_request_duration_seconds_bucket{route=\"GET /v1/users/{owner}/devices\",le=\"0.025\"} 2",
+            "iotgate_request_duration_seconds_count{route=\"GET /v1/users/{owner}/devices\"} 2",
+            "iotgate_request_duration_seconds_sum{route=\"GET /v1/users/{owner}/devices\"} 0.022",
+            "iotgate_request_duration_seconds_bucket{route=\"-\",le=\"0.0005\"} 1",
+            "iotgate_upstream_duration_seconds_bucket{route=\"GET /v1/users/{owner}/devices\",le=\"0.01\"} 0",
+            "iotgate_upstream_duration_seconds_bucket{route=\"GET /v1/users/{owner}/devices\",le=\"0.025\"} 1",
+            "# TYPE iotgate_request_duration_seconds histogram",
+            "# TYPE iotgate_upstream_duration_seconds histogram",
             "iotgate_decision_cache_hits_total 4",
             "iotgate_decision_cache_misses_total 2",
             "iotgate_decision_cache_evictions_total 1",

@@ -59,18 +59,63 @@ pub(crate) fn init(format: LogFormat) -> Option<sink::Guard> {
     // A second init (tests, demo) keeps the first subscriber.
     let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+        LogFormat::Pretty => builder.compact().fmt_fields(logfmt_fields()).try_init(),
     };
     installed.ok()?;
     let _ = LOG.set((sink, format));
     Some(guard)
 }
 
+/// Text-format fields as logfmt pairs: `key=value`, the value quoted unless it is plain
+/// (so `error=%e` with spaces or quotes stays one value); the message stays as written.
+fn logfmt_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            return write!(w, "{text}");
+        }
+        // a string field arrives as its Debug form: quoted and escaped already
+        if is_quoted(&text) {
+            return write!(w, "{}={text}", field.name());
+        }
+        let mut quoted = Vec::with_capacity(text.len() + 2);
+        record::logfmt_value(&mut quoted, &text);
+        write!(w, "{}={}", field.name(), String::from_utf8_lossy(&quoted))
+    })
+    .delimited(" ")
+}
+
+/// Whether `text` is one double-quoted string with every inner quote escaped.
+fn is_quoted(text: &str) -> bool {
+    let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
+        return false;
+    };
+    let mut escaped = false;
+    for c in inner.chars() {
+        match (escaped, c) {
+            (true, _) => escaped = false,
+            (false, '\\') => escaped = true,
+            (false, '"') => return false,
+            _ => {}
+        }
+    }
+    !escaped
+}
+
+/// Who asked what, as the decision record names it.
+pub(crate) struct Asked<'a> {
+    pub request_id: &'a str,
+    /// The W3C `traceparent` trace id, when valid.
+    pub trace_id: Option<&'a str>,
+    /// The first untrusted hop.
+    pub client: std::net::IpAddr,
+    pub method: &'a http::Method,
+}
+
 /// Emits the decision event of one request.
 pub(crate) fn decision(
-    request_id: &str,
-    client: std::net::IpAddr,
-    method: &http::Method,
+    asked: Asked<'_>,
     d: &Decision,
     reason: &str,
     status: u16,
@@ -83,10 +128,13 @@ pub(crate) fn decision(
         return;
     }
     let fields = |l: &mut record::Line<'_>| {
-        l.str("request_id", request_id);
-        l.display("client", &client);
+        l.str("request_id", asked.request_id);
+        if let Some(trace_id) = asked.trace_id {
+            l.str("trace_id", trace_id);
+        }
+        l.display("client", &asked.client);
         l.str("principal", d.principal.as_deref().unwrap_or("-"));
-        l.str("method", method.as_str());
+        l.str("method", asked.method.as_str());
         l.str("route", d.route.as_deref().unwrap_or("-"));
         l.str("action", d.action.as_deref().unwrap_or("-"));
         match &d.resource {
@@ -97,9 +145,9 @@ pub(crate) fn decision(
         l.num("status", u64::from(status));
         l.str("reason", reason);
         l.display("detail", d);
-        l.joined("policies", &d.policies, ",");
-        l.joined("reasons", &d.reasons, "; ");
-        l.joined("errors", &d.errors, "; ");
+        l.list("policies", &d.policies, ",");
+        l.list("reasons", &d.reasons, "; ");
+        l.list("errors", &d.errors, "; ");
         l.str("policy_version", &d.policy_version);
         l.str("directory_version", &d.directory_version);
         l.bool("cached", d.cached);
@@ -129,4 +177,57 @@ pub(crate) fn shadow_disagreement(request_id: &str, d: &Decision, shadow_version
         shadow_version = shadow_version.unwrap_or("-"),
         "shadow disagreement"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the text format writes for one event.
+    fn text_line(event: impl FnOnce()) -> String {
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .compact()
+            .fmt_fields(logfmt_fields())
+            .with_writer(move || Capture(writer.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, event);
+        let bytes = out.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_fields_are_logfmt_values() {
+        let error = std::io::Error::other("connection refused = \"no\"");
+        let line = text_line(|| {
+            tracing::warn!(upstream = "http://10.0.0.5:8081", error = %error, routes = 3, path = "a b", "upstream failed");
+        });
+        assert!(line.contains("upstream failed"), "{line}");
+        for pair in [
+            r#"error="connection refused = \"no\"""#,
+            r#"upstream="http://10.0.0.5:8081""#,
+            "routes=3",
+            r#"path="a b""#,
+        ] {
+            assert!(line.contains(pair), "no `{pair}` in {line}");
+        }
+        assert!(is_quoted(r#""a \" b""#));
+        assert!(!is_quoted(r#""a" b "c""#));
+        assert!(!is_quoted(r#""a\""#));
+    }
 }

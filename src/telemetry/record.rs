@@ -114,8 +114,20 @@ impl Line<'_> {
         *self.scratch = scratch;
     }
 
-    /// Strings joined by `sep`, as one string field.
-    pub(crate) fn joined(&mut self, key: &str, values: &[String], sep: &str) {
+    /// A list: a JSON array of strings, or in text one value joined by `sep`.
+    pub(crate) fn list(&mut self, key: &str, values: &[String], sep: &str) {
+        if self.format == LogFormat::Json {
+            self.key(key);
+            self.buf.push(b'[');
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    self.buf.push(b',');
+                }
+                json_string(self.buf, v);
+            }
+            self.buf.push(b']');
+            return;
+        }
         let mut scratch = std::mem::take(self.scratch);
         scratch.clear();
         for (i, v) in values.iter().enumerate() {
@@ -172,7 +184,7 @@ fn json_string(buf: &mut Vec<u8>, value: &str) {
 
 /// `value` bare when it is a plain token, otherwise quoted and escaped as a JSON string
 /// (logfmt readers accept both).
-fn logfmt_value(buf: &mut Vec<u8>, value: &str) {
+pub(crate) fn logfmt_value(buf: &mut Vec<u8>, value: &str) {
     let plain = !value.is_empty()
         && value
             .bytes()
@@ -246,7 +258,7 @@ mod tests {
         let text = line(LogFormat::Json, |l| {
             l.str("principal", "dave \"the\" owner\\\n\u{1}");
             l.display("resource", &"Thinger::Device::\"dave/lab\"");
-            l.joined("policies", &["a".into(), "b".into()], ",");
+            l.list("policies", &["a".into(), "b\"c".into()], ",");
             l.num("status", 403);
             l.bool("cached", true);
         });
@@ -257,7 +269,7 @@ mod tests {
         assert_eq!(v["target"], "iotgate::decision");
         assert_eq!(v["principal"], "dave \"the\" owner\\\n\u{1}");
         assert_eq!(v["resource"], "Thinger::Device::\"dave/lab\"");
-        assert_eq!(v["policies"], "a,b");
+        assert_eq!(v["policies"], serde_json::json!(["a", "b\"c"]));
         assert_eq!(v["status"], 403);
         assert_eq!(v["cached"], true);
         let stamp = v["timestamp"].as_str().unwrap();

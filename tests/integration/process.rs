@@ -31,14 +31,62 @@ fn serve_refuses_to_start_on_a_broken_config() {
     assert!(out.contains("is not a socket address"), "{out}");
 }
 
+/// With `--log-format json` the start-up problems are JSON log lines too, one per problem
+/// with its file and line, so a log collector does not have to parse two formats.
+#[test]
+fn start_up_problems_are_json_lines_with_log_format_json() {
+    let bad = crate::support::fixture("bad/bad-config.toml");
+    let (code, out) = iotgate(&[
+        "--log-format",
+        "json",
+        "serve",
+        "--config",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{out}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 1, "every problem is reported: {out}");
+    for v in &lines {
+        assert_eq!(v["level"], "ERROR", "{v}");
+        assert!(
+            v["file"].as_str().unwrap().ends_with("bad-config.toml"),
+            "{v}"
+        );
+    }
+    let socket = lines
+        .iter()
+        .find(|v| {
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("is not a socket address")
+        })
+        .unwrap();
+    assert_eq!(socket["line"], 2, "{socket}");
+}
+
 #[tokio::test]
 async fn serve_logs_one_decision_per_request_without_tokens_and_stops_on_sigterm() {
     let up = Upstream::start().await;
     let mut served = Served::start(&format!("http://{}", up.addr), "off", "");
     assert_ne!(served.addr, "127.0.0.1:0");
     let bob = token(json!({"usr": "bob"}));
-    let (status, _, _) = send(get(&served.url("/v1/users/alice/devices/d1"), Some(&bob))).await;
+    let mut traced = get(&served.url("/v1/users/alice/devices/d1"), Some(&bob));
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = format!("00-{trace}-00f067aa0ba902b7-01");
+    traced
+        .headers_mut()
+        .insert("traceparent", parent.parse().unwrap());
+    let (status, _, _) = send(traced).await;
     assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(
+        up.requests()[0].headers["traceparent"],
+        parent.as_str(),
+        "passed on as sent"
+    );
     let (status, _, _) = send(get(
         &served.url(&format!("/v1/users/alice/devices/d2?authorization={bob}")),
         None,
@@ -64,16 +112,19 @@ async fn serve_logs_one_decision_per_request_without_tokens_and_stops_on_sigterm
     assert_eq!(allow["route"], "GET /v1/users/{owner}/devices/{device}");
     assert_eq!(allow["action"], "Mini::Action::\"ReadDevice\"");
     assert_eq!(allow["resource"], "Mini::Device::\"alice/d1\"");
-    assert_eq!(allow["policies"], "shared.allow");
+    assert_eq!(allow["policies"], serde_json::json!(["shared.allow"]));
     assert!(allow["policy_version"]
         .as_str()
         .unwrap()
         .starts_with("mini-1@"));
     assert!(allow["request_id"].as_str().is_some_and(|s| !s.is_empty()));
     assert!(allow["latency_us"].as_u64().is_some());
+    assert_eq!(allow["trace_id"], trace);
+    assert_eq!(allow["client"], "127.0.0.1");
     let deny = &decisions[1];
     assert_eq!(deny["decision"], "deny");
     assert_eq!(deny["status"], 403);
+    assert!(deny.get("trace_id").is_none(), "{deny}");
 }
 
 #[tokio::test]
