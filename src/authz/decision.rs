@@ -213,9 +213,13 @@ pub enum BadRequest {
     /// request on the connection.
     #[error("a {0} request carries no body")]
     BodyNotAllowed(http::Method),
-    /// The token query parameter on a route that reads no token (`auth = "none"`).
-    #[error("a route that reads no token was sent one in the query")]
+    /// The token query parameter on a route that reads no token (`auth = "none"`), or in
+    /// decide mode a Bearer token there (the upstream would get a token nobody verified).
+    #[error("a route that reads no token was sent one")]
     TokenNotRead,
+    /// Decide mode: an `Upgrade` that is not a WebSocket handshake on a stream route.
+    #[error("an upgrade on a route that does not take one")]
+    Upgrade,
     /// A header the decision relies on is named by `Connection`.
     #[error(transparent)]
     Header(#[from] HeaderError),

@@ -89,7 +89,10 @@ pub(crate) fn validate(args: &ValidateArgs, out: &mut dyn Write) -> std::io::Res
         .and_then(|c| c.server)
         .and_then(|server| crate::serve::tls_of(&server).err());
     let loaded = match (Loaded::load(path), tls) {
-        (Ok(loaded), None) => Ok(loaded),
+        (Ok(loaded), None) => {
+            let decide = crate::proxy::decide::problems(&loaded.config, &loaded.snapshot);
+            decide.into_result(loaded)
+        }
         (Ok(_), Some(tls)) => Err(tls),
         (Err(mut problems), tls) => {
             if let Some(tls) = tls {

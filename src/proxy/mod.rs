@@ -42,7 +42,7 @@ use crate::model::directory::change::Change;
 use crate::model::directory::journal::Journal;
 use crate::model::routes::{Auth, Route};
 use crate::proxy::response::{full, Body, BoxError, Failure, UpstreamError, REQUEST_ID};
-use crate::request::subrequest::{self, SubrequestError};
+use crate::request::subrequest::{self, OriginalBody, SubrequestError};
 use crate::request::uri::Query;
 use crate::request::{headers, TlsSession};
 use crate::telemetry;
@@ -60,7 +60,7 @@ pub struct Gateway {
     /// Told the generation of every snapshot swapped in (open streams decide again).
     swapped: tokio::sync::watch::Sender<u64>,
     /// Woken by a 2xx answer to a `resync` route; `[directory.sync]` waits on it.
-    resync: tokio::sync::Notify,
+    resync: Arc<tokio::sync::Notify>,
     caches: Caches,
     metrics: Metrics,
     upstream: Upstream,
@@ -112,6 +112,7 @@ impl Gateway {
         let server = config.server.as_ref().ok_or_else(|| {
             Problem::in_file(config.source.path(), "`serve` needs a [server] section")
         })?;
+        decide::problems(config, &snapshot).into_result(())?;
         let metrics = Metrics::default();
         let journal = open_journal(config, &snapshot)?;
         let recorder = match &config.log.decision_inputs {
@@ -130,7 +131,7 @@ impl Gateway {
         Ok(Gateway {
             verifier,
             swapped: tokio::sync::watch::Sender::new(snapshot.generation),
-            resync: tokio::sync::Notify::new(),
+            resync: Arc::default(),
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             caches: Caches::new(&config.cache),
             metrics,
@@ -165,7 +166,7 @@ impl Gateway {
         Gateway {
             verifier,
             swapped: tokio::sync::watch::Sender::new(snapshot.generation),
-            resync: tokio::sync::Notify::new(),
+            resync: Arc::default(),
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             caches: Caches::new(&no_cache),
             metrics: Metrics::default(),
@@ -325,7 +326,7 @@ impl Gateway {
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let request_id = request_id(request.headers());
         let (mut parts, body) = request.into_parts();
-        let asked = self.original_request(&mut parts, peer);
+        let asked = self.original_request(&mut parts, peer, !body.is_end_stream());
         // a request whose route changes the directory is decided, forwarded and applied
         // under the writer lock, on the newest snapshot: two of them decided on the same
         // snapshot could both pass a limit (the license) that only one may (decide mode
@@ -349,10 +350,7 @@ impl Gateway {
                 let allowed = cors.allows(&parts.headers);
                 (Decision::preflight(&snapshot, allowed), None, None)
             }
-            (Ok(body_here), None) => {
-                let body = body_here.then_some(body);
-                self.decide(&snapshot, &parts, body, client).await
-            }
+            (Ok(arrives), None) => (self.decide(&snapshot, &parts, body, arrives, client)).await,
         };
         let origin = parts.headers.get(http::header::ORIGIN).cloned();
         let target = decision.read.as_ref().map(|_| {
@@ -380,7 +378,7 @@ impl Gateway {
         let mut response = match (&record.decision.outcome, body) {
             (Outcome::Allow, _) if self.server.decide.is_some() => {
                 if route.is_some_and(|r| r.resync) {
-                    self.resync.notify_one();
+                    self.resync_after_forwarding();
                 }
                 decide::allowed(&record.decision, &record.request_id)
             }
@@ -448,26 +446,39 @@ impl Gateway {
         (response, observed)
     }
 
-    /// Decide mode: makes a sub-request the original request it asks about, and says
-    /// whether that request's body is here to read. `check` passes the original request
-    /// itself (its `--request`).
+    /// Decide mode: makes a sub-request the original request it asks about, and says what
+    /// the decision gets of its body. `check` passes the original request itself (its
+    /// `--request`, whose body `follows`).
     fn original_request(
         &self,
         parts: &mut http::request::Parts,
         peer: SocketAddr,
-    ) -> Result<bool, SubrequestError> {
+        follows: bool,
+    ) -> Result<OriginalBody, SubrequestError> {
         let Some(config) = &self.server.decide else {
-            return Ok(true);
+            return Ok(OriginalBody::Here);
         };
-        if !self.offline {
-            let cookies = self.server.forward_cookies;
-            subrequest::original(config, parts, self.trusted(peer), cookies)?;
+        if self.offline {
+            return Ok(match config.body_routes {
+                BodyRoutes::Decide => OriginalBody::Here,
+                BodyRoutes::Refuse => OriginalBody::NotSent { announced: follows },
+            });
         }
-        let partial = parts
-            .headers
-            .get("x-envoy-auth-partial-body")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-        Ok(config.body_routes == BodyRoutes::Decide && !partial)
+        let cookies = self.server.forward_cookies;
+        subrequest::original(config, parts, self.trusted(peer), cookies)
+    }
+
+    /// Decide mode's wake-up of `[directory.sync]` for an allowed `resync` route: the front
+    /// proxy forwards it only after this answer, so the sync waits for the upstream to act.
+    fn resync_after_forwarding(&self) {
+        if self.offline {
+            return;
+        }
+        let wake = self.resync.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(decide::RESYNC_AFTER).await;
+            wake.notify_one();
+        });
     }
 
     /// Whether a peer is one of `[server] trusted_proxies`.
@@ -527,26 +538,27 @@ impl Gateway {
 
     /// Decides, reading the body first when the route needs it. Returns the decision,
     /// the route matched, and the body to forward (the same bytes when it was
-    /// read; a streamed body's errors are marked as the client's).
-    /// `body` is `None` in decide mode when the front proxy sends none: a route that
-    /// reads body fields is then refused.
+    /// read; a streamed body's errors are marked as the client's). In decide mode the
+    /// front proxy may send no body (`arrives`): a route that reads body fields is then
+    /// refused.
     async fn decide<'s, B>(
         &'s self,
         snapshot: &'s Snapshot,
         parts: &http::request::Parts,
-        body: Option<B>,
+        body: B,
+        arrives: OriginalBody,
         client: IpAddr,
     ) -> (Decision, Option<&'s Route>, Option<Body>)
     where
         B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let (has_body, body) = match body {
-            Some(body) => {
+        let (has_body, body) = match arrives {
+            OriginalBody::Here => {
                 let (has_body, body) = self.announced(parts, body).await;
                 (has_body, Some(body))
             }
-            None => (false, None),
+            OriginalBody::NotSent { announced } => (announced, None),
         };
         let pending = match self.begin(snapshot, parts, has_body, client) {
             Ok(pending) => pending,
@@ -637,6 +649,14 @@ impl Gateway {
         .map_err(|rejected| (*rejected, None, None))?;
         let pending = pending.recording(self.recorder.is_some());
         let route = pending.route();
+        if let Some(refused) = self
+            .server
+            .decide
+            .as_ref()
+            .and_then(|_| decide::unforwardable(route, parts))
+        {
+            return Err((pending.reject(refused), Some(route), None));
+        }
         if let (Some(limiter), Auth::Optional | Auth::None) = (&self.limiter, route.auth) {
             if let Err(seconds) = limiter.admit(client) {
                 self.metrics.record_rate_limited();

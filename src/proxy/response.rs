@@ -332,6 +332,7 @@ fn bad_request_reason(b: &BadRequest) -> &'static str {
         BadRequest::LookalikeId(_) => "lookalike_id",
         BadRequest::BodyNotAllowed(_) => "body_not_allowed",
         BadRequest::TokenNotRead => "token_not_read",
+        BadRequest::Upgrade => "upgrade_not_allowed",
         BadRequest::Header(HeaderError::SecondCredential(_)) => "second_credential",
         BadRequest::Header(
             HeaderError::ConnectionNames(_)

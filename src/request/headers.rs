@@ -69,7 +69,7 @@ const RELIED_ON: [&str; 7] = [
 ];
 
 /// Prefix of the headers iotgate sets; clients cannot send them.
-pub(crate) const OWN_PREFIX: &str = "x-iotgate-";
+const OWN_PREFIX: &str = "x-iotgate-";
 
 /// Why request headers were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -210,12 +210,18 @@ pub(crate) fn body_media(headers: &HeaderMap, format: BodyFormat) -> Result<(), 
 pub(crate) fn forwarded(name: &HeaderName, named_by_connection: &[String], trusted: bool) -> bool {
     let raw = name.as_str();
     let from_proxy = raw == "forwarded" || raw.starts_with("x-forwarded-");
-    !(raw.contains('_')
+    !(acted_on_undecided(raw)
         || HOP_BY_HOP.contains(&raw)
         || named_by_connection.iter().any(|n| n == raw)
-        || raw.starts_with(OWN_PREFIX)
-        || SPOOFABLE.contains(&raw)
         || (from_proxy && !trusted))
+}
+
+/// Whether the upstream could act on a header (lowercase name) that no decision read: a
+/// name with `_` (CGI servers read it as `-`), one of [`SPOOFABLE`], or a client's own
+/// `X-Iotgate-*`. The reverse proxy always removes these; decide mode refuses them, since
+/// the front proxy would pass them on.
+pub(crate) fn acted_on_undecided(name: &str) -> bool {
+    name.contains('_') || name.starts_with(OWN_PREFIX) || SPOOFABLE.contains(&name)
 }
 
 /// The client's address as rate limits and logs see it: the peer, unless it is a trusted

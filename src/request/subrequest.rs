@@ -3,13 +3,14 @@
 //!
 //! ```text
 //! sub-request from a peer in trusted_proxies (else Untrusted)
-//!   nginx      X-Original-Method + X-Original-URI  ─┐
-//!   forwarded  X-Forwarded-Method + X-Forwarded-Uri ├─▶ original method, origin-form URI
-//!              (+ X-Forwarded-Host as Host)         │   (one value each, else refused)
-//!   envoy      its own method, path minus path_prefix ┘
+//!   nginx      X-Original-Method + X-Original-URI   ─┐
+//!   forwarded  X-Forwarded-Method + X-Forwarded-Uri  ├─▶ original method, origin-form URI
+//!   envoy      its own method, path minus path_prefix ┘   (one value each, no `#`)
 //!   ─▶ headers the proxy passes on that iotgate would have removed? refused
 //!   ─▶ the request the decision reads (the sub-request's TLS session and upgrade dropped:
-//!      they are the proxy's connection, not the client's)
+//!      they are the proxy's connection, not the client's) and what it gets of the body:
+//!      Envoy's with `body_routes = "decide"`, else none, announced by
+//!      X-Original-Content-Length / X-Original-Transfer-Encoding when the proxy sends them
 //! ```
 //!
 //! The proxy must set these headers itself (replacing any a client sent): iotgate cannot tell
@@ -20,7 +21,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Uri};
 
-use crate::config::{DecideConfig, FrontProxy};
+use crate::config::{BodyRoutes, DecideConfig, FrontProxy};
+use crate::request::headers;
 
 /// Why a sub-request does not say which request to decide.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,9 +39,13 @@ pub enum SubrequestError {
     /// The original method is not a method.
     #[error("original method `{0}` is not an HTTP method")]
     Method(String),
-    /// The original target is not an origin-form path and query.
+    /// The original target is not an origin-form path and query (or has a `#`, which
+    /// would hide the rest from the decision but not from the upstream).
     #[error("original URI `{0}` is not a path and query")]
     Target(String),
+    /// `X-Original-Content-Length` is not a length.
+    #[error("original content length `{0}` is not a number")]
+    Length(String),
     /// The path does not start with `[server.decide] path_prefix`.
     #[error("path outside the configured path_prefix")]
     Prefix,
@@ -49,8 +55,17 @@ pub enum SubrequestError {
     Undecided(String),
 }
 
-/// The original request a sub-request stands for: method, URI, `Host` and headers made
-/// those of the client's request.
+/// What the decision gets of the original request's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OriginalBody {
+    /// It arrives with the request (the reverse proxy; Envoy's `with_request_body`).
+    Here,
+    /// The front proxy does not send it; `announced`: the original request has one.
+    NotSent { announced: bool },
+}
+
+/// The original request a sub-request stands for: method, URI and headers made those of
+/// the client's request, and what the decision gets of its body.
 ///
 /// # Errors
 /// [`SubrequestError`]: refused (401/403 to the client, never forwarded).
@@ -59,28 +74,28 @@ pub(crate) fn original(
     parts: &mut Parts,
     trusted: bool,
     forwards_cookies: bool,
-) -> Result<(), SubrequestError> {
+) -> Result<OriginalBody, SubrequestError> {
     if !trusted {
         return Err(SubrequestError::Untrusted);
     }
-    let (method, target) = match config.from {
+    let h = &mut parts.headers;
+    let (method, target, body) = match config.from {
         FrontProxy::Nginx => (
-            one(&mut parts.headers, "x-original-method")?,
-            one(&mut parts.headers, "x-original-uri")?,
+            one(h, "x-original-method")?,
+            one(h, "x-original-uri")?,
+            announced(h)?,
         ),
-        FrontProxy::Forwarded => {
-            let method = one(&mut parts.headers, "x-forwarded-method")?;
-            let target = one(&mut parts.headers, "x-forwarded-uri")?;
-            if let Some(host) = parts.headers.get("x-forwarded-host").cloned() {
-                parts.headers.insert(header::HOST, host);
-            }
-            (method, target)
+        FrontProxy::Forwarded => (
+            one(h, "x-forwarded-method")?,
+            one(h, "x-forwarded-uri")?,
+            announced(h)?,
+        ),
+        FrontProxy::Envoy => {
+            let method = HeaderValue::from_str(parts.method.as_str())
+                .map_err(|_| SubrequestError::Method(parts.method.to_string()))?;
+            let target = unprefixed(&parts.uri, &config.path_prefix)?;
+            (method, target, envoy_body(config.body_routes, h))
         }
-        FrontProxy::Envoy => (
-            HeaderValue::from_str(parts.method.as_str())
-                .map_err(|_| SubrequestError::Method(parts.method.to_string()))?,
-            unprefixed(&parts.uri, &config.path_prefix)?,
-        ),
     };
     parts.method = Method::from_bytes(method.as_bytes())
         .map_err(|_| SubrequestError::Method(lossy(&method)))?;
@@ -92,15 +107,55 @@ pub(crate) fn original(
         .extensions
         .remove::<std::sync::Arc<crate::request::TlsSession>>();
     parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-    Ok(())
+    Ok(body)
+}
+
+/// Envoy sends the body with `with_request_body`; past its `max_request_bytes` with
+/// `allow_partial_message`, only a part, which is no body to decide on.
+fn envoy_body(routes: BodyRoutes, headers: &HeaderMap) -> OriginalBody {
+    let partial = headers
+        .get("x-envoy-auth-partial-body")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+    match (routes, partial) {
+        (BodyRoutes::Decide, false) => OriginalBody::Here,
+        (_, partial) => OriginalBody::NotSent { announced: partial },
+    }
+}
+
+/// Whether the proxy says the original request has a body (`X-Original-Content-Length`
+/// above 0, or any `X-Original-Transfer-Encoding`); both headers are taken off.
+fn announced(headers: &mut HeaderMap) -> Result<OriginalBody, SubrequestError> {
+    let length = match optional(headers, "x-original-content-length")? {
+        None => 0,
+        Some(v) => match v.to_str().map(str::trim) {
+            Ok("") => 0,
+            Ok(n) => n
+                .parse::<u64>()
+                .map_err(|_| SubrequestError::Length(n.to_string()))?,
+            Err(_) => return Err(SubrequestError::Length(lossy(&v))),
+        },
+    };
+    let chunked = optional(headers, "x-original-transfer-encoding")?
+        .is_some_and(|v| !v.as_bytes().trim_ascii().is_empty());
+    Ok(OriginalBody::NotSent {
+        announced: length > 0 || chunked,
+    })
 }
 
 /// The one value of `name`, removed from the headers.
 fn one(headers: &mut HeaderMap, name: &'static str) -> Result<HeaderValue, SubrequestError> {
+    optional(headers, name)?.ok_or(SubrequestError::Missing(name))
+}
+
+/// The value of `name` if it is sent at most once, removed from the headers.
+fn optional(
+    headers: &mut HeaderMap,
+    name: &'static str,
+) -> Result<Option<HeaderValue>, SubrequestError> {
     if headers.get_all(name).iter().nth(1).is_some() {
         return Err(SubrequestError::Repeated(name));
     }
-    headers.remove(name).ok_or(SubrequestError::Missing(name))
+    Ok(headers.remove(name))
 }
 
 /// An Envoy sub-request's path and query without `path_prefix`.
@@ -113,17 +168,21 @@ fn unprefixed(uri: &Uri, prefix: &str) -> Result<HeaderValue, SubrequestError> {
     HeaderValue::from_str(rest).map_err(|_| SubrequestError::Target(rest.to_string()))
 }
 
-/// A path and query as a request line carries it (`/…`, no scheme or authority).
+/// A path and query as a request line carries it (`/…`, no scheme or authority), parsed
+/// whole: `http` ends a path at `#` without looking further, and the upstream may read on.
 fn origin_form(target: &HeaderValue) -> Result<Uri, SubrequestError> {
     let text = target
         .to_str()
         .map_err(|_| SubrequestError::Target(lossy(target)))?;
-    let uri: Uri = text
-        .parse()
-        .map_err(|_| SubrequestError::Target(text.to_string()))?;
-    match (uri.scheme(), uri.authority(), text.starts_with('/')) {
+    let refused = || SubrequestError::Target(text.to_string());
+    if text.contains('#') || !text.starts_with('/') {
+        return Err(refused());
+    }
+    let uri: Uri = text.parse().map_err(|_| refused())?;
+    let whole = uri.path_and_query().is_some_and(|p| p.as_str() == text);
+    match (uri.scheme(), uri.authority(), whole) {
         (None, None, true) => Ok(uri),
-        _ => Err(SubrequestError::Target(text.to_string())),
+        _ => Err(refused()),
     }
 }
 
@@ -131,32 +190,14 @@ fn lossy(value: &HeaderValue) -> String {
     String::from_utf8_lossy(value.as_bytes()).into_owned()
 }
 
-/// Headers the reverse proxy would have removed because the upstream could act on them
-/// (another method or URL, a client's own `X-Iotgate-*`, a cookie session), which the front
-/// proxy passes on. A proxy's own `X-Forwarded-*`, `X-Real-IP` and hop-by-hop headers are
-/// its business.
-const UNDECIDED: [&str; 6] = [
-    "x-original-url",
-    "x-rewrite-url",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-forwarded-path",
-];
-
-/// The first header of the original request that would reach the upstream undecided.
+/// The first header of the original request that would reach the upstream undecided: one
+/// the reverse proxy always removes ([`headers::acted_on_undecided`]: other credentials,
+/// method and URL overrides, client addresses, a client's own `X-Iotgate-*`, names with
+/// `_`), and `Cookie` unless `forward_cookies`. The front proxy passes them on, so they are
+/// refused. Its own `X-Forwarded-*` and hop-by-hop headers are its business.
 fn undecided(headers: &HeaderMap, forwards_cookies: bool) -> Option<String> {
     headers.keys().find_map(|name: &HeaderName| {
-        let canonical = name.as_str().replace('_', "-");
-        let refused = UNDECIDED.contains(&canonical.as_str())
-            || canonical.starts_with(super::headers::OWN_PREFIX)
-            || [
-                "x-original-uri",
-                "x-original-method",
-                "x-forwarded-uri",
-                "x-forwarded-method",
-            ]
-            .contains(&canonical.as_str())
+        let refused = headers::acted_on_undecided(name.as_str())
             || (!forwards_cookies && *name == header::COOKIE);
         refused.then(|| name.as_str().to_string())
     })
@@ -165,7 +206,6 @@ fn undecided(headers: &HeaderMap, forwards_cookies: bool) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BodyRoutes;
 
     fn config(from: FrontProxy, prefix: &str) -> DecideConfig {
         DecideConfig {
@@ -183,8 +223,16 @@ mod tests {
         request.body(()).unwrap().into_parts().0
     }
 
-    fn read(from: FrontProxy, prefix: &str, mut p: Parts) -> Result<Parts, SubrequestError> {
-        original(&config(from, prefix), &mut p, true, false).map(|()| p)
+    fn read(from: FrontProxy, prefix: &str, p: Parts) -> Result<Parts, SubrequestError> {
+        read_body(from, prefix, p).map(|(p, _)| p)
+    }
+
+    fn read_body(
+        from: FrontProxy,
+        prefix: &str,
+        mut p: Parts,
+    ) -> Result<(Parts, OriginalBody), SubrequestError> {
+        original(&config(from, prefix), &mut p, true, false).map(|body| (p, body))
     }
 
     #[test]
@@ -197,31 +245,53 @@ mod tests {
                 ("x-original-uri", "/v1/users/bob/devices/d?x=1"),
             ],
         );
-        let p = read(FrontProxy::Nginx, "", nginx).unwrap();
+        let (p, body) = read_body(FrontProxy::Nginx, "", nginx).unwrap();
         assert_eq!(
             (p.method.as_str(), p.uri.to_string().as_str()),
             ("DELETE", "/v1/users/bob/devices/d?x=1")
         );
         assert!(p.headers.get("x-original-uri").is_none());
+        assert_eq!(body, OriginalBody::NotSent { announced: false });
 
         let caddy = parts(
             "GET",
             "/auth",
-            &[
-                ("x-forwarded-method", "POST"),
-                ("x-forwarded-uri", "/v1/x"),
-                ("x-forwarded-host", "iot.example"),
-            ],
+            &[("x-forwarded-method", "POST"), ("x-forwarded-uri", "/v1/x")],
         );
         let p = read(FrontProxy::Forwarded, "", caddy).unwrap();
         assert_eq!((p.method.as_str(), p.uri.path()), ("POST", "/v1/x"));
-        assert_eq!(p.headers[header::HOST], "iot.example");
 
         let envoy = parts("PUT", "/authz/v1/x?y=2", &[]);
         let p = read(FrontProxy::Envoy, "/authz", envoy).unwrap();
         assert_eq!(
             (p.method.as_str(), p.uri.to_string().as_str()),
             ("PUT", "/v1/x?y=2")
+        );
+    }
+
+    #[test]
+    fn the_proxy_may_announce_a_body_it_does_not_send() {
+        let base = [("x-original-method", "GET"), ("x-original-uri", "/a")];
+        for (extra, announced) in [
+            (("x-original-content-length", "17"), true),
+            (("x-original-content-length", "0"), false),
+            (("x-original-content-length", ""), false),
+            (("x-original-transfer-encoding", "chunked"), true),
+            (("x-original-transfer-encoding", ""), false),
+        ] {
+            let p = parts("GET", "/auth", &[base[0], base[1], extra]);
+            let (p, body) = read_body(FrontProxy::Nginx, "", p).unwrap();
+            assert_eq!(body, OriginalBody::NotSent { announced }, "{extra:?}");
+            assert!(p.headers.get(extra.0).is_none());
+        }
+        let bad = parts(
+            "GET",
+            "/auth",
+            &[base[0], base[1], ("x-original-content-length", "-1")],
+        );
+        assert_eq!(
+            read(FrontProxy::Nginx, "", bad).unwrap_err(),
+            SubrequestError::Length("-1".into())
         );
     }
 
@@ -241,7 +311,13 @@ mod tests {
             nginx(&twice).unwrap_err(),
             SubrequestError::Repeated("x-original-uri")
         );
-        for target in ["http://evil/a", "a/b", "*"] {
+        for target in [
+            "http://evil/a",
+            "a/b",
+            "*",
+            "/v1/status/p#/../../users/alice/devices/d2",
+            "/a#",
+        ] {
             let got = nginx(&[("x-original-method", "GET"), ("x-original-uri", target)]);
             assert!(
                 matches!(got, Err(SubrequestError::Target(_))),
@@ -272,6 +348,9 @@ mod tests {
             ("x-iotgate-principal", "admin"),
             ("cookie", "session=alice"),
             ("x-forwarded-uri", "/admin"),
+            ("x-api-key", "another-tenants-key"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x_custom", "cgi reads it as x-custom"),
         ] {
             let got = read(
                 FrontProxy::Nginx,
@@ -289,14 +368,11 @@ mod tests {
         let with_proxy_headers = [
             base[0],
             base[1],
-            ("x-real-ip", "10.0.0.1"),
             ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "iot.example"),
         ];
-        assert!(read(
-            FrontProxy::Nginx,
-            "",
-            parts("GET", "/auth", &with_proxy_headers)
-        )
-        .is_ok());
+        let p = parts("GET", "/auth", &with_proxy_headers);
+        assert!(read(FrontProxy::Nginx, "", p).is_ok());
     }
 }

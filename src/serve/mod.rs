@@ -179,15 +179,7 @@ fn log_start(listener: &TcpListener, admin: Option<SocketAddr>, gateway: &Gatewa
         tracing::warn!(warning = warning.as_str(), "snapshot");
     }
     if let Some(decide) = &gateway.server().decide {
-        let routes = snapshot.routes.routes();
-        let effects = routes.iter().filter(|r| r.has_effects()).count();
-        if effects > 0 {
-            // the front proxy forwards; iotgate never sees the upstream's answer
-            tracing::warn!(
-                routes = effects,
-                "decide mode applies no write-through effects: [directory.sync] keeps the directory current"
-            );
-        }
+        crate::proxy::decide::warn_unservable(&snapshot);
         tracing::info!(from = ?decide.from, "decide mode: answering the front proxy's sub-requests");
     }
     let bound = listener

@@ -150,6 +150,9 @@ http {{
       proxy_set_header X-Iotgate-Principal $iotgate_principal;
       proxy_set_header X-Iotgate-Policy-Version $iotgate_policy;
       proxy_set_header X-Request-Id $iotgate_request;
+      # a client's copies of the headers the sub-request tells iotgate in
+      proxy_set_header X-Original-URI "";
+      proxy_set_header X-Original-Method "";
       proxy_pass http://{upstream};
     }}
     location = /_iotgate {{
@@ -159,6 +162,8 @@ http {{
       proxy_set_header Content-Length "";
       proxy_set_header X-Original-Method $request_method;
       proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Content-Length $content_length;
+      proxy_set_header X-Original-Transfer-Encoding $http_transfer_encoding;
       proxy_set_header X-Forwarded-For $remote_addr;
     }}
   }}
@@ -185,8 +190,14 @@ http://127.0.0.1:{port} {{
   forward_auth {iotgate} {{
     uri /_iotgate
     copy_headers X-Iotgate-Principal X-Iotgate-Policy-Version X-Request-Id
+    header_up X-Original-Content-Length {{http.request.header.Content-Length}}
+    header_up X-Original-Transfer-Encoding {{http.request.header.Transfer-Encoding}}
   }}
-  reverse_proxy {upstream}
+  reverse_proxy {upstream} {{
+    # a client's copies of the headers the sub-request tells iotgate in
+    header_up -X-Forwarded-Uri
+    header_up -X-Forwarded-Method
+  }}
 }}
 "#
     );
@@ -239,122 +250,144 @@ type Refusal<'a> = (
     &'a str,
 );
 
-/// What both front proxies must do with iotgate deciding: allowed requests reach the
-/// upstream as sent with the principal stamped; everything refused reaches the client as
-/// 401/403 (`refused_status` maps iotgate's own status for the proxy) and never the upstream.
-async fn front_proxy_contract(front: &Front, upstream: &Upstream, refused_status: fn(u16) -> u16) {
-    let seen = || upstream.requests().len();
-
-    // allowed: the upstream gets the path as sent and who was decided on
-    let (status, _, _) = send(request(
+/// What every front proxy must refuse.
+const REFUSALS: [Refusal<'static>; 12] = [
+    (
         "GET",
-        &front.url("/v1/users/alice/devices/d1"),
+        "/v1/users/alice/devices/d2",
         Some("bob"),
         &[],
-    ))
-    .await;
+        403,
+        "no_permit",
+    ),
+    (
+        "GET",
+        "/v1/users/alice/devices/d1",
+        None,
+        &[],
+        401,
+        "token_missing",
+    ),
+    (
+        "GET",
+        "/v1/users/alice/devices/d1",
+        Some("carol"),
+        &[],
+        403,
+        "account_disabled",
+    ),
+    ("GET", "/v1/nowhere", Some("alice"), &[], 404, "no_route"),
+    // path tricks: what the front proxy normalizes for itself is decided as sent
+    (
+        "GET",
+        "/v1/users/bob/../alice/devices/d2",
+        Some("bob"),
+        &[],
+        400,
+        "bad_path",
+    ),
+    (
+        "GET",
+        "/v1/users/alice/devices/d1%2F..%2Fd2",
+        Some("bob"),
+        &[],
+        400,
+        "bad_path",
+    ),
+    // a body route cannot be decided on a sub-request without the body
+    (
+        "POST",
+        "/v1/users",
+        Some("root"),
+        &[],
+        403,
+        "body_not_forwarded",
+    ),
+    // headers the upstream could act on that iotgate did not decide
+    (
+        "GET",
+        "/v1/users/alice/devices/d1",
+        Some("bob"),
+        &[("x-http-method-override", "DELETE")],
+        400,
+        "header_not_forwarded",
+    ),
+    (
+        "GET",
+        "/v1/status/greenhouse",
+        None,
+        &[("x-iotgate-principal", "root")],
+        400,
+        "header_not_forwarded",
+    ),
+    (
+        "GET",
+        "/v1/users/alice/devices/d1",
+        Some("bob"),
+        &[("x-api-key", "another-tenant")],
+        400,
+        "header_not_forwarded",
+    ),
+    (
+        "GET",
+        "/v1/users/alice/devices/d1",
+        Some("bob"),
+        &[("x-real-ip", "6.6.6.6")],
+        400,
+        "header_not_forwarded",
+    ),
+    // a token on a route that reads none would reach the upstream unverified
+    (
+        "GET",
+        "/v1/certified/status",
+        Some("bob"),
+        &[],
+        400,
+        "token_not_read",
+    ),
+];
+
+/// What both front proxies must do with iotgate deciding: allowed requests reach the
+/// upstream as sent with the principal stamped; everything refused reaches the client as
+/// 401/403 (`refused_status` maps iotgate's own status for the proxy) and never the
+/// upstream. `own`: the headers this proxy tells the original request in, which a client's
+/// copies must not carry to the upstream.
+async fn front_proxy_contract(
+    front: &Front,
+    upstream: &Upstream,
+    refused_status: fn(u16) -> u16,
+    own: &[(&str, &str)],
+) {
+    let seen = || upstream.requests().len();
+
+    // allowed: the upstream gets the path as sent and who was decided on, and none of the
+    // client's copies of the proxy's own headers
+    let device = front.url("/v1/users/alice/devices/d1");
+    let (status, _, _) = send(request("GET", &device, Some("bob"), own)).await;
     assert_eq!(status, StatusCode::OK, "{}", front.errors());
     let got = upstream.requests().pop().unwrap();
     assert_eq!(got.uri, "/v1/users/alice/devices/d1");
     assert_eq!(got.headers["x-iotgate-principal"], "bob");
-    assert!(
-        got.headers["x-iotgate-policy-version"]
-            .to_str()
-            .unwrap()
-            .starts_with("mini"),
-        "{:?}",
-        got.headers
-    );
+    let policy = got.headers["x-iotgate-policy-version"].to_str().unwrap();
+    assert!(policy.starts_with("mini"), "{:?}", got.headers);
     assert!(!got.headers["x-request-id"].is_empty());
+    for (name, _) in own {
+        assert!(
+            got.headers.get(*name).is_none(),
+            "{name} reached the upstream"
+        );
+    }
 
-    // anonymous on an optional-auth route: allowed, no principal even if a client claims one
-    let (status, _, _) = send(request(
-        "GET",
-        &front.url("/v1/status/greenhouse"),
-        None,
-        &[],
-    ))
-    .await;
+    // anonymous on an optional-auth route: allowed, no principal
+    let status_page = front.url("/v1/status/greenhouse");
+    let (status, _, _) = send(request("GET", &status_page, None, &[])).await;
     assert_eq!(status, StatusCode::OK);
     let got = upstream.requests().pop().unwrap();
-    assert!(
-        got.headers.get("x-iotgate-principal").is_none(),
-        "{:?}",
-        got.headers
-    );
+    let principal = got.headers.get("x-iotgate-principal");
+    assert!(principal.is_none_or(|p| p.is_empty()), "{:?}", got.headers);
 
     let before = seen();
-    let refusals: [Refusal; 9] = [
-        (
-            "GET",
-            "/v1/users/alice/devices/d2",
-            Some("bob"),
-            &[],
-            403,
-            "no_permit",
-        ),
-        (
-            "GET",
-            "/v1/users/alice/devices/d1",
-            None,
-            &[],
-            401,
-            "token_missing",
-        ),
-        (
-            "GET",
-            "/v1/users/alice/devices/d1",
-            Some("carol"),
-            &[],
-            403,
-            "account_disabled",
-        ),
-        ("GET", "/v1/nowhere", Some("alice"), &[], 404, "no_route"),
-        // path tricks: what the front proxy normalizes for itself is decided as sent
-        (
-            "GET",
-            "/v1/users/bob/../alice/devices/d2",
-            Some("bob"),
-            &[],
-            400,
-            "bad_path",
-        ),
-        (
-            "GET",
-            "/v1/users/alice/devices/d1%2F..%2Fd2",
-            Some("bob"),
-            &[],
-            400,
-            "bad_path",
-        ),
-        // a body route cannot be decided on a sub-request without the body
-        (
-            "POST",
-            "/v1/users",
-            Some("root"),
-            &[],
-            403,
-            "body_not_forwarded",
-        ),
-        // headers the upstream could act on that iotgate did not decide
-        (
-            "GET",
-            "/v1/users/alice/devices/d1",
-            Some("bob"),
-            &[("x-http-method-override", "DELETE")],
-            400,
-            "header_not_forwarded",
-        ),
-        (
-            "GET",
-            "/v1/status/greenhouse",
-            None,
-            &[("x-iotgate-principal", "root")],
-            400,
-            "header_not_forwarded",
-        ),
-    ];
-    for (method, path, user, headers, status, reason) in refusals {
+    for (method, path, user, headers, status, reason) in REFUSALS {
         let (got, headers, body) = send(request(method, &front.url(path), user, headers)).await;
         let want = refused_status(status);
         assert_eq!(
@@ -371,12 +404,46 @@ async fn front_proxy_contract(front: &Front, upstream: &Upstream, refused_status
                 .starts_with("Bearer"));
         }
     }
+    // a GET whose body iotgate never sees: the proxy says one is there
+    let (got, headers, _) = send(get_with_body(&device, "bob", r#"{"do": "delete"}"#)).await;
+    assert_eq!(got.as_u16(), refused_status(400));
+    assert_eq!(headers["x-iotgate-reason"], "body_not_allowed");
     assert_eq!(
         seen(),
         before,
         "a refused request reached the upstream: {:?}",
         upstream.requests().last()
     );
+    // `#` ends the path for the `http` crate, not for every upstream: the bytes after it
+    // must be refused, or be no more part of the path for the upstream than for iotgate
+    let bob = token(json!({"usr": "bob"}));
+    let fragment = format!(
+        "GET /v1/status/greenhouse#/../../users/alice/devices/d2 HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {bob}\r\nConnection: close\r\n\r\n",
+        host = front.addr
+    );
+    let answer = crate::support::raw(front.addr, &fragment).await;
+    match upstream.requests().get(before) {
+        None => assert!(
+            answer.starts_with("HTTP/1.1 40") && !answer.starts_with("HTTP/1.1 404"),
+            "{answer}"
+        ),
+        Some(got) => assert_eq!(
+            got.uri, "/v1/status/greenhouse",
+            "decided without the fragment, read with it"
+        ),
+    }
+}
+
+/// A GET with a body, as a client may send one.
+fn get_with_body(url: &str, user: &str, body: &'static str) -> Request<iotgate::Body> {
+    Request::get(url)
+        .header(
+            "authorization",
+            format!("Bearer {}", token(json!({"usr": user}))),
+        )
+        .header("content-type", "application/json")
+        .body(iotgate::full(Bytes::from_static(body.as_bytes())))
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -389,7 +456,12 @@ async fn nginx_auth_request_passes_only_what_iotgate_allows_and_never_answers_50
     let dir = tempfile::tempdir().unwrap();
     let front = nginx_front(dir.path(), &served.addr, upstream.addr);
     // auth_request takes 2xx, 401 and 403 only: iotgate says 403 for the rest
-    front_proxy_contract(&front, &upstream, |s| if s == 401 { 401 } else { 403 }).await;
+    let own = [
+        ("x-original-uri", "/v1/users"),
+        ("x-original-method", "DELETE"),
+    ];
+    let nginx_status = |s| if s == 401 { 401 } else { 403 };
+    front_proxy_contract(&front, &upstream, nginx_status, &own).await;
     // the decision log names the original request and the client behind nginx
     let d2 = |l: &str| l.contains("alice/d2") && l.contains("\"decision\"");
     let logs = served.logs_once(d2).await;
@@ -411,7 +483,29 @@ async fn caddy_forward_auth_passes_only_what_iotgate_allows_with_its_answers_as_
     let served = decider(&format!("http://{}", upstream.addr), "from = \"forwarded\"");
     let dir = tempfile::tempdir().unwrap();
     let front = caddy_front(dir.path(), &served.addr, upstream.addr);
-    front_proxy_contract(&front, &upstream, |s| s).await;
+    let own = [
+        ("x-forwarded-uri", "/v1/users"),
+        ("x-forwarded-method", "DELETE"),
+    ];
+    front_proxy_contract(&front, &upstream, |s| s, &own).await;
+    // Caddy passes an Upgrade on to both: iotgate refuses what is no WebSocket handshake
+    // on a stream route (an h2c tunnel would carry requests nobody decided)
+    let before = upstream.requests().len();
+    let h2c = [
+        ("connection", "Upgrade, HTTP2-Settings"),
+        ("upgrade", "h2c"),
+        ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+    ];
+    let device = front.url("/v1/users/alice/devices/d1");
+    let (status, headers, _) = send(request("GET", &device, Some("bob"), &h2c)).await;
+    assert_eq!(
+        (
+            status.as_u16(),
+            headers["x-iotgate-reason"].to_str().unwrap()
+        ),
+        (400, "upgrade_not_allowed")
+    );
+    assert_eq!(upstream.requests().len(), before);
 }
 
 /// Envoy's `ext_authz` HTTP service sends the original method and `path_prefix` + the
@@ -441,6 +535,12 @@ async fn envoy_style_sub_requests_decide_the_prefixed_path_and_the_body_when_sen
             &"no_permit".parse::<http::HeaderValue>().unwrap()
         )
     );
+    // anonymous: the principal header is there, empty, so Envoy's allowed_upstream_headers
+    // overwrites whatever a client sent (Envoy shows iotgate only its allowed_headers)
+    let anonymous = request("GET", &served.url("/authz/v1/status/greenhouse"), None, &[]);
+    let (status, headers, _) = send(anonymous).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-iotgate-principal"], "");
     // outside the prefix: not a question iotgate was asked
     let (status, headers, _) = send(ask("GET", "/v1/users/alice/devices/d1", "bob", &[])).await;
     assert_eq!(
@@ -547,4 +647,37 @@ fn check_decides_as_decide_mode_serves() {
     ]);
     assert!(out.starts_with("decision:       allow"), "{out}");
     drop(dir);
+}
+
+/// Decide mode never sees the upstream's answer, so a profile with write-through effects
+/// (thinger: devices created, members removed) needs `[directory.sync]`; `validate` and
+/// `serve` say so before any port is bound.
+#[test]
+fn decide_mode_refuses_write_through_effects_without_a_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("gw");
+    let (code, out) =
+        crate::support::iotgate(&["init", "--profile", "thinger", folder.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let config = folder.join("iotgate.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[server]\n",
+        "[server]\nmode = \"decide\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        1,
+    );
+    std::fs::write(
+        &config,
+        format!("{text}\n[server.decide]\nfrom = \"nginx\"\n"),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    for command in ["validate", "serve"] {
+        let (code, out) = crate::support::iotgate(&[command, "--config", config]);
+        assert_eq!(code, 2, "{command}: {out}");
+        assert!(
+            out.contains("decide mode applies no write-through effects"),
+            "{command}: {out}"
+        );
+        assert!(out.contains("add [directory.sync]"), "{out}");
+    }
 }

@@ -190,6 +190,8 @@ pub struct Route {
     body_paths: Vec<Vec<String>>,
     /// Whether the route is a WebSocket stream (the only routes that may upgrade).
     pub stream: bool,
+    /// Whether its fields read the client certificate (`{tls.…}`).
+    pub reads_tls: bool,
     /// Who may call it.
     pub auth: Auth,
     /// How a body it reads is parsed.
@@ -760,6 +762,7 @@ impl<'a> Compiler<'a> {
         body_paths.sort();
         body_paths.dedup();
         let needs_body = !body_paths.is_empty();
+        let reads_tls = sources.iter().any(|s| matches!(s, Source::Tls(_)));
         let whole = sources
             .iter()
             .any(|s| matches!(s, Source::Body(p) if p.is_empty()));
@@ -811,6 +814,7 @@ impl<'a> Compiler<'a> {
             context,
             body_paths,
             stream: r.stream,
+            reads_tls,
             resync: r.resync,
             auth: r.auth,
             body: r.body,
