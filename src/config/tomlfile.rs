@@ -22,9 +22,23 @@ use crate::config::problem::{line_of_offset, read_text, Problem, Problems};
 pub struct TomlFile {
     path: PathBuf,
     lines: HashMap<String, usize>,
+    digest: u64,
+}
+
+/// A digest of a file's text (to tell whether it changed since it was read).
+pub(crate) fn digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 impl TomlFile {
+    /// The [`digest`] of the text this was parsed from.
+    pub(crate) fn digest(&self) -> u64 {
+        self.digest
+    }
+
     /// The file this came from.
     pub fn path(&self) -> &Path {
         &self.path
@@ -82,6 +96,7 @@ pub(crate) fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<Pars
     let file = TomlFile {
         path: path.to_path_buf(),
         lines,
+        digest: digest(text),
     };
     let deserializer = toml::Deserializer::from(table);
     let mut unknown = Vec::new();

@@ -13,7 +13,8 @@
 //! directory), `[license]` as loaded at start, the key files `[auth]` names (a changed key
 //! file is a rotation: tokens signed with the old key are refused from then on; JWKS URLs
 //! refresh on their own), and the listener's TLS certificate, key and client CA (new
-//! connections use them). Changes to the config file itself need a restart.
+//! connections use them). Changes to the config file itself need a restart: a reload that
+//! finds it changed since start says so (a warning, in the log and `/status`).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -25,6 +26,7 @@ use serde::Serialize;
 
 use crate::authz::snapshot::Snapshot;
 use crate::config::files::files_below;
+use crate::config::tomlfile;
 use crate::config::Config;
 use crate::proxy::Gateway;
 use crate::serve::tls::Tls;
@@ -92,10 +94,10 @@ impl Reloader {
         let loaded =
             tokio::task::spawn_blocking(move || Snapshot::load_after(&config, Some(&previous)))
                 .await;
-        let (mut directory_applied, mut warnings) = (false, Vec::new());
+        let (mut directory_applied, mut warnings) = (false, self.config_changed());
         let mut problems: Vec<String> = match loaded {
             Ok(Ok(snapshot)) => {
-                warnings.clone_from(&snapshot.warnings);
+                warnings.extend(snapshot.warnings.iter().cloned());
                 self.gateway.swap(snapshot);
                 Vec::new()
             }
@@ -154,6 +156,20 @@ impl Reloader {
             *last = Some(attempt.clone());
         }
         attempt
+    }
+
+    /// A warning when the config file is no longer what `serve` started with.
+    fn config_changed(&self) -> Vec<String> {
+        let source = &self.config.source;
+        let now = std::fs::read_to_string(source.path()).map(|t| tomlfile::digest(&t));
+        match now {
+            Ok(digest) if digest == source.digest() => Vec::new(),
+            Ok(_) => vec![format!(
+                "{} changed since start: restart to apply it (a reload re-reads only the files it names)",
+                source.path().display()
+            )],
+            Err(e) => vec![format!("{}: {e}", source.path().display())],
+        }
     }
 
     /// Watches the files `[policy]` names and reloads when they change.

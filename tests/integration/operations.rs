@@ -179,6 +179,27 @@ async fn admin_endpoints_report_health_status_and_metrics() {
         .await;
     let (code, _, _) = send(get(&served.url("/v1/users/alice/devices/d2"), Some(&bob))).await;
     assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        served.status().await["last_reload"]["warnings"],
+        serde_json::json!([])
+    );
+
+    // the config file itself is read at start only: a reload after it changed says so
+    let config = served.dir.path().join("mini/served.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    write_atomic(&config, &format!("{text}\n# max_body_bytes raised\n"));
+    let (_, _, body) = served.admin_post("/reload").await;
+    let attempt: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let warnings = attempt["warnings"].to_string();
+    assert!(
+        warnings.contains("served.toml changed since start: restart to apply"),
+        "{attempt}"
+    );
+    let logs = served.logs_once(|l| l.contains("restart to apply")).await;
+    assert!(
+        logs.iter().any(|l| l.contains("restart to apply")),
+        "{logs:#?}"
+    );
     drop(up);
 }
 
