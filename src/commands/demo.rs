@@ -2,8 +2,9 @@
 //! with ready-to-paste tokens and curl lines. No arguments, no files.
 //!
 //! ```text
-//! embedded examples/thinger profile ──written to a temp folder──▶ Loaded ──▶ Gateway
-//! mock Thinger API (platform::mock, 127.0.0.1:<any>) ◀── gateway (127.0.0.1:8080, or any free port)
+//! embedded examples/thinger profile ──written to a temp folder──▶ serve::bind (as `serve`)
+//! mock Thinger API (platform::mock, 127.0.0.1:<any>) ◀── gateway (127.0.0.1:8080, or any free
+//!   port; admin listener on 127.0.0.1:9090, or any free port)
 //! tokens for an admin, a developer, a guest project member and a disabled account
 //!   ──▶ stdout: export lines + curl lines, each with the status it should get
 //! Ctrl-C ──▶ gateway drains, mock stops, temp folder removed, exit 0
@@ -12,17 +13,13 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::net::TcpListener;
 
 use crate::authn::{now, Signer};
-use crate::authz::snapshot::Loaded;
 use crate::commands::cli::ExitStatus;
 use crate::platform::mock::{Flavor, Platform};
-use crate::proxy::Gateway;
-use crate::serve::{shutdown_signal, Running};
 
 /// The thinger example beyond the profile's own files (`init::THINGER`): its project
 /// policies, directory and secret, as (path relative to the demo folder, content).
@@ -56,6 +53,8 @@ fn profile() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
 
 /// Where the gateway listens when the port is free.
 const PREFERRED: &str = "127.0.0.1:8080";
+/// Where its admin listener listens when the port is free.
+const PREFERRED_ADMIN: &str = "127.0.0.1:9090";
 
 /// Lifetime of the printed tokens.
 const TOKEN_TTL: u64 = 24 * 3600;
@@ -80,20 +79,16 @@ async fn run_inner(out: &mut dyn Write) -> Result<(), String> {
     let seed = serde_json::from_str(super::import::THINGER_STATE).map_err(|e| e.to_string())?;
     let mock = tokio::spawn(Platform::new(Flavor::Thinger, &seed)?.serve(upstream));
     let config = folder.write_profile(upstream_addr)?;
-    let loaded = Loaded::load(&config).map_err(|p| p.to_string())?;
-    let signer = Signer::from_config(&loaded.config)?;
-    let gateway = Gateway::new(&loaded.config, loaded.snapshot, loaded.verifier)
+    // the same start as `serve`: every check, then the listeners, the admin one included
+    let bound = crate::serve::bind(&config)
+        .await
         .map_err(|p| p.to_string())?;
-    let listener = match TcpListener::bind(PREFERRED).await {
-        Ok(l) => l,
-        Err(_) => TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| e.to_string())?,
+    let signer = Signer::from_config(bound.config())?;
+    let (Some(addr), admin) = bound.addrs() else {
+        return Err("the listener has no address".into());
     };
-    let running = Running::start(listener, Arc::new(gateway)).map_err(|e| e.to_string())?;
-    print_tour(out, running.addr, &signer).map_err(|e| e.to_string())?;
-    shutdown_signal().await;
-    running.stop().await;
+    print_tour(out, addr, admin, &signer).map_err(|e| e.to_string())?;
+    bound.serve().await;
     mock.abort();
     let _ = writeln!(out, "demo stopped");
     Ok(())
@@ -130,9 +125,18 @@ impl Drop for TempFolder {
     }
 }
 
+/// `preferred` when nothing listens there, else any free port.
+fn free_or_any(preferred: &str) -> &str {
+    match std::net::TcpListener::bind(preferred) {
+        Ok(_) => preferred,
+        Err(_) => "127.0.0.1:0",
+    }
+}
+
 fn demo_config(upstream: SocketAddr) -> String {
+    let (listen, admin) = (free_or_any(PREFERRED), free_or_any(PREFERRED_ADMIN));
     format!(
-        "[server]\nlisten = \"{PREFERRED}\"\nupstream = \"http://{upstream}\"\n\n\
+        "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nupstream = \"http://{upstream}\"\n\n\
          [auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"secret.key\"\nprincipal_claim = \"usr\"\nquery_parameter = \"authorization\"\n\n\
          [policy]\nschema = \"../../schema/thinger.cedarschema\"\nroutes = \"../../schema/thinger.routes.toml\"\n\
          policies = [\"../../policies/thinger\"]\ndirectory = [\"directory\"]\nreload = \"off\"\n\n\
@@ -241,7 +245,12 @@ const CALLS: &[Call] = &[
     },
 ];
 
-fn print_tour(out: &mut dyn Write, addr: SocketAddr, signer: &Signer) -> std::io::Result<()> {
+fn print_tour(
+    out: &mut dyn Write,
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    signer: &Signer,
+) -> std::io::Result<()> {
     let accounts = [
         ("ADMIN", "olivia", "admin"),
         ("DEVELOPER", "dave", "developer"),
@@ -256,6 +265,9 @@ fn print_tour(out: &mut dyn Write, addr: SocketAddr, signer: &Signer) -> std::io
         out,
         "gateway: http://{addr}   (decisions are logged on stderr; Ctrl-C stops)"
     )?;
+    if let Some(admin) = admin {
+        writeln!(out, "admin:   http://{admin}/status  /metrics  /readyz  (loopback only; its directory endpoints need [admin] token_file)")?;
+    }
     writeln!(out)?;
     writeln!(out, "# tokens (valid 24 h):")?;
     for (var, user, role) in accounts {

@@ -139,6 +139,7 @@ const THINGER_STARTER: Starter = Starter {
 # Relative paths are relative to this file. Check it: iotgate validate --config iotgate.toml
 [server]
 listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:9090"            # /healthz /readyz /metrics /status (keep it off the public network)
 upstream = "http://127.0.0.1:8081"        # your Thinger server
 max_body_bytes = 65536
 
@@ -174,6 +175,7 @@ const CENTRAL_STARTER: Starter = Starter {
 # Relative paths are relative to this file. Check it: iotgate validate --config iotgate.toml
 [server]
 listen = "127.0.0.1:8090"
+admin_listen = "127.0.0.1:9091"            # /healthz /readyz /metrics /status (keep it off the public network)
 upstream = "http://127.0.0.1:8091"        # your server
 max_body_bytes = 65536
 

@@ -39,6 +39,28 @@ use crate::serve::reload::Reloader;
 /// # Errors
 /// Every load problem, or a listener that cannot bind (told against the config file).
 pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), Problems> {
+    bind(config_path).await?.serve().await;
+    Ok(())
+}
+
+/// A gateway loaded and validated, its listeners bound, not serving yet.
+pub(crate) struct Bound {
+    gateway: Arc<Gateway>,
+    config: crate::config::Config,
+    server: crate::config::ServerConfig,
+    tls: Option<Arc<tls::Tls>>,
+    admin_token: Option<String>,
+    sync: Option<Arc<sync::Sync>>,
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+}
+
+/// Loads everything `config_path` names and binds its listeners: every problem is found
+/// before any port is bound.
+///
+/// # Errors
+/// Every load problem, or a listener that cannot bind (told against the config file).
+pub(crate) async fn bind(config_path: &std::path::Path) -> Result<Bound, Problems> {
     let (gateway, config) = load(config_path)?;
     let in_config = |message: String| Problem::in_file(config_path, message);
     let server = config
@@ -72,73 +94,112 @@ pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), Problems> {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    let reloader = Reloader::new(config.clone(), gateway.clone(), tls.clone());
-    let mode = config.policy.reload;
-    let mut background = match mode {
-        Reload::Watch => vec![reloader.spawn_watch(), reloader.spawn_sighup()],
-        Reload::Signal => vec![reloader.spawn_sighup()],
-        Reload::Off => Vec::new(),
-    };
-    background.extend(fetch_remote_keys(&gateway).await);
-    if let Some(sync) = &sync {
-        // the first import before serving; a failure serves the files and the journal
-        let _ = sync.once(&gateway, &reloader).await;
-        background.push(tokio::spawn(
-            sync.clone().run(gateway.clone(), reloader.clone()),
-        ));
-    }
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let admin = admin_listener.zip(admin_addr).map(|(l, addr)| {
-        let admin = Arc::new(Admin::new(
-            gateway.clone(),
-            reloader.clone(),
-            mode,
-            addr,
-            &server.admin_hosts,
-            admin_token.clone(),
-            sync.clone(),
-        ));
-        let stopped = stopped(stop_rx.clone());
-        let limits = Limits::new(&server, Arc::default());
-        tokio::spawn(serve_http(
-            l,
-            move |req, _| admin.clone().handle(req),
-            stopped,
-            limits,
-        ))
-    });
-    log_start(&listener, admin_addr, &gateway);
-    let limits = Limits::new(gateway.server(), gateway.metrics().connections()).with_tls(tls);
-    let draining = gateway.clone();
-    serve_http(
+    Ok(Bound {
+        gateway,
+        config,
+        server,
+        tls,
+        admin_token,
+        sync,
         listener,
-        gateway_handler(gateway),
-        async move {
-            shutdown_signal().await;
-            // fail readiness first, keep serving while the load balancer notices, then stop
-            draining.start_draining();
-            let delay = draining.server().shutdown_delay;
-            if !delay.is_zero() {
-                tracing::info!(
-                    seconds = delay.as_secs(),
-                    "shutting down: not ready, still serving"
-                );
-                tokio::time::sleep(delay).await;
-            }
-            let _ = stop_tx.send(true);
-        },
-        limits,
-    )
-    .await;
-    for task in background {
-        task.abort();
+        admin_listener,
+    })
+}
+
+impl Bound {
+    /// Where the client listener and the admin listener (if any) are bound.
+    pub(crate) fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        let admin = self
+            .admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok());
+        (self.listener.local_addr().ok(), admin)
     }
-    if let Some(admin) = admin {
-        let _ = admin.await;
+
+    /// The config it serves.
+    pub(crate) fn config(&self) -> &crate::config::Config {
+        &self.config
     }
-    tracing::info!("iotgate stopped");
-    Ok(())
+
+    /// Serves until a shutdown signal (SIGTERM, Ctrl-C), then drains.
+    pub(crate) async fn serve(self) {
+        let Bound {
+            gateway,
+            config,
+            server,
+            tls,
+            admin_token,
+            sync,
+            listener,
+            admin_listener,
+        } = self;
+        let reloader = Reloader::new(config.clone(), gateway.clone(), tls.clone());
+        let mode = config.policy.reload;
+        let mut background = match mode {
+            Reload::Watch => vec![reloader.spawn_watch(), reloader.spawn_sighup()],
+            Reload::Signal => vec![reloader.spawn_sighup()],
+            Reload::Off => Vec::new(),
+        };
+        background.extend(fetch_remote_keys(&gateway).await);
+        if let Some(sync) = &sync {
+            // the first import before serving; a failure serves the files and the journal
+            let _ = sync.once(&gateway, &reloader).await;
+            background.push(tokio::spawn(
+                sync.clone().run(gateway.clone(), reloader.clone()),
+            ));
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let admin = admin_listener.zip(admin_addr).map(|(l, addr)| {
+            let admin = Arc::new(Admin::new(
+                gateway.clone(),
+                reloader.clone(),
+                mode,
+                addr,
+                &server.admin_hosts,
+                admin_token.clone(),
+                sync.clone(),
+            ));
+            let stopped = stopped(stop_rx.clone());
+            let limits = Limits::new(&server, Arc::default());
+            tokio::spawn(serve_http(
+                l,
+                move |req, _| admin.clone().handle(req),
+                stopped,
+                limits,
+            ))
+        });
+        log_start(&listener, admin_addr, &gateway);
+        let limits = Limits::new(gateway.server(), gateway.metrics().connections()).with_tls(tls);
+        let draining = gateway.clone();
+        serve_http(
+            listener,
+            gateway_handler(gateway),
+            async move {
+                shutdown_signal().await;
+                // fail readiness first, keep serving while the load balancer notices, then stop
+                draining.start_draining();
+                let delay = draining.server().shutdown_delay;
+                if !delay.is_zero() {
+                    tracing::info!(
+                        seconds = delay.as_secs(),
+                        "shutting down: not ready, still serving"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                let _ = stop_tx.send(true);
+            },
+            limits,
+        )
+        .await;
+        for task in background {
+            task.abort();
+        }
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
+        tracing::info!("iotgate stopped");
+    }
 }
 
 /// The client listener's TLS, when `[server.tls]` is set.

@@ -217,6 +217,16 @@ async fn demo_prints_calls_that_get_the_statuses_it_announces() {
         })
         .collect();
     assert_eq!(tokens.len(), 4);
+    // the admin listener, as `serve` runs it
+    let admin = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("admin:   http://"))
+        .and_then(|l| l.split('/').next())
+        .unwrap_or_else(|| panic!("no admin line in {lines:#?}"));
+    for probe in ["/healthz", "/readyz"] {
+        let (status, _, _) = send(get(&format!("http://{admin}{probe}"), None)).await;
+        assert_eq!(status, http::StatusCode::OK, "{probe}");
+    }
     let curls: Vec<Curl> = lines
         .iter()
         .filter(|l| l.starts_with("curl ") && !l.contains("--path-as-is"))
