@@ -47,6 +47,19 @@ pub enum Command {
     Mock(MockArgs),
     /// Start a mock Thinger server and the gateway in front of it, with ready-to-paste curl lines.
     Demo,
+    /// GET a health endpoint and exit 0 on a 2xx answer (a container HEALTHCHECK where
+    /// the image has no curl).
+    Probe(ProbeArgs),
+}
+
+/// `probe`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeArgs {
+    /// The URL (`http://127.0.0.1:9090/healthz`).
+    pub url: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 3)]
+    pub timeout: u64,
 }
 
 /// `import`.

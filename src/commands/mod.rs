@@ -21,7 +21,8 @@ use serde_json::{json, Value};
 use crate::authn::{now, Signer};
 use crate::authz::snapshot::Loaded;
 use crate::commands::cli::{
-    parse_claims, parse_ttl, Cli, Command, ExitStatus, ServeArgs, TokenArgs, ValidateArgs,
+    parse_claims, parse_ttl, Cli, Command, ExitStatus, ProbeArgs, ServeArgs, TokenArgs,
+    ValidateArgs,
 };
 use crate::commands::report::{Finding, Format, Severity};
 use crate::config::Config;
@@ -46,6 +47,7 @@ pub fn run(cli: &Cli) -> ExitStatus {
             let _log = crate::telemetry::init(cli.log_format);
             runtime().map(|rt| rt.block_on(serve(args, cli.log_format)))
         }
+        Command::Probe(args) => runtime().map(|rt| rt.block_on(probe(args, &mut out))),
         Command::Demo => {
             let _log = crate::telemetry::init(cli.log_format);
             runtime().map(|rt| rt.block_on(demo::run(&mut out)))
@@ -76,6 +78,39 @@ pub(crate) async fn serve(args: &ServeArgs, format: LogFormat) -> ExitStatus {
         Err(problems) => {
             eprint!("{problems}");
             ExitStatus::Error
+        }
+    }
+}
+
+/// `probe`: one GET; 0 on 2xx, 1 on any other answer or none in time, 2 for a URL that is
+/// not `http://host:port/path`.
+pub(crate) async fn probe(args: &ProbeArgs, out: &mut dyn Write) -> ExitStatus {
+    let uri = match args.url.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => uri,
+        _ => {
+            eprintln!("probe: `{}` is not an http:// URL", args.url);
+            return ExitStatus::Error;
+        }
+    };
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let wait = std::time::Duration::from_secs(args.timeout.max(1));
+    match tokio::time::timeout(wait, client.get(uri)).await {
+        Ok(Ok(response)) if response.status().is_success() => {
+            let _ = writeln!(out, "{}", response.status());
+            ExitStatus::Ok
+        }
+        Ok(Ok(response)) => {
+            let _ = writeln!(out, "{}", response.status());
+            ExitStatus::Failed
+        }
+        Ok(Err(e)) => {
+            eprintln!("probe: {e}");
+            ExitStatus::Failed
+        }
+        Err(_) => {
+            eprintln!("probe: no answer within {} s", wait.as_secs());
+            ExitStatus::Failed
         }
     }
 }
