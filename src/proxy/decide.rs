@@ -25,6 +25,7 @@ use crate::config::{Config, FrontProxy};
 use crate::model::routes::{Auth, Route};
 use crate::proxy::forward;
 use crate::proxy::response::{full, Body, REQUEST_ID};
+use crate::request::headers;
 
 /// How long after allowing a `resync` route `[directory.sync]` is woken: the front proxy
 /// forwards the request only after the answer, so the upstream acts later.
@@ -74,16 +75,7 @@ pub(crate) fn warn_unservable(snapshot: &Snapshot) {
 /// token (the upstream could act on a token nobody verified), and an `Upgrade` other than
 /// a WebSocket handshake on a `stream` route (h2c and other tunnels are never decided).
 pub(crate) fn unforwardable(route: &Route, parts: &http::request::Parts) -> Option<Rejection> {
-    let bearer = parts
-        .headers
-        .get_all(header::AUTHORIZATION)
-        .iter()
-        .any(|v| {
-            v.as_bytes()
-                .get(..7)
-                .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "))
-        });
-    if route.auth == Auth::None && bearer {
+    if route.auth == Auth::None && headers::has_bearer(&parts.headers) {
         return Some(Rejection::BadRequest(BadRequest::TokenNotRead));
     }
     let upgrade = parts.headers.contains_key(header::UPGRADE);

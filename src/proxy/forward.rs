@@ -254,16 +254,8 @@ pub fn rewrite(
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(header::HOST).cloned());
     let named: Vec<String> = crate::request::headers::connection_tokens(&parts.headers).collect();
-    let unverified_bearer = stamp.reads_no_token
-        && parts
-            .headers
-            .get_all(header::AUTHORIZATION)
-            .iter()
-            .any(|v| {
-                v.as_bytes()
-                    .get(..7)
-                    .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "))
-            });
+    let unverified_bearer =
+        stamp.reads_no_token && crate::request::headers::has_bearer(&parts.headers);
     let dropped: Vec<HeaderName> = parts
         .headers
         .keys()

@@ -372,6 +372,7 @@ impl Gateway {
             decision,
             decided: started.elapsed(),
             started,
+            upstream: None,
             status: None,
         };
         let expose = self.server.expose_messages;
@@ -406,8 +407,7 @@ impl Gateway {
                 };
                 let sent = Instant::now();
                 let forwarded = self.forward(parts, body, stamp, client_upgrade).await;
-                let route_name = record.decision.route.as_deref().unwrap_or("-");
-                self.metrics.record_upstream(route_name, sent.elapsed());
+                record.upstream = Some(sent.elapsed());
                 match forwarded {
                     Ok(response) => {
                         let locked = writer.is_some();
@@ -772,6 +772,8 @@ struct Record<'g> {
     decision: Decision,
     decided: Duration,
     started: Instant,
+    /// How long the upstream took to answer, when the request was forwarded.
+    upstream: Option<Duration>,
     status: Option<u16>,
 }
 
@@ -792,7 +794,7 @@ impl Drop for Record<'_> {
             tracing::error!(request_id = self.request_id.as_str(), error = %e, "internal fault on the decision path");
         }
         let route = decision.route.as_deref().unwrap_or("-");
-        metrics.record_request(route, status, self.started.elapsed());
+        metrics.record_request(route, status, self.started.elapsed(), self.upstream);
         metrics.record_decision(decision.is_allowed(), self.decided);
         if let Outcome::Reject(r) = &decision.outcome {
             metrics.record_denial(response::rejection_reason(r));

@@ -216,6 +216,15 @@ pub(crate) fn forwarded(name: &HeaderName, named_by_connection: &[String], trust
         || (from_proxy && !trusted))
 }
 
+/// Whether any `Authorization` header carries a Bearer token (verified or not).
+pub(crate) fn has_bearer(headers: &HeaderMap) -> bool {
+    headers.get_all(header::AUTHORIZATION).iter().any(|v| {
+        v.as_bytes()
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "))
+    })
+}
+
 /// Whether the upstream could act on a header (lowercase name) that no decision read: a
 /// name with `_` (CGI servers read it as `-`), one of [`SPOOFABLE`], or a client's own
 /// `X-Iotgate-*`. The reverse proxy always removes these; decide mode refuses them, since

@@ -47,7 +47,6 @@ pub(crate) async fn run(config_path: &std::path::Path) -> Result<(), Problems> {
 pub(crate) struct Bound {
     gateway: Arc<Gateway>,
     config: crate::config::Config,
-    server: crate::config::ServerConfig,
     tls: Option<Arc<tls::Tls>>,
     admin_token: Option<String>,
     sync: Option<Arc<sync::Sync>>,
@@ -63,11 +62,9 @@ pub(crate) struct Bound {
 pub(crate) async fn bind(config_path: &std::path::Path) -> Result<Bound, Problems> {
     let (gateway, config) = load(config_path)?;
     let in_config = |message: String| Problem::in_file(config_path, message);
-    let server = config
-        .server
-        .clone()
-        .ok_or_else(|| in_config("`serve` needs a [server] section".into()))?;
-    let tls = tls_of(&server)?;
+    // Gateway::new refuses a config without [server]: this is the section it serves
+    let server = gateway.server();
+    let tls = tls_of(server)?;
     let admin_token = match &config.admin.token_file {
         Some(path) => {
             let token = crate::config::problem::read_text(path)?;
@@ -97,7 +94,6 @@ pub(crate) async fn bind(config_path: &std::path::Path) -> Result<Bound, Problem
     Ok(Bound {
         gateway,
         config,
-        server,
         tls,
         admin_token,
         sync,
@@ -123,16 +119,17 @@ impl Bound {
 
     /// Serves until a shutdown signal (SIGTERM, Ctrl-C), then drains.
     pub(crate) async fn serve(self) {
+        let (_, admin_addr) = self.addrs();
         let Bound {
             gateway,
             config,
-            server,
             tls,
             admin_token,
             sync,
             listener,
             admin_listener,
         } = self;
+        let server = gateway.server();
         let reloader = Reloader::new(config.clone(), gateway.clone(), tls.clone());
         let mode = config.policy.reload;
         let mut background = match mode {
@@ -149,7 +146,6 @@ impl Bound {
             ));
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let admin = admin_listener.zip(admin_addr).map(|(l, addr)| {
             let admin = Arc::new(Admin::new(
                 gateway.clone(),
@@ -161,7 +157,7 @@ impl Bound {
                 sync.clone(),
             ));
             let stopped = stopped(stop_rx.clone());
-            let limits = Limits::new(&server, Arc::default());
+            let limits = Limits::new(server, Arc::default());
             tokio::spawn(serve_http(
                 l,
                 move |req, _| admin.clone().handle(req),

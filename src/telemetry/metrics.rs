@@ -1,9 +1,8 @@
 //! Counters of the serving path, rendered in the Prometheus text format on `/metrics`.
 //!
 //! ```text
-//! proxy ──record_request(route template, status, duration)──┐
-//!       ──record_upstream(route template, duration)──────────┤
-//!       ──record_decision(allow|deny, latency)────────────────┤
+//! proxy ──record_request(route template, status, duration, upstream duration)──┐
+//!       ──record_decision(allow|deny, latency)────────────────────────────────┤
 //!       ──record_upstream_error / shadow ─────────┼─▶ Metrics ──render()──▶ text/plain; version=0.0.4
 //! reload ──record_reload(ok)───────────────────────┘      (+ cache stats passed in)
 //! ```
@@ -187,43 +186,37 @@ fn inc(counter: &AtomicU64) {
 
 impl Metrics {
     /// Counts a finished request by route template (`-` when none matched) and status,
-    /// and how long it took.
-    pub fn record_request(&self, route: &str, status: u16, took: Duration) {
-        self.with_route(route, |series| {
-            let counter = series.statuses.get(&status)?;
+    /// with how long it took and, when it was forwarded, how long the upstream took to
+    /// answer. A route and status seen before take only the read lock.
+    pub fn record_request(
+        &self,
+        route: &str,
+        status: u16,
+        took: Duration,
+        upstream: Option<Duration>,
+    ) {
+        let count = |series: &RouteSeries| {
+            let Some(counter) = series.statuses.get(&status) else {
+                return false;
+            };
             inc(counter);
             series.duration.observe(took);
-            Some(())
-        })
-        .unwrap_or_else(|| {
+            if let Some(upstream) = upstream {
+                series.upstream.observe(upstream);
+            }
+            true
+        };
+        let seen = self
+            .routes
+            .read()
+            .is_ok_and(|m| m.get(route).is_some_and(count));
+        if !seen {
             if let Ok(mut map) = self.routes.write() {
                 let series = map.entry(route.to_string()).or_default();
-                inc(series.statuses.entry(status).or_default());
-                series.duration.observe(took);
-            }
-        });
-    }
-
-    /// Times the upstream's answer on a route template.
-    pub fn record_upstream(&self, route: &str, took: Duration) {
-        let observed = self.with_route(route, |series| {
-            series.upstream.observe(took);
-            Some(())
-        });
-        if observed.is_none() {
-            if let Ok(mut map) = self.routes.write() {
-                map.entry(route.to_string())
-                    .or_default()
-                    .upstream
-                    .observe(took);
+                series.statuses.entry(status).or_default();
+                count(series);
             }
         }
-    }
-
-    /// `f` on the series of a route template already seen (the common case: a read lock).
-    fn with_route(&self, route: &str, f: impl FnOnce(&RouteSeries) -> Option<()>) -> Option<()> {
-        let map = self.routes.read().ok()?;
-        f(map.get(route)?)
     }
 
     /// Counts a refusal under the reason code its client is told.
@@ -632,10 +625,10 @@ mod tests {
     fn rendering_has_every_family_and_counts() {
         let m = Metrics::default();
         let devices = "GET /v1/users/{owner}/devices";
-        m.record_request(devices, 200, Duration::from_millis(2));
-        m.record_request(devices, 200, Duration::from_millis(20));
-        m.record_upstream(devices, Duration::from_millis(15));
-        m.record_request("-", 404, Duration::from_micros(300));
+        m.record_request(devices, 200, Duration::from_millis(2), None);
+        let upstream = Some(Duration::from_millis(15));
+        m.record_request(devices, 200, Duration::from_millis(20), upstream);
+        m.record_request("-", 404, Duration::from_micros(300), None);
         m.record_decision(true, Duration::from_micros(30));
         m.record_decision(false, Duration::from_micros(3));
         m.record_upstream_error(UpstreamFailure::Timeout);

@@ -183,32 +183,21 @@ pub(crate) fn shadow_disagreement(request_id: &str, d: &Decision, shadow_version
 mod tests {
     use super::*;
 
-    /// What the text format writes for one event.
+    /// What the text format writes for one event, through the sink `init` installs.
     fn text_line(event: impl FnOnce()) -> String {
-        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let writer = out.clone();
+        let out = sink::Shared::default();
+        let (sink, guard) = sink::Sink::start(1 << 20, out.clone(), Arc::default()).unwrap();
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
             .without_time()
             .compact()
             .fmt_fields(logfmt_fields())
-            .with_writer(move || Capture(writer.clone()))
+            .with_writer(sink::MakeSink(sink))
             .finish();
         tracing::subscriber::with_default(subscriber, event);
-        let bytes = out.lock().unwrap().clone();
+        drop(guard);
+        let bytes = out.0.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap()
-    }
-
-    struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
     }
 
     #[test]
