@@ -278,6 +278,9 @@ async fn refusals_tell_the_client_a_reason_it_can_act_on() {
         );
         let body = body_of(&answer);
         assert_eq!(body["reason"], *reason, "{raw}\n{answer}");
+        // the reason in a header too, for proxies that pass on headers, not bodies
+        let header = format!("x-iotgate-reason: {reason}\r\n");
+        assert!(answer.to_ascii_lowercase().contains(&header), "{answer}");
         assert!(body["request_id"].is_string() && body["policy_version"].is_string());
         match *status {
             401 if *reason == "token_missing" => {

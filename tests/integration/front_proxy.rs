@@ -44,17 +44,11 @@ fn caddy() -> PathBuf {
     if let Ok(path) = std::env::var("IOTGATE_CADDY") {
         return path.into();
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let made = Command::new("bash")
-        .arg(root.join("scripts/setup-caddy.sh"))
-        .output()
-        .expect("run scripts/setup-caddy.sh");
-    assert!(
-        made.status.success(),
-        "scripts/setup-caddy.sh failed (set IOTGATE_CADDY, or IOTGATE_PROXY_TESTS=0 to skip): {}",
-        String::from_utf8_lossy(&made.stderr)
+    let found = crate::support::installed_by(
+        "setup-caddy.sh",
+        "IOTGATE_CADDY, or IOTGATE_PROXY_TESTS=0 to skip,",
     );
-    String::from_utf8(made.stdout).unwrap().trim().into()
+    found.into()
 }
 
 /// A loopback port free a moment ago (nginx and Caddy cannot report an ephemeral one).
@@ -109,16 +103,21 @@ impl Drop for Front {
     }
 }
 
-/// `iotgate serve` on the mini profile in decide mode for `from` (`decide` lines go under
-/// `[server.decide]`), trusting only 127.0.0.1.
-fn decider(upstream: &str, decide: &str) -> Served {
-    let (dir, config) = Served::mini(upstream, "off", "");
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
+/// Turns a config into a decide-mode one, trusting only 127.0.0.1 (`decide` lines go
+/// under `[server.decide]`).
+fn into_decide_mode(config: &Path, decide: &str) {
+    let text = std::fs::read_to_string(config).unwrap().replacen(
         "[server]\n",
         "[server]\nmode = \"decide\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
         1,
     );
-    std::fs::write(&config, format!("{text}\n[server.decide]\n{decide}\n")).unwrap();
+    std::fs::write(config, format!("{text}\n[server.decide]\n{decide}\n")).unwrap();
+}
+
+/// `iotgate serve` on the mini profile in decide mode.
+fn decider(upstream: &str, decide: &str) -> Served {
+    let (dir, config) = Served::mini(upstream, "off", "");
+    into_decide_mode(&config, decide);
     Served::spawn(dir, &config)
 }
 
@@ -446,15 +445,28 @@ fn get_with_body(url: &str, user: &str, body: &'static str) -> Request<iotgate::
         .unwrap()
 }
 
+/// The recording upstream, iotgate deciding `from` that front proxy, and the proxy (its
+/// files in the returned folder) in front of both.
+async fn behind(
+    from: &str,
+    front: fn(&Path, &str, SocketAddr) -> Front,
+) -> (Upstream, Served, Front, tempfile::TempDir) {
+    let upstream = Upstream::start().await;
+    let served = decider(
+        &format!("http://{}", upstream.addr),
+        &format!("from = \"{from}\""),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let front = front(dir.path(), &served.addr, upstream.addr);
+    (upstream, served, front, dir)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_auth_request_passes_only_what_iotgate_allows_and_never_answers_500() {
     if skipped() {
         return;
     }
-    let upstream = Upstream::start().await;
-    let served = decider(&format!("http://{}", upstream.addr), "from = \"nginx\"");
-    let dir = tempfile::tempdir().unwrap();
-    let front = nginx_front(dir.path(), &served.addr, upstream.addr);
+    let (upstream, served, front, _dir) = behind("nginx", nginx_front).await;
     // auth_request takes 2xx, 401 and 403 only: iotgate says 403 for the rest
     let own = [
         ("x-original-uri", "/v1/users"),
@@ -479,10 +491,7 @@ async fn caddy_forward_auth_passes_only_what_iotgate_allows_with_its_answers_as_
     if skipped() {
         return;
     }
-    let upstream = Upstream::start().await;
-    let served = decider(&format!("http://{}", upstream.addr), "from = \"forwarded\"");
-    let dir = tempfile::tempdir().unwrap();
-    let front = caddy_front(dir.path(), &served.addr, upstream.addr);
+    let (upstream, _served, front, _dir) = behind("forwarded", caddy_front).await;
     let own = [
         ("x-forwarded-uri", "/v1/users"),
         ("x-forwarded-method", "DELETE"),
@@ -599,16 +608,7 @@ async fn sub_requests_from_an_untrusted_address_are_refused() {
 #[test]
 fn check_decides_as_decide_mode_serves() {
     let (dir, config) = Served::mini("http://127.0.0.1:9", "off", "");
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "[server]\n",
-        "[server]\nmode = \"decide\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
-        1,
-    );
-    std::fs::write(
-        &config,
-        format!("{text}\n[server.decide]\nfrom = \"nginx\"\n"),
-    )
-    .unwrap();
+    into_decide_mode(&config, "from = \"nginx\"");
     let config = config.to_str().unwrap();
     let (code, out) = crate::support::iotgate(&[
         "check",
@@ -660,16 +660,7 @@ fn decide_mode_refuses_write_through_effects_without_a_sync() {
         crate::support::iotgate(&["init", "--profile", "thinger", folder.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     let config = folder.join("iotgate.toml");
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "[server]\n",
-        "[server]\nmode = \"decide\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
-        1,
-    );
-    std::fs::write(
-        &config,
-        format!("{text}\n[server.decide]\nfrom = \"nginx\"\n"),
-    )
-    .unwrap();
+    into_decide_mode(&config, "from = \"nginx\"");
     let config = config.to_str().unwrap();
     for command in ["validate", "serve"] {
         let (code, out) = crate::support::iotgate(&[command, "--config", config]);

@@ -124,6 +124,10 @@ async fn admin_endpoints_report_health_status_and_metrics() {
         "iotgate_upstream_errors_total{kind=\"unreachable\"} 0",
         "iotgate_denials_total{reason=\"no_permit\"} 1",
         "iotgate_denials_total{reason=\"token_missing\"} 1",
+        // three forwarded, one refused: request durations for four, upstream ones for three
+        "iotgate_request_duration_seconds_count{route=\"GET /v1/users/{owner}/devices/{device}\"} 4",
+        "iotgate_upstream_duration_seconds_count{route=\"GET /v1/users/{owner}/devices/{device}\"} 3",
+        "iotgate_request_duration_seconds_count{route=\"-\"} 1",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),

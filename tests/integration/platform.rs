@@ -421,6 +421,11 @@ async fn write_through_matches_what_the_server_holds() {
 /// policies without the hand-written project files, an empty directory folder, the project
 /// files the sync writes in `synced/`.
 fn serve_synced(platform: SocketAddr) -> Served {
+    serve_synced_with(platform, "", "")
+}
+
+/// [`serve_synced`] with lines added to `[server]` and at the end of the config.
+fn serve_synced_with(platform: SocketAddr, server: &str, tail: &str) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let r = root();
     base_policies(dir.path());
@@ -432,19 +437,55 @@ fn serve_synced(platform: SocketAddr) -> Served {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nupstream = \"http://{platform}\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nupstream = \"http://{platform}\"\n{server}\n\
              [auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"{r}/examples/thinger/secret.key\"\nprincipal_claim = \"usr\"\n\
              [policy]\nschema = \"{r}/schema/thinger.cedarschema\"\nroutes = \"{r}/schema/thinger.routes.toml\"\n\
              policies = [\"base\", \"synced\"]\ndirectory = [\"directory\"]\nreload = \"off\"\n\
              [license]\nmax_accounts = 5\n\
              [directory]\njournal = \"state/directory.journal\"\n\
              [directory.sync]\nfrom = \"thinger\"\nurl = \"http://{platform}\"\ntoken_file = \"sync.token\"\n\
-             interval_seconds = 3600\noriginal = \"acme\"\npolicies = \"synced\"\n",
+             interval_seconds = 3600\noriginal = \"acme\"\npolicies = \"synced\"\n{tail}",
             r = r.display()
         ),
     )
     .unwrap();
     Served::spawn(dir, &config)
+}
+
+/// Decide mode learns of a platform change only through the sync: an allowed `resync` route
+/// wakes it once the front proxy has had time to forward the request (nothing is forwarded
+/// here: the change is made on the mock, as the platform would make it).
+#[tokio::test(flavor = "multi_thread")]
+async fn decide_mode_wakes_the_sync_after_allowing_a_resync_route() {
+    let (platform, addr) = mock(iotgate::MockFlavor::Thinger, &seed("thinger")).await;
+    let decide = "mode = \"decide\"\ntrusted_proxies = [\"127.0.0.1/32\"]";
+    let served = serve_synced_with(addr, decide, "[server.decide]\nfrom = \"nginx\"\n");
+    let ask = |who: &str, method: &str, path: &str| {
+        let bearer = crate::attacks::token(json!({"usr": who}));
+        http::Request::get(served.url("/auth"))
+            .header("authorization", format!("Bearer {bearer}"))
+            .header("x-original-method", method)
+            .header("x-original-uri", path)
+            .body(iotgate::full(""))
+            .unwrap()
+    };
+    let sensor = "/v1/users/dave/devices/sensor1";
+    assert_eq!(
+        send(ask("bob", "GET", sensor)).await.0,
+        200,
+        "bob is in the project"
+    );
+    let project = "/v1/users/dave/projects/greenhouse";
+    assert_eq!(send(ask("dave", "DELETE", project)).await.0, 200);
+    // the front proxy forwards; the platform deletes the project
+    platform.remove("/v1/users/dave/projects", "greenhouse");
+    for _ in 0..60 {
+        if send(ask("bob", "GET", sensor)).await.0 == 403 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the sync never ran: {}", served.status().await);
 }
 
 async fn status_of(served: &Served, who: &str, path: &str) -> u16 {

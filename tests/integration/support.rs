@@ -43,6 +43,22 @@ pub(crate) fn iotgate(args: &[&str]) -> (i32, String) {
     (status.code().unwrap_or(-1), text)
 }
 
+/// The path a `scripts/` set-up script prints (it installs a tool once, e.g. from PyPI);
+/// `env` names the variable that overrides it, for the failure message.
+pub(crate) fn installed_by(script: &str, env: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let made = Command::new("bash")
+        .arg(root.join("scripts").join(script))
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{script}: {e}"));
+    assert!(
+        made.status.success(),
+        "scripts/{script} failed (set {env} instead): {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    String::from_utf8(made.stdout).unwrap().trim().to_string()
+}
+
 /// A signed HS256 token for the mini profile's secret.
 pub(crate) fn token(claims: serde_json::Value) -> String {
     let secret = std::fs::read_to_string(fixture("keys/hs.secret")).unwrap();

@@ -714,17 +714,10 @@ fn cvc5() -> Option<String> {
     if let Ok(path) = std::env::var("CVC5") {
         return Some(path);
     }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let made = std::process::Command::new("bash")
-        .arg(root.join("scripts/setup-cvc5.sh"))
-        .output()
-        .expect("run scripts/setup-cvc5.sh");
-    assert!(
-        made.status.success(),
-        "scripts/setup-cvc5.sh failed (set CVC5, or IOTGATE_PROVE_TESTS=0 to skip): {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    Some(String::from_utf8(made.stdout).unwrap().trim().to_string())
+    Some(crate::support::installed_by(
+        "setup-cvc5.sh",
+        "CVC5, or IOTGATE_PROVE_TESTS=0 to skip,",
+    ))
 }
 
 /// `check --config CONFIG --against CANDIDATE --prove` with `CVC5` set.
