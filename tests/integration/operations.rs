@@ -222,6 +222,20 @@ async fn readyz_needs_the_upstream_and_reload_off_refuses_post_reload() {
     );
     let (code, _, _) = served.admin_post("/reload").await;
     assert_eq!(code, StatusCode::CONFLICT);
+    // `iotgate probe`, the container HEALTHCHECK: 0 on 2xx, 1 otherwise, 2 for a bad URL
+    let probe = |url: String| crate::support::iotgate(&["probe", "--timeout", "2", &url]).0;
+    assert_eq!(probe(format!("http://{}/healthz", served.admin)), 0);
+    assert_eq!(
+        probe(format!("http://{}/readyz", served.admin)),
+        1,
+        "503 is not healthy"
+    );
+    assert_eq!(
+        probe(format!("http://{free}/healthz")),
+        1,
+        "nothing listens"
+    );
+    assert_eq!(probe("ftp://example/".into()), 2);
 }
 
 #[tokio::test]
