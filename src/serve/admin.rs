@@ -40,6 +40,8 @@ pub(crate) struct Admin {
     mode: Reload,
     /// `Host` values answered: the listener's address, `localhost`, `[server] admin_hosts`.
     hosts: Vec<String>,
+    /// The listener's port, which an address `Host` must name.
+    port: u16,
     /// The `[admin] token_file` bearer token the entity API requires.
     token: Option<String>,
     /// `[directory.sync]`, when configured.
@@ -70,6 +72,7 @@ impl Admin {
             reloader,
             mode,
             hosts,
+            port,
             token,
             sync,
         }
@@ -109,7 +112,14 @@ impl Admin {
             .or_else(|| request.uri().authority().map(|a| a.as_str()))
             .map(str::to_ascii_lowercase);
         !request.headers().contains_key(header::ORIGIN)
-            && host.is_some_and(|h| self.hosts.contains(&h))
+            && host.is_some_and(|h| self.hosts.contains(&h) || self.is_ip_literal(&h))
+    }
+
+    /// An `IP:port` `Host` on the listener's port: what a Kubernetes probe or a Prometheus
+    /// scrape sends (the pod's address). DNS rebinding needs a name, so an address is safe.
+    fn is_ip_literal(&self, host: &str) -> bool {
+        host.parse::<SocketAddr>()
+            .is_ok_and(|addr| addr.port() == self.port)
     }
 
     /// Answers one admin request.

@@ -1084,6 +1084,11 @@ async fn the_admin_listener_answers_only_its_own_host_and_no_browser_origin() {
         ),
         (ask(served.admin.clone(), ""), 200),
         (ask(format!("localhost:{}", admin.port()), ""), 200),
+        // a Kubernetes probe or Prometheus scrape names the pod's address
+        (ask(format!("10.1.2.3:{}", admin.port()), ""), 200),
+        (ask(format!("[fd00::7]:{}", admin.port()), ""), 200),
+        (ask(format!("10.1.2.3:{}", admin.port() ^ 1), ""), 403),
+        (ask("10.1.2.3".into(), ""), 403),
     ];
     for (request, want) in cases {
         let answer = exchange(admin, request.as_bytes()).await;
