@@ -6,9 +6,10 @@
 //!        (a file path names itself; unreadable entries and non-UTF-8 names are problems)
 //! ```
 //!
-//! Names starting with `.` are skipped and symlinked folders are not followed (symlinked
-//! files are read): a Kubernetes ConfigMap mount (`file -> ..data/file`, `..data ->
-//! ..2026_12_01_…/`) then yields each file once, and editor swap files never load.
+//! Names starting with `.` are skipped, and each folder is read once by its real path
+//! (links are followed; a link loop ends): a Kubernetes ConfigMap mount (`file ->
+//! ..data/file`, `dir -> ..data/dir` for an `items` path, `..data -> ..2026_12_01_…/`) then
+//! yields each file once, and editor swap files never load.
 
 use std::path::{Path, PathBuf};
 
@@ -63,7 +64,12 @@ pub(crate) fn files_below(
     let mut problems = Problems::new();
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
+    // folders by their real path: a linked folder is read once, and a link loop ends
+    let mut seen = std::collections::HashSet::new();
     while let Some(folder) = stack.pop() {
+        if !seen.insert(std::fs::canonicalize(&folder).unwrap_or_else(|_| folder.clone())) {
+            continue;
+        }
         let entries = match std::fs::read_dir(&folder) {
             Ok(e) => e,
             Err(e) => {
@@ -86,13 +92,10 @@ pub(crate) fn files_below(
                 problems.push(Problem::in_file(&path, "file name is not UTF-8"));
                 continue;
             };
-            let linked = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
             if name.starts_with('.') {
                 continue;
             } else if path.is_dir() {
-                if !linked {
-                    stack.push(path);
-                }
+                stack.push(path);
             } else if keep(&path) {
                 out.push(path);
             }
@@ -122,6 +125,21 @@ mod tests {
         symlink("..data/projects", root.join("projects")).unwrap();
         std::fs::write(root.join(".roles.cedar.swp"), "").unwrap();
         let found = files_with_extension(root, "cedar").unwrap();
-        assert_eq!(found, [root.join("roles.cedar")]);
+        assert_eq!(
+            found,
+            [root.join("projects/a.cedar"), root.join("roles.cedar")]
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_folder_linked_into_itself_is_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("a")).unwrap();
+        std::fs::write(root.join("a/p.cedar"), "").unwrap();
+        std::os::unix::fs::symlink("..", root.join("a/up")).unwrap();
+        let found = files_with_extension(root, "cedar").unwrap();
+        assert_eq!(found, [root.join("a/p.cedar")]);
     }
 }
