@@ -8,6 +8,7 @@
 
 mod attacks;
 mod cli;
+mod deploy;
 mod differential;
 mod directory;
 mod entities;
