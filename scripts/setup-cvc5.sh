@@ -11,6 +11,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 home=${CVC5_HOME:-$root/target/cvc5}
 mkdir -p "$home"
+# one install at a time: tests run this script concurrently
+exec 9> "$home/.install.lock"
+flock 9
 if ! "$home/venv/bin/python" -c "import cvc5" 2>/dev/null; then
   python3 -m venv "$home/venv" >&2
   "$home/venv/bin/pip" install --quiet --disable-pip-version-check "cvc5==1.4.2" >&2

@@ -108,7 +108,8 @@ pub(crate) enum AdminRefusal {
     /// A directory endpoint without the `[admin] token_file` bearer token.
     #[error("admin token missing or wrong")]
     Token,
-    /// A directory endpoint while `[admin] token_file` is not configured.
+    /// A directory endpoint (or a POST on a listener other hosts reach) while `[admin]
+    /// token_file` is not configured.
     #[error("no admin token configured")]
     NoToken,
     /// A directory write whose journal could not be written (nothing applied).

@@ -42,6 +42,8 @@ pub(crate) struct Admin {
     hosts: Vec<String>,
     /// The listener's port, which an address `Host` must name.
     port: u16,
+    /// Whether the listener takes loopback connections only.
+    loopback: bool,
     /// The `[admin] token_file` bearer token the entity API requires.
     token: Option<String>,
     /// `[directory.sync]`, when configured.
@@ -73,6 +75,7 @@ impl Admin {
             mode,
             hosts,
             port,
+            loopback: addr.ip().is_loopback(),
             token,
             sync,
         }
@@ -122,20 +125,35 @@ impl Admin {
             .is_ok_and(|addr| addr.port() == self.port)
     }
 
+    /// Whether a request may change something: the entity API always needs the `[admin]
+    /// token_file` bearer token, other POSTs (`/reload`, `/sync`) need it when one is
+    /// configured or the listener is reachable from other hosts (not loopback); reading
+    /// endpoints never do (probes and scrapes carry no token).
+    fn may_act(&self, request: &Request<Incoming>) -> Result<(), AdminRefusal> {
+        let entities = request.uri().path().starts_with("/directory/");
+        if !entities && request.method() != Method::POST {
+            return Ok(());
+        }
+        match &self.token {
+            Some(token) if super::entities::authorized(request, token) => Ok(()),
+            Some(_) => Err(AdminRefusal::Token),
+            None if entities || !self.loopback => Err(AdminRefusal::NoToken),
+            None => Ok(()),
+        }
+    }
+
     /// Answers one admin request.
     pub(crate) async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         if !self.may_answer(&request) {
             return self.refuse(AdminRefusal::Host);
         }
+        if let Err(refusal) = self.may_act(&request) {
+            return self.refuse(refusal);
+        }
         if request.uri().path().starts_with("/directory/") {
-            let answer = match &self.token {
-                None => Err(AdminRefusal::NoToken),
-                Some(token) if !super::entities::authorized(&request, token) => {
-                    Err(AdminRefusal::Token)
-                }
-                Some(_) => super::entities::handle(&self.gateway, request).await,
-            };
-            return answer.unwrap_or_else(|refusal| self.refuse(refusal));
+            return super::entities::handle(&self.gateway, request)
+                .await
+                .unwrap_or_else(|refusal| self.refuse(refusal));
         }
         // HEAD is GET without the body (hyper sends none for HEAD)
         let method = match request.method() {

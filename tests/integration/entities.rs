@@ -238,3 +238,45 @@ async fn no_acknowledged_change_is_lost_when_the_process_is_killed() {
         "no write was acknowledged before the kills"
     );
 }
+
+#[tokio::test]
+async fn posts_need_the_admin_token_once_one_is_set_or_other_hosts_reach_the_listener() {
+    let state = tempfile::tempdir().unwrap();
+    let served = start(state.path(), "http://127.0.0.1:9");
+    let (status, body) = admin(&served, "POST", "/reload", None, None).await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (StatusCode::UNAUTHORIZED, &json!("admin_token"))
+    );
+    let (status, _) = admin(&served, "POST", "/reload", None, Some("wrong")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // past the token: this config does not reload
+    let (status, body) = admin(&served, "POST", "/reload", None, Some(TOKEN)).await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (StatusCode::CONFLICT, &json!("reload_off"))
+    );
+    let (status, _) = admin(&served, "GET", "/status", None, None).await;
+    assert_eq!(status, StatusCode::OK, "reading needs no token");
+
+    // on every address (a pod's admin port) and no token configured: no POST is answered
+    let (dir, config) = Served::mini("http://127.0.0.1:9", "signal", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "admin_listen = \"127.0.0.1:0\"",
+            "admin_listen = \"0.0.0.0:0\"",
+        ),
+    )
+    .unwrap();
+    let open = Served::spawn(dir, &config);
+    assert!(open.admin.starts_with("0.0.0.0:"), "{}", open.admin);
+    let (status, body) = admin(&open, "POST", "/reload", None, None).await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (StatusCode::FORBIDDEN, &json!("admin_token_not_configured"))
+    );
+    let (status, _) = admin(&open, "GET", "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
