@@ -59,6 +59,21 @@ fn config_maps() -> Vec<Value> {
     list["items"].as_array().unwrap().clone()
 }
 
+/// The Secret the manifests mount, as `kubectl create secret` makes it: the shape of
+/// `secret.example.yaml` (whose value is empty, so it cannot be applied as is) with a value.
+fn secret() -> Value {
+    let mut example = documents("deploy/kubernetes/secret.example.yaml").remove(0);
+    let data = example["stringData"].as_object_mut().unwrap();
+    assert!(
+        data.values().all(|v| v == ""),
+        "the example carries no usable secret"
+    );
+    for value in data.values_mut() {
+        *value = "a-secret-for-the-test-0123456789abcdef".into();
+    }
+    example
+}
+
 fn config(text: &str) -> toml::Table {
     toml::from_str(text).unwrap()
 }
@@ -229,10 +244,15 @@ fn check_services(objects: &[Value], labels: &Value) {
     }
 }
 
-/// The ports a NetworkPolicy selecting `labels` admits from anywhere outside the pod.
+/// The ports NetworkPolicies selecting `labels` admit, each with the rule's `from` (null:
+/// from anywhere). Such a policy must fence ingress, or it fences nothing.
 fn open_ports(objects: &[Value], labels: &Value) -> Vec<(u64, Value)> {
     of_kind(objects, "NetworkPolicy")
         .filter(|n| selects(&n["spec"]["podSelector"]["matchLabels"], labels))
+        .inspect(|n| {
+            let types = n["spec"]["policyTypes"].as_array().unwrap();
+            assert!(types.contains(&"Ingress".into()), "{n}");
+        })
         .flat_map(|n| n["spec"]["ingress"].as_array().unwrap().clone())
         .flat_map(|rule| {
             let from = rule["from"].clone();
@@ -249,7 +269,7 @@ fn open_ports(objects: &[Value], labels: &Value) -> Vec<(u64, Value)> {
 #[test]
 fn the_kubernetes_gateway_mounts_serves_and_fences_what_its_config_names() {
     let mut objects = config_maps();
-    objects.extend(documents("deploy/kubernetes/secret.example.yaml"));
+    objects.push(secret());
     objects.extend(documents("deploy/kubernetes/gateway.yaml"));
     let deployment = named(&objects, "Deployment", "iotgate");
     let (labels, server) = check_pod(deployment, &objects);
@@ -266,18 +286,40 @@ fn the_kubernetes_gateway_mounts_serves_and_fences_what_its_config_names() {
         assert_eq!(u64::from(upstream.port_u16().unwrap()), port);
         let from = from.as_array().unwrap();
         assert!(
-            from.len() == 1 && selects(&from[0]["podSelector"]["matchLabels"], &labels),
-            "only iotgate's pods reach the platform: {from:?}"
+            from.len() == 1
+                && from[0]["namespaceSelector"].is_null()
+                && selects(&from[0]["podSelector"]["matchLabels"], &labels),
+            "only iotgate's pods of this namespace reach the platform: {from:?}"
         );
     }
-    let own = open_ports(&objects, &labels);
-    assert!(own.iter().any(|(p, _)| *p == toml_port(&server, "listen")));
+    check_admin_fenced(&objects, &labels, &server);
+}
+
+/// The gateway port is open; the admin port only to the monitoring namespace.
+fn check_admin_fenced(objects: &[Value], labels: &Value, server: &toml::Table) {
+    let open = open_ports(objects, labels);
+    assert!(open
+        .iter()
+        .any(|(p, from)| *p == toml_port(server, "listen") && from.is_null()));
+    let admin = toml_port(server, "admin_listen");
+    for (port, from) in open.iter().filter(|(p, _)| *p == admin) {
+        let from = from
+            .as_array()
+            .unwrap_or_else(|| panic!("admin port {port} open to all"));
+        assert!(
+            from.iter().all(|f| f["namespaceSelector"]["matchLabels"]
+                ["kubernetes.io/metadata.name"]
+                == "monitoring"
+                && f["podSelector"].is_null()),
+            "the admin port is for the monitoring namespace only: {from:?}"
+        );
+    }
 }
 
 #[test]
 fn the_kubernetes_sidecar_reaches_the_platform_only_over_the_pods_loopback() {
     let mut objects = config_maps();
-    objects.extend(documents("deploy/kubernetes/secret.example.yaml"));
+    objects.push(secret());
     objects.extend(documents("deploy/kubernetes/sidecar.yaml"));
     let deployment = named(&objects, "Deployment", "platform");
     let (labels, server) = check_pod(deployment, &objects);
@@ -293,8 +335,8 @@ fn the_kubernetes_sidecar_reaches_the_platform_only_over_the_pods_loopback() {
         container_ports(container(pod, "platform"))["platform"],
         platform_port
     );
+    check_admin_fenced(&objects, &labels, &server);
     let open = open_ports(&objects, &labels);
-    assert!(open.iter().any(|(p, _)| *p == toml_port(&server, "listen")));
     assert!(
         open.iter().all(|(p, _)| *p != platform_port),
         "the platform's port is closed to everything outside the pod: {open:?}"
@@ -343,7 +385,7 @@ fn the_compose_file_wires_the_image_config_to_the_mock_platform() {
         .collect();
     let listen = toml_port(server, "listen");
     let admin = toml_port(server, "admin_listen");
-    assert!(published.contains(&format!("{listen}:{listen}").as_str()));
+    assert!(published.contains(&format!("127.0.0.1:{listen}:{listen}").as_str()));
     assert!(
         published.contains(&format!("127.0.0.1:{admin}:{admin}").as_str()),
         "the admin port is published on the host's loopback only: {published:?}"

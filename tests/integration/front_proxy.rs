@@ -190,7 +190,6 @@ http://127.0.0.1:{port} {{
     uri /_iotgate
     copy_headers X-Iotgate-Principal X-Iotgate-Policy-Version X-Request-Id
     header_up X-Original-Content-Length {{http.request.header.Content-Length}}
-    header_up X-Original-Transfer-Encoding {{http.request.header.Transfer-Encoding}}
   }}
   reverse_proxy {upstream} {{
     # a client's copies of the headers the sub-request tells iotgate in
