@@ -25,9 +25,11 @@
 //! authz/      the decision path, policy index, caches, snapshots
 //! telemetry/  the decision log and metrics
 //! proxy/      the gateway: decide, forward, the one failure → HTTP mapping
+//! access/     the decision API (AuthZEN) for the platform's own applications
 //! serve/      listeners, limits, admin endpoints, reload
 //! commands/   the command line: serve, check, validate, token, demo
 //! ```
+mod access;
 mod authn;
 mod authz;
 mod commands;

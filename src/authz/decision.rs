@@ -284,7 +284,7 @@ pub struct Read {
 }
 
 impl Decision {
-    fn new(snapshot: &Snapshot) -> Self {
+    pub(crate) fn new(snapshot: &Snapshot) -> Self {
         Decision {
             outcome: Outcome::Reject(Rejection::Forbidden(Denial::default())),
             principal: None,
@@ -321,7 +321,7 @@ impl Decision {
         Decision::new(snapshot).reject(rejection)
     }
 
-    fn reject(mut self, rejection: Rejection) -> Self {
+    pub(crate) fn reject(mut self, rejection: Rejection) -> Self {
         self.outcome = Outcome::Reject(rejection);
         self
     }
@@ -569,6 +569,33 @@ impl<'s> Pending<'s> {
                 body: body.as_ref().map(|b| self.route.read_of(b)),
             }));
         }
+        let asking = Asking {
+            snapshot: self.snapshot,
+            caches: self.caches,
+            principal: self.principal,
+            action: &self.route.action,
+            action_name: &self.route.action_name,
+        };
+        asking.decide(decision, resolved)
+    }
+}
+
+/// A principal of the directory asking for one action: what [`Pending::decide`] and the
+/// decision API (`access`) both decide through, so both read the decision cache
+/// the same way.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Asking<'s> {
+    pub snapshot: &'s Snapshot,
+    pub caches: Option<&'s Caches>,
+    pub principal: NodeRef<'s>,
+    pub action: &'s EntityUid,
+    pub action_name: &'s str,
+}
+
+impl Asking<'_> {
+    /// `decision` (principal, route and action filled in) with the verdict on `resolved`:
+    /// from the decision cache when it holds the exact inputs, else from [`authorize`].
+    pub(crate) fn decide(self, mut decision: Decision, resolved: Resolved) -> Decision {
         decision.resource = Some(resolved.resource.clone());
         let Some(cache) = self.caches.map(|c| &c.decisions) else {
             return match self.authorize(&resolved) {
@@ -579,7 +606,7 @@ impl<'s> Pending<'s> {
         let key = DecisionKey {
             generation: self.snapshot.generation,
             principal: self.principal.uid(),
-            action: self.route.action.clone(),
+            action: self.action.clone(),
             resolved,
         };
         if let Some(verdicts) = cache.get(&key) {
@@ -598,12 +625,7 @@ impl<'s> Pending<'s> {
     }
 
     fn authorize(&self, resolved: &Resolved) -> Result<Verdicts, AuthorizeError> {
-        authorize(
-            self.snapshot,
-            self.principal,
-            &self.route.action_name,
-            resolved,
-        )
+        authorize(self.snapshot, self.principal, self.action_name, resolved)
     }
 }
 

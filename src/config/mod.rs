@@ -61,7 +61,34 @@ struct FileConfig {
     directory: Option<FileDirectory>,
     admin: Option<FileAdmin>,
     log: Option<FileLog>,
+    decision_api: Option<FileDecisionApi>,
 }
+
+#[derive(Debug, Deserialize)]
+struct FileDecisionApi {
+    listen: String,
+    token_file: Option<String>,
+    admin_token_file: Option<String>,
+    #[serde(default = "default_max_batch")]
+    max_batch: u64,
+    #[serde(default = "default_api_body")]
+    max_body_bytes: u64,
+    base_url: Option<String>,
+    tls: Option<FileTls>,
+}
+
+fn default_max_batch() -> u64 {
+    DEFAULT_MAX_BATCH
+}
+
+fn default_api_body() -> u64 {
+    DEFAULT_API_BODY
+}
+
+/// Evaluations one batch may ask for by default.
+const DEFAULT_MAX_BATCH: u64 = 100;
+/// Largest decision API request body by default (1 MiB).
+const DEFAULT_API_BODY: u64 = 1 << 20;
 
 #[derive(Debug, Deserialize)]
 struct FileLog {
@@ -425,6 +452,29 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[log]`.
     pub log: LogConfig,
+    /// `[decision_api]`: the AuthZEN listener, when configured.
+    pub decision_api: Option<DecisionApiConfig>,
+}
+
+/// `[decision_api]`: the AuthZEN Authorization API for the platform's own applications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionApiConfig {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// The bearer token callers send (`Authorization: Bearer …`); optional only when a
+    /// client certificate is required instead.
+    pub token_file: Option<PathBuf>,
+    /// A second token whose callers are also told the determining policies
+    /// (`context.reason_admin`).
+    pub admin_token_file: Option<PathBuf>,
+    /// Evaluations one batch may ask for (400 beyond).
+    pub max_batch: usize,
+    /// Largest request body (413 beyond).
+    pub max_body_bytes: usize,
+    /// `policy_decision_point` of the metadata (default: the scheme and `Host` asked).
+    pub base_url: Option<String>,
+    /// TLS (and caller mTLS) on the listener.
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[log]`: what `serve` records besides its log.
@@ -874,6 +924,9 @@ impl Config {
                 decision_inputs_max_bytes: l.decision_inputs_max_bytes,
             }
         });
+        let decision_api = file
+            .decision_api
+            .and_then(|d| problems.take(ctx.decision_api(d)));
         let license = file.license.map(|l| LicenseConfig {
             max_accounts: l.max_accounts,
             licensed_roles: l.licensed_roles,
@@ -888,6 +941,7 @@ impl Config {
             directory,
             admin,
             log,
+            decision_api,
         });
         (config, problems)
     }
@@ -907,6 +961,81 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn path(&self, p: &str) -> PathBuf {
         self.base.join(p)
+    }
+
+    fn tls(&self, key: &str, t: FileTls) -> Result<TlsConfig, Problem> {
+        if t.client_cert == ClientCert::Required && t.client_ca_file.is_none() {
+            return Err(self.source.problem(
+                &format!("{key}.client_cert"),
+                "`client_cert = \"required\"` needs `client_ca_file`",
+            ));
+        }
+        Ok(TlsConfig {
+            cert_file: self.path(&t.cert_file),
+            key_file: self.path(&t.key_file),
+            client_ca_file: t.client_ca_file.as_deref().map(|p| self.path(p)),
+            client_cert: t.client_cert,
+        })
+    }
+
+    /// `[decision_api]`: every problem of it, at once.
+    fn decision_api(&self, d: FileDecisionApi) -> Result<DecisionApiConfig, Problems> {
+        let mut problems = Problems::new();
+        let listen = d.listen.parse::<SocketAddr>().map_err(|_| {
+            self.source.problem(
+                "decision_api.listen",
+                format!("`{}` is not a socket address (ip:port)", d.listen),
+            )
+        });
+        let listen = problems.take(listen.map_err(Problems::from));
+        let tls = d
+            .tls
+            .and_then(|t| problems.take(self.tls("decision_api.tls", t).map_err(Problems::from)));
+        let mtls = tls
+            .as_ref()
+            .is_some_and(|t| t.client_cert == ClientCert::Required);
+        if d.token_file.is_none() && !mtls {
+            problems.push(self.source.problem(
+                "decision_api.token_file",
+                "required: callers authenticate with this bearer token (or with a client \
+                 certificate: [decision_api.tls] client_cert = \"required\")",
+            ));
+        }
+        for (key, value, most) in [
+            ("decision_api.max_batch", d.max_batch, 10_000),
+            ("decision_api.max_body_bytes", d.max_body_bytes, 64 << 20),
+        ] {
+            if !(1..=most).contains(&value) {
+                problems.push(
+                    self.source
+                        .problem(key, format!("must be between 1 and {most}, not {value}")),
+                );
+            }
+        }
+        if let Some(url) = &d.base_url {
+            let fits = url
+                .parse::<http::Uri>()
+                .is_ok_and(|u| u.scheme().is_some() && u.query().is_none() && !url.contains('#'));
+            if !fits {
+                problems.push(self.source.problem(
+                    "decision_api.base_url",
+                    format!("`{url}` is not an absolute URL without query or fragment"),
+                ));
+            }
+        }
+        let config = listen.map(|listen| DecisionApiConfig {
+            listen,
+            token_file: d.token_file.as_deref().map(|p| self.path(p)),
+            admin_token_file: d.admin_token_file.as_deref().map(|p| self.path(p)),
+            max_batch: usize::try_from(d.max_batch).unwrap_or(usize::MAX),
+            max_body_bytes: usize::try_from(d.max_body_bytes).unwrap_or(usize::MAX),
+            base_url: d.base_url.map(|u| u.trim_end_matches('/').to_string()),
+            tls,
+        });
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(problems),
+        }
     }
 
     fn server(&self, s: FileServer) -> Result<ServerConfig, Problem> {
@@ -973,21 +1102,7 @@ impl Ctx<'_> {
             }
         };
         let cors = s.cors.map(|c| self.cors(c)).transpose()?;
-        let tls = match s.tls {
-            Some(t) if t.client_cert == ClientCert::Required && t.client_ca_file.is_none() => {
-                return Err(self.source.problem(
-                    "server.tls.client_cert",
-                    "`client_cert = \"required\"` needs `client_ca_file`",
-                ))
-            }
-            Some(t) => Some(TlsConfig {
-                cert_file: self.path(&t.cert_file),
-                key_file: self.path(&t.key_file),
-                client_ca_file: t.client_ca_file.as_deref().map(|p| self.path(p)),
-                client_cert: t.client_cert,
-            }),
-            None => None,
-        };
+        let tls = s.tls.map(|t| self.tls("server.tls", t)).transpose()?;
         Ok(ServerConfig {
             listen,
             upstream,

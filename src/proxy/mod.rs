@@ -907,7 +907,7 @@ async fn read_all(
 }
 
 /// The client's `X-Request-Id` when it is short and plain, else a new one.
-fn request_id(headers: &http::HeaderMap) -> String {
+pub(crate) fn request_id(headers: &http::HeaderMap) -> String {
     let given = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok());
     match given {
         Some(id)

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! Rejection (decision) ──┐
-//! UpstreamError (proxy) ──┼─▶ Failure ──class() / reason()──▶ JSON body
-//! AdminRefusal (admin) ───┘        {"error", "reason", ["field"], ["message"],
+//! UpstreamError (proxy) ──┤
+//! AdminRefusal (admin) ───┼─▶ Failure ──class() / reason()──▶ JSON body
+//! AccessRefusal (API) ────┘        {"error", "reason", ["field"], ["message"],
 //!                                   "request_id", "policy_version"}
 //!                                  + WWW-Authenticate (RFC 6750) on 401, Retry-After on
 //!                                  429, X-Request-Id and X-Iotgate-Reason always
@@ -91,6 +92,35 @@ pub(crate) enum Failure {
     /// The admin listener refused the request.
     #[error(transparent)]
     Admin(#[from] AdminRefusal),
+    /// The decision API could not answer (a deny is an answer: 200).
+    #[error(transparent)]
+    Access(#[from] AccessRefusal),
+}
+
+/// Why the decision API (`[decision_api]`) did not answer a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AccessRefusal {
+    /// No such endpoint.
+    #[error("no decision API endpoint")]
+    NotFound,
+    /// An endpoint asked with another method.
+    #[error("method not allowed")]
+    Method,
+    /// No caller token, or a wrong one.
+    #[error("caller token missing or wrong")]
+    Token,
+    /// A body that is not `application/json` (AuthZEN asks for a 400).
+    #[error("the body must be application/json")]
+    MediaType,
+    /// A body over `[decision_api] max_body_bytes`.
+    #[error("body too large")]
+    TooLarge,
+    /// A body that is not the endpoint's request: what is missing or wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body did not arrive within `header_read_timeout_seconds`.
+    #[error("body not sent in time")]
+    Timeout,
 }
 
 /// Why the admin listener did not answer a request.
@@ -173,6 +203,16 @@ impl Failure {
                 AdminRefusal::Journal => (S::SERVICE_UNAVAILABLE, "journal_unavailable"),
                 AdminRefusal::BadBody => (S::BAD_REQUEST, "bad_request"),
             },
+            Failure::Access(a) => match a {
+                AccessRefusal::NotFound => (S::NOT_FOUND, "not_found"),
+                AccessRefusal::Method => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
+                AccessRefusal::Token => (S::UNAUTHORIZED, "unauthorized"),
+                AccessRefusal::MediaType | AccessRefusal::BadRequest(_) => {
+                    (S::BAD_REQUEST, "bad_request")
+                }
+                AccessRefusal::TooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
+                AccessRefusal::Timeout => (S::REQUEST_TIMEOUT, "request_timeout"),
+            },
         }
     }
 
@@ -187,6 +227,15 @@ impl Failure {
                 UpstreamError::ClientBody(_) => "body_read_failed",
             },
             Failure::Admin(_) => self.code(),
+            Failure::Access(a) => match a {
+                AccessRefusal::NotFound => "not_found",
+                AccessRefusal::Method => "method_not_allowed",
+                AccessRefusal::Token => "access_token",
+                AccessRefusal::MediaType => "unsupported_media_type",
+                AccessRefusal::TooLarge => "body_too_large",
+                AccessRefusal::BadRequest(_) => "bad_request",
+                AccessRefusal::Timeout => "body_timeout",
+            },
         }
     }
 
@@ -204,10 +253,14 @@ impl Failure {
         }
     }
 
-    /// The policy's `@reason`, for `[server] expose_messages`.
-    fn message(&self) -> Option<&str> {
+    /// The policy's `@reason` (for `[server] expose_messages`), or what of a decision API
+    /// request is wrong (the caller's own input, always told).
+    fn message(&self, expose_messages: bool) -> Option<&str> {
         match self {
-            Failure::Rejected(Rejection::Forbidden(denial)) => denial.message.as_deref(),
+            Failure::Rejected(Rejection::Forbidden(denial)) if expose_messages => {
+                denial.message.as_deref()
+            }
+            Failure::Access(AccessRefusal::BadRequest(message)) => Some(message),
             _ => None,
         }
     }
@@ -220,6 +273,9 @@ impl Failure {
             }
             Failure::Admin(AdminRefusal::Token) => {
                 return Some(HeaderValue::from_static("Bearer realm=\"iotgate-admin\""))
+            }
+            Failure::Access(AccessRefusal::Token) => {
+                return Some(HeaderValue::from_static("Bearer realm=\"iotgate-access\""))
             }
             Failure::Rejected(Rejection::Unauthenticated(AuthError::Expired)) => "token expired",
             Failure::Rejected(Rejection::Unauthenticated(AuthError::NotYetValid)) => {
@@ -252,7 +308,7 @@ impl Failure {
         if let Some(field) = self.field() {
             body["field"] = field.into();
         }
-        if let Some(message) = self.message().filter(|_| expose_messages) {
+        if let Some(message) = self.message(expose_messages) {
             body["message"] = message.into();
         }
         let mut response = Response::new(full(body.to_string()));

@@ -216,6 +216,26 @@ pub(crate) fn forwarded(name: &HeaderName, named_by_connection: &[String], trust
         || (from_proxy && !trusted))
 }
 
+/// Whether the one `Authorization` header is `Bearer <token>` (compared in constant time):
+/// the admin listener's and the decision API's caller tokens.
+pub(crate) fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let given = match (all.next(), all.next()) {
+        (Some(value), None) => value
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .unwrap_or_default(),
+        _ => b"",
+    };
+    let token = token.as_bytes();
+    given.len() == token.len()
+        && given
+            .iter()
+            .zip(token)
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 /// Whether any `Authorization` header carries a Bearer token (verified or not).
 pub(crate) fn has_bearer(headers: &HeaderMap) -> bool {
     headers.get_all(header::AUTHORIZATION).iter().any(|v| {

@@ -45,18 +45,6 @@ struct Entity {
     parents: Vec<Uid>,
 }
 
-/// Whether `request` carries the admin token (compared in constant time).
-pub(crate) fn authorized(request: &Request<Incoming>, token: &str) -> bool {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let (a, b) = (given.as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Answers a `/directory/entities…` request (already authorized).
 pub(crate) async fn handle(
     gateway: &Gateway,

@@ -52,6 +52,8 @@ pub(crate) struct Bound {
     sync: Option<Arc<sync::Sync>>,
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
+    /// `[decision_api]`: the API, its listener and its TLS.
+    access: Option<(Arc<crate::access::Api>, TcpListener, Option<Arc<tls::Tls>>)>,
 }
 
 /// Loads everything `config_path` names and binds its listeners: every problem is found
@@ -65,16 +67,7 @@ pub(crate) async fn bind(config_path: &std::path::Path) -> Result<Bound, Problem
     // Gateway::new refuses a config without [server]: this is the section it serves
     let server = gateway.server();
     let tls = tls_of(server)?;
-    let admin_token = match &config.admin.token_file {
-        Some(path) => {
-            let token = crate::config::problem::read_text(path)?;
-            match token.trim() {
-                "" => return Err(Problem::in_file(path, "the admin token is empty").into()),
-                token => Some(token.to_string()),
-            }
-        }
-        None => None,
-    };
+    let admin_token = read_token(config.admin.token_file.as_deref(), "the admin token")?;
     let sync = config
         .directory
         .sync
@@ -91,6 +84,24 @@ pub(crate) async fn bind(config_path: &std::path::Path) -> Result<Bound, Problem
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
+    let access = match &config.decision_api {
+        Some(api) => {
+            let token = read_token(api.token_file.as_deref(), "the decision API token")?;
+            let admin = read_token(
+                api.admin_token_file.as_deref(),
+                "the decision API admin token",
+            )?;
+            let tls = api
+                .tls
+                .as_ref()
+                .map(|c| tls::Tls::load(c).map(Arc::new))
+                .transpose()?;
+            let listener = bind(api.listen).await?;
+            let api = crate::access::Api::new(gateway.clone(), api.clone(), token, admin);
+            Some((Arc::new(api), listener, tls))
+        }
+        None => None,
+    };
     Ok(Bound {
         gateway,
         config,
@@ -99,7 +110,20 @@ pub(crate) async fn bind(config_path: &std::path::Path) -> Result<Bound, Problem
         sync,
         listener,
         admin_listener,
+        access,
     })
+}
+
+/// A bearer token from its file (trimmed; an empty one is a problem), when configured.
+fn read_token(path: Option<&std::path::Path>, what: &str) -> Result<Option<String>, Problems> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let token = crate::config::problem::read_text(path)?;
+    match token.trim() {
+        "" => Err(Problem::in_file(path, format!("{what} is empty")).into()),
+        token => Ok(Some(token.to_string())),
+    }
 }
 
 impl Bound {
@@ -128,6 +152,7 @@ impl Bound {
             sync,
             listener,
             admin_listener,
+            access,
         } = self;
         let server = gateway.server();
         let reloader = Reloader::new(config.clone(), gateway.clone(), tls.clone());
@@ -165,7 +190,18 @@ impl Bound {
                 limits,
             ))
         });
-        log_start(&listener, admin_addr, &gateway);
+        let access_addr = access.as_ref().and_then(|(_, l, _)| l.local_addr().ok());
+        let access = access.map(|(api, l, tls)| {
+            let stopped = stopped(stop_rx.clone());
+            let limits = Limits::new(server, Arc::default()).with_tls(tls);
+            tokio::spawn(serve_http(
+                l,
+                move |req, peer| api.clone().handle(req, peer),
+                stopped,
+                limits,
+            ))
+        });
+        log_start(&listener, [admin_addr, access_addr], &gateway);
         let limits = Limits::new(gateway.server(), gateway.metrics().connections()).with_tls(tls);
         let draining = gateway.clone();
         serve_http(
@@ -191,8 +227,8 @@ impl Bound {
         for task in background {
             task.abort();
         }
-        if let Some(admin) = admin {
-            let _ = admin.await;
+        for task in admin.into_iter().chain(access) {
+            let _ = task.await;
         }
         tracing::info!("iotgate stopped");
     }
@@ -227,7 +263,8 @@ async fn fetch_remote_keys(gateway: &Gateway) -> Vec<JoinHandle<()>> {
         .collect()
 }
 
-fn log_start(listener: &TcpListener, admin: Option<SocketAddr>, gateway: &Gateway) {
+/// The start line; `others` are the admin and decision API listeners, when bound.
+fn log_start(listener: &TcpListener, others: [Option<SocketAddr>; 2], gateway: &Gateway) {
     let snapshot = gateway.snapshot();
     for warning in &snapshot.routes.warnings {
         tracing::warn!(%warning, "route table");
@@ -243,10 +280,11 @@ fn log_start(listener: &TcpListener, admin: Option<SocketAddr>, gateway: &Gatewa
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let admin = admin.map(|a| a.to_string()).unwrap_or_default();
+    let [admin, decision_api] = others.map(|a| a.map(|a| a.to_string()).unwrap_or_default());
     tracing::info!(
         listen = bound.as_str(),
         admin = admin.as_str(),
+        decision_api = decision_api.as_str(),
         policy_version = &*snapshot.policy_version,
         directory_version = &*snapshot.directory_version,
         routes = snapshot.routes.routes().len(),

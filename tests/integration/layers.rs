@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The layers, lowest first.
-const LAYERS: [&str; 10] = [
+const LAYERS: [&str; 11] = [
     "config",
     "request",
     "authn",
@@ -16,6 +16,7 @@ const LAYERS: [&str; 10] = [
     "authz",
     "telemetry",
     "proxy",
+    "access",
     "serve",
     "commands",
 ];

@@ -6,6 +6,7 @@
     reason = "tests fail loudly"
 )]
 
+mod access;
 mod attacks;
 mod cli;
 mod deploy;

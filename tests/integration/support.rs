@@ -373,6 +373,8 @@ pub(crate) struct Served {
     pub dir: tempfile::TempDir,
     pub addr: String,
     pub admin: String,
+    /// The decision API's address (empty without `[decision_api]`).
+    pub decision_api: String,
     child: std::process::Child,
     logs: Arc<Mutex<Vec<String>>>,
 }
@@ -453,6 +455,10 @@ impl Served {
         Served {
             addr: started["listen"].as_str().unwrap().to_string(),
             admin: started["admin"].as_str().unwrap().to_string(),
+            decision_api: started["decision_api"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             dir,
             child,
             logs,

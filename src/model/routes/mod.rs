@@ -393,6 +393,41 @@ impl RouteTable {
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
+
+    /// The context values the routes of `action_name` compute without a request: literals
+    /// (`license = "instance"`) and the defaults of claims a user's token lacks
+    /// (`token_kind = "user"`). The decision API fills these in for an application's
+    /// question, as a user's request through the proxy would have them.
+    pub fn request_free_context(
+        &self,
+        action_name: &str,
+        principal_parents: &dyn Fn() -> Vec<EntityUid>,
+    ) -> Vec<(String, FieldValue)> {
+        let claims = crate::authn::Claims::new();
+        let inputs = Inputs {
+            captures: &[],
+            query: crate::request::uri::Query::new(None),
+            claims: &claims,
+            body: None,
+            principal_parents,
+            tls: None,
+        };
+        let mut out: Vec<(String, FieldValue)> = Vec::new();
+        let fields = self
+            .routes
+            .iter()
+            .filter(|r| r.action_name == action_name)
+            .flat_map(|r| &r.context);
+        for field in fields {
+            if out.iter().any(|(name, _)| *name == field.name) {
+                continue;
+            }
+            if let Ok(Some(value)) = field.resolve(&inputs) {
+                out.push((field.name.clone(), value));
+            }
+        }
+        out
+    }
 }
 
 /// Captures that take a literal which a route under a sibling API version (`/v1`, `/v2`, …)

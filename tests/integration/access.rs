@@ -1,0 +1,367 @@
+//! The decision API (AuthZEN) of the real `iotgate serve`, on an ephemeral port, with the
+//! bundled `authzen` example: the certification scenario's cases
+//! (`examples/authzen/certification.json`, taken from the scenario text), callers without
+//! the token, the deny-is-200 rule, what the admin caller is told, bounds, and the decision
+//! log and metrics.
+
+use std::path::Path;
+
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+
+use crate::support::Served;
+
+const TOKEN: &str = "authzen-demo-caller-token-0123456789";
+const ADMIN: &str = "authzen-demo-admin-token-9876543210";
+
+/// `examples/authzen` served from a temp copy, every listener on an ephemeral port.
+fn authzen() -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate::support::copy_dir(&root.join("examples/authzen"), dir.path());
+    let config = dir.path().join("iotgate.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = ["127.0.0.1:8080", "127.0.0.1:9092", "127.0.0.1:8180"]
+        .iter()
+        .fold(text, |t, addr| t.replace(addr, "127.0.0.1:0"))
+        .replace("http://127.0.0.1:8081", "http://127.0.0.1:9");
+    std::fs::write(&config, text).unwrap();
+    Served::spawn(dir, &config)
+}
+
+struct Asked<'a> {
+    method: &'a str,
+    path: &'a str,
+    body: String,
+    content_type: &'a str,
+    token: Option<&'a str>,
+    request_id: Option<&'a str>,
+}
+
+impl<'a> Asked<'a> {
+    fn post(path: &'a str, body: &Value) -> Self {
+        Asked {
+            method: "POST",
+            path,
+            body: body.to_string(),
+            content_type: "application/json",
+            token: Some(TOKEN),
+            request_id: None,
+        }
+    }
+}
+
+async fn ask(served: &Served, asked: Asked<'_>) -> (StatusCode, HeaderMap, Value) {
+    let mut request = Request::builder()
+        .method(asked.method)
+        .uri(format!("http://{}{}", served.decision_api, asked.path))
+        .header("content-type", asked.content_type);
+    if let Some(token) = asked.token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    if let Some(id) = asked.request_id {
+        request = request.header("x-request-id", id);
+    }
+    let response = crate::support::client()
+        .request(request.body(iotgate::full(asked.body)).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (parts.status, parts.headers, value)
+}
+
+fn decisions(answer: &Value) -> Vec<bool> {
+    answer["evaluations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no evaluations: {answer}"))
+        .iter()
+        .map(|e| e["decision"].as_bool().unwrap_or_else(|| panic!("{e}")))
+        .collect()
+}
+
+/// Runs one case of the certification file; returns its level when it passed.
+async fn run_case(served: &Served, case: &Value) {
+    let id = case["id"].as_str().unwrap();
+    let body = match (&case["raw"], &case["body"]) {
+        (Value::String(raw), _) => raw.clone(),
+        (_, Value::Null) => String::new(),
+        (_, body) => body.to_string(),
+    };
+    let asked = || Asked {
+        method: case["method"].as_str().unwrap_or("POST"),
+        path: case["endpoint"].as_str().unwrap(),
+        body: body.clone(),
+        content_type: case["content_type"].as_str().unwrap_or("application/json"),
+        token: Some(TOKEN),
+        request_id: case["request_id"].as_str(),
+    };
+    let repeat = case["repeat"].as_u64().unwrap_or(1);
+    for _ in 0..repeat {
+        let (status, headers, answer) = ask(served, asked()).await;
+        assert_eq!(
+            u64::from(status.as_u16()),
+            case["status"].as_u64().unwrap_or(200),
+            "{id}: {answer}"
+        );
+        if status == StatusCode::OK {
+            assert_eq!(headers["content-type"], "application/json", "{id}");
+        }
+        if let Some(want) = case["decision"].as_bool() {
+            assert_eq!(answer["decision"], want, "{id}: {answer}");
+            assert!(answer.get("evaluations").is_none(), "{id}: {answer}");
+        }
+        if let Some(want) = case["decisions"].as_array() {
+            let want: Vec<bool> = want.iter().map(|d| d.as_bool().unwrap()).collect();
+            assert_eq!(decisions(&answer), want, "{id}: {answer}");
+        }
+        if let Some(count) = case["count"].as_u64() {
+            assert_eq!(decisions(&answer).len() as u64, count, "{id}");
+        }
+        if let Some(id_sent) = case["request_id"].as_str() {
+            assert_eq!(headers["x-request-id"], id_sent, "{id}");
+        }
+        if case["metadata"] == true {
+            let base = format!("http://{}", served.decision_api);
+            assert_eq!(answer["policy_decision_point"], base.as_str(), "{id}");
+            for (key, path) in [
+                ("access_evaluation_endpoint", "/access/v1/evaluation"),
+                ("access_evaluations_endpoint", "/access/v1/evaluations"),
+            ] {
+                assert_eq!(answer[key], format!("{base}{path}").as_str(), "{id}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_authzen_certification_cases_pass_on_the_real_listener() {
+    let served = authzen();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/authzen/certification.json"),
+    )
+    .unwrap();
+    let file: Value = serde_json::from_str(&text).unwrap();
+    let cases = file["cases"].as_array().unwrap();
+    let mut levels = std::collections::BTreeSet::new();
+    for case in cases {
+        run_case(&served, case).await;
+        levels.insert(case["level"].as_str().unwrap());
+    }
+    assert_eq!(
+        levels.into_iter().collect::<Vec<_>>(),
+        [
+            "Basic Core",
+            "Basic Properties",
+            "Batch Core",
+            "Batch Properties",
+            "Discovery"
+        ]
+    );
+}
+
+fn alice_reads(resource: &str) -> Value {
+    json!({"subject": {"type": "user", "id": "alice"}, "action": {"name": "read"},
+           "resource": {"type": "record", "id": resource}})
+}
+
+#[tokio::test]
+async fn callers_need_the_token_and_only_the_admin_is_told_the_policies() {
+    let served = authzen();
+    let question = json!({"subject": {"type": "user", "id": "bob"}, "action": {"name": "write"},
+                          "resource": {"type": "record", "id": "record-1"}});
+    for token in [None, Some("wrong"), Some("")] {
+        let mut asked = Asked::post("/access/v1/evaluation", &question);
+        asked.token = token;
+        let (status, headers, body) = ask(&served, asked).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(
+            headers["www-authenticate"],
+            "Bearer realm=\"iotgate-access\""
+        );
+        assert_eq!(body["reason"], "access_token");
+    }
+
+    // a deny is an answer: 200, false, with the reason code
+    let (status, _, app) = ask(&served, Asked::post("/access/v1/evaluation", &question)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        app,
+        json!({"decision": false, "context": {"reason": "no_permit"}})
+    );
+
+    let mut asked = Asked::post("/access/v1/evaluation", &question);
+    asked.token = Some(ADMIN);
+    let (_, _, admin) = ask(&served, asked).await;
+    assert_eq!(admin["decision"], false);
+    assert_eq!(admin["context"]["reason_admin"]["policies"], json!([]));
+    let mut asked = Asked::post("/access/v1/evaluation", &alice_reads("record-1"));
+    asked.token = Some(ADMIN);
+    let (_, _, admin) = ask(&served, asked).await;
+    assert_eq!(
+        admin["context"]["reason_admin"]["policies"],
+        json!(["read"])
+    );
+    assert!(admin["context"]["reason_admin"]["policy_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("authzen-fixture@"));
+
+    // the metadata is public: it tells nothing but where the endpoints are
+    let mut asked = Asked::post("/.well-known/authzen-configuration", &json!({}));
+    asked.method = "GET";
+    asked.token = None;
+    assert_eq!(ask(&served, asked).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn what_the_profile_does_not_know_is_a_false_with_an_error_never_an_allow() {
+    let served = authzen();
+    let cases = [
+        (
+            json!({"subject": {"type": "robot", "id": "alice"}, "action": {"name": "read"},
+                "resource": {"type": "record", "id": "record-1"}}),
+            "unknown_subject_type",
+        ),
+        (
+            json!({"subject": {"type": "user", "id": "alice"}, "action": {"name": "read"},
+                "resource": {"type": "spaceship", "id": "record-1"}}),
+            "unknown_resource_type",
+        ),
+        (
+            json!({"subject": {"type": "user", "id": "alice"}, "action": {"name": "launch"},
+                "resource": {"type": "record", "id": "record-1"}}),
+            "unknown_action",
+        ),
+        (
+            json!({"subject": {"type": "user", "id": "mallory"}, "action": {"name": "read"},
+                "resource": {"type": "record", "id": "record-1"}}),
+            "unknown_account",
+        ),
+        (
+            json!({"subject": {"type": "user", "id": "alice"}, "action": {"name": "delete", "properties": {"soft": "yes"}},
+                "resource": {"type": "record", "id": "record-1"}}),
+            "bad_value",
+        ),
+        (
+            json!({"subject": {"type": "user", "id": "alice"}, "action": {"name": "delete", "properties": {"soft": true}},
+                "resource": {"type": "record", "id": "record-1"}, "context": {"soft": false}}),
+            "bad_value",
+        ),
+    ];
+    for (question, reason) in cases {
+        let (status, _, answer) =
+            ask(&served, Asked::post("/access/v1/evaluation", &question)).await;
+        assert_eq!(status, StatusCode::OK, "{question}");
+        assert_eq!(answer["decision"], false, "{question}: {answer}");
+        assert_eq!(answer["context"]["reason"], reason, "{question}: {answer}");
+    }
+    // a record the directory does not have is decided on the properties given for it
+    let absent = json!({"subject": {"type": "user", "id": "alice"}, "action": {"name": "write"},
+                        "resource": {"type": "record", "id": "record-9", "properties": {"status": "active"}}});
+    let (_, _, answer) = ask(&served, Asked::post("/access/v1/evaluation", &absent)).await;
+    assert_eq!(answer["decision"], true, "{answer}");
+    // one the directory has is decided on the directory, whatever the caller says of it
+    let lied = json!({"subject": {"type": "user", "id": "alice"}, "action": {"name": "write"},
+                      "resource": {"type": "record", "id": "record-2", "properties": {"status": "active"}}});
+    let (_, _, answer) = ask(&served, Asked::post("/access/v1/evaluation", &lied)).await;
+    assert_eq!(answer["decision"], false, "{answer}");
+}
+
+#[tokio::test]
+async fn batches_are_bounded_and_short_circuit_as_asked() {
+    let served = authzen();
+    let items: Vec<Value> = (0..101)
+        .map(|_| json!({"resource": {"type": "record", "id": "record-1"}}))
+        .collect();
+    let big = json!({"subject": {"type": "user", "id": "bob"}, "action": {"name": "read"}, "evaluations": items});
+    let (status, _, body) = ask(&served, Asked::post("/access/v1/evaluations", &big)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("max_batch"),
+        "{body}"
+    );
+
+    let huge = "x".repeat(2 << 20);
+    let (status, _, _) = ask(
+        &served,
+        Asked::post("/access/v1/evaluation", &json!({"pad": huge})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let three = |semantic: &str| {
+        json!({"subject": {"type": "user", "id": "bob"}, "resource": {"type": "record", "id": "record-1"},
+               "options": {"evaluations_semantic": semantic},
+               "evaluations": [{"action": {"name": "read"}}, {"action": {"name": "write"}}, {"action": {"name": "read"}}]})
+    };
+    for (semantic, want) in [
+        ("execute_all", vec![true, false, true]),
+        ("deny_on_first_deny", vec![true, false]),
+        ("permit_on_first_permit", vec![true]),
+    ] {
+        let (_, _, answer) = ask(
+            &served,
+            Asked::post("/access/v1/evaluations", &three(semantic)),
+        )
+        .await;
+        assert_eq!(decisions(&answer), want, "{semantic}: {answer}");
+    }
+    let (status, _, _) = ask(
+        &served,
+        Asked::post("/access/v1/evaluations", &three("fastest")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn every_decision_is_logged_and_counted_like_the_proxys() {
+    let served = authzen();
+    let batch = json!({"subject": {"type": "user", "id": "alice"}, "action": {"name": "read"},
+                       "evaluations": [{"resource": {"type": "record", "id": "record-1"}},
+                                       {"resource": {"type": "spaceship", "id": "x"}}]});
+    let mut asked = Asked::post("/access/v1/evaluations", &batch);
+    asked.request_id = Some("batch-7");
+    ask(&served, asked).await;
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = served
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("\"batch-7/"))
+            .collect();
+        if lines.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), 2, "{:#?}", served.logs());
+    let first: Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["request_id"], "batch-7/0");
+    assert_eq!(first["route"], "/access/v1/evaluations");
+    assert_eq!(first["decision"], "allow");
+    assert_eq!(first["resource"], "AuthZEN::record::\"record-1\"");
+    let second: Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(
+        (second["decision"].as_str(), second["reason"].as_str()),
+        (Some("deny"), Some("unknown_resource_type"))
+    );
+
+    let (_, metrics) = served.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("iotgate_decisions_total{decision=\"allow\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("iotgate_denials_total{reason=\"unknown_resource_type\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("iotgate_requests_total{route=\"/access/v1/evaluations\",status=\"200\"} 1"),
+        "{metrics}"
+    );
+}
