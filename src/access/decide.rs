@@ -204,6 +204,54 @@ fn namespace(snapshot: &Snapshot) -> String {
     snapshot.routes.principal_type.namespace()
 }
 
+/// A type as a question names it: without the profile's namespace.
+fn short(snapshot: &Snapshot, ty: &EntityTypeName) -> String {
+    let ty = ty.to_string();
+    let prefix = format!("{}::", namespace(snapshot));
+    ty.strip_prefix(&prefix).map_or(ty.clone(), String::from)
+}
+
+/// The AuthZEN question a decision of the proxy answered, when it reached the policies
+/// (`check --format json` shows it; the decision API decides it the same way).
+pub(crate) fn question_of(snapshot: &Snapshot, decision: &Decision) -> Option<Value> {
+    let read = decision.read.as_deref()?;
+    let resource = decision.resource.as_ref()?;
+    let action: EntityUid = decision.action.as_deref()?.parse().ok()?;
+    let subject = match (&snapshot.routes.anonymous_type, decision.anonymous) {
+        (Some(ty), true) => {
+            json!({"type": short(snapshot, ty), "id": crate::model::routes::ANONYMOUS_ID})
+        }
+        _ => {
+            json!({"type": short(snapshot, &snapshot.routes.principal_type), "id": decision.principal.as_deref()?})
+        }
+    };
+    let values = |fields: &[(String, FieldValue)]| -> Map<String, Value> {
+        fields
+            .iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    FieldValue::Entity(uid) => {
+                        json!({"type": short(snapshot, uid.type_name()), "id": uid.id().unescaped()})
+                    }
+                    other => other.to_json(),
+                };
+                (name.clone(), value)
+            })
+            .collect()
+    };
+    let mut resource_json =
+        json!({"type": short(snapshot, resource.type_name()), "id": resource.id().unescaped()});
+    if !read.resource_attrs.is_empty() {
+        resource_json["properties"] = Value::Object(values(&read.resource_attrs));
+    }
+    Some(json!({
+        "subject": subject,
+        "action": {"name": action.id().unescaped()},
+        "resource": resource_json,
+        "context": values(&read.context),
+    }))
+}
+
 /// An entity type of the schema, by its name in the profile's namespace or qualified.
 pub(crate) fn entity_type(snapshot: &Snapshot, ty: &str) -> Option<EntityTypeName> {
     let qualified = qualify(&namespace(snapshot), ty);

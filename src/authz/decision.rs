@@ -281,6 +281,12 @@ pub struct Read {
     pub claims: Claims,
     /// What of the body the route read ([`Route::read_of`]), when it read one.
     pub body: Option<Value>,
+    /// The context the route computed (what `check` shows as the case's question).
+    #[serde(skip)]
+    pub context: Vec<(String, crate::model::routes::field::FieldValue)>,
+    /// The resource attributes the route computed (read when the directory lacks it).
+    #[serde(skip)]
+    pub resource_attrs: Vec<(String, crate::model::routes::field::FieldValue)>,
 }
 
 impl Decision {
@@ -567,6 +573,8 @@ impl<'s> Pending<'s> {
             decision.read = Some(Box::new(Read {
                 claims: self.claims.clone(),
                 body: body.as_ref().map(|b| self.route.read_of(b)),
+                context: resolved.context.clone(),
+                resource_attrs: resolved.resource_attrs.clone(),
             }));
         }
         let asking = Asking {

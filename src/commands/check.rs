@@ -471,6 +471,7 @@ impl Case {
             decision: answer.decision.to_string(),
             policies: answer.decision.policies.clone(),
             failure,
+            question: answer.question.clone(),
         }
     }
 }

@@ -117,6 +117,8 @@ pub struct Answer {
     pub reason: Option<String>,
     /// The decision.
     pub decision: Decision,
+    /// The AuthZEN question it answered, when it reached the policies.
+    pub question: Option<Value>,
 }
 
 impl Checker {
@@ -145,6 +147,7 @@ impl Checker {
             error: None,
             reason: None,
             decision,
+            question: None,
         }
     }
 
@@ -176,11 +179,13 @@ impl Checker {
                 .and_then(Value::as_str)
                 .map(String::from)
         };
+        let question = crate::access::decide::question_of(&self.gateway.snapshot(), &decision);
         Answer {
             status,
             error: member("error"),
             reason: member("reason"),
             decision,
+            question,
         }
     }
 }

@@ -141,6 +141,10 @@ pub(crate) struct CaseResult {
     pub policies: Vec<String>,
     /// Why it failed, when it did.
     pub failure: Option<String>,
+    /// The AuthZEN question the request asked, when it reached the policies (what the
+    /// decision API decides the same way).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub question: Option<serde_json::Value>,
 }
 
 /// Writes suite results (and the coverage summary, when asked for) as JSON or JUnit.
@@ -304,6 +308,7 @@ mod tests {
                 decision: "allow".into(),
                 policies: vec![],
                 failure: None,
+                question: None,
             },
             CaseResult {
                 suite: PathBuf::from("a.toml"),
@@ -313,6 +318,7 @@ mod tests {
                 decision: "allow".into(),
                 policies: vec![],
                 failure: Some("expected deny (403), got allow".into()),
+                question: None,
             },
         ];
         let mut out = Vec::new();

@@ -647,7 +647,8 @@ impl Gateway {
             Some(&self.caches),
         )
         .map_err(|rejected| (*rejected, None, None))?;
-        let pending = pending.recording(self.recorder.is_some());
+        // `check` (offline) shows what each case asked, so it keeps what a decision read
+        let pending = pending.recording(self.recorder.is_some() || self.offline);
         let route = pending.route();
         if let Some(refused) = self
             .server

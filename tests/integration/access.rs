@@ -365,3 +365,91 @@ async fn every_decision_is_logged_and_counted_like_the_proxys() {
         "{metrics}"
     );
 }
+
+/// A bundled profile served with a decision API (paths made absolute, ports ephemeral).
+fn profile_with_api(profile: &str) -> (Served, std::path::PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = root.join("examples").join(profile);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("api.token"), format!("{ADMIN}\n")).unwrap();
+    let text = std::fs::read_to_string(example.join("iotgate.toml")).unwrap();
+    let mut lines: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let key = line.split('=').next().unwrap_or_default().trim();
+        let line = match key {
+            "listen" | "admin_listen" => format!("{key} = \"127.0.0.1:0\""),
+            "upstream" => "upstream = \"http://127.0.0.1:9\"".to_string(),
+            _ => line
+                .replace("\"../../", &format!("\"{}/", root.display()))
+                .replace(
+                    "\"secret.key\"",
+                    &format!("\"{}/secret.key\"", example.display()),
+                )
+                .replace(
+                    "[\"directory\"]",
+                    &format!("[\"{}/directory\"]", example.display()),
+                ),
+        };
+        lines.push(line);
+    }
+    lines.push(format!(
+        "[decision_api]\nlisten = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\ntoken_file = \"{}\"\n",
+        dir.path().join("api.token").display(),
+        dir.path().join("api.token").display()
+    ));
+    let config = dir.path().join("iotgate.toml");
+    std::fs::write(&config, lines.join("\n")).unwrap();
+    let suite = example.join("checks.toml");
+    (Served::spawn(dir, &config), suite)
+}
+
+/// Every suite case that reached the policies, asked again through the decision API as
+/// `check` says it was asked: the API must decide what `serve` does.
+async fn api_agrees_with_the_proxy(profile: &str, at_least: usize) {
+    let (served, suite) = profile_with_api(profile);
+    let config = served.dir.path().join("iotgate.toml");
+    let (_, out) = crate::support::iotgate(&[
+        "check",
+        "--config",
+        config.to_str().unwrap(),
+        suite.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let start = out.find('{').unwrap();
+    let report: Value = serde_json::from_str(&out[start..]).unwrap();
+    let mut compared = 0;
+    for case in report["cases"].as_array().unwrap() {
+        let Some(question) = case.get("question") else {
+            continue;
+        };
+        let mut asked = Asked::post("/access/v1/evaluation", question);
+        asked.token = Some(ADMIN);
+        let (status, _, answer) = ask(&served, asked).await;
+        assert_eq!(status, StatusCode::OK, "{question}");
+        // 409: a create the policies allowed on an entity that exists
+        let proxy = matches!(case["status"].as_u64(), Some(200 | 409));
+        assert_eq!(
+            answer["decision"], proxy,
+            "{}: {question} → {answer}",
+            case["name"]
+        );
+        let policies = &answer["context"]["reason_admin"]["policies"];
+        assert_eq!(policies, &case["policies"], "{}: {question}", case["name"]);
+        compared += 1;
+    }
+    assert!(
+        compared >= at_least,
+        "{profile}: only {compared} cases compared"
+    );
+}
+
+#[tokio::test]
+async fn the_api_decides_every_thinger_suite_case_as_the_proxy() {
+    api_agrees_with_the_proxy("thinger", 120).await;
+}
+
+#[tokio::test]
+async fn the_api_decides_every_central_suite_case_as_the_proxy() {
+    api_agrees_with_the_proxy("central", 250).await;
+}
