@@ -13,6 +13,7 @@
 //! ```
 
 pub(crate) mod decide;
+pub(crate) mod search;
 pub(crate) mod wire;
 
 use std::net::SocketAddr;
@@ -37,6 +38,23 @@ use crate::telemetry;
 const EVALUATION: &str = "/access/v1/evaluation";
 const EVALUATIONS: &str = "/access/v1/evaluations";
 const METADATA: &str = "/.well-known/authzen-configuration";
+const SEARCHES: [(&str, search::Target, &str); 3] = [
+    (
+        "/access/v1/search/subject",
+        search::Target::Subject,
+        "search_subject_endpoint",
+    ),
+    (
+        "/access/v1/search/resource",
+        search::Target::Resource,
+        "search_resource_endpoint",
+    ),
+    (
+        "/access/v1/search/action",
+        search::Target::Action,
+        "search_action_endpoint",
+    ),
+];
 
 /// Who is asking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,10 +121,11 @@ impl Api {
         if let Some(id) = id {
             response.headers_mut().insert(REQUEST_ID, id);
         }
-        let route = match path.as_str() {
-            EVALUATION | EVALUATIONS | METADATA => path.as_str(),
-            _ => "-",
-        };
+        let known = [EVALUATION, EVALUATIONS, METADATA]
+            .into_iter()
+            .chain(SEARCHES.map(|(p, _, _)| p))
+            .any(|p| p == path);
+        let route = if known { path.as_str() } else { "-" };
         self.gateway.metrics().record_request(
             route,
             response.status().as_u16(),
@@ -129,7 +148,8 @@ impl Api {
                 _ => Err(AccessRefusal::Method),
             };
         }
-        if path != EVALUATION && path != EVALUATIONS {
+        let searched = SEARCHES.iter().find(|(p, _, _)| *p == path);
+        if path != EVALUATION && path != EVALUATIONS && searched.is_none() {
             return Err(AccessRefusal::NotFound);
         }
         let caller = self.caller(&request)?;
@@ -139,6 +159,17 @@ impl Api {
         let batch = path == EVALUATIONS;
         let body = self.body(request).await?;
         let body = wire::object(&body).map_err(bad)?;
+        if let Some((route, target, _)) = searched {
+            let found = search::search(snapshot, *target, &body, route).map_err(bad)?;
+            tracing::info!(
+                request_id = asked.request_id.as_str(),
+                route,
+                results = found["page"]["count"].as_u64().unwrap_or(0),
+                more = found["page"]["next_token"] != "",
+                "search"
+            );
+            return Ok(found);
+        }
         if !batch {
             let question = wire::evaluation(&body).map_err(bad)?;
             return Ok(self.one(snapshot, &question, EVALUATION, asked, caller));
@@ -297,6 +328,9 @@ impl Api {
             "access_evaluations_endpoint".into(),
             format!("{base}{EVALUATIONS}").into(),
         );
+        for (path, _, key) in SEARCHES {
+            out.insert(key.into(), format!("{base}{path}").into());
+        }
         Value::Object(out)
     }
 }

@@ -440,6 +440,21 @@ impl Directory {
         (0..self.slots.len() as u32).filter_map(|i| self.node(i))
     }
 
+    /// The ids of every entity of type `ty`, sorted (what a search enumerates).
+    pub fn ids_of(&self, ty: &EntityTypeName) -> Vec<&str> {
+        let Some(&wanted) = self.type_index.get(ty) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<&str> = self
+            .slots
+            .iter()
+            .filter(|s| s.present && s.ty == wanted)
+            .map(|s| &*s.id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// (file, SHA-256 of its content) of every file read, for the directory version.
     pub fn digests(&self) -> &[(PathBuf, String)] {
         &self.digests

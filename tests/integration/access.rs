@@ -123,16 +123,71 @@ async fn run_case(served: &Served, case: &Value) {
         if let Some(id_sent) = case["request_id"].as_str() {
             assert_eq!(headers["x-request-id"], id_sent, "{id}");
         }
+        check_search(served, case, &answer).await;
         if case["metadata"] == true {
             let base = format!("http://{}", served.decision_api);
             assert_eq!(answer["policy_decision_point"], base.as_str(), "{id}");
             for (key, path) in [
                 ("access_evaluation_endpoint", "/access/v1/evaluation"),
                 ("access_evaluations_endpoint", "/access/v1/evaluations"),
+                ("search_subject_endpoint", "/access/v1/search/subject"),
+                ("search_resource_endpoint", "/access/v1/search/resource"),
+                ("search_action_endpoint", "/access/v1/search/action"),
             ] {
                 assert_eq!(answer[key], format!("{base}{path}").as_str(), "{id}");
             }
         }
+    }
+}
+
+/// What the search cases of the scenario check: the results (`includes`, their type,
+/// `empty`) and the page object (`paged`, and a `follow_up` with the token it gave).
+async fn check_search(served: &Served, case: &Value, answer: &Value) {
+    let id = case["id"].as_str().unwrap();
+    let results = || {
+        answer["results"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{id}: {answer}"))
+    };
+    let named = |r: &Value| r["id"].as_str().or(r["name"].as_str()).unwrap().to_string();
+    if let Some(want) = case["includes"].as_array() {
+        let got: Vec<String> = results().iter().map(named).collect();
+        for w in want {
+            assert!(
+                got.contains(&w.as_str().unwrap().to_string()),
+                "{id}: {w} not in {got:?}"
+            );
+        }
+    }
+    if let Some(ty) = case["result_type"].as_str() {
+        assert!(results().iter().all(|r| r["type"] == ty), "{id}: {answer}");
+    }
+    if case["empty"] == true {
+        assert_eq!(results().len(), 0, "{id}: {answer}");
+    }
+    if case["paged"] == true || case["follow_up"] == true {
+        assert!(results().len() <= 1, "{id}: {answer}");
+        assert!(answer["page"]["next_token"].is_string(), "{id}: {answer}");
+    }
+    if case["follow_up"] == true {
+        let token = answer["page"]["next_token"].as_str().unwrap();
+        assert!(!token.is_empty(), "{id}: two users, one per page: {answer}");
+        let mut body = case["body"].clone();
+        body["page"] = json!({ "token": token });
+        let (status, _, next) = ask(
+            served,
+            Asked::post(case["endpoint"].as_str().unwrap(), &body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{id}: {next}");
+        assert!(
+            next["page"].is_object() && next["page"]["next_token"].is_string(),
+            "{id}: {next}"
+        );
+        assert!(
+            !next["results"].as_array().unwrap().is_empty(),
+            "{id}: {next}"
+        );
     }
 }
 
@@ -157,7 +212,9 @@ async fn the_authzen_certification_cases_pass_on_the_real_listener() {
             "Basic Properties",
             "Batch Core",
             "Batch Properties",
-            "Discovery"
+            "Discovery",
+            "Search Core",
+            "Search Properties"
         ]
     );
 }
@@ -371,7 +428,8 @@ fn profile_with_api(profile: &str) -> (Served, std::path::PathBuf) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = root.join("examples").join(profile);
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("api.token"), format!("{ADMIN}\n")).unwrap();
+    std::fs::write(dir.path().join("api.token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(dir.path().join("admin.token"), format!("{ADMIN}\n")).unwrap();
     let text = std::fs::read_to_string(example.join("iotgate.toml")).unwrap();
     let mut lines: Vec<String> = Vec::new();
     for line in text.lines() {
@@ -394,7 +452,7 @@ fn profile_with_api(profile: &str) -> (Served, std::path::PathBuf) {
     }
     lines.push(format!(
         "[decision_api]\nlisten = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\ntoken_file = \"{}\"\n",
-        dir.path().join("api.token").display(),
+        dir.path().join("admin.token").display(),
         dir.path().join("api.token").display()
     ));
     let config = dir.path().join("iotgate.toml");
@@ -452,4 +510,168 @@ async fn the_api_decides_every_thinger_suite_case_as_the_proxy() {
 #[tokio::test]
 async fn the_api_decides_every_central_suite_case_as_the_proxy() {
     api_agrees_with_the_proxy("central", 250).await;
+}
+
+async fn evaluate(served: &Served, question: &Value) -> bool {
+    let (status, _, answer) = ask(served, Asked::post("/access/v1/evaluation", question)).await;
+    assert_eq!(status, StatusCode::OK, "{question}");
+    answer["decision"].as_bool().unwrap()
+}
+
+/// Every page of a search, followed by its tokens (`limit` per page).
+async fn search_all(served: &Served, path: &str, mut body: Value, limit: u64) -> Vec<String> {
+    let mut found = Vec::new();
+    body["page"] = json!({ "limit": limit });
+    loop {
+        let (status, _, answer) = ask(served, Asked::post(path, &body)).await;
+        assert_eq!(status, StatusCode::OK, "{body}: {answer}");
+        let results = answer["results"].as_array().unwrap();
+        assert!(results.len() as u64 <= limit);
+        found.extend(
+            results
+                .iter()
+                .map(|r| r["id"].as_str().or(r["name"].as_str()).unwrap().to_string()),
+        );
+        let token = answer["page"]["next_token"].as_str().unwrap();
+        if token.is_empty() {
+            return found;
+        }
+        body["page"] = json!({ "limit": limit, "token": token });
+    }
+}
+
+#[tokio::test]
+async fn searches_equal_deciding_every_candidate_and_pages_add_up() {
+    let (served, _) = profile_with_api("thinger");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |file: &str| -> Vec<Value> {
+        let text =
+            std::fs::read_to_string(root.join("examples/thinger/directory").join(file)).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let ids = |entities: &[Value], ty: &str| -> Vec<String> {
+        let mut ids: Vec<String> = entities
+            .iter()
+            .filter(|e| e["uid"]["type"] == ty)
+            .map(|e| e["uid"]["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let users = ids(&read("users.json"), "Thinger::User");
+    let devices = ids(&read("resources.json"), "Thinger::Device");
+    assert!(
+        users.len() >= 5 && devices.len() >= 3,
+        "{users:?} {devices:?}"
+    );
+    let ctx = json!({"token_kind": "user"});
+    for user in &users {
+        let subject = json!({"type": "User", "id": user});
+        let searched = search_all(
+            &served,
+            "/access/v1/search/resource",
+            json!({"subject": subject, "action": {"name": "ReadDeviceStatus"}, "resource": {"type": "Device"}, "context": ctx}),
+            2,
+        )
+        .await;
+        let mut brute = Vec::new();
+        for device in &devices {
+            let q = json!({"subject": subject, "action": {"name": "ReadDeviceStatus"},
+                           "resource": {"type": "Device", "id": device}, "context": ctx});
+            if evaluate(&served, &q).await {
+                brute.push(device.clone());
+            }
+        }
+        assert_eq!(searched, brute, "devices {user} may read");
+    }
+    for device in &devices {
+        let resource = json!({"type": "Device", "id": device});
+        let searched = search_all(
+            &served,
+            "/access/v1/search/subject",
+            json!({"subject": {"type": "User"}, "action": {"name": "DeleteDevice"}, "resource": resource, "context": ctx}),
+            3,
+        )
+        .await;
+        let mut brute = Vec::new();
+        for user in &users {
+            let q = json!({"subject": {"type": "User", "id": user}, "action": {"name": "DeleteDevice"},
+                           "resource": resource, "context": ctx});
+            if evaluate(&served, &q).await {
+                brute.push(user.clone());
+            }
+        }
+        assert_eq!(searched, brute, "who may delete {device}");
+    }
+    // what bob may do on one of the devices shared with him
+    let shared = json!({"type": "Device", "id": "dave/sensor1"});
+    let actions = search_all(
+        &served,
+        "/access/v1/search/action",
+        json!({"subject": {"type": "User", "id": "bob"}, "resource": shared, "context": ctx}),
+        100,
+    )
+    .await;
+    assert!(
+        actions.contains(&"ReadDeviceStatus".to_string()),
+        "{actions:?}"
+    );
+    assert!(
+        !actions.contains(&"DeleteDevice".to_string()),
+        "{actions:?}"
+    );
+    for action in &actions {
+        let q = json!({"subject": {"type": "User", "id": "bob"}, "action": {"name": action}, "resource": shared, "context": ctx});
+        assert!(evaluate(&served, &q).await, "{action}");
+    }
+}
+
+#[tokio::test]
+async fn a_page_token_from_an_older_directory_or_another_search_is_refused() {
+    let served = authzen();
+    let who = json!({"subject": {"type": "user"}, "action": {"name": "read"},
+                     "resource": {"type": "record", "id": "record-1"}, "page": {"limit": 1}});
+    let (_, _, first) = ask(&served, Asked::post("/access/v1/search/subject", &who)).await;
+    let token = first["page"]["next_token"].as_str().unwrap().to_string();
+    assert!(!token.is_empty(), "{first}");
+    let mut other = who.clone();
+    other["action"] = json!({"name": "write"});
+    other["page"] = json!({ "token": token });
+    let (status, _, body) = ask(&served, Asked::post("/access/v1/search/subject", &other)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("another request"),
+        "{body}"
+    );
+
+    // the directory changes (the watcher reloads it): the old token no longer continues
+    let directory = served.dir.path().join("directory/fixture.json");
+    let text = std::fs::read_to_string(&directory).unwrap().replace(
+        "\n]",
+        ",\n  {\"uid\": {\"type\": \"AuthZEN::user\", \"id\": \"carol\"}, \"attrs\": {}, \"parents\": []}\n]",
+    );
+    crate::support::write_atomic(&directory, &text);
+    let mut again = who.clone();
+    again["page"] = json!({ "token": token });
+    for _ in 0..100 {
+        let (status, _, body) =
+            ask(&served, Asked::post("/access/v1/search/subject", &again)).await;
+        if status == StatusCode::BAD_REQUEST {
+            assert!(
+                body["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("another version"),
+                "{body}"
+            );
+            let (_, _, fresh) = ask(&served, Asked::post("/access/v1/search/subject", &who)).await;
+            assert_eq!(fresh["results"], json!([{"type": "user", "id": "alice"}]));
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the reload never made the token stale");
 }
