@@ -205,7 +205,7 @@ fn namespace(snapshot: &Snapshot) -> String {
 }
 
 /// A type as a question names it: without the profile's namespace.
-fn short(snapshot: &Snapshot, ty: &EntityTypeName) -> String {
+pub(crate) fn short(snapshot: &Snapshot, ty: &EntityTypeName) -> String {
     let ty = ty.to_string();
     let prefix = format!("{}::", namespace(snapshot));
     ty.strip_prefix(&prefix).map_or(ty.clone(), String::from)

@@ -96,6 +96,30 @@ pub(crate) fn search(
     }))
 }
 
+/// Every result of a search, page after page (`check --what-can`, `--who-can`).
+///
+/// # Errors
+/// As [`search`].
+pub(crate) fn every(
+    snapshot: &Snapshot,
+    target: Target,
+    mut body: Map<String, Value>,
+) -> Result<Vec<Value>, WireError> {
+    let mut out = Vec::new();
+    loop {
+        let mut page = search(snapshot, target, &body, "check")?;
+        if let Some(results) = page["results"].as_array_mut() {
+            out.append(results);
+        }
+        match page["page"]["next_token"].as_str() {
+            Some(token) if !token.is_empty() => {
+                body.insert("page".into(), json!({ "token": token }));
+            }
+            _ => return Ok(out),
+        }
+    }
+}
+
 fn read(target: Target, body: &Map<String, Value>) -> Result<Search, WireError> {
     let searched = |key: &str| -> Result<String, WireError> {
         let entity = body

@@ -51,6 +51,9 @@ pub(crate) fn run(args: &CheckArgs, out: &mut dyn Write) -> std::io::Result<Exit
         if let Some(file) = &args.replay {
             return super::replay::run(loaded, args, file, out).await;
         }
+        if args.what_can.is_some() || args.who_can.is_some() {
+            return super::query::run(&loaded.snapshot, args, out);
+        }
         if let (true, Some(dir)) = (args.prove, &args.against) {
             return prove(&loaded, args, dir, out).await;
         }

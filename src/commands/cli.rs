@@ -209,8 +209,18 @@ pub struct CheckArgs {
     #[command(flatten)]
     pub config: ConfigArg,
     /// Decision suites (TOML files of `[[case]]`s).
-    #[arg(required_unless_present_any = ["request", "replay", "prove"], conflicts_with_all = ["request", "replay"])]
+    #[arg(required_unless_present_any = ["request", "replay", "prove", "what_can", "who_can"], conflicts_with_all = ["request", "replay", "what_can", "who_can"])]
     pub suites: Vec<PathBuf>,
+    /// List what this account may do (with `--on`: the actions on that entity; without:
+    /// every action and resource), as the decision API's searches answer.
+    #[arg(long, value_name = "USER", conflicts_with_all = ["request", "replay", "against", "who_can"])]
+    pub what_can: Option<String>,
+    /// List the accounts that may take this action on `--on`.
+    #[arg(long, value_name = "ACTION", requires = "on", conflicts_with_all = ["request", "replay", "against"])]
+    pub who_can: Option<String>,
+    /// The entity of `--what-can` / `--who-can`, as a Cedar uid (`Thinger::Device::"dave/sensor1"`).
+    #[arg(long, value_name = "UID")]
+    pub on: Option<String>,
     /// One request to explain, as "METHOD /path?query".
     #[arg(long)]
     pub request: Option<String>,
@@ -218,7 +228,7 @@ pub struct CheckArgs {
     #[arg(long, requires = "request", conflicts_with = "as_user")]
     pub token: Option<String>,
     /// Decide as this user without a token signature.
-    #[arg(long = "as", value_name = "USER", requires = "request", required_unless_present_any = ["token", "suites", "anonymous", "replay", "prove"])]
+    #[arg(long = "as", value_name = "USER", requires = "request", required_unless_present_any = ["token", "suites", "anonymous", "replay", "prove", "what_can", "who_can"])]
     pub as_user: Option<String>,
     /// Send no token: the anonymous principal on a public route (`auth` `none` or
     /// `optional`), 401 elsewhere.

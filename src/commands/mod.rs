@@ -11,6 +11,7 @@ pub(crate) mod init;
 pub(crate) mod lint;
 #[cfg(feature = "prove")]
 pub(crate) mod prove;
+pub(crate) mod query;
 pub(crate) mod replay;
 pub(crate) mod report;
 

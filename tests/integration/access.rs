@@ -675,3 +675,62 @@ async fn a_page_token_from_an_older_directory_or_another_search_is_refused() {
     }
     panic!("the reload never made the token stale");
 }
+
+#[tokio::test]
+async fn check_what_can_and_who_can_answer_as_the_api_searches() {
+    let (served, _) = profile_with_api("thinger");
+    let config = served.dir.path().join("iotgate.toml");
+    let config = config.to_str().unwrap();
+    let cli = |args: &[&str]| -> Value {
+        let mut all = vec!["check", "--config", config, "--format", "json"];
+        all.extend(args);
+        let (code, out) = crate::support::iotgate(&all);
+        assert_eq!(code, 0, "{out}");
+        serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap()
+    };
+    let ctx = json!({"token_kind": "user"});
+    let on = r#"Thinger::Device::"dave/sensor1""#;
+    let device = json!({"type": "Device", "id": "dave/sensor1"});
+
+    let actions = cli(&["--what-can", "bob", "--on", on]);
+    let api = search_all(
+        &served,
+        "/access/v1/search/action",
+        json!({"subject": {"type": "User", "id": "bob"}, "resource": device, "context": ctx}),
+        100,
+    )
+    .await;
+    assert_eq!(actions["results"], json!(api), "{actions}");
+    assert!(!api.is_empty());
+
+    let who = cli(&["--who-can", "DeleteDevice", "--on", on]);
+    let api = search_all(
+        &served,
+        "/access/v1/search/subject",
+        json!({"subject": {"type": "User"}, "action": {"name": "DeleteDevice"}, "resource": device, "context": ctx}),
+        100,
+    )
+    .await;
+    assert_eq!(who["results"], json!(api), "{who}");
+    assert_eq!(api, ["dave"]);
+
+    // everything bob may do includes each action the action search found on the device
+    let everything = cli(&["--what-can", "bob"]);
+    let pairs = everything["results"].as_array().unwrap();
+    for action in actions["results"].as_array().unwrap() {
+        assert!(
+            pairs.contains(&json!({"action": action, "resource": on})),
+            "{action} missing from {everything}"
+        );
+    }
+    let (code, out) = crate::support::iotgate(&[
+        "check",
+        "--config",
+        config,
+        "--what-can",
+        "bob",
+        "--on",
+        "not a uid",
+    ]);
+    assert_eq!(code, 2, "{out}");
+}
