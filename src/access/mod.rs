@@ -270,8 +270,8 @@ impl Api {
             // client certificate
             None if request
                 .extensions()
-                .get::<crate::request::TlsClient>()
-                .is_some() =>
+                .get::<Arc<crate::request::TlsSession>>()
+                .is_some_and(|session| session.client.is_some()) =>
             {
                 Ok(Caller::App)
             }

@@ -229,3 +229,94 @@ async fn a_required_client_certificate_is_required_and_the_certificate_reloads()
     assert_eq!(third, second);
     served.running.stop().await;
 }
+
+/// One JSON POST over TLS: the raw answer, or the handshake error.
+async fn post(
+    port: u16,
+    ca: &Ca,
+    identity: Option<&Leaf>,
+    target: &str,
+    body: &str,
+) -> Result<String, String> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = connector(ca, identity)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let raw = format!(
+        "POST {target} HTTP/1.1\r\nHost: localhost:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(raw.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn the_decision_api_speaks_tls_and_takes_a_client_certificate_instead_of_a_token() {
+    let ca = Ca::new("apps CA");
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate::support::copy_dir(&root.join("examples/authzen"), dir.path());
+    let server = ca.leaf(&["localhost", "127.0.0.1"], "pdp");
+    std::fs::write(dir.path().join("cert.pem"), &server.cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &server.key).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.issuer.pem()).unwrap();
+    let config = dir.path().join("iotgate.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let (head, _) = text.split_once("[decision_api]").unwrap();
+    let text = ["127.0.0.1:8080", "127.0.0.1:9092"]
+        .iter()
+        .fold(head.to_string(), |t, a| t.replace(a, "127.0.0.1:0"))
+        + "[decision_api]\nlisten = \"127.0.0.1:0\"\n\
+           [decision_api.tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n\
+           client_ca_file = \"ca.pem\"\nclient_cert = \"required\"\n";
+    std::fs::write(&config, text).unwrap();
+    let served = crate::support::Served::spawn(dir, &config);
+    let port: u16 = served
+        .decision_api
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let app = ca.leaf(&["console"], "console");
+    let question = r#"{"subject": {"type": "user", "id": "alice"}, "action": {"name": "read"},
+                       "resource": {"type": "record", "id": "record-1"}}"#;
+    let answer = post(port, &ca, Some(&app), "/access/v1/evaluation", question)
+        .await
+        .unwrap();
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert!(answer.ends_with(r#"{"decision":true}"#), "{answer}");
+    let refused = post(port, &ca, None, "/access/v1/evaluation", question).await;
+    assert!(
+        refused.is_err() || status(&refused.clone().unwrap()) == 0,
+        "{refused:?}"
+    );
+    let stranger = Ca::new("another CA").leaf(&["x"], "x");
+    let refused = post(
+        port,
+        &ca,
+        Some(&stranger),
+        "/access/v1/evaluation",
+        question,
+    )
+    .await;
+    assert!(
+        refused.is_err() || status(&refused.clone().unwrap()) == 0,
+        "{refused:?}"
+    );
+    let (meta, _) = get(port, &ca, Some(&app), "/.well-known/authzen-configuration")
+        .await
+        .unwrap();
+    // the base URL is the scheme and the Host asked (`get` sends `Host: localhost`)
+    assert!(
+        meta.contains(r#""policy_decision_point":"https://localhost""#),
+        "{meta}"
+    );
+}
