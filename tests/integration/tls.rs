@@ -77,13 +77,13 @@ fn connector(ca: &Ca, identity: Option<&Leaf>) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
-/// One HTTP/1.1 request over TLS: the raw answer and the server certificate's DER, or the
-/// handshake error.
-async fn get(
+/// Sends `raw` over a TLS connection to `port`: the raw answer and the server
+/// certificate's DER, or the handshake error.
+async fn send(
     port: u16,
     ca: &Ca,
     identity: Option<&Leaf>,
-    target: &str,
+    raw: &str,
 ) -> Result<(String, Vec<u8>), String> {
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let name = ServerName::try_from("localhost").unwrap();
@@ -91,7 +91,6 @@ async fn get(
         .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())?;
-    let raw = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     tls.write_all(raw.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
@@ -99,6 +98,17 @@ async fn get(
     tls.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
     let served = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
     Ok((String::from_utf8_lossy(&out).into_owned(), served))
+}
+
+/// One HTTP/1.1 GET over TLS.
+async fn get(
+    port: u16,
+    ca: &Ca,
+    identity: Option<&Leaf>,
+    target: &str,
+) -> Result<(String, Vec<u8>), String> {
+    let raw = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    send(port, ca, identity, &raw).await
 }
 
 fn status(answer: &str) -> u16 {
@@ -238,23 +248,14 @@ async fn post(
     target: &str,
     body: &str,
 ) -> Result<String, String> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut tls = connector(ca, identity)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
     let raw = format!(
         "POST {target} HTTP/1.1\r\nHost: localhost:{port}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    tls.write_all(raw.as_bytes())
+    send(port, ca, identity, &raw)
         .await
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    tls.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+        .map(|(answer, _)| answer)
 }
 
 #[tokio::test]
