@@ -5,16 +5,19 @@
 //! subject {type,id}   ─▶ the profile's principal (or anonymous) type, the directory's
 //!                        account: unknown ─▶ unknown_account, disabled ─▶ account_disabled
 //! action {name}       ─▶ the schema's action (unknown ─▶ unknown_action)
-//! resource {type,id}  ─▶ a schema entity type of the profile's namespace (else
+//! resource {type,id}  ─▶ a schema entity type, short in the profile's namespace (else
 //!                        unknown_resource_type); its `properties` are its attributes only
 //!                        when the directory does not have it (the directory is the truth)
 //! context + action.properties ─▶ the action's declared context attributes, typed by the
-//!                        schema, over what the action's routes compute without a request
-//!                        (literals, a user token's claim defaults); undeclared members ignored
+//!                        schema, over a user token's claim defaults; what the gateway computes
+//!                        (literals, the principal's parents) fixed, mapped fields kept to
+//!                        their map's values, what a route reads from the request required;
+//!                        undeclared members ignored
+//! anonymous subject   ─▶ only for actions with a public route (else token_missing)
 //! ─▶ Resolved ─▶ Asking::decide ─▶ Decision (logged and counted like a proxy decision)
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use serde_json::{json, Map, Value};
@@ -24,7 +27,7 @@ use crate::authz::cache::Caches;
 use crate::authz::decision::{Asking, Decision, Outcome, Rejection};
 use crate::authz::snapshot::Snapshot;
 use crate::model::routes::field::FieldValue;
-use crate::model::routes::Resolved;
+use crate::model::routes::{QuestionContext, Resolved};
 use crate::model::schema::{qualify, Attr, Type};
 use crate::proxy::response::rejection_reason;
 
@@ -172,11 +175,12 @@ fn asked<'s>(
     if principal.is_disabled() {
         return Ok(decision.reject(Rejection::Disabled(q.subject.id.clone())));
     }
+    if decision.anonymous && !snapshot.routes.takes_anonymous(&q.action.name) {
+        return Ok(decision.reject(Rejection::Unauthenticated(crate::authn::AuthError::Missing)));
+    }
     let parents = || principal.parents();
     let context = context(
-        snapshot
-            .routes
-            .request_free_context(&q.action.name, &parents),
+        snapshot.routes.question_context(&q.action.name, &parents),
         &action.context,
         q,
     )?;
@@ -273,37 +277,82 @@ pub(crate) fn subject(snapshot: &Snapshot, ty: &str, id: &str) -> Result<EntityU
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(id)))
 }
 
-/// The context: what the action's routes compute without a request, then the question's
-/// `context` and action `properties` (which must agree) for the declared attributes.
+/// The context: the question's `context` and action `properties` (which must agree) for
+/// the declared attributes, over the claim defaults of a user's token; what the gateway
+/// computes itself (literals, the principal's parents) cannot be said otherwise, a mapped
+/// field takes only the values of its map, and what a route reads from the request must
+/// be given.
 fn context(
-    mut out: Vec<(String, FieldValue)>,
-    declared: &std::collections::HashMap<String, Attr>,
+    known: QuestionContext,
+    declared: &HashMap<String, Attr>,
     q: &Question,
 ) -> Result<Vec<(String, FieldValue)>, ItemError> {
     let mut given = q.context.clone();
     for (key, value) in &q.action.properties {
         match given.get(key) {
             Some(other) if other != value => {
-                return Err(ItemError::Value {
-                    member: format!("action.properties.{key}"),
-                    message: format!("disagrees with `context.{key}`"),
-                })
+                return Err(invalid(
+                    &format!("action.properties.{key}"),
+                    format!("disagrees with `context.{key}`"),
+                ))
             }
             _ => {
                 given.insert(key.clone(), value.clone());
             }
         }
     }
-    for (name, value) in &given {
-        let Some(attr) = declared.get(name) else {
+    let mut out = known.defaults.clone();
+    for (name, value) in typed(&given, declared, "context")? {
+        let member = format!("context.{name}");
+        if let Some((_, fixed)) = known.fixed.iter().find(|(n, _)| *n == name) {
+            if *fixed != value {
+                return Err(invalid(&member, "is computed by the gateway".into()));
+            }
             continue;
-        };
-        let value = field_value(&attr.ty, value).map_err(|message| ItemError::Value {
-            member: format!("context.{name}"),
-            message,
-        })?;
-        out.retain(|(n, _)| n != name);
-        out.push((name.clone(), value));
+        }
+        if let (Some(domain), FieldValue::Str(s)) = (known.domains.get(&name), &value) {
+            if !domain.contains(s) {
+                let list: Vec<&str> = domain.iter().map(String::as_str).collect();
+                return Err(invalid(
+                    &member,
+                    format!("must be one of {}", list.join(", ")),
+                ));
+            }
+        }
+        out.retain(|(n, _)| *n != name);
+        out.push((name, value));
+    }
+    out.extend(known.fixed.iter().cloned());
+    if let Some(missing) = known.missing(&|f| out.iter().any(|(n, _)| n == f)) {
+        return Err(invalid(
+            &format!("context.{}", missing.join(", context.")),
+            "is required: the proxy reads it from the request".into(),
+        ));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+fn invalid(member: &str, message: String) -> ItemError {
+    ItemError::Value {
+        member: member.to_string(),
+        message,
+    }
+}
+
+/// The members of `given` that `declared` names, typed by it (`at` names them in errors).
+fn typed(
+    given: &Map<String, Value>,
+    declared: &HashMap<String, Attr>,
+    at: &str,
+) -> Result<Vec<(String, FieldValue)>, ItemError> {
+    let mut out = Vec::new();
+    for (name, value) in given {
+        if let Some(attr) = declared.get(name) {
+            let value = field_value(&attr.ty, value)
+                .map_err(|message| invalid(&format!("{at}.{name}"), message))?;
+            out.push((name.clone(), value));
+        }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
@@ -315,22 +364,14 @@ fn properties(
     resource: &EntityUid,
     given: &Map<String, Value>,
 ) -> Result<Vec<(String, FieldValue)>, ItemError> {
-    let ty = resource.type_name().to_string();
-    let Some(declared) = snapshot.catalog.entity_types.get(&ty) else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for (name, value) in given {
-        if let Some(attr) = declared.get(name) {
-            let value = field_value(&attr.ty, value).map_err(|message| ItemError::Value {
-                member: format!("resource.properties.{name}"),
-                message,
-            })?;
-            out.push((name.clone(), value));
-        }
+    match snapshot
+        .catalog
+        .entity_types
+        .get(&resource.type_name().to_string())
+    {
+        Some(declared) => typed(given, declared, "resource.properties"),
+        None => Ok(Vec::new()),
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
 }
 
 /// A JSON value as the schema type takes it; entities as an id or `{"type", "id"}`.

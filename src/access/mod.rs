@@ -2,14 +2,16 @@
 //! (`[decision_api]`), for the platform's applications to ask what the proxy would decide.
 //!
 //! ```text
-//! request ─▶ caller: Bearer token_file / admin_token_file, or a verified client
-//!            certificate when [decision_api.tls] requires one            (401)
-//!   ─▶ endpoint (404, 405) ─▶ body: application/json (400), ≤ max_body_bytes (413)
+//! request ─▶ endpoint (404; the metadata is answered here, to anyone)
+//!   ─▶ caller: Bearer token_file / admin_token_file, or a verified client certificate
+//!      when [decision_api.tls] requires one                              (401)
+//!   ─▶ method (405) ─▶ body: application/json (400), ≤ max_body_bytes (413)
 //!   ─▶ wire: the AuthZEN request shape                                    (400)
 //!   ─▶ decide: each question on one snapshot, through the proxy's decision path
 //!   ─▶ 200 {"decision"} | {"evaluations": [...]}; a deny is a 200 with false
-//!   every answer echoes X-Request-ID; every decision is logged and counted as the
-//!   proxy's are (a batch item's request id is `<id>/<index>`)
+//!   every answer echoes X-Request-ID; every evaluation is logged and counted as the
+//!   proxy's decisions are (a batch item's request id is `<id>/<index>`); a search logs
+//!   one line, not each candidate it decided; searches run off the async runtime
 //! ```
 
 pub(crate) mod decide;
@@ -138,7 +140,7 @@ impl Api {
     async fn answer(
         &self,
         request: Request<Incoming>,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
         asked: &Asked,
     ) -> Result<Value, AccessRefusal> {
         let path = request.uri().path();
@@ -160,7 +162,14 @@ impl Api {
         let body = self.body(request).await?;
         let body = wire::object(&body).map_err(bad)?;
         if let Some((route, target, _)) = searched {
-            let found = search::search(snapshot, *target, &body, route).map_err(bad)?;
+            // a search decides many candidates: off the runtime the proxy shares
+            let (snapshot, target) = (Arc::clone(snapshot), *target);
+            let found = tokio::task::spawn_blocking(move || {
+                search::search(&snapshot, target, &body, route)
+            })
+            .await
+            .map_err(|e| AccessRefusal::BadRequest(format!("search failed: {e}")))?
+            .map_err(bad)?;
             tracing::info!(
                 request_id = asked.request_id.as_str(),
                 route,
@@ -180,19 +189,18 @@ impl Api {
             }
             Batch::Items { items, semantic } => {
                 let mut out = Vec::with_capacity(items.len());
-                for (i, item) in items.iter().enumerate() {
-                    let answer = match item {
+                for i in 0..items.len() {
+                    let started = Instant::now();
+                    let answer = match items.question(i) {
                         Ok(question) => decide::decide(
                             snapshot,
                             Some(self.gateway.caches()),
-                            question,
+                            &question,
                             EVALUATIONS,
                         ),
-                        Err(e) => {
-                            Answer::unaskable(snapshot, EVALUATIONS, ItemError::Wire(e.clone()))
-                        }
+                        Err(e) => Answer::unaskable(snapshot, EVALUATIONS, ItemError::Wire(e)),
                     };
-                    self.account(&answer, asked, Some(i));
+                    self.account(&answer, asked, Some(i), started.elapsed());
                     let allowed = answer.allowed();
                     out.push(answer.to_json(caller == Caller::Admin));
                     if semantic.stops_after(allowed) && i + 1 < items.len() {
@@ -216,13 +224,14 @@ impl Api {
         asked: &Asked,
         caller: Caller,
     ) -> Value {
+        let started = Instant::now();
         let answer = decide::decide(snapshot, Some(self.gateway.caches()), question, route);
-        self.account(&answer, asked, None);
+        self.account(&answer, asked, None, started.elapsed());
         answer.to_json(caller == Caller::Admin)
     }
 
-    /// Logs and counts one decision as the proxy does.
-    fn account(&self, answer: &Answer, asked: &Asked, item: Option<usize>) {
+    /// Logs and counts one decision as the proxy does (`took`: deciding it).
+    fn account(&self, answer: &Answer, asked: &Asked, item: Option<usize>, took: Duration) {
         let metrics = self.gateway.metrics();
         let decision = &answer.decision;
         if let crate::authz::decision::Outcome::Reject(
@@ -232,7 +241,7 @@ impl Api {
             metrics.record_internal_error();
             tracing::error!(request_id = asked.request_id.as_str(), error = %e, "internal fault on the decision path");
         }
-        metrics.record_decision(answer.allowed(), Duration::ZERO);
+        metrics.record_decision(answer.allowed(), took);
         if !answer.allowed() {
             metrics.record_denial(answer.reason());
         }
@@ -249,7 +258,7 @@ impl Api {
             client: asked.client.ip(),
             method: &Method::POST,
         };
-        telemetry::decision(logged, decision, answer.reason(), 200, Duration::ZERO);
+        telemetry::decision(logged, decision, answer.reason(), 200, took);
     }
 
     /// The caller, by its bearer token (or, with a required client certificate, the
@@ -311,10 +320,12 @@ impl Api {
             } else {
                 "http"
             };
+            // HTTP/2 names the host in the URI, not in a Host header
             let host = request
                 .headers()
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
+                .or_else(|| request.uri().authority().map(|a| a.as_str()))
                 .map_or_else(|| self.config.listen.to_string(), String::from);
             format!("{scheme}://{host}")
         });

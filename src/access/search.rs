@@ -10,9 +10,10 @@
 //!   ─▶ {"page": {"next_token", "count"}, "results"}; next_token is "" at the end
 //! ```
 //!
-//! A page token names the snapshot generation, the offset and a digest of the request: a
-//! token from another snapshot or for another request is a 400, so pages never mix two
-//! versions of the policies or directory. An unknown type is an empty result.
+//! A page token names the snapshot generation, the offset and a digest of the request and
+//! its limit: a token from another snapshot or for another request is a 400, so pages
+//! never mix two versions of the policies or directory (stricter than AuthZEN, which lets
+//! results repeat or go missing across changes). An unknown type is an empty result.
 
 use std::time::{Duration, Instant};
 
@@ -42,10 +43,9 @@ struct Search {
     question: Question,
     /// The searched-for type (the action search has none).
     ty: String,
-    limit: usize,
+    /// `page.limit`, when the request sets one.
+    limit: Option<usize>,
     token: Option<String>,
-    /// The request without its page, to tie a token to it.
-    digest: String,
 }
 
 /// Answers a search on `snapshot`. Candidates are decided without the decision cache: a
@@ -60,16 +60,17 @@ pub(crate) fn search(
     route: &str,
 ) -> Result<Value, WireError> {
     let search = read(target, body)?;
-    let start = match &search.token {
-        None => 0,
-        Some(token) => offset(token, snapshot.generation, &search.digest)?,
+    let (start, limit) = match &search.token {
+        None => (0, search.limit.unwrap_or(PAGE_LIMIT)),
+        Some(token) => continuation(token, snapshot.generation, target, &search)?,
     };
-    let candidates = candidates(snapshot, target, &search);
+    let digest = digest(target, &search.question, limit);
     let started = Instant::now();
+    let candidates = candidates(snapshot, target, &search);
     let mut results = Vec::new();
     let mut next = candidates.len();
     for (i, candidate) in candidates.iter().enumerate().skip(start) {
-        if results.len() == search.limit || started.elapsed() > TIME_BOUND {
+        if results.len() == limit || started.elapsed() > TIME_BOUND {
             next = i;
             break;
         }
@@ -87,7 +88,7 @@ pub(crate) fn search(
         }
     }
     let next_token = match next < candidates.len() {
-        true => token(snapshot.generation, next, &search.digest),
+        true => token(snapshot.generation, next, limit, &digest),
         false => String::new(),
     };
     Ok(json!({
@@ -178,29 +179,34 @@ fn read(target: Target, body: &Map<String, Value>) -> Result<Search, WireError> 
         }
     };
     let (limit, token) = page(body)?;
-    let digest = digest(target, &question);
     Ok(Search {
         question,
         ty,
         limit,
         token,
-        digest,
     })
 }
 
 /// `page.limit` (at most [`PAGE_LIMIT`]) and `page.token`.
-fn page(body: &Map<String, Value>) -> Result<(usize, Option<String>), WireError> {
+fn page(body: &Map<String, Value>) -> Result<(Option<usize>, Option<String>), WireError> {
     let Some(page) = body.get("page") else {
-        return Ok((PAGE_LIMIT, None));
+        return Ok((None, None));
     };
     let page = page
         .as_object()
         .ok_or_else(|| WireError::Type("page".into(), "an object"))?;
     let limit = match page.get("limit") {
-        None => PAGE_LIMIT,
+        None => None,
         Some(v) => match v.as_u64() {
-            Some(n) if n >= 1 => usize::try_from(n).unwrap_or(PAGE_LIMIT).min(PAGE_LIMIT),
-            _ => return Err(WireError::Type("page.limit".into(), "a positive integer")),
+            // 0 sets no limit of the caller's: the page holds what the bounds allow
+            Some(0) => Some(PAGE_LIMIT),
+            Some(n) => Some(usize::try_from(n).unwrap_or(PAGE_LIMIT).min(PAGE_LIMIT)),
+            None => {
+                return Err(WireError::Type(
+                    "page.limit".into(),
+                    "a non-negative integer",
+                ))
+            }
         },
     };
     let token = match page.get("token") {
@@ -238,10 +244,8 @@ fn candidates(snapshot: &Snapshot, target: Target, search: &Search) -> Vec<Strin
                 .catalog
                 .actions
                 .iter()
-                .filter(|(name, a)| {
-                    !name.contains("::")
-                        && a.principals.contains(&principal)
-                        && a.resources.contains(&resource)
+                .filter(|(_, a)| {
+                    a.principals.contains(&principal) && a.resources.contains(&resource)
                 })
                 .map(|(name, _)| name.clone())
                 .collect();
@@ -251,10 +255,13 @@ fn candidates(snapshot: &Snapshot, target: Target, search: &Search) -> Vec<Strin
     }
 }
 
-/// The request without its page, as a token digest (FNV-1a over its canonical JSON).
-fn digest(target: Target, q: &Question) -> String {
+/// The request and its limit, as a token digest (FNV-1a over its canonical JSON). It keeps
+/// a token from continuing another search by mistake; it is no secret: a forged token only
+/// skips or repeats candidates, each still decided.
+fn digest(target: Target, q: &Question, limit: usize) -> String {
     let text = json!([
         format!("{target:?}"),
+        limit,
         [&q.subject.ty, &q.subject.id, &q.subject.properties],
         [&q.action.name, &q.action.properties],
         [&q.resource.ty, &q.resource.id, &q.resource.properties],
@@ -267,44 +274,90 @@ fn digest(target: Target, q: &Question) -> String {
     format!("{hash:016x}")
 }
 
-fn token(generation: u64, offset: usize, digest: &str) -> String {
-    format!("{generation:x}.{offset:x}.{digest}")
+fn token(generation: u64, offset: usize, limit: usize, digest: &str) -> String {
+    format!("{generation:x}.{offset:x}.{limit:x}.{digest}")
 }
 
-/// Where a page token continues, if it was made for this request on this snapshot.
-fn offset(token: &str, generation: u64, digest: &str) -> Result<usize, WireError> {
+/// Where a page token continues and with which limit, if it was made for this request (and
+/// limit, when the request repeats one) on this snapshot.
+fn continuation(
+    token: &str,
+    generation: u64,
+    target: Target,
+    search: &Search,
+) -> Result<(usize, usize), WireError> {
     let bad = |why: &str| WireError::Value("page.token".into(), why.into());
+    let foreign = || bad("not a token of this API");
     let mut parts = token.split('.');
-    let (Some(made), Some(at), Some(for_request), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad("not a token of this API"));
+    let (Some(made), Some(at), Some(limit), Some(for_request), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(foreign());
     };
-    let made = u64::from_str_radix(made, 16).map_err(|_| bad("not a token of this API"))?;
-    let at = usize::from_str_radix(at, 16).map_err(|_| bad("not a token of this API"))?;
+    let number = |hex: &str| u64::from_str_radix(hex, 16).map_err(|_| foreign());
+    let made = number(made)?;
+    let at = usize::try_from(number(at)?).map_err(|_| foreign())?;
+    let limit = usize::try_from(number(limit)?).map_err(|_| foreign())?;
     if made != generation {
         return Err(bad(
             "made on another version of the policies or directory: search again",
         ));
     }
-    if for_request != digest {
+    let limit = search.limit.unwrap_or(limit);
+    if for_request != digest(target, &search.question, limit) {
         return Err(bad("made for another request"));
     }
-    Ok(at)
+    Ok((at, limit))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn search(limit: Option<usize>) -> Search {
+        let entity = |ty: &str| wire::Entity {
+            ty: ty.into(),
+            id: "x".into(),
+            properties: Map::new(),
+        };
+        Search {
+            question: Question {
+                subject: entity("user"),
+                action: Action {
+                    name: "read".into(),
+                    properties: Map::new(),
+                },
+                resource: entity("record"),
+                context: Map::new(),
+            },
+            ty: "user".into(),
+            limit,
+            token: None,
+        }
+    }
+
     #[test]
     fn a_token_continues_only_its_own_request_on_its_own_snapshot() {
-        let t = token(7, 42, "00ff");
-        assert_eq!(offset(&t, 7, "00ff"), Ok(42));
-        assert!(offset(&t, 8, "00ff").is_err());
-        assert!(offset(&t, 7, "00fe").is_err());
-        for bad in ["", "x", "7.zz.00ff", "7.2a.00ff.1"] {
-            assert!(offset(bad, 7, "00ff").is_err(), "{bad}");
+        let asked = search(Some(2));
+        let made = token(7, 42, 2, &digest(Target::Subject, &asked.question, 2));
+        assert_eq!(continuation(&made, 7, Target::Subject, &asked), Ok((42, 2)));
+        // the follow-up may leave the limit out: the token's holds
+        assert_eq!(
+            continuation(&made, 7, Target::Subject, &search(None)),
+            Ok((42, 2))
+        );
+        assert!(continuation(&made, 8, Target::Subject, &asked).is_err());
+        assert!(continuation(&made, 7, Target::Resource, &asked).is_err());
+        assert!(continuation(&made, 7, Target::Subject, &search(Some(3))).is_err());
+        for bad in ["", "x", "7.zz.2.00ff", "7.2a.2.00ff.1"] {
+            assert!(
+                continuation(bad, 7, Target::Subject, &asked).is_err(),
+                "{bad}"
+            );
         }
     }
 }

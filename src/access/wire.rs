@@ -86,14 +86,57 @@ impl Semantic {
 
 /// An Access Evaluations request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Batch {
+pub(crate) enum Batch<'a> {
     /// No (or an empty) `evaluations` array: answered as one evaluation.
-    Single(Box<Question>),
-    /// The items, each a question or why it is not one, in request order.
+    Single(Question),
+    /// The items, in request order.
     Items {
-        items: Vec<Result<Question, WireError>>,
+        items: Items<'a>,
         semantic: Semantic,
     },
+}
+
+/// The items of a batch and its defaults; each question is made when it is asked for, so
+/// large defaults are not copied into every item at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Items<'a> {
+    items: &'a [Value],
+    subject: Option<Entity>,
+    action: Option<Action>,
+    resource: Option<Entity>,
+    context: Option<Map<String, Value>>,
+}
+
+impl Items<'_> {
+    /// How many there are.
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Item `i` completed from the defaults (whole entities replacing them), or why it is
+    /// not a question.
+    pub(crate) fn question(&self, i: usize) -> Result<Question, WireError> {
+        let at = format!("evaluations[{i}].");
+        let Some(Value::Object(item)) = self.items.get(i) else {
+            return Err(WireError::Type(format!("evaluations[{i}]"), "an object"));
+        };
+        let prefixed = |e: WireError| prefix(e, &at);
+        complete(
+            entity_member(item, "subject")
+                .map_err(prefixed)?
+                .or_else(|| self.subject.clone()),
+            action_member(item, "action")
+                .map_err(prefixed)?
+                .or_else(|| self.action.clone()),
+            entity_member(item, "resource")
+                .map_err(prefixed)?
+                .or_else(|| self.resource.clone()),
+            context_member(item, "context")
+                .map_err(prefixed)?
+                .or_else(|| self.context.clone()),
+            &at,
+        )
+    }
 }
 
 /// The body as a JSON object.
@@ -120,7 +163,10 @@ pub(crate) fn evaluation(body: &Map<String, Value>) -> Result<Question, WireErro
 }
 
 /// An Access Evaluations request of at most `max_batch` items.
-pub(crate) fn evaluations(body: &Map<String, Value>, max_batch: usize) -> Result<Batch, WireError> {
+pub(crate) fn evaluations(
+    body: &Map<String, Value>,
+    max_batch: usize,
+) -> Result<Batch<'_>, WireError> {
     let items = match body.get("evaluations") {
         None => None,
         Some(Value::Array(items)) if items.is_empty() => None,
@@ -128,7 +174,7 @@ pub(crate) fn evaluations(body: &Map<String, Value>, max_batch: usize) -> Result
         Some(_) => return Err(WireError::Type("evaluations".into(), "an array")),
     };
     let Some(items) = items else {
-        return evaluation(body).map(|q| Batch::Single(Box::new(q)));
+        return evaluation(body).map(Batch::Single);
     };
     if items.len() > max_batch {
         return Err(WireError::Value(
@@ -137,36 +183,13 @@ pub(crate) fn evaluations(body: &Map<String, Value>, max_batch: usize) -> Result
         ));
     }
     let semantic = semantic(body)?;
-    let subject = entity_member(body, "subject")?;
-    let action = action_member(body, "action")?;
-    let resource = entity_member(body, "resource")?;
-    let context = context_member(body, "context")?;
-    let items = items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let at = format!("evaluations[{i}].");
-            let Value::Object(item) = item else {
-                return Err(WireError::Type(format!("evaluations[{i}]"), "an object"));
-            };
-            let prefixed = |e: WireError| prefix(e, &at);
-            complete(
-                entity_member(item, "subject")
-                    .map_err(prefixed)?
-                    .or_else(|| subject.clone()),
-                action_member(item, "action")
-                    .map_err(prefixed)?
-                    .or_else(|| action.clone()),
-                entity_member(item, "resource")
-                    .map_err(prefixed)?
-                    .or_else(|| resource.clone()),
-                context_member(item, "context")
-                    .map_err(prefixed)?
-                    .or_else(|| context.clone()),
-                &at,
-            )
-        })
-        .collect();
+    let items = Items {
+        items,
+        subject: entity_member(body, "subject")?,
+        action: action_member(body, "action")?,
+        resource: entity_member(body, "resource")?,
+        context: context_member(body, "context")?,
+    };
     Ok(Batch::Items { items, semantic })
 }
 
@@ -362,10 +385,12 @@ mod tests {
                 {"resource": {"type": "record"}}
             ]
         });
-        let Batch::Items { items, semantic } = evaluations(&body(request), 10).unwrap() else {
+        let request = body(request);
+        let Batch::Items { items, semantic } = evaluations(&request, 10).unwrap() else {
             panic!("a batch");
         };
         assert_eq!(semantic, Semantic::DenyOnFirstDeny);
+        let items: Vec<_> = (0..items.len()).map(|i| items.question(i)).collect();
         let first = items[0].as_ref().unwrap();
         assert_eq!(
             (first.subject.id.as_str(), first.context["a"].clone()),

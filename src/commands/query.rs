@@ -101,7 +101,7 @@ fn answer(snapshot: &Snapshot, query: &Query<'_>) -> Result<Vec<Value>, String> 
                 .catalog
                 .actions
                 .iter()
-                .filter(|(name, a)| !name.contains("::") && a.principals.contains(&qualified))
+                .filter(|(_, a)| a.principals.contains(&qualified))
                 .collect();
             actions.sort_by(|a, b| a.0.cmp(b.0));
             let mut pairs = Vec::new();

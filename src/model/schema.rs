@@ -72,7 +72,7 @@ pub struct Action {
 pub struct Catalog {
     /// The Cedar schema.
     pub schema: Schema,
-    /// Actions by name (`ListDevices`), across namespaces by qualified name too.
+    /// Actions by name (`ListDevices`); the same name in two namespaces keeps the last.
     pub actions: HashMap<String, Action>,
     /// Entity types by qualified name, with their attributes.
     pub entity_types: HashMap<String, HashMap<String, Attr>>,

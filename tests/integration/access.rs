@@ -646,6 +646,24 @@ async fn a_page_token_from_an_older_directory_or_another_search_is_refused() {
             .contains("another request"),
         "{body}"
     );
+    // nor with another limit
+    let mut resized = who.clone();
+    resized["page"] = json!({ "token": token, "limit": 5 });
+    let (status, _, _) = ask(&served, Asked::post("/access/v1/search/subject", &resized)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // a limit of 0 sets none
+    let mut unlimited = who.clone();
+    unlimited["page"] = json!({ "limit": 0 });
+    let (status, _, all) = ask(
+        &served,
+        Asked::post("/access/v1/search/subject", &unlimited),
+    )
+    .await;
+    assert_eq!(
+        (status, all["results"].as_array().unwrap().len()),
+        (StatusCode::OK, 2),
+        "{all}"
+    );
 
     // the directory changes (the watcher reloads it): the old token no longer continues
     let directory = served.dir.path().join("directory/fixture.json");
@@ -733,4 +751,77 @@ async fn check_what_can_and_who_can_answer_as_the_api_searches() {
         "not a uid",
     ]);
     assert_eq!(code, 2, "{out}");
+}
+
+#[tokio::test]
+async fn what_the_proxy_computes_or_needs_cannot_be_left_out_or_said_otherwise() {
+    let (served, _) = profile_with_api("thinger");
+    let ask_as = |subject: Value, action: &str, resource: Value, context: Value| json!({"subject": subject, "action": {"name": action}, "resource": resource, "context": context});
+    let olivia = json!({"type": "User", "id": "olivia"});
+    let server = json!({"type": "Server", "id": "instance"});
+    let cases = [
+        // the proxy reads the role from the body and refuses a request without it
+        (
+            ask_as(olivia.clone(), "CreateUser", server.clone(), json!({})),
+            "is required",
+        ),
+        // the API spells the directory's roles; the route's map says which exist
+        (
+            ask_as(
+                olivia.clone(),
+                "CreateUser",
+                server.clone(),
+                json!({"new_role": "superadmin"}),
+            ),
+            "must be one of",
+        ),
+        // the instance the license counts is the gateway's, not the caller's
+        (
+            ask_as(
+                olivia.clone(),
+                "UpdateUser",
+                json!({"type": "User", "id": "bob"}),
+                json!({"license": {"type": "Server", "id": "other"}}),
+            ),
+            "computed by the gateway",
+        ),
+    ];
+    for (question, told) in cases {
+        let (_, _, answer) = ask(&served, Asked::post("/access/v1/evaluation", &question)).await;
+        assert_eq!(answer["decision"], false, "{question}: {answer}");
+        assert_eq!(answer["context"]["reason"], "bad_value", "{answer}");
+        let message = answer["context"]["error"]["message"].as_str().unwrap();
+        assert!(message.contains(told), "{question}: {message}");
+    }
+    // with what the proxy would have read, the same question is decided
+    let created = ask_as(
+        olivia,
+        "CreateUser",
+        server.clone(),
+        json!({"new_role": "user"}),
+    );
+    let (_, _, answer) = ask(&served, Asked::post("/access/v1/evaluation", &created)).await;
+    assert_eq!(answer["context"]["error"], Value::Null, "{answer}");
+
+    // the anonymous principal asks only what a public route lets it
+    let anonymous = json!({"type": "Anonymous", "id": "anonymous"});
+    let device = json!({"type": "Device", "id": "dave/sensor1"});
+    let private = ask_as(anonymous.clone(), "ReadDeviceStatus", device, json!({}));
+    let (_, _, answer) = ask(&served, Asked::post("/access/v1/evaluation", &private)).await;
+    assert_eq!(
+        (
+            answer["decision"].as_bool(),
+            answer["context"]["reason"].as_str()
+        ),
+        (Some(false), Some("token_missing")),
+        "{answer}"
+    );
+    let login = ask_as(
+        anonymous,
+        "Login",
+        server,
+        json!({"grant_type": "password"}),
+    );
+    let (_, _, answer) = ask(&served, Asked::post("/access/v1/evaluation", &login)).await;
+    assert_eq!(answer["decision"], true, "{answer}");
 }

@@ -323,6 +323,93 @@ fn resolve_all(
     Ok(out)
 }
 
+/// What a question asked without a request may say of its context
+/// ([`RouteTable::question_context`]).
+#[derive(Debug, Default)]
+pub struct QuestionContext {
+    /// Values the gateway computes itself (literals, the principal's parents): a caller may
+    /// not say otherwise.
+    pub fixed: Vec<(String, FieldValue)>,
+    /// Values a user's token gives by default (claim defaults): a caller may say otherwise.
+    pub defaults: Vec<(String, FieldValue)>,
+    /// For each route, the fields it reads from the request and needs: a caller must
+    /// supply those of one route at least.
+    pub required: Vec<BTreeSet<String>>,
+    /// The values a mapped field takes.
+    pub domains: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl RouteTable {
+    /// Whether a route of `action_name` may be called without an account (`auth` `none` or
+    /// `optional`): only then may the anonymous principal ask for it.
+    pub fn takes_anonymous(&self, action_name: &str) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.action_name == action_name && r.auth != Auth::Required)
+    }
+}
+
+impl QuestionContext {
+    fn has(&self, name: &str) -> bool {
+        self.fixed
+            .iter()
+            .chain(&self.defaults)
+            .any(|(n, _)| n == name)
+    }
+
+    /// What one context field of the last route tells.
+    fn add(&mut self, field: &Field, inputs: &Inputs<'_>) {
+        let name = &field.name;
+        let mut from_request = false;
+        let mut from_claims = false;
+        for source in field.sources() {
+            match source {
+                Source::Claim(_) => from_claims = true,
+                Source::PrincipalParent(_) => {}
+                Source::Capture(_) | Source::Query(_) | Source::Body(_) | Source::Tls(_) => {
+                    from_request = true;
+                }
+            }
+        }
+        if let Some(map) = &field.map {
+            let domain = self.domains.entry(name.clone()).or_default();
+            domain.extend(map.values().cloned());
+        }
+        if from_request {
+            if let (false, None, Some(route)) =
+                (field.optional, &field.default, self.required.last_mut())
+            {
+                route.insert(name.clone());
+            }
+            return;
+        }
+        let Some(value) = field.resolve(inputs).ok().flatten() else {
+            return;
+        };
+        if self.has(name) {
+            return;
+        }
+        match from_claims {
+            true => self.defaults.push((name.clone(), value)),
+            false => self.fixed.push((name.clone(), value)),
+        }
+    }
+
+    /// The fields to ask for when no route has all it needs (`None`: one has, or the
+    /// action has no route).
+    pub fn missing(&self, given: &dyn Fn(&str) -> bool) -> Option<Vec<String>> {
+        let unmet: Vec<Vec<String>> = self
+            .required
+            .iter()
+            .map(|r| r.iter().filter(|f| !given(f)).cloned().collect())
+            .collect();
+        if unmet.is_empty() || unmet.iter().any(Vec::is_empty) {
+            return None;
+        }
+        unmet.into_iter().min_by_key(Vec::len)
+    }
+}
+
 /// The compiled route table of a profile.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
@@ -394,15 +481,14 @@ impl RouteTable {
         &self.routes
     }
 
-    /// The context values the routes of `action_name` compute without a request: literals
-    /// (`license = "instance"`) and the defaults of claims a user's token lacks
-    /// (`token_kind = "user"`). The decision API fills these in for an application's
-    /// question, as a user's request through the proxy would have them.
-    pub fn request_free_context(
+    /// What the routes of `action_name` tell about its context, for a question asked without
+    /// a request (the decision API): what the gateway computes itself, what a caller may
+    /// only default, and what each route needs a caller to supply.
+    pub fn question_context(
         &self,
         action_name: &str,
         principal_parents: &dyn Fn() -> Vec<EntityUid>,
-    ) -> Vec<(String, FieldValue)> {
+    ) -> QuestionContext {
         let claims = crate::authn::Claims::new();
         let inputs = Inputs {
             captures: &[],
@@ -412,18 +498,12 @@ impl RouteTable {
             principal_parents,
             tls: None,
         };
-        let mut out: Vec<(String, FieldValue)> = Vec::new();
-        let fields = self
-            .routes
-            .iter()
-            .filter(|r| r.action_name == action_name)
-            .flat_map(|r| &r.context);
-        for field in fields {
-            if out.iter().any(|(name, _)| *name == field.name) {
-                continue;
-            }
-            if let Ok(Some(value)) = field.resolve(&inputs) {
-                out.push((field.name.clone(), value));
+        let mut out = QuestionContext::default();
+        let routes = self.routes.iter().filter(|r| r.action_name == action_name);
+        for route in routes {
+            out.required.push(BTreeSet::new());
+            for field in &route.context {
+                out.add(field, &inputs);
             }
         }
         out
