@@ -168,7 +168,11 @@ impl Api {
                 search::search(&snapshot, target, &body, route)
             })
             .await
-            .map_err(|e| AccessRefusal::BadRequest(format!("search failed: {e}")))?
+            .map_err(|e| {
+                self.gateway.metrics().record_internal_error();
+                tracing::error!(request_id = asked.request_id.as_str(), error = %e, "search failed");
+                AccessRefusal::Internal(e.to_string())
+            })?
             .map_err(bad)?;
             tracing::info!(
                 request_id = asked.request_id.as_str(),

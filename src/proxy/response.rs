@@ -121,6 +121,9 @@ pub(crate) enum AccessRefusal {
     /// The body did not arrive within `header_read_timeout_seconds`.
     #[error("body not sent in time")]
     Timeout,
+    /// iotgate's own fault (500): a search that did not finish.
+    #[error("internal fault: {0}")]
+    Internal(String),
 }
 
 /// Why the admin listener did not answer a request.
@@ -212,6 +215,7 @@ impl Failure {
                 }
                 AccessRefusal::TooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
                 AccessRefusal::Timeout => (S::REQUEST_TIMEOUT, "request_timeout"),
+                AccessRefusal::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error"),
             },
         }
     }
@@ -235,6 +239,7 @@ impl Failure {
                 AccessRefusal::TooLarge => "body_too_large",
                 AccessRefusal::BadRequest(_) => "bad_request",
                 AccessRefusal::Timeout => "body_timeout",
+                AccessRefusal::Internal(_) => "internal_error",
             },
         }
     }
