@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
+use cedar_policy::{EntityId, EntityTypeName, EntityUid};
+
 use super::decide;
+use super::narrow::{self, Searched};
 use super::wire::{self, Action, Entity, Question, WireError};
 use crate::authz::snapshot::Snapshot;
 
@@ -223,9 +226,7 @@ fn candidates(snapshot: &Snapshot, target: Target, search: &Search) -> Vec<Strin
     match target {
         Target::Subject | Target::Resource => decide::entity_type(snapshot, &search.ty)
             .map(|ty| {
-                snapshot
-                    .directory
-                    .ids_of(&ty)
+                entities(snapshot, target, search, &ty)
                     .into_iter()
                     .map(String::from)
                     .collect()
@@ -252,6 +253,34 @@ fn candidates(snapshot: &Snapshot, target: Target, search: &Search) -> Vec<Strin
             names.sort_unstable();
             names
         }
+    }
+}
+
+/// The ids of the entities of type `ty` a subject or resource search decides: those some
+/// permit could allow ([`narrow`]), or every one when the question names no known side or
+/// action of the profile (each is then refused as the evaluation would).
+fn entities<'s>(
+    snapshot: &'s Snapshot,
+    target: Target,
+    search: &Search,
+    ty: &EntityTypeName,
+) -> Vec<&'s str> {
+    let q = &search.question;
+    let action = snapshot.catalog.actions.get(&q.action.name);
+    let known = match target {
+        Target::Resource => decide::subject(snapshot, &q.subject.ty, &q.subject.id).ok(),
+        _ => decide::entity_type(snapshot, &q.resource.ty)
+            .map(|t| EntityUid::from_type_name_and_id(t, EntityId::new(&q.resource.id))),
+    };
+    let searched = match target {
+        Target::Resource => Searched::Resource,
+        _ => Searched::Principal,
+    };
+    match (known, action) {
+        (Some(known), Some(action)) => {
+            narrow::candidates(snapshot, searched, &known, &action.uid, ty)
+        }
+        _ => snapshot.directory.ids_of(ty),
     }
 }
 

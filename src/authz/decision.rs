@@ -729,6 +729,14 @@ fn slice(
     Ok(cedar_core::slice(slice.entities)?)
 }
 
+/// The entities one known side of a request reaches (itself, its ancestors, the entities
+/// its attributes name with theirs): what a search knows before it has the other side.
+pub(crate) fn reach(snapshot: &Snapshot, node: NodeRef<'_>) -> Result<Entities, InternalError> {
+    let mut slice = Slice::new(&snapshot.directory);
+    slice.add_root(node)?;
+    Ok(cedar_core::slice(slice.entities)?)
+}
+
 /// The resource or context entity of a request that the directory does not have but
 /// would have to a case-insensitive server, if any.
 /// `resource_absent`: the directory does not have the resource (looked up once by the

@@ -442,17 +442,29 @@ impl Directory {
 
     /// The ids of every entity of type `ty`, sorted (what a search enumerates).
     pub fn ids_of(&self, ty: &EntityTypeName) -> Vec<&str> {
+        self.ids_where(ty, |_| true)
+    }
+
+    /// The ids of the entities of type `ty` that `keep` admits, sorted.
+    pub fn ids_where(&self, ty: &EntityTypeName, keep: impl Fn(NodeRef<'_>) -> bool) -> Vec<&str> {
         let Some(&wanted) = self.type_index.get(ty) else {
             return Vec::new();
         };
-        let mut ids: Vec<&str> = self
-            .slots
-            .iter()
-            .filter(|s| s.present && s.ty == wanted)
-            .map(|s| &*s.id)
+        let mut ids: Vec<&str> = (0..self.slots.len() as u32)
+            .filter(|&i| self.slots[i as usize].ty == wanted)
+            .filter_map(|i| self.node(i))
+            .filter(|n| keep(*n))
+            .map(|n| &*n.slot().id)
             .collect();
         ids.sort_unstable();
         ids
+    }
+
+    /// The slot of a uid, whether the directory has the entity or only a reference to it
+    /// (what a [`Val::Entity`] holds).
+    pub fn slot_of(&self, uid: &EntityUid) -> Option<u32> {
+        let ty = *self.type_index.get(uid.type_name())?;
+        self.find(ty, uid.id().unescaped())
     }
 
     /// (file, SHA-256 of its content) of every file read, for the directory version.

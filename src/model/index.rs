@@ -180,6 +180,41 @@ impl PolicyIndex {
     }
 }
 
+/// The side of a request a search knows (the other is searched for).
+#[derive(Debug, Clone, Copy)]
+pub enum Known<'a> {
+    /// The principal, with its ancestors (a resource search).
+    Principal(&'a EntityUid, &'a [EntityUid]),
+    /// The resource, with its ancestors (a subject search).
+    Resource(&'a EntityUid, &'a [EntityUid]),
+}
+
+impl PolicyIndex {
+    /// The policy sets that can apply to an action when one side of the request is known:
+    /// those whose pin on that side it satisfies, whatever they pin on the other.
+    pub fn candidates_for(&self, known: Known<'_>, action: &EntityUid) -> Vec<&PolicySet> {
+        let matching = match known {
+            Known::Principal(uid, ancestors) => sides(uid, ancestors, &self.principal_sides),
+            Known::Resource(uid, ancestors) => sides(uid, ancestors, &self.resource_sides),
+        };
+        let mut out = Vec::new();
+        for (key, bucket) in &self.buckets {
+            let side = match known {
+                Known::Principal(..) => &key.principal,
+                Known::Resource(..) => &key.resource,
+            };
+            if !matching.contains(side) {
+                continue;
+            }
+            match bucket {
+                Bucket::All(set) => out.push(&**set),
+                Bucket::ByAction(sets) => out.extend(sets.get(action)),
+            }
+        }
+        out
+    }
+}
+
 /// Which concrete actions of the schema an action constraint admits.
 struct Admits<'c> {
     all: Vec<&'c EntityUid>,
