@@ -42,6 +42,9 @@ mod serve;
 mod telemetry;
 
 // The public surface: what the binary, the integration tests and the benches use.
+pub use crate::access::narrow::{candidates as search_candidates, Searched};
+pub use crate::access::search::{every as search, Target as SearchTarget};
+pub use crate::access::wire::WireError;
 pub use crate::authn::{now, Signer, Verifier};
 pub use crate::authz::cache::{Caches, DecisionKey, TokenCache};
 pub use crate::authz::decision::{authorize, begin, Credentials, Decision, RequestHead};

@@ -15,7 +15,7 @@
 //! ```
 
 pub(crate) mod decide;
-mod narrow;
+pub(crate) mod narrow;
 pub(crate) mod search;
 pub(crate) mod wire;
 

@@ -23,6 +23,11 @@
 //! compares them on random worlds). What TPE cannot do (an action that does not apply to
 //! the types, a request it refuses) leaves every entity of the type a candidate.
 
+#![cfg_attr(
+    not(feature = "tpe"),
+    allow(dead_code, reason = "without the `tpe` feature no residual is read")
+)]
+
 use cedar_policy::{EntityTypeName, EntityUid};
 use serde_json::Value;
 
@@ -31,8 +36,10 @@ use crate::model::directory::{Directory, NodeRef, Val};
 
 /// The side of the request a search looks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Searched {
+pub enum Searched {
+    /// The principals (a subject search).
     Principal,
+    /// The resources (a resource search).
     Resource,
 }
 
@@ -92,7 +99,7 @@ impl Test {
 }
 
 /// The ids of the entities of type `ty` a search must decide, sorted.
-pub(crate) fn candidates<'s>(
+pub fn candidates<'s>(
     snapshot: &'s Snapshot,
     searched: Searched,
     known: &EntityUid,
@@ -150,8 +157,7 @@ fn places(
     let mut places = Vec::new();
     for set in snapshot.policies.index.candidates_for(side, action) {
         let response = set.tpe(&request, &entities, schema).ok()?;
-        if response.true_permits().next().is_some() || response.error_permits().next().is_some()
-        {
+        if response.true_permits().next().is_some() || response.error_permits().next().is_some() {
             return None;
         }
         for id in response.residual_permits() {
@@ -244,10 +250,9 @@ fn entities(expr: &Value) -> Option<Vec<EntityUid>> {
     match (expr.get("Value"), expr.get("Set")) {
         (Some(Value::Array(items)), _) => items.iter().map(one).collect(),
         (Some(value), _) => Some(vec![one(value)?]),
-        (None, Some(Value::Array(items))) => items
-            .iter()
-            .map(|item| one(item.get("Value")?))
-            .collect(),
+        (None, Some(Value::Array(items))) => {
+            items.iter().map(|item| one(item.get("Value")?)).collect()
+        }
         _ => None,
     }
 }
@@ -303,18 +308,40 @@ mod tests {
         let read = action("ReadDeviceStatus");
         // bob owns nothing; dave@greenhouse shares its devices with him
         assert_eq!(
-            of(Searched::Resource, uid("Thinger::User", "bob"), &read, &device),
+            of(
+                Searched::Resource,
+                uid("Thinger::User", "bob"),
+                &read,
+                &device
+            ),
             ["dave/sensor1", "dave/valve1"]
         );
         // dave's own devices, wherever they are
         assert_eq!(
-            of(Searched::Resource, uid("Thinger::User", "dave"), &read, &device),
+            of(
+                Searched::Resource,
+                uid("Thinger::User", "dave"),
+                &read,
+                &device
+            ),
             ["dave/lab", "dave/sensor1", "dave/valve1"]
         );
         // an admin administers accounts, not others' devices
-        assert!(of(Searched::Resource, uid("Thinger::User", "olivia"), &read, &device).is_empty());
+        assert!(of(
+            Searched::Resource,
+            uid("Thinger::User", "olivia"),
+            &read,
+            &device
+        )
+        .is_empty());
         // an unknown user's permits hold nowhere
-        assert!(of(Searched::Resource, uid("Thinger::User", "ghost"), &read, &device).is_empty());
+        assert!(of(
+            Searched::Resource,
+            uid("Thinger::User", "ghost"),
+            &read,
+            &device
+        )
+        .is_empty());
         // who may delete dave/sensor1: its owner, and erin, to whom the project grants
         // ResourceActions (and then denies deleting: a candidate, refused when decided)
         let sensor = uid("Thinger::Device", "dave/sensor1");
@@ -336,7 +363,12 @@ mod tests {
                     if allowed(&snapshot, u, name, d) {
                         allowed_pairs += 1;
                         assert!(found.contains(d), "{u} may {name} {d}: {found:?}");
-                        let who = of(Searched::Principal, uid("Thinger::Device", d), &a.uid, &user);
+                        let who = of(
+                            Searched::Principal,
+                            uid("Thinger::Device", d),
+                            &a.uid,
+                            &user,
+                        );
                         assert!(who.contains(u), "{u} may {name} {d}: {who:?}");
                     }
                 }
@@ -349,7 +381,8 @@ mod tests {
     fn conjuncts_disjunctions_and_equalities_say_where() {
         let owner = json!({"==": {"left": {".": {"left": {"Var": "resource"}, "attr": "owner"}},
                                     "right": entity("T::User", "bob")}});
-        let within = json!({"in": {"left": {"Var": "resource"}, "right": entity("T::Project", "p")}});
+        let within =
+            json!({"in": {"left": {"Var": "resource"}, "right": entity("T::Project", "p")}});
         let unsaid = json!({"has": {"left": {"Var": "resource"}, "attr": "owner"}});
         let both = json!({"&&": {"left": unsaid, "right": owner}});
         assert_eq!(
@@ -380,7 +413,10 @@ mod tests {
                 Place::In(uid("T::Project", "b"))
             ])
         );
-        assert_eq!(where_expr(&json!({"Value": false}), "resource"), Some(vec![]));
+        assert_eq!(
+            where_expr(&json!({"Value": false}), "resource"),
+            Some(vec![])
+        );
         // a comparison with a non-literal says nothing
         let dynamic = json!({"==": {"left": {".": {"left": {"Var": "resource"}, "attr": "owner"}},
                                       "right": {"Var": "context"}}});

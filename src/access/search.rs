@@ -28,9 +28,12 @@ use crate::authz::snapshot::Snapshot;
 
 /// What is searched for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Target {
+pub enum Target {
+    /// `/search/subject`: who may.
     Subject,
+    /// `/search/resource`: on what.
     Resource,
+    /// `/search/action`: what.
     Action,
 }
 
@@ -104,7 +107,7 @@ pub(crate) fn search(
 ///
 /// # Errors
 /// As [`search`].
-pub(crate) fn every(
+pub fn every(
     snapshot: &Snapshot,
     target: Target,
     mut body: Map<String, Value>,

@@ -37,7 +37,7 @@ pub(crate) struct Question {
 
 /// Why a request (or one item of a batch) cannot be read: the member and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum WireError {
+pub enum WireError {
     /// The body is not a JSON object.
     #[error("the body is not a JSON object: {0}")]
     Malformed(String),

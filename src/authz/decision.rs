@@ -731,6 +731,7 @@ fn slice(
 
 /// The entities one known side of a request reaches (itself, its ancestors, the entities
 /// its attributes name with theirs): what a search knows before it has the other side.
+#[cfg(feature = "tpe")]
 pub(crate) fn reach(snapshot: &Snapshot, node: NodeRef<'_>) -> Result<Entities, InternalError> {
     let mut slice = Slice::new(&snapshot.directory);
     slice.add_root(node)?;

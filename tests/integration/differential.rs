@@ -8,7 +8,9 @@
 //! attributes up to two entity hops away, `in` over the hierarchies, optional attributes and
 //! context entities). Every request is decided both ways; the decisions (with iotgate's
 //! fail-closed rule applied to plain Cedar's answer), the determining policies and the
-//! errors must be identical. Set `IOTGATE_DIFF_WORLDS` to run more worlds.
+//! errors must be identical. Searches (resource and subject, through the decision API's
+//! search and its TPE narrowing) must find exactly the entities plain Cedar allows. Set
+//! `IOTGATE_DIFF_WORLDS` to run more worlds.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -470,4 +472,197 @@ fn rename_by_id(set: &PolicySet) -> PolicySet {
             .map(|p| p.new_id(cedar_policy::PolicyId::new(p.annotation("id").unwrap()))),
     )
     .unwrap()
+}
+
+/// What the search comparisons covered.
+#[derive(Default)]
+struct SearchTally {
+    searches: usize,
+    found: usize,
+    narrowed: usize,
+}
+
+/// A random context of the world's actions, as a question sends it and as plain Cedar takes it.
+fn random_context(world: &World, rng: &mut Rng) -> (serde_json::Value, Vec<(String, FieldValue)>) {
+    let (_, _, _, context) = world.request(rng);
+    let json = context
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                FieldValue::Entity(uid) => {
+                    serde_json::json!({"type": "Item", "id": uid.id().unescaped()})
+                }
+                other => other.to_json(),
+            };
+            (k.clone(), value)
+        })
+        .collect();
+    (serde_json::Value::Object(json), context)
+}
+
+/// Searches one generated world: each search's results must be exactly the entities plain
+/// Cedar allows over the whole store (with iotgate's fail-closed rule).
+fn compare_searches(
+    tape: Vec<u64>,
+    schema: &cedar_policy::Schema,
+    tally: &mut SearchTally,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    use iotgate::{SearchTarget, Searched};
+    let mut rng = Rng { tape, at: 0 };
+    let world = World::generate(&mut rng);
+    let texts = (0..5 + rng.below(36))
+        .map(|n| world.policy(&mut rng, n))
+        .collect();
+    let policies = valid_policies(schema, texts);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_profile(dir.path(), &world, &policies);
+    let snapshot = iotgate::Snapshot::load(&iotgate::Config::load(&config).unwrap())
+        .unwrap_or_else(|p| panic!("{p}\n{policies}"));
+    let plain_set = rename_by_id(&policies.parse().unwrap());
+    let entities = Entities::from_json_value(
+        serde_json::Value::Array(world.entities.clone()),
+        Some(schema),
+    )
+    .unwrap();
+    let ids = |ty: &str| -> Vec<String> {
+        let ty = cedar_policy::EntityTypeName::from_str(&format!("D::{ty}")).unwrap();
+        snapshot
+            .directory
+            .ids_of(&ty)
+            .into_iter()
+            .map(String::from)
+            .collect()
+    };
+    for _ in 0..8 {
+        let action = *rng.pick(&ACTIONS);
+        let (context, pairs) = random_context(&world, &mut rng);
+        let allows = |principal: &str, resource: &str| {
+            let req = (
+                principal.to_string(),
+                action,
+                resource.to_string(),
+                pairs.clone(),
+            );
+            plain_cedar(&plain_set, &entities, schema, &req).allowed
+        };
+        let (target, body, expected, all, narrowed) = if rng.chance(50) {
+            let user = world.user(&mut rng);
+            let ty = *rng.pick(&["Item", "Folder"]);
+            let expected: Vec<String> = ids(ty)
+                .into_iter()
+                .filter(|id| allows(&user, &format!("D::{ty}::\"{id}\"")))
+                .collect();
+            let user_uid = EntityUid::from_str(&user).unwrap();
+            let body = serde_json::json!({"subject": {"type": "User", "id": user_uid.id().unescaped()},
+                "action": {"name": action}, "resource": {"type": ty}, "context": context});
+            let action_uid = EntityUid::from_str(&format!("D::Action::\"{action}\"")).unwrap();
+            let ty_name = cedar_policy::EntityTypeName::from_str(&format!("D::{ty}")).unwrap();
+            let narrowed = iotgate::search_candidates(
+                &snapshot,
+                Searched::Resource,
+                &user_uid,
+                &action_uid,
+                &ty_name,
+            )
+            .len();
+            (
+                SearchTarget::Resource,
+                body,
+                expected,
+                ids(ty).len(),
+                narrowed,
+            )
+        } else {
+            let resource = if rng.chance(50) {
+                world.folder(&mut rng)
+            } else {
+                world.item(&mut rng)
+            };
+            let uid = EntityUid::from_str(&resource).unwrap();
+            let expected: Vec<String> = ids("User")
+                .into_iter()
+                .filter(|id| allows(&format!("D::User::\"{id}\""), &resource))
+                .collect();
+            let short = uid.type_name().basename();
+            let body = serde_json::json!({"subject": {"type": "User"}, "action": {"name": action},
+                "resource": {"type": short, "id": uid.id().unescaped()}, "context": context});
+            let action_uid = EntityUid::from_str(&format!("D::Action::\"{action}\"")).unwrap();
+            let ty_name = cedar_policy::EntityTypeName::from_str("D::User").unwrap();
+            let narrowed = iotgate::search_candidates(
+                &snapshot,
+                Searched::Principal,
+                &uid,
+                &action_uid,
+                &ty_name,
+            )
+            .len();
+            (
+                SearchTarget::Subject,
+                body,
+                expected,
+                ids("User").len(),
+                narrowed,
+            )
+        };
+        let found: Vec<String> =
+            iotgate::search(&snapshot, target, body.as_object().unwrap().clone())
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string())
+                .collect();
+        proptest::prop_assert_eq!(
+            &found,
+            &expected,
+            "{}\npolicies:\n{}\nentities: {}",
+            body,
+            policies,
+            serde_json::to_string(&world.entities).unwrap()
+        );
+        tally.searches += 1;
+        tally.found += usize::from(!found.is_empty());
+        tally.narrowed += usize::from(narrowed < all);
+    }
+    Ok(())
+}
+
+#[test]
+fn searches_equal_plain_cedar_over_every_candidate() {
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let worlds: u32 = std::env::var("IOTGATE_DIFF_WORLDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    let (schema, _) = cedar_policy::Schema::from_cedarschema_str(SCHEMA).unwrap();
+    let config = Config {
+        cases: worlds,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    let tally = std::cell::RefCell::new(SearchTally::default());
+    let tapes = proptest::collection::vec(proptest::prelude::any::<u64>(), 1024..2048);
+    let result = runner.run(&tapes, |tape| {
+        compare_searches(tape, &schema, &mut tally.borrow_mut())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let SearchTally {
+        searches,
+        found,
+        narrowed,
+    } = tally.into_inner();
+    // the comparison proves something only if searches find entities and narrowing acts
+    assert!(
+        found > searches / 5,
+        "only {found} of {searches} searches found any"
+    );
+    assert!(
+        narrowed > searches / 10,
+        "only {narrowed} of {searches} searches narrowed"
+    );
+    eprintln!(
+        "{searches} searches compared: {found} found entities, {narrowed} narrowed the candidates"
+    );
 }
