@@ -39,6 +39,7 @@ mod platform;
 mod proxy;
 mod request;
 mod serve;
+mod store;
 mod telemetry;
 
 // The public surface: what the binary, the integration tests and the benches use.

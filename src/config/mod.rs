@@ -109,6 +109,10 @@ fn default_inputs_max_bytes() -> u64 {
 #[derive(Debug, Deserialize)]
 struct FileDirectory {
     journal: Option<String>,
+    #[serde(default)]
+    store: StoreKind,
+    url: Option<String>,
+    url_file: Option<String>,
     #[serde(default = "default_compact_after")]
     compact_after: usize,
     sync: Option<FileSync>,
@@ -495,9 +499,31 @@ impl Default for LogConfig {
     }
 }
 
+/// `[directory] store`: where runtime changes are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StoreKind {
+    /// The replica's own `journal` file (one node).
+    #[default]
+    File,
+    /// A PostgreSQL database every replica shares and follows.
+    Postgres,
+}
+
+/// `[directory] store = "postgres"`: how to reach the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostgresUrl {
+    /// `url`, written in the config.
+    Inline(String),
+    /// `url_file`: a file holding it (read at start: it may carry a password).
+    File(PathBuf),
+}
+
 /// `[directory]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DirectoryConfig {
+    /// `store = "postgres"`: the shared database (none: the file journal).
+    pub postgres: Option<PostgresUrl>,
     /// Where runtime changes are journaled (none: they are refused).
     pub journal: Option<PathBuf>,
     /// Entries after which the journal is compacted (at start and on write).
@@ -896,6 +922,7 @@ impl Config {
             max_entry_bytes: file.cache.max_entry_bytes,
         };
         let directory = file.directory.map_or_else(DirectoryConfig::default, |d| {
+            let postgres = problems.take(ctx.postgres(&d).map_err(Problems::from));
             let sync = d.sync.and_then(|s| match ctx.sync(s, &policy) {
                 Ok(sync) => Some(sync),
                 Err(found) => {
@@ -904,6 +931,7 @@ impl Config {
                 }
             });
             DirectoryConfig {
+                postgres: postgres.flatten(),
                 journal: d.journal.as_deref().map(|p| ctx.path(p)),
                 compact_after: d.compact_after.max(1),
                 sync,
@@ -976,6 +1004,40 @@ impl Ctx<'_> {
             client_ca_file: t.client_ca_file.as_deref().map(|p| self.path(p)),
             client_cert: t.client_cert,
         })
+    }
+
+    /// `[directory] store`, `url`, `url_file`: the shared database, when there is one.
+    fn postgres(&self, d: &FileDirectory) -> Result<Option<PostgresUrl>, Problem> {
+        let problem = |key: &str, m: &str| self.source.problem(&format!("directory.{key}"), m);
+        if d.store == StoreKind::File {
+            return match (&d.url, &d.url_file) {
+                (None, None) => Ok(None),
+                _ => Err(problem(
+                    "url",
+                    "`url` and `url_file` need `store = \"postgres\"`",
+                )),
+            };
+        }
+        if d.journal.is_some() {
+            return Err(problem(
+                "journal",
+                "with `store = \"postgres\"` the database keeps the changes: remove `journal`",
+            ));
+        }
+        match (&d.url, &d.url_file) {
+            (Some(url), None) => {
+                if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                    return Err(problem("url", &format!("not a PostgreSQL URL: {e}")));
+                }
+                Ok(Some(PostgresUrl::Inline(url.clone())))
+            }
+            (None, Some(file)) => Ok(Some(PostgresUrl::File(self.path(file)))),
+            (Some(_), Some(_)) => Err(problem("url", "set `url` or `url_file`, not both")),
+            (None, None) => Err(problem(
+                "url",
+                "`store = \"postgres\"` needs `url` (or `url_file`): postgres://user@host/db",
+            )),
+        }
     }
 
     /// `[decision_api]`: every problem of it, at once.
@@ -1602,6 +1664,44 @@ directory = ["dir"]
                 "/etc/gw/c.toml:7: `RS256` needs a public key, not `hs256_secret_file`",
             ]
         );
+    }
+
+    #[test]
+    fn a_shared_store_needs_one_postgres_url_and_no_journal() {
+        let with = |lines: &str| format!("{GOOD}\n[directory]\n{lines}");
+        let c = Config::parse(
+            Path::new("/etc/gw/c.toml"),
+            &with("store = \"postgres\"\nurl_file = \"pg.url\"\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.directory.postgres,
+            Some(PostgresUrl::File("/etc/gw/pg.url".into()))
+        );
+        let inline = with("store = \"postgres\"\nurl = \"postgres://iotgate@db/iotgate\"\n");
+        let c = Config::parse(Path::new("/etc/gw/c.toml"), &inline).unwrap();
+        assert!(matches!(c.directory.postgres, Some(PostgresUrl::Inline(_))));
+        let cases = [
+            ("store = \"postgres\"\n", "needs `url` (or `url_file`)"),
+            ("url = \"postgres://db/x\"\n", "need `store = \"postgres\"`"),
+            (
+                "store = \"postgres\"\nurl = \"postgres://db/x\"\njournal = \"j\"\n",
+                "the database keeps the changes: remove `journal`",
+            ),
+            (
+                "store = \"postgres\"\nurl = \"postgres://db/x\"\nurl_file = \"f\"\n",
+                "not both",
+            ),
+            (
+                "store = \"postgres\"\nurl = \"postgres://db/x?sslmode=bogus\"\n",
+                "not a PostgreSQL URL",
+            ),
+            ("store = \"redis\"\n", "unknown variant `redis`"),
+        ];
+        for (lines, wanted) in cases {
+            let errs = errors(&with(lines));
+            assert!(errs.iter().any(|e| e.contains(wanted)), "{lines}: {errs:?}");
+        }
     }
 
     #[test]

@@ -37,14 +37,17 @@ use crate::authz::decision::{
 use crate::authz::snapshot::Loaded;
 use crate::authz::snapshot::Snapshot;
 use crate::config::problem::{Problem, Problems};
+use crate::config::PostgresUrl;
 use crate::config::{BodyRoutes, CacheConfig, Config, ServerConfig};
 use crate::model::directory::change::Change;
-use crate::model::directory::journal::Journal;
+use crate::model::directory::journal::{Entry as LogEntry, Journal};
 use crate::model::routes::{Auth, Route};
 use crate::proxy::response::{full, Body, BoxError, Failure, UpstreamError, REQUEST_ID};
 use crate::request::subrequest::{self, OriginalBody, SubrequestError};
 use crate::request::uri::Query;
 use crate::request::{headers, TlsSession};
+use crate::store::postgres::{Append, Postgres, StoreError};
+use crate::store::{self, Replica};
 use crate::telemetry;
 use crate::telemetry::inputs::{Entry, Recorder};
 use crate::telemetry::metrics::{Metrics, UpstreamFailure};
@@ -76,6 +79,8 @@ pub struct Gateway {
     upstream_answered: AtomicU64,
     /// Where directory changes are made durable (`[directory] journal`).
     journal: Option<Arc<Journal>>,
+    /// The directory shared with other replicas (`[directory] store = "postgres"`).
+    replica: Option<Arc<Replica>>,
     /// One writer at a time: directory changes and reloads.
     writes: tokio::sync::Mutex<()>,
     /// Directory changes applied since start (names versions without a journal).
@@ -97,6 +102,10 @@ pub enum CommitError {
     /// The journal could not be written (nothing applied).
     #[error("journal: {0}")]
     Journal(std::io::Error),
+    /// The shared database could not be written, or its directory is not loaded yet
+    /// (nothing applied).
+    #[error("{0}")]
+    Store(String),
 }
 
 impl Gateway {
@@ -115,6 +124,7 @@ impl Gateway {
         decide::problems(config, &snapshot).into_result(())?;
         let metrics = Metrics::default();
         let journal = open_journal(config, &snapshot)?;
+        let replica = open_replica(config)?;
         let recorder = match &config.log.decision_inputs {
             Some(path) => Some(
                 Recorder::open(
@@ -140,6 +150,7 @@ impl Gateway {
             limiter: server.public_rate.map(PublicLimiter::new),
             cors: server.cors.clone().map(Cors::new),
             journal,
+            replica,
             writes: tokio::sync::Mutex::new(()),
             changes: AtomicU64::new(0),
             compact_after: config.directory.compact_after,
@@ -174,6 +185,7 @@ impl Gateway {
             limiter: None,
             cors: server.cors.clone().map(Cors::new),
             journal: None,
+            replica: None,
             writes: tokio::sync::Mutex::new(()),
             changes: AtomicU64::new(0),
             compact_after: config.directory.compact_after,
@@ -222,6 +234,9 @@ impl Gateway {
     /// [`Gateway::commit`], for a caller that holds the writer lock. Changes that leave
     /// every entity as it is write nothing.
     async fn commit_locked(&self, changes: Vec<Change>) -> Result<(), CommitError> {
+        if let Some(replica) = &self.replica {
+            return self.commit_shared(replica, changes).await;
+        }
         let current = self.snapshot();
         if current.directory.unchanged_by(&changes) {
             return Ok(());
@@ -252,6 +267,113 @@ impl Gateway {
                 tracing::warn!(journal = %journal.path().display(), error = %e, "journal compaction failed");
             }
         }
+        Ok(())
+    }
+
+    /// [`Gateway::commit`] through the shared database: in turn with every replica, this one
+    /// first applies what it has not yet, checks the batch on that, writes it with its
+    /// net entities, and serves it once the database has committed it.
+    async fn commit_shared(
+        &self,
+        replica: &Replica,
+        changes: Vec<Change>,
+    ) -> Result<(), CommitError> {
+        if !replica.is_loaded() {
+            return Err(CommitError::Store(
+                "the shared directory is not loaded yet".into(),
+            ));
+        }
+        let current = self.snapshot();
+        let applied = replica.applied();
+        let written = replica
+            .store
+            .write(applied, |missed, seq| {
+                let caught = store::replay(&current, &missed);
+                let last = missed.last().map_or(applied, |e| e.seq);
+                let base = caught.as_ref().unwrap_or(&current);
+                if base.directory.unchanged_by(&changes) {
+                    return Ok(((caught, last, missed), None));
+                }
+                let next = base
+                    .with_changes(&changes, seq)
+                    .map_err(CommitError::Invalid)?;
+                let net = touched(&changes)
+                    .into_iter()
+                    .map(|uid| next.directory.net_change(uid))
+                    .collect();
+                let append = Append {
+                    changes: changes.clone(),
+                    net,
+                };
+                Ok(((Some(next), seq, missed), Some(append)))
+            })
+            .await;
+        let (next, seq, missed) = match written {
+            Ok(Ok(done)) => done,
+            Ok(Err(refused)) => return Err(refused),
+            Err(e) => {
+                tracing::error!(error = %e, "shared directory write failed; change refused");
+                return Err(CommitError::Store(e.to_string()));
+            }
+        };
+        if let Some(next) = next {
+            self.swap(next);
+        }
+        let ours = (seq > applied).then_some(&changes).into_iter().flatten();
+        replica.advance(seq, missed.iter().flat_map(|e| &e.changes).chain(ours));
+        self.metrics.record_directory_change(true);
+        Ok(())
+    }
+
+    /// Applies what the shared database has that this replica has not: its whole directory
+    /// the first time, then the change log after the last entry applied.
+    ///
+    /// # Errors
+    /// The database could not be read (nothing changed).
+    pub(crate) async fn catch_up(&self) -> Result<(), StoreError> {
+        let Some(replica) = &self.replica else {
+            return Ok(());
+        };
+        let _one = self.writes.lock().await;
+        let entries = match replica.is_loaded() {
+            true => replica.store.since(replica.applied()).await?,
+            false => {
+                let (seq, net) = replica.store.load().await?;
+                vec![LogEntry {
+                    seq,
+                    at: crate::authn::now(),
+                    changes: net,
+                }]
+            }
+        };
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            return Ok(());
+        };
+        if let Some(next) = store::replay(&self.snapshot(), &entries) {
+            self.swap(next);
+        }
+        replica.advance(last, entries.iter().flat_map(|e| &e.changes));
+        Ok(())
+    }
+
+    /// The shared directory this gateway follows, if any.
+    pub(crate) fn replica(&self) -> Option<&Arc<Replica>> {
+        self.replica.as_ref()
+    }
+
+    /// Swaps in a snapshot rebuilt from the files (a reload), with the shared database's
+    /// entities laid over it again. Hold [`Gateway::write_lock`].
+    ///
+    /// # Errors
+    /// The shared entities do not fit the rebuilt snapshot (nothing swapped).
+    pub fn swap_reloaded(&self, snapshot: Snapshot) -> Result<(), Problems> {
+        let Some(replica) = &self.replica else {
+            self.swap(snapshot);
+            return Ok(());
+        };
+        let overlay = replica.overlay(&self.snapshot());
+        let next = snapshot.with_changes(&overlay, replica.applied())?;
+        self.swap(next);
         Ok(())
     }
 
@@ -719,6 +841,35 @@ fn open_journal(config: &Config, snapshot: &Snapshot) -> Result<Option<Arc<Journ
     compact_if_due(&journal, snapshot, config.directory.compact_after)
         .map_err(|e| Problem::in_file(path, format!("journal compaction: {e}")))?;
     Ok(Some(Arc::new(journal)))
+}
+
+/// The shared database `[directory] store = "postgres"` names (not connected yet).
+fn open_replica(config: &Config) -> Result<Option<Arc<Replica>>, Problems> {
+    let Some(url) = &config.directory.postgres else {
+        return Ok(None);
+    };
+    let (key, url) = match url {
+        PostgresUrl::Inline(url) => ("directory.url", url.clone()),
+        PostgresUrl::File(path) => (
+            "directory.url_file",
+            std::fs::read_to_string(path).map_err(|e| {
+                config.problem("directory.url_file", format!("{}: {e}", path.display()))
+            })?,
+        ),
+    };
+    let store = Postgres::new(&url).map_err(|e| config.problem(key, e.to_string()))?;
+    Ok(Some(Arc::new(Replica::new(store))))
+}
+
+/// The entities a batch touches, each once, in order.
+fn touched(changes: &[Change]) -> Vec<&crate::model::directory::change::Uid> {
+    let mut out: Vec<&crate::model::directory::change::Uid> = Vec::new();
+    for c in changes {
+        if !out.contains(&c.uid()) {
+            out.push(c.uid());
+        }
+    }
+    out
 }
 
 /// Rewrites the journal as the net changes of `snapshot` once it holds more than `limit`

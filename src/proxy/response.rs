@@ -148,6 +148,10 @@ pub(crate) enum AdminRefusal {
     /// A directory write whose journal could not be written (nothing applied).
     #[error("journal not writable")]
     Journal,
+    /// A directory write the shared database did not take (down, or not loaded yet;
+    /// nothing applied).
+    #[error("shared directory unavailable")]
+    Store,
     /// A directory request body that is not what the endpoint takes.
     #[error("bad directory request")]
     BadBody,
@@ -204,6 +208,7 @@ impl Failure {
                 AdminRefusal::Token => (S::UNAUTHORIZED, "admin_token"),
                 AdminRefusal::NoToken => (S::FORBIDDEN, "admin_token_not_configured"),
                 AdminRefusal::Journal => (S::SERVICE_UNAVAILABLE, "journal_unavailable"),
+                AdminRefusal::Store => (S::SERVICE_UNAVAILABLE, "store_unavailable"),
                 AdminRefusal::BadBody => (S::BAD_REQUEST, "bad_request"),
             },
             Failure::Access(a) => match a {
@@ -593,6 +598,12 @@ mod tests {
                 S::SERVICE_UNAVAILABLE,
                 "journal_unavailable",
                 "journal_unavailable",
+            ),
+            (
+                AdminRefusal::Store.into(),
+                S::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "store_unavailable",
             ),
         ];
         for (failure, status, code, reason) in cases {

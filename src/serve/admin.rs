@@ -188,6 +188,9 @@ impl Admin {
                 if let Some(sync) = &self.sync {
                     body.push_str(&sync.metrics());
                 }
+                if let Some(replica) = self.gateway.replica() {
+                    body.push_str(&replica.metrics());
+                }
                 body.push_str(&self.info_metrics());
                 body.push_str(&process_metrics());
                 text(StatusCode::OK, "text/plain; version=0.0.4", body)
@@ -283,6 +286,7 @@ impl Admin {
                 "jwks": self.gateway.verifier().remotes().iter().map(|r| r.status()).collect::<Vec<_>>(),
             },
             "sync": self.sync.as_ref().map(|s| s.status()),
+            "shared_directory": self.gateway.replica().map(|r| r.status()),
         })
     }
 }

@@ -6,7 +6,8 @@
 //! PUT    /directory/entities/{type}/{id}   {"attrs": {…}, "parents": [{"type","id"}]} → 200
 //! DELETE /directory/entities/{type}/{id}   200 | 404
 //! PUT    /directory/entities               [Cedar entity JSON, …] as one batch → 200
-//!   a change that does not fit: 422 {"problems": […]}, nothing applied; journal down: 503
+//!   a change that does not fit: 422 {"problems": […]}, nothing applied; journal or shared
+//!   database down: 503
 //! every request: Authorization: Bearer <[admin] token_file> (401; 403 when none configured)
 //! ```
 
@@ -162,6 +163,7 @@ async fn commit(gateway: &Gateway, changes: Vec<Change>) -> Result<Response<Body
             ))
         }
         Err(CommitError::Journal(_)) => Err(AdminRefusal::Journal),
+        Err(CommitError::Store(_)) => Err(AdminRefusal::Store),
     }
 }
 

@@ -12,6 +12,7 @@ pub(crate) mod admin;
 pub(crate) mod entities;
 pub(crate) mod listener;
 pub(crate) mod reload;
+pub(crate) mod replica;
 pub(crate) mod sync;
 pub(crate) mod tls;
 
@@ -63,6 +64,7 @@ pub(crate) struct Bound {
 /// Every load problem, or a listener that cannot bind (told against the config file).
 pub(crate) async fn bind(config_path: &std::path::Path) -> Result<Bound, Problems> {
     let (gateway, config) = load(config_path)?;
+    replica::start(&gateway, config_path).await?;
     let in_config = |message: String| Problem::in_file(config_path, message);
     // Gateway::new refuses a config without [server]: this is the section it serves
     let server = gateway.server();
@@ -163,6 +165,12 @@ impl Bound {
             Reload::Off => Vec::new(),
         };
         background.extend(fetch_remote_keys(&gateway).await);
+        if let Some(replica) = gateway.replica() {
+            background.push(tokio::spawn(replica::follow(
+                gateway.clone(),
+                replica.clone(),
+            )));
+        }
         if let Some(sync) = &sync {
             // the first import before serving; a failure serves the files and the journal
             let _ = sync.once(&gateway, &reloader).await;

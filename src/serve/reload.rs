@@ -98,16 +98,17 @@ impl Reloader {
         let mut problems: Vec<String> = match loaded {
             Ok(Ok(snapshot)) => {
                 warnings.extend(snapshot.warnings.iter().cloned());
-                self.gateway.swap(snapshot);
-                Vec::new()
+                match self.gateway.swap_reloaded(snapshot) {
+                    Ok(()) => Vec::new(),
+                    Err(p) => p.iter().map(ToString::to_string).collect(),
+                }
             }
             Ok(Err(problems)) => {
                 // the directory follows its files even while a policy file is broken
                 let current = self.gateway.snapshot();
                 if let Ok(next) = current.with_directory_reloaded(&self.config) {
                     if next.directory_version != current.directory_version {
-                        self.gateway.swap(next);
-                        directory_applied = true;
+                        directory_applied = self.gateway.swap_reloaded(next).is_ok();
                     }
                 }
                 problems.iter().map(ToString::to_string).collect()

@@ -24,7 +24,7 @@ fn start(state: &Path, upstream: &str) -> Served {
     Served::start(upstream, "off", &sections)
 }
 
-async fn admin(
+pub(crate) async fn admin(
     served: &Served,
     method: &str,
     path: &str,

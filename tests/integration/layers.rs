@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The layers, lowest first.
-const LAYERS: [&str; 11] = [
+const LAYERS: [&str; 12] = [
     "config",
     "request",
     "authn",
@@ -15,6 +15,7 @@ const LAYERS: [&str; 11] = [
     "platform",
     "authz",
     "telemetry",
+    "store",
     "proxy",
     "access",
     "serve",

@@ -23,6 +23,7 @@ mod process;
 mod profiles;
 mod properties;
 mod proxy;
+mod replicas;
 mod support;
 mod tls;
 mod workflow;

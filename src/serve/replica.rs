@@ -1,0 +1,88 @@
+//! Following the shared directory (`[directory] store = "postgres"`): every replica applies
+//! the change log in order, within moments of each commit.
+//!
+//! ```text
+//! start ─▶ migrate, load the database's directory (before any port is bound)
+//! follow: LISTEN ─▶ catch up (after every (re)connect) ─┬─ a notification, seq > applied
+//!                                                      ├─ every POLL (a missed notification)
+//!                                                      └─▶ Gateway::catch_up: the rows after
+//!                                                          the last applied, in order
+//!         the connection ends ─▶ not connected; retry after a backoff (100 ms … 2 s)
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::problem::{Problem, Problems};
+use crate::proxy::Gateway;
+use crate::store::Replica;
+
+/// How often a follower asks the database even without a notification.
+const POLL: Duration = Duration::from_secs(5);
+/// The longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Migrates the shared database and loads its directory into the serving snapshot.
+///
+/// # Errors
+/// The database cannot be reached or refuses (told against the config file).
+pub(crate) async fn start(gateway: &Gateway, config: &std::path::Path) -> Result<(), Problems> {
+    let Some(replica) = gateway.replica() else {
+        return Ok(());
+    };
+    let fail = |e: crate::store::postgres::StoreError| {
+        Problems::from(Problem::in_file(config, format!("[directory] store: {e}")))
+    };
+    replica.store.migrate().await.map_err(fail)?;
+    gateway.catch_up().await.map_err(fail)?;
+    tracing::info!(seq = replica.applied(), "shared directory loaded");
+    Ok(())
+}
+
+/// Follows the change log until the task is dropped.
+pub(crate) async fn follow(gateway: Arc<Gateway>, replica: Arc<Replica>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match replica.store.listen().await {
+            Ok((client, mut notified)) => {
+                replica.set_connected(true);
+                backoff = Duration::from_millis(100);
+                tracing::info!("following the shared directory");
+                catch_up(&gateway).await;
+                loop {
+                    tokio::select! {
+                        seq = notified.recv() => match seq {
+                            Some(seq) => {
+                                replica.note_head(seq);
+                                if seq > replica.applied() {
+                                    catch_up(&gateway).await;
+                                }
+                            }
+                            None => break,
+                        },
+                        () = tokio::time::sleep(POLL) => {
+                            if client.is_closed() {
+                                break;
+                            }
+                            match replica.store.head().await {
+                                Ok(head) => replica.note_head(head),
+                                Err(e) => tracing::warn!(error = %e, "shared directory unreadable"),
+                            }
+                            catch_up(&gateway).await;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "shared directory unreachable; retrying"),
+        }
+        replica.set_connected(false);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn catch_up(gateway: &Gateway) {
+    if let Err(e) = gateway.catch_up().await {
+        tracing::warn!(error = %e, "shared directory catch-up failed; retrying");
+    }
+}

@@ -1,0 +1,148 @@
+//! Where the directory's runtime changes are kept when replicas share them: a PostgreSQL
+//! database every replica writes through and follows (`[directory] store = "postgres"`).
+//! The single-node default, the file journal, is `model::directory::journal`.
+//!
+//! ```text
+//! Gateway::commit ─▶ postgres::Postgres::write (catch up, check, append, notify, commit)
+//! serve::replica  ─▶ postgres::Postgres::listen / since ─▶ Gateway::catch_up
+//! ```
+
+pub(crate) mod postgres;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::authz::snapshot::Snapshot;
+use crate::model::directory::change::{Change, Uid};
+use crate::model::directory::journal::Entry;
+
+/// A replica's view of the shared directory: how far it has applied the change log, and
+/// which entities the log has touched (to lay them again over a reload of the files).
+#[derive(Debug)]
+pub(crate) struct Replica {
+    /// The database.
+    pub(crate) store: postgres::Postgres,
+    applied: AtomicU64,
+    loaded: AtomicBool,
+    head: AtomicU64,
+    connected: AtomicBool,
+    touched: Mutex<HashSet<Uid>>,
+}
+
+impl Replica {
+    /// A replica of `store` that has loaded nothing yet.
+    pub(crate) fn new(store: postgres::Postgres) -> Replica {
+        Replica {
+            store,
+            applied: AtomicU64::new(0),
+            loaded: AtomicBool::new(false),
+            head: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            touched: Mutex::default(),
+        }
+    }
+
+    /// The last sequence number applied to the serving snapshot.
+    pub(crate) fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Whether the database's directory has been loaded (before that, nothing is served
+    /// from it and nothing is written to it).
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Records that everything up to `seq` is applied, `changes` among it.
+    pub(crate) fn advance<'c>(&self, seq: u64, changes: impl Iterator<Item = &'c Change>) {
+        let mut touched = self
+            .touched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        touched.extend(changes.map(|c| c.uid().clone()));
+        self.applied.fetch_max(seq, Ordering::AcqRel);
+        self.head.fetch_max(seq, Ordering::AcqRel);
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    /// The last sequence number the database was seen to have.
+    pub(crate) fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// Notes the database's last sequence number (from a notification or a poll).
+    pub(crate) fn note_head(&self, seq: u64) {
+        self.head.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// Whether the replica's listening connection is up.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Notes the listening connection's state.
+    pub(crate) fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Release);
+    }
+
+    /// What `/status` shows of it (`shared_directory`).
+    pub(crate) fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "store": "postgres",
+            "connected": self.is_connected(),
+            "loaded": self.is_loaded(),
+            "applied_seq": self.applied(),
+            "head_seq": self.head(),
+            "lag": self.head().saturating_sub(self.applied()),
+        })
+    }
+
+    /// Its Prometheus samples.
+    pub(crate) fn metrics(&self) -> String {
+        let (connected, applied) = (u8::from(self.is_connected()), self.applied());
+        let lag = self.head().saturating_sub(applied);
+        format!(
+            "# HELP iotgate_shared_directory_connected Whether the replica follows the shared database (1) or not (0).\n\
+             # TYPE iotgate_shared_directory_connected gauge\n\
+             iotgate_shared_directory_connected {connected}\n\
+             # HELP iotgate_shared_directory_applied_seq The last change-log sequence number applied.\n\
+             # TYPE iotgate_shared_directory_applied_seq gauge\n\
+             iotgate_shared_directory_applied_seq {applied}\n\
+             # HELP iotgate_shared_directory_lag Changes the database has that this replica has not applied.\n\
+             # TYPE iotgate_shared_directory_lag gauge\n\
+             iotgate_shared_directory_lag {lag}\n"
+        )
+    }
+
+    /// The net change of every entity the log touched, as `snapshot` has it: what a
+    /// snapshot rebuilt from the files needs laid over it to be the shared directory again.
+    pub(crate) fn overlay(&self, snapshot: &Snapshot) -> Vec<Change> {
+        let touched = self
+            .touched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut uids: Vec<&Uid> = touched.iter().collect();
+        uids.sort_by(|a, b| (&a.ty, &a.id).cmp(&(&b.ty, &b.id)));
+        uids.into_iter()
+            .map(|uid| snapshot.directory.net_change(uid))
+            .collect()
+    }
+}
+
+/// `entries` of the change log applied in order over `base` (`None` when there are none).
+/// An entry that does not apply here (the replica's files disagree) is skipped and logged,
+/// as a journal entry is.
+pub(crate) fn replay(base: &Snapshot, entries: &[Entry]) -> Option<Snapshot> {
+    let mut out: Option<Snapshot> = None;
+    for entry in entries {
+        let from = out.as_ref().unwrap_or(base);
+        match from.with_changes(&entry.changes, entry.seq) {
+            Ok(next) => out = Some(next),
+            Err(p) => {
+                tracing::warn!(seq = entry.seq, problems = %p, "shared change does not apply here; skipped");
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,350 @@
+//! The directory replicas share, in PostgreSQL: an ordered change log and the net state of
+//! every entity it touched, written in one transaction; every replica follows the log.
+//!
+//! ```text
+//! migrate ─▶ iotgate_migrations: each version applied once, under the advisory lock
+//! load    ─▶ one REPEATABLE READ view: the last seq + every entity's net change
+//! write   ─▶ BEGIN; pg_advisory_xact_lock ─▶ the rows after the writer's last seq (it
+//!            catches up first) ─▶ its batch as seq = last + 1, the net entities upserted,
+//!            pg_notify('iotgate_changes', seq) ─▶ COMMIT (then the writer serves it)
+//! listen  ─▶ LISTEN iotgate_changes on a connection of its own: each notification's seq
+//! since   ─▶ the rows after a seq, in order (a follower's catch-up)
+//! ```
+//!
+//! The advisory lock makes writers take turns, so sequence numbers are given in commit
+//! order without gaps: a follower that has read up to N never misses a row below N.
+
+use std::time::Duration;
+
+use deadpool_postgres::GenericClient;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures_util::TryStreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::model::directory::change::Change;
+use crate::model::directory::journal::Entry;
+
+/// The channel a committed change is announced on (the payload is its seq).
+const CHANNEL: &str = "iotgate_changes";
+/// The advisory lock writers (and migrations) take turns on: "iotgate" in ASCII.
+const LOCK: i64 = 0x0069_6f74_6761_7465;
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The database schema, version by version; a version is never edited once released.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE iotgate_changes (
+         seq bigint PRIMARY KEY,
+         at timestamptz NOT NULL DEFAULT now(),
+         changes jsonb NOT NULL
+     );
+     CREATE TABLE iotgate_entities (
+         type text NOT NULL,
+         id text NOT NULL,
+         net jsonb NOT NULL,
+         seq bigint NOT NULL,
+         PRIMARY KEY (type, id)
+     );",
+)];
+
+/// Why the database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// The database refused or the connection failed.
+    #[error("postgres: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    /// No connection could be had from the pool.
+    #[error("postgres: no connection: {0}")]
+    Pool(String),
+    /// A row iotgate did not write (or a newer iotgate did).
+    #[error("postgres: {0}")]
+    Data(String),
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::Pool(e.to_string())
+    }
+}
+
+/// What a writer appends once it has caught up: its batch and the net change of every
+/// entity the batch touches (the state the batch leaves them in).
+#[derive(Debug)]
+pub(crate) struct Append {
+    /// The batch, as the follower applies it.
+    pub(crate) changes: Vec<Change>,
+    /// `Put` (or `Delete`) of every entity it touches.
+    pub(crate) net: Vec<Change>,
+}
+
+/// The shared database.
+#[derive(Clone)]
+pub(crate) struct Postgres {
+    pool: Pool,
+    config: tokio_postgres::Config,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // the config may hold a password
+        f.debug_struct("Postgres").finish_non_exhaustive()
+    }
+}
+
+impl Postgres {
+    /// A pool on `url` (nothing is connected yet).
+    ///
+    /// # Errors
+    /// `url` is not a PostgreSQL URL.
+    pub(crate) fn new(url: &str) -> Result<Postgres, StoreError> {
+        let mut config: tokio_postgres::Config = url.trim().parse()?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        if config.get_application_name().is_none() {
+            config.application_name("iotgate");
+        }
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(4)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        Ok(Postgres { pool, config })
+    }
+
+    /// Creates or upgrades iotgate's tables.
+    ///
+    /// # Errors
+    /// The database cannot be reached, refuses, or was migrated by a newer iotgate.
+    pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS iotgate_migrations (
+                 version integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await?;
+        let done: i32 = tx
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM iotgate_migrations",
+                &[],
+            )
+            .await?
+            .get(0);
+        let latest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+        if done > latest {
+            return Err(StoreError::Data(format!(
+                "the database is at schema version {done}, newer than this iotgate's {latest}"
+            )));
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > done) {
+            tx.batch_execute(sql).await?;
+            tx.execute(
+                "INSERT INTO iotgate_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The last sequence number and the net change of every entity the log touched, read
+    /// in one consistent view.
+    ///
+    /// # Errors
+    /// The database cannot be reached, or holds a row iotgate cannot read.
+    pub(crate) async fn load(&self) -> Result<(u64, Vec<Change>), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let seq: i64 = tx
+            .query_one("SELECT coalesce(max(seq), 0) FROM iotgate_changes", &[])
+            .await?
+            .get(0);
+        let rows = tx
+            .query_raw(
+                "SELECT net::text FROM iotgate_entities ORDER BY seq, type, id",
+                std::iter::empty::<i64>(),
+            )
+            .await?;
+        let mut rows = std::pin::pin!(rows);
+        let mut net = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            let text: &str = row.get(0);
+            net.push(
+                serde_json::from_str(text)
+                    .map_err(|e| StoreError::Data(format!("an entity row: {e}")))?,
+            );
+        }
+        tx.commit().await?;
+        Ok((seq_of(seq), net))
+    }
+
+    /// The change-log entries after `seq`, in order.
+    ///
+    /// # Errors
+    /// The database cannot be reached, or holds a row iotgate cannot read.
+    pub(crate) async fn since(&self, seq: u64) -> Result<Vec<Entry>, StoreError> {
+        let client = self.pool.get().await?;
+        entries_since(&client, seq).await
+    }
+
+    /// The last sequence number of the log.
+    ///
+    /// # Errors
+    /// The database cannot be reached.
+    pub(crate) async fn head(&self) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        let seq: i64 = client
+            .query_one("SELECT coalesce(max(seq), 0) FROM iotgate_changes", &[])
+            .await?
+            .get(0);
+        Ok(seq_of(seq))
+    }
+
+    /// Writes one batch, in turn with every other writer: `prepare` is given the entries
+    /// after `last` (what this writer has not applied yet) and the sequence number the batch
+    /// gets, and says what to append (`None`: nothing, the batch changes nothing). Its
+    /// refusal rolls everything back.
+    ///
+    /// # Errors
+    /// The database failed (nothing was written); `Ok(Err)` is `prepare`'s refusal.
+    pub(crate) async fn write<T, E>(
+        &self,
+        last: u64,
+        prepare: impl FnOnce(Vec<Entry>, u64) -> Result<(T, Option<Append>), E>,
+    ) -> Result<Result<T, E>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
+            .await?;
+        let missed = entries_since(&tx, last).await?;
+        let seq = missed.last().map_or(last, |e| e.seq) + 1;
+        let (out, append) = match prepare(missed, seq) {
+            Ok(prepared) => prepared,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        if let Some(append) = append {
+            append_batch(&tx, seq, &append).await?;
+        }
+        tx.commit().await?;
+        Ok(Ok(out))
+    }
+
+    /// A connection of its own that listens for committed changes: each notification's
+    /// sequence number arrives on the receiver, which closes when the connection ends.
+    ///
+    /// # Errors
+    /// The database cannot be reached.
+    pub(crate) async fn listen(
+        &self,
+    ) -> Result<(tokio_postgres::Client, mpsc::UnboundedReceiver<u64>), StoreError> {
+        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        if let Ok(seq) = n.payload().parse() {
+                            if tx.send(seq).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "postgres listening connection ended");
+                        return;
+                    }
+                }
+            }
+        });
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        Ok((client, rx))
+    }
+}
+
+/// A stored `bigint` sequence number (never negative: iotgate writes from 1).
+fn seq_of(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
+}
+
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+async fn entries_since(client: &impl GenericClient, seq: u64) -> Result<Vec<Entry>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT seq, extract(epoch FROM at)::bigint, changes::text FROM iotgate_changes \
+             WHERE seq > $1 ORDER BY seq",
+            &[&seq_param(seq)],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let seq = seq_of(row.get(0));
+            let changes = serde_json::from_str(row.get(2))
+                .map_err(|e| StoreError::Data(format!("change {seq}: {e}")))?;
+            Ok(Entry {
+                seq,
+                at: seq_of(row.get(1)),
+                changes,
+            })
+        })
+        .collect()
+}
+
+/// Appends the batch as `seq`, upserts its net entities and announces it (delivered to
+/// listeners when the transaction commits).
+async fn append_batch(
+    tx: &tokio_postgres::Transaction<'_>,
+    seq: u64,
+    append: &Append,
+) -> Result<(), StoreError> {
+    let changes = json(&append.changes)?;
+    tx.execute(
+        "INSERT INTO iotgate_changes (seq, changes) VALUES ($1, $2::text::jsonb)",
+        &[&seq_param(seq), &changes],
+    )
+    .await?;
+    let (mut types, mut ids, mut nets) = (Vec::new(), Vec::new(), Vec::new());
+    for change in &append.net {
+        types.push(change.uid().ty.clone());
+        ids.push(change.uid().id.clone());
+        nets.push(json(change)?);
+    }
+    tx.execute(
+        "INSERT INTO iotgate_entities (type, id, net, seq) \
+         SELECT t, i, n::jsonb, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(t, i, n) \
+         ON CONFLICT (type, id) DO UPDATE SET net = EXCLUDED.net, seq = EXCLUDED.seq",
+        &[&types, &ids, &nets, &seq_param(seq)],
+    )
+    .await?;
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()])
+        .await?;
+    Ok(())
+}
+
+/// A batch or a change as JSON text.
+fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Data(e.to_string()))
+}

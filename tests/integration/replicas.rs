@@ -1,0 +1,375 @@
+//! Several replicas sharing one directory in PostgreSQL (`[directory] store = "postgres"`):
+//! a throwaway cluster in a temp folder (Debian's `initdb` and `pg_ctl`, as the `postgres`
+//! user when the tests run as root) and real `iotgate serve` processes of the mini profile
+//! on loopback. A change acknowledged by one replica's entity API must be enforced by the
+//! others within a second; a replica started later serves the shared directory from its
+//! first request. Set `IOTGATE_PG_TESTS=0` to skip (said on stderr).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use serde_json::json;
+
+use crate::entities::admin;
+use crate::support::{get, send, token, Served, Upstream};
+
+const TOKEN: &str = "admin-token-for-tests";
+
+/// A PostgreSQL cluster of its own, stopped (immediately) when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    /// The user the server runs as, when the tests run as root.
+    user: Option<&'static str>,
+}
+
+/// The server binaries of the newest PostgreSQL installed.
+fn server_bin() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("pg_ctl").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+impl Cluster {
+    /// A running cluster, or `None` when `IOTGATE_PG_TESTS=0`.
+    fn start() -> Option<Cluster> {
+        if std::env::var("IOTGATE_PG_TESTS").as_deref() == Ok("0") {
+            eprintln!("skipped: IOTGATE_PG_TESTS=0 (the PostgreSQL replica tests)");
+            return None;
+        }
+        let bin = server_bin().expect(
+            "PostgreSQL server binaries not found under /usr/lib/postgresql: install Debian's \
+             `postgresql` (as .ci/run does) or set IOTGATE_PG_TESTS=0",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let user = is_root().then_some("postgres");
+        if let Some(user) = user {
+            let chown = Command::new("chown")
+                .args(["-R", user])
+                .arg(dir.path())
+                .status();
+            assert!(chown.unwrap().success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cluster = Cluster {
+            dir,
+            bin,
+            port,
+            user,
+        };
+        let data = cluster.data();
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "iotgate",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        cluster.start_server();
+        Some(cluster)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let program = self.bin.join(program);
+        let mut command = match self.user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(&program);
+                c
+            }
+            None => Command::new(&program),
+        };
+        let out = command.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} {args:?}: {}{}",
+            program.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start_server(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "start",
+                "-w",
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-o",
+                &options,
+            ],
+        );
+    }
+
+    /// Kills the server (as a crash would) and starts it again.
+    fn restart(&self) {
+        self.run("pg_ctl", &["stop", "-m", "immediate", "-D", &self.data()]);
+        self.start_server();
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://iotgate@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        let _ = std::panic::catch_unwind(|| {
+            self.run("pg_ctl", &["stop", "-m", "immediate", "-D", &data]);
+        });
+    }
+}
+
+/// A mini replica of the shared directory, with the entity API's token in `state`.
+fn replica(cluster: &Cluster, upstream: &str, state: &Path) -> Served {
+    let token = state.join("admin.token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let sections = format!(
+        "[directory]\nstore = \"postgres\"\nurl = \"{}\"\n[admin]\ntoken_file = \"{}\"\n",
+        cluster.url(),
+        token.display()
+    );
+    Served::start(upstream, "off", &sections)
+}
+
+/// What a replica answers alice reading her device.
+async fn alice_reads(served: &Served) -> StatusCode {
+    let bearer = token(json!({"usr": "alice"}));
+    let url = format!("http://{}/v1/users/alice/devices/d1", served.addr);
+    send(get(&url, Some(&bearer))).await.0
+}
+
+/// Waits until `done` holds of what `served` answers (at most `bound`); how long it took.
+async fn within<F, Fut>(bound: Duration, mut done: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !done().await {
+        assert!(
+            started.elapsed() < bound,
+            "not within {bound:?} ({:?})",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    started.elapsed()
+}
+
+fn user(role: &str, enabled: bool) -> serde_json::Value {
+    json!({"attrs": {"role": role, "enabled": enabled}, "parents": []})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_through_one_replica_is_enforced_by_every_replica_within_a_second() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let up = format!("http://{}", upstream.addr);
+    let state = tempfile::tempdir().unwrap();
+    let replicas: Vec<Served> = (0..3)
+        .map(|_| replica(&cluster, &up, state.path()))
+        .collect();
+    let (a, b, c) = (&replicas[0], &replicas[1], &replicas[2]);
+    for r in &replicas {
+        assert_eq!(alice_reads(r).await, StatusCode::OK);
+    }
+    // alice disabled through A: refused by B and C within a second
+    let alice = "/directory/entities/Mini::User/alice";
+    let (status, body) = admin(a, "PUT", alice, Some(user("developer", false)), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        alice_reads(a).await,
+        StatusCode::FORBIDDEN,
+        "the writer serves its change"
+    );
+    for r in [b, c] {
+        within(Duration::from_secs(1), || async {
+            alice_reads(r).await == StatusCode::FORBIDDEN
+        })
+        .await;
+    }
+    // an account (and its device) created through B works on C
+    let batch = json!([
+        {"uid": {"type": "Mini::User", "id": "dana"}, "attrs": {"role": "developer", "enabled": true}, "parents": []},
+        {"uid": {"type": "Mini::Device", "id": "dana/d1"}, "attrs": {"owner": {"type": "Mini::User", "id": "dana"}}, "parents": []}
+    ]);
+    let (status, body) = admin(b, "PUT", "/directory/entities", Some(batch), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let dana = token(json!({"usr": "dana"}));
+    let dana_url = format!("http://{}/v1/users/dana/devices/d1", c.addr);
+    within(Duration::from_secs(1), || async {
+        send(get(&dana_url, Some(&dana))).await.0 == StatusCode::OK
+    })
+    .await;
+    // propagation over many changes, writers taking turns: each seen by the other two
+    let mut times = Vec::new();
+    for n in 0..30 {
+        let writer = &replicas[n % 3];
+        let enabled = n % 2 == 0;
+        let (status, _) = admin(
+            writer,
+            "PUT",
+            alice,
+            Some(user("developer", enabled)),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let wanted = if enabled {
+            StatusCode::OK
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        for r in replicas.iter().filter(|r| !std::ptr::eq(*r, writer)) {
+            times.push(
+                within(Duration::from_secs(1), || async {
+                    alice_reads(r).await == wanted
+                })
+                .await,
+            );
+        }
+    }
+    times.sort();
+    let p = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    eprintln!(
+        "propagation over {} observations: p50 {:?}, p99 {:?}, max {:?}",
+        times.len(),
+        p(0.50),
+        p(0.99),
+        times[times.len() - 1]
+    );
+    // every replica says how far it follows
+    for r in &replicas {
+        let s = r
+            .wait_status("caught up", |s| s["shared_directory"]["lag"] == 0)
+            .await;
+        let shared = &s["shared_directory"];
+        assert_eq!(shared["connected"], true, "{s}");
+        assert!(shared["applied_seq"].as_u64().unwrap() >= 32, "{s}");
+        let (_, metrics) = r.admin_get("/metrics").await;
+        assert!(
+            metrics.contains("iotgate_shared_directory_connected 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("iotgate_shared_directory_lag 0"),
+            "{metrics}"
+        );
+    }
+    // a replica started now serves the shared directory from its first request
+    let late = replica(&cluster, &up, state.path());
+    let (_, body) = admin(&late, "GET", alice, None, Some(TOKEN)).await;
+    assert_eq!(body["attrs"]["enabled"], false, "{body}");
+    assert_eq!(alice_reads(&late).await, StatusCode::FORBIDDEN);
+    let dana_late = format!("http://{}/v1/users/dana/devices/d1", late.addr);
+    assert_eq!(send(get(&dana_late, Some(&dana))).await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_acknowledged_change_survives_a_database_restart_in_the_middle_of_a_write_burst() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let cluster = std::sync::Arc::new(cluster);
+    let upstream = Upstream::start().await;
+    let up = format!("http://{}", upstream.addr);
+    let state = tempfile::tempdir().unwrap();
+    let replicas: Vec<Served> = (0..3)
+        .map(|_| replica(&cluster, &up, state.path()))
+        .collect();
+    let restarting = cluster.clone();
+    let restart = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        restarting.restart();
+    });
+    let (mut acknowledged, mut refused) = (Vec::new(), 0);
+    let burst = Instant::now();
+    let mut n = 0;
+    while burst.elapsed() < Duration::from_millis(2500) {
+        let writer = &replicas[n % 3];
+        let path = format!("/directory/entities/Mini::User/burst{n}");
+        match admin(writer, "PUT", &path, Some(user("guest", true)), Some(TOKEN)).await {
+            (StatusCode::OK, _) => acknowledged.push(path),
+            (StatusCode::SERVICE_UNAVAILABLE, _) => refused += 1,
+            (status, body) => panic!("{path}: {status} {body}"),
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    restart.join().unwrap();
+    eprintln!(
+        "{} acknowledged, {refused} refused while the database restarted",
+        acknowledged.len()
+    );
+    assert!(acknowledged.len() > 20, "{}", acknowledged.len());
+    // writes resume once the database is back
+    let after = "/directory/entities/Mini::User/after";
+    within(Duration::from_secs(10), || async {
+        admin(
+            &replicas[0],
+            "PUT",
+            after,
+            Some(user("guest", true)),
+            Some(TOKEN),
+        )
+        .await
+        .0 == StatusCode::OK
+    })
+    .await;
+    acknowledged.push(after.to_string());
+    for r in &replicas {
+        r.wait_status("reconnected and caught up", |s| {
+            s["shared_directory"]["connected"] == true && s["shared_directory"]["lag"] == 0
+        })
+        .await;
+        for path in &acknowledged {
+            let (status, body) = admin(r, "GET", path, None, Some(TOKEN)).await;
+            assert_eq!(status, StatusCode::OK, "{path} on {}: {body}", r.admin);
+        }
+    }
+}
