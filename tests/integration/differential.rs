@@ -359,6 +359,45 @@ struct Tally {
     forbidden: usize,
 }
 
+/// One generated world, loaded by iotgate (from files in `_dir`) and as plain Cedar has it.
+struct Generated {
+    world: World,
+    policies: String,
+    snapshot: iotgate::Snapshot,
+    /// The whole set, renamed by `@id`.
+    plain_set: PolicySet,
+    entities: Entities,
+    _dir: tempfile::TempDir,
+}
+
+impl Generated {
+    fn new(rng: &mut Rng, schema: &cedar_policy::Schema) -> Generated {
+        let world = World::generate(rng);
+        let texts = (0..5 + rng.below(36))
+            .map(|n| world.policy(rng, n))
+            .collect();
+        let policies = valid_policies(schema, texts);
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_profile(dir.path(), &world, &policies);
+        let snapshot = iotgate::Snapshot::load(&iotgate::Config::load(&config).unwrap())
+            .unwrap_or_else(|p| panic!("{p}\n{policies}"));
+        let plain_set = rename_by_id(&policies.parse().unwrap());
+        let entities = Entities::from_json_value(
+            serde_json::Value::Array(world.entities.clone()),
+            Some(schema),
+        )
+        .unwrap();
+        Generated {
+            world,
+            policies,
+            snapshot,
+            plain_set,
+            entities,
+            _dir: dir,
+        }
+    }
+}
+
 /// Decides every request of one generated world both ways.
 fn compare_world(
     tape: Vec<u64>,
@@ -367,22 +406,14 @@ fn compare_world(
 ) -> Result<(), proptest::test_runner::TestCaseError> {
     let requests_per_world = 25;
     let mut rng = Rng { tape, at: 0 };
-    let world = World::generate(&mut rng);
-    let texts = (0..5 + rng.below(36))
-        .map(|n| world.policy(&mut rng, n))
-        .collect();
-    let policies = valid_policies(schema, texts);
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_profile(dir.path(), &world, &policies);
-    let snapshot = iotgate::Snapshot::load(&iotgate::Config::load(&config).unwrap())
-        .unwrap_or_else(|p| panic!("{p}\n{policies}"));
-    let all: PolicySet = policies.parse().unwrap();
-    let plain_set = rename_by_id(&all);
-    let entities = Entities::from_json_value(
-        serde_json::Value::Array(world.entities.clone()),
-        Some(schema),
-    )
-    .unwrap();
+    let Generated {
+        world,
+        policies,
+        snapshot,
+        plain_set,
+        entities,
+        _dir,
+    } = Generated::new(&mut rng, schema);
     for _ in 0..requests_per_world {
         let req = world.request(&mut rng);
         let expected = plain_cedar(&plain_set, &entities, schema, &req);
@@ -419,8 +450,15 @@ fn compare_world(
     Ok(())
 }
 
-#[test]
-fn indexed_and_sliced_decisions_equal_plain_cedar() {
+/// Runs `compare` over `IOTGATE_DIFF_WORLDS` (150) generated worlds, the same ones on every
+/// run (a deterministic generator), and returns what it tallied.
+fn run_worlds<T: Default>(
+    compare: impl Fn(
+        Vec<u64>,
+        &cedar_policy::Schema,
+        &mut T,
+    ) -> Result<(), proptest::test_runner::TestCaseError>,
+) -> T {
     use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
     let worlds: u32 = std::env::var("IOTGATE_DIFF_WORLDS")
         .ok()
@@ -432,23 +470,27 @@ fn indexed_and_sliced_decisions_equal_plain_cedar() {
         failure_persistence: None,
         ..Config::default()
     };
-    // deterministic: every CI run compares the same worlds
     let mut runner =
         TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
-    let tally = std::cell::RefCell::new(Tally::default());
+    let tally = std::cell::RefCell::new(T::default());
     let tapes = proptest::collection::vec(proptest::prelude::any::<u64>(), 1024..2048);
     let result = runner.run(&tapes, |tape| {
-        compare_world(tape, &schema, &mut tally.borrow_mut())
+        compare(tape, &schema, &mut tally.borrow_mut())
     });
     if let Err(e) = result {
         panic!("{e}");
     }
+    tally.into_inner()
+}
+
+#[test]
+fn indexed_and_sliced_decisions_equal_plain_cedar() {
     let Tally {
         compared,
         allowed,
         errored,
         forbidden,
-    } = tally.into_inner();
+    } = run_worlds(compare_world);
     // the generator must exercise every kind of outcome, or the comparison proves little
     assert!(
         allowed > compared / 20,
@@ -509,21 +551,14 @@ fn compare_searches(
 ) -> Result<(), proptest::test_runner::TestCaseError> {
     use iotgate::{SearchTarget, Searched};
     let mut rng = Rng { tape, at: 0 };
-    let world = World::generate(&mut rng);
-    let texts = (0..5 + rng.below(36))
-        .map(|n| world.policy(&mut rng, n))
-        .collect();
-    let policies = valid_policies(schema, texts);
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_profile(dir.path(), &world, &policies);
-    let snapshot = iotgate::Snapshot::load(&iotgate::Config::load(&config).unwrap())
-        .unwrap_or_else(|p| panic!("{p}\n{policies}"));
-    let plain_set = rename_by_id(&policies.parse().unwrap());
-    let entities = Entities::from_json_value(
-        serde_json::Value::Array(world.entities.clone()),
-        Some(schema),
-    )
-    .unwrap();
+    let Generated {
+        world,
+        policies,
+        snapshot,
+        plain_set,
+        entities,
+        _dir,
+    } = Generated::new(&mut rng, schema);
     let ids = |ty: &str| -> Vec<String> {
         let ty = cedar_policy::EntityTypeName::from_str(&format!("D::{ty}")).unwrap();
         snapshot
@@ -627,32 +662,11 @@ fn compare_searches(
 
 #[test]
 fn searches_equal_plain_cedar_over_every_candidate() {
-    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
-    let worlds: u32 = std::env::var("IOTGATE_DIFF_WORLDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(150);
-    let (schema, _) = cedar_policy::Schema::from_cedarschema_str(SCHEMA).unwrap();
-    let config = Config {
-        cases: worlds,
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let mut runner =
-        TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
-    let tally = std::cell::RefCell::new(SearchTally::default());
-    let tapes = proptest::collection::vec(proptest::prelude::any::<u64>(), 1024..2048);
-    let result = runner.run(&tapes, |tape| {
-        compare_searches(tape, &schema, &mut tally.borrow_mut())
-    });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
     let SearchTally {
         searches,
         found,
         narrowed,
-    } = tally.into_inner();
+    } = run_worlds(compare_searches);
     // the comparison proves something only if searches find entities and narrowing acts
     assert!(
         found > searches / 5,

@@ -174,6 +174,34 @@ fn replica(cluster: &Cluster, upstream: &str, state: &Path) -> Served {
     Served::start(upstream, "off", &sections)
 }
 
+/// A cluster, an upstream and replicas of the mini profile in front of it.
+struct World {
+    replicas: Vec<Served>,
+    cluster: std::sync::Arc<Cluster>,
+    upstream: String,
+    state: tempfile::TempDir,
+    _upstream: Upstream,
+}
+
+impl World {
+    async fn start(replicas: usize) -> Option<World> {
+        let cluster = std::sync::Arc::new(Cluster::start()?);
+        let upstream = Upstream::start().await;
+        let url = format!("http://{}", upstream.addr);
+        let state = tempfile::tempdir().unwrap();
+        let replicas = (0..replicas)
+            .map(|_| replica(&cluster, &url, state.path()))
+            .collect();
+        Some(World {
+            replicas,
+            cluster,
+            upstream: url,
+            state,
+            _upstream: upstream,
+        })
+    }
+}
+
 /// What a replica answers alice reading her device.
 async fn alice_reads(served: &Served) -> StatusCode {
     let bearer = token(json!({"usr": "alice"}));
@@ -205,17 +233,17 @@ fn user(role: &str, enabled: bool) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_through_one_replica_is_enforced_by_every_replica_within_a_second() {
-    let Some(cluster) = Cluster::start() else {
+    let Some(world) = World::start(3).await else {
         return;
     };
-    let upstream = Upstream::start().await;
-    let up = format!("http://{}", upstream.addr);
-    let state = tempfile::tempdir().unwrap();
-    let replicas: Vec<Served> = (0..3)
-        .map(|_| replica(&cluster, &up, state.path()))
-        .collect();
+    let (cluster, up, state, replicas) = (
+        &world.cluster,
+        &world.upstream,
+        &world.state,
+        &world.replicas,
+    );
     let (a, b, c) = (&replicas[0], &replicas[1], &replicas[2]);
-    for r in &replicas {
+    for r in replicas {
         assert_eq!(alice_reads(r).await, StatusCode::OK);
     }
     // alice disabled through A: refused by B and C within a second
@@ -284,7 +312,7 @@ async fn a_change_through_one_replica_is_enforced_by_every_replica_within_a_seco
         times[times.len() - 1]
     );
     // every replica says how far it follows
-    for r in &replicas {
+    for r in replicas {
         let s = r
             .wait_status("caught up", |s| s["shared_directory"]["lag"] == 0)
             .await;
@@ -302,7 +330,7 @@ async fn a_change_through_one_replica_is_enforced_by_every_replica_within_a_seco
         );
     }
     // a replica started now serves the shared directory from its first request
-    let late = replica(&cluster, &up, state.path());
+    let late = replica(cluster, up, state.path());
     let (_, body) = admin(&late, "GET", alice, None, Some(TOKEN)).await;
     assert_eq!(body["attrs"]["enabled"], false, "{body}");
     assert_eq!(alice_reads(&late).await, StatusCode::FORBIDDEN);
@@ -312,17 +340,11 @@ async fn a_change_through_one_replica_is_enforced_by_every_replica_within_a_seco
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_acknowledged_change_survives_a_database_restart_in_the_middle_of_a_write_burst() {
-    let Some(cluster) = Cluster::start() else {
+    let Some(world) = World::start(3).await else {
         return;
     };
-    let cluster = std::sync::Arc::new(cluster);
-    let upstream = Upstream::start().await;
-    let up = format!("http://{}", upstream.addr);
-    let state = tempfile::tempdir().unwrap();
-    let replicas: Vec<Served> = (0..3)
-        .map(|_| replica(&cluster, &up, state.path()))
-        .collect();
-    let restarting = cluster.clone();
+    let replicas = &world.replicas;
+    let restarting = world.cluster.clone();
     let restart = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(400));
         restarting.restart();
@@ -362,7 +384,7 @@ async fn every_acknowledged_change_survives_a_database_restart_in_the_middle_of_
     })
     .await;
     acknowledged.push(after.to_string());
-    for r in &replicas {
+    for r in replicas {
         r.wait_status("reconnected and caught up", |s| {
             s["shared_directory"]["connected"] == true && s["shared_directory"]["lag"] == 0
         })
