@@ -189,12 +189,21 @@ impl Snapshot {
     /// # Errors
     /// A change does not fit the schema or the rules (nothing applied).
     pub fn with_changes(&self, changes: &[Change], seq: u64) -> Result<Snapshot, Problems> {
-        let mut directory = self
-            .directory
-            .apply(changes, &self.catalog, &self.routes.rules)?;
+        let (snapshot, problems) = self.with_changes_fitting(changes, seq);
+        problems.into_result(snapshot)
+    }
+
+    /// The same snapshot with each change applied as far as it fits
+    /// ([`Directory::apply_fitting`]: an entity whose change does not fit is absent), and
+    /// what did not fit.
+    pub fn with_changes_fitting(&self, changes: &[Change], seq: u64) -> (Snapshot, Problems) {
+        let (mut directory, mut problems) =
+            self.directory
+                .apply_fitting(changes, &self.catalog, &self.routes.rules);
         if let Some(license) = &self.license {
-            install_license(license, &self.routes, &self.catalog, &mut directory)
-                .map_err(|m| Problem::in_file(Path::new("[license]"), m))?;
+            if let Err(m) = install_license(license, &self.routes, &self.catalog, &mut directory) {
+                problems.push(Problem::in_file(Path::new("[license]"), m));
+            }
         }
         let seq = seq.to_string();
         let directory_version = hash(
@@ -204,13 +213,14 @@ impl Snapshot {
             ]
             .into_iter(),
         );
-        Ok(Snapshot {
+        let snapshot = Snapshot {
             directory,
             directory_version: directory_version.into(),
             loaded_at: SystemTime::now(),
             generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             ..self.share()
-        })
+        };
+        (snapshot, problems)
     }
 }
 

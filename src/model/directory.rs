@@ -483,6 +483,20 @@ impl Directory {
         catalog: &Catalog,
         rules: &[EntityRule],
     ) -> Result<Directory, Problems> {
+        let (dir, problems) = self.apply_fitting(changes, catalog, rules);
+        problems.into_result(dir)
+    }
+
+    /// Applies changes to a copy of the directory, each as far as it fits: an entity a
+    /// change leaves that does not fit (the schema, the rules, a parent cycle) is absent
+    /// from the copy, so a decision on it is refused, never made on what it was before.
+    /// What did not fit is returned beside the copy.
+    pub fn apply_fitting(
+        &self,
+        changes: &[change::Change],
+        catalog: &Catalog,
+        rules: &[EntityRule],
+    ) -> (Directory, Problems) {
         let mut dir = self.clone();
         let mut problems = Problems::new();
         let origin = Path::new("<change>");
@@ -506,6 +520,7 @@ impl Directory {
             }
             let index = dir.intern_uid(ty, &uid.id);
             let current = dir.node(index).map(|node| node.json());
+            // removed first: an entity whose new state does not load stays absent
             dir.remove(index);
             let Some(entity) = change::result(c, current) else {
                 continue;
@@ -523,11 +538,17 @@ impl Directory {
                     .push(Problem::in_file(origin, format!("change {n}: {m}")));
             }
         }
-        if let Err(index) = dir.compute_ancestors() {
+        // each entity found on a cycle is left out until none is (a cycle is made of
+        // present entities: removing one, which drops its parents, breaks it)
+        for _ in 0..=dir.slots.len() {
+            let Err(index) = dir.compute_ancestors() else {
+                break;
+            };
             let message = format!("entity `{}` would be its own ancestor", dir.uid(index));
             problems.push(Problem::in_file(origin, message));
+            dir.remove(index);
         }
-        problems.into_result(dir)
+        (dir, problems)
     }
 
     /// The change that leaves `uid` as it is now (for a compacted journal): its whole

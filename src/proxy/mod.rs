@@ -46,7 +46,7 @@ use crate::proxy::response::{full, Body, BoxError, Failure, UpstreamError, REQUE
 use crate::request::subrequest::{self, OriginalBody, SubrequestError};
 use crate::request::uri::Query;
 use crate::request::{headers, TlsSession};
-use crate::store::postgres::{Append, Postgres, StoreError};
+use crate::store::postgres::{Postgres, StoreError};
 use crate::store::{self, Replica};
 use crate::telemetry;
 use crate::telemetry::inputs::{Entry, Recorder};
@@ -83,6 +83,9 @@ pub struct Gateway {
     replica: Option<Arc<Replica>>,
     /// One writer at a time: directory changes and reloads.
     writes: tokio::sync::Mutex<()>,
+    /// One change of the serving directory from the shared database at a time (commits,
+    /// catch-ups, reloads of a replica); held briefly, never across a forward.
+    applying: tokio::sync::Mutex<()>,
     /// Directory changes applied since start (names versions without a journal).
     changes: AtomicU64,
     /// `[directory] compact_after`.
@@ -152,6 +155,7 @@ impl Gateway {
             journal,
             replica,
             writes: tokio::sync::Mutex::new(()),
+            applying: tokio::sync::Mutex::new(()),
             changes: AtomicU64::new(0),
             compact_after: config.directory.compact_after,
             offline: false,
@@ -187,6 +191,7 @@ impl Gateway {
             journal: None,
             replica: None,
             writes: tokio::sync::Mutex::new(()),
+            applying: tokio::sync::Mutex::new(()),
             changes: AtomicU64::new(0),
             compact_after: config.directory.compact_after,
             server,
@@ -271,13 +276,15 @@ impl Gateway {
     }
 
     /// [`Gateway::commit`] through the shared database: in turn with every replica, this one
-    /// first applies what it has not yet, checks the batch on that, writes it with its
-    /// net entities, and serves it once the database has committed it.
+    /// first applies what it has not yet, checks the batch on that, writes the state it
+    /// leaves its entities in (their net changes: what every replica applies, whatever its
+    /// own files say), and serves it once the database has committed it.
     async fn commit_shared(
         &self,
         replica: &Replica,
         changes: Vec<Change>,
     ) -> Result<(), CommitError> {
+        let _applying = self.applying.lock().await;
         if !replica.is_loaded() {
             return Err(CommitError::Store(
                 "the shared directory is not loaded yet".into(),
@@ -289,26 +296,22 @@ impl Gateway {
             .store
             .write(applied, |missed, seq| {
                 let caught = store::replay(&current, &missed);
-                let last = missed.last().map_or(applied, |e| e.seq);
                 let base = caught.as_ref().unwrap_or(&current);
                 if base.directory.unchanged_by(&changes) {
-                    return Ok(((caught, last, missed), None));
+                    let last = missed.last().map_or(applied, |e| e.seq);
+                    return Ok(((caught, last, missed, Vec::new()), None));
                 }
                 let next = base
                     .with_changes(&changes, seq)
                     .map_err(CommitError::Invalid)?;
-                let net = touched(&changes)
+                let net: Vec<Change> = touched(&changes)
                     .into_iter()
                     .map(|uid| next.directory.net_change(uid))
                     .collect();
-                let append = Append {
-                    changes: changes.clone(),
-                    net,
-                };
-                Ok(((Some(next), seq, missed), Some(append)))
+                Ok(((Some(next), seq, missed, net.clone()), Some(net)))
             })
             .await;
-        let (next, seq, missed) = match written {
+        let (next, seq, missed, net) = match written {
             Ok(Ok(done)) => done,
             Ok(Err(refused)) => return Err(refused),
             Err(e) => {
@@ -319,14 +322,15 @@ impl Gateway {
         if let Some(next) = next {
             self.swap(next);
         }
-        let ours = (seq > applied).then_some(&changes).into_iter().flatten();
-        replica.advance(seq, missed.iter().flat_map(|e| &e.changes).chain(ours));
+        replica.advance(seq, missed.iter().flat_map(|e| &e.changes).chain(&net));
         self.metrics.record_directory_change(true);
         Ok(())
     }
 
     /// Applies what the shared database has that this replica has not: its whole directory
-    /// the first time, then the change log after the last entry applied.
+    /// the first time, then the change log after the last entry applied. It waits only for
+    /// another replica-state change (not for a mutating request in flight, which holds the
+    /// writer lock across its forward): a revocation lands while slow requests run.
     ///
     /// # Errors
     /// The database could not be read (nothing changed).
@@ -334,7 +338,7 @@ impl Gateway {
         let Some(replica) = &self.replica else {
             return Ok(());
         };
-        let _one = self.writes.lock().await;
+        let _applying = self.applying.lock().await;
         let entries = match replica.is_loaded() {
             true => replica.store.since(replica.applied()).await?,
             false => {
@@ -362,19 +366,24 @@ impl Gateway {
     }
 
     /// Swaps in a snapshot rebuilt from the files (a reload), with the shared database's
-    /// entities laid over it again. Hold [`Gateway::write_lock`].
-    ///
-    /// # Errors
-    /// The shared entities do not fit the rebuilt snapshot (nothing swapped).
-    pub fn swap_reloaded(&self, snapshot: Snapshot) -> Result<(), Problems> {
+    /// entities laid over it again: each as the serving snapshot has it, one that does not
+    /// fit the rebuilt snapshot left out (refused) rather than the reload refused. Hold
+    /// [`Gateway::write_lock`].
+    pub async fn swap_reloaded(&self, snapshot: Snapshot) {
         let Some(replica) = &self.replica else {
             self.swap(snapshot);
-            return Ok(());
+            return;
         };
+        let _applying = self.applying.lock().await;
         let overlay = replica.overlay(&self.snapshot());
-        let next = snapshot.with_changes(&overlay, replica.applied())?;
-        self.swap(next);
-        Ok(())
+        let entry = LogEntry {
+            seq: replica.applied(),
+            at: crate::authn::now(),
+            changes: overlay,
+        };
+        if let Some(next) = store::replay(&snapshot, &[entry]) {
+            self.swap(next);
+        }
     }
 
     /// Notified when a `resync` route was answered 2xx (one wake-up is kept until taken).

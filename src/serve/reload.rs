@@ -98,17 +98,16 @@ impl Reloader {
         let mut problems: Vec<String> = match loaded {
             Ok(Ok(snapshot)) => {
                 warnings.extend(snapshot.warnings.iter().cloned());
-                match self.gateway.swap_reloaded(snapshot) {
-                    Ok(()) => Vec::new(),
-                    Err(p) => p.iter().map(ToString::to_string).collect(),
-                }
+                self.gateway.swap_reloaded(snapshot).await;
+                Vec::new()
             }
             Ok(Err(problems)) => {
                 // the directory follows its files even while a policy file is broken
                 let current = self.gateway.snapshot();
                 if let Ok(next) = current.with_directory_reloaded(&self.config) {
                     if next.directory_version != current.directory_version {
-                        directory_applied = self.gateway.swap_reloaded(next).is_ok();
+                        self.gateway.swap_reloaded(next).await;
+                        directory_applied = true;
                     }
                 }
                 problems.iter().map(ToString::to_string).collect()

@@ -3,10 +3,11 @@
 //!
 //! ```text
 //! start ─▶ migrate, load the database's directory (before any port is bound)
-//! follow: LISTEN ─▶ catch up (after every (re)connect) ─┬─ a notification, seq > applied
-//!                                                      ├─ every POLL (a missed notification)
-//!                                                      └─▶ Gateway::catch_up: the rows after
-//!                                                          the last applied, in order
+//! follow: LISTEN ─▶ catch up (at once, then) ─┬─ on a notification, seq > applied
+//!                                             ├─ every POLL (a missed notification)
+//!                                             └─▶ Gateway::catch_up: the rows after the
+//!                                                 last applied, in order; connected while
+//!                                                 catch-ups succeed
 //!         the connection ends ─▶ not connected; retry after a backoff (100 ms … 2 s)
 //! ```
 
@@ -44,34 +45,9 @@ pub(crate) async fn follow(gateway: Arc<Gateway>, replica: Arc<Replica>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match replica.store.listen().await {
-            Ok((client, mut notified)) => {
-                replica.set_connected(true);
+            Ok((client, notified)) => {
                 backoff = Duration::from_millis(100);
-                tracing::info!("following the shared directory");
-                catch_up(&gateway).await;
-                loop {
-                    tokio::select! {
-                        seq = notified.recv() => match seq {
-                            Some(seq) => {
-                                replica.note_head(seq);
-                                if seq > replica.applied() {
-                                    catch_up(&gateway).await;
-                                }
-                            }
-                            None => break,
-                        },
-                        () = tokio::time::sleep(POLL) => {
-                            if client.is_closed() {
-                                break;
-                            }
-                            match replica.store.head().await {
-                                Ok(head) => replica.note_head(head),
-                                Err(e) => tracing::warn!(error = %e, "shared directory unreadable"),
-                            }
-                            catch_up(&gateway).await;
-                        }
-                    }
-                }
+                listening(&gateway, &replica, &client, notified).await;
             }
             Err(e) => tracing::warn!(error = %e, "shared directory unreachable; retrying"),
         }
@@ -81,8 +57,49 @@ pub(crate) async fn follow(gateway: Arc<Gateway>, replica: Arc<Replica>) {
     }
 }
 
-async fn catch_up(gateway: &Gateway) {
-    if let Err(e) = gateway.catch_up().await {
-        tracing::warn!(error = %e, "shared directory catch-up failed; retrying");
+/// Applies the change log while the listening connection lasts: after a catch-up (only then
+/// is the replica connected), on every notification past what it applied, and on every
+/// poll whatever the notifications (a poll also notes the database's head, for the lag).
+async fn listening(
+    gateway: &Gateway,
+    replica: &Replica,
+    client: &tokio_postgres::Client,
+    mut notified: tokio::sync::mpsc::UnboundedReceiver<u64>,
+) {
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            seq = notified.recv() => match seq {
+                Some(seq) => {
+                    replica.note_head(seq);
+                    if seq > replica.applied() {
+                        catch_up(gateway, replica).await;
+                    }
+                }
+                None => return,
+            },
+            _ = poll.tick() => {
+                if client.is_closed() {
+                    return;
+                }
+                match replica.store.head().await {
+                    Ok(head) => replica.note_head(head),
+                    Err(e) => tracing::warn!(error = %e, "shared directory unreadable"),
+                }
+                catch_up(gateway, replica).await;
+            }
+        }
+    }
+}
+
+/// A catch-up; the replica counts as connected while catch-ups succeed.
+async fn catch_up(gateway: &Gateway, replica: &Replica) {
+    match gateway.catch_up().await {
+        Ok(()) => replica.set_connected(true),
+        Err(e) => {
+            replica.set_connected(false);
+            tracing::warn!(error = %e, "shared directory catch-up failed; retrying");
+        }
     }
 }

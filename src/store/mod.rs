@@ -131,18 +131,18 @@ impl Replica {
 }
 
 /// `entries` of the change log applied in order over `base` (`None` when there are none).
-/// An entry that does not apply here (the replica's files disagree) is skipped and logged,
-/// as a journal entry is.
+/// A change that does not fit here (this replica's schema, rules or files disagree with the
+/// writer's) leaves its entity absent, so it is refused here, never decided on what this
+/// replica's files say; it is logged, and applied again by the next change of that entity.
 pub(crate) fn replay(base: &Snapshot, entries: &[Entry]) -> Option<Snapshot> {
     let mut out: Option<Snapshot> = None;
     for entry in entries {
         let from = out.as_ref().unwrap_or(base);
-        match from.with_changes(&entry.changes, entry.seq) {
-            Ok(next) => out = Some(next),
-            Err(p) => {
-                tracing::warn!(seq = entry.seq, problems = %p, "shared change does not apply here; skipped");
-            }
+        let (next, problems) = from.with_changes_fitting(&entry.changes, entry.seq);
+        if !problems.is_empty() {
+            tracing::error!(seq = entry.seq, problems = %problems, "shared change does not fit here; its entities are left out (refused)");
         }
+        out = Some(next);
     }
     out
 }

@@ -4,15 +4,19 @@
 //! ```text
 //! migrate ─▶ iotgate_migrations: each version applied once, under the advisory lock
 //! load    ─▶ one REPEATABLE READ view: the last seq + every entity's net change
-//! write   ─▶ BEGIN; pg_advisory_xact_lock ─▶ the rows after the writer's last seq (it
-//!            catches up first) ─▶ its batch as seq = last + 1, the net entities upserted,
-//!            pg_notify('iotgate_changes', seq) ─▶ COMMIT (then the writer serves it)
+//! write   ─▶ BEGIN; lock and statement timeouts; pg_advisory_xact_lock ─▶ the rows after
+//!            the writer's last seq (it catches up first) ─▶ the net changes of its batch
+//!            (the state it leaves its entities in) as seq = last + 1, the same upserted
+//!            into iotgate_entities, pg_notify('iotgate_changes', seq) ─▶ COMMIT
 //! listen  ─▶ LISTEN iotgate_changes on a connection of its own: each notification's seq
 //! since   ─▶ the rows after a seq, in order (a follower's catch-up)
 //! ```
 //!
 //! The advisory lock makes writers take turns, so sequence numbers are given in commit
-//! order without gaps: a follower that has read up to N never misses a row below N.
+//! order without gaps: a follower that has read up to N never misses a row below N. A row
+//! holds whole entities (or removals), never a change relative to what a replica has, so
+//! every replica (and every later start, from iotgate_entities) reaches the same state.
+//! Every call is bounded in time: a dead connection fails it rather than hanging it.
 
 use std::time::Duration;
 
@@ -31,6 +35,13 @@ const CHANNEL: &str = "iotgate_changes";
 const LOCK: i64 = 0x0069_6f74_6761_7465;
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a write (lock, catch-up rows, append, commit) or a catch-up read may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long loading the whole directory may take.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// Idle time after which TCP keepalives probe a connection, and how long sent data may go
+/// unacknowledged: a dead peer (a failover, a cut link) ends the connection in seconds.
+const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// The database schema, version by version; a version is never edited once released.
 const MIGRATIONS: &[(i32, &str)] = &[(
@@ -61,22 +72,25 @@ pub(crate) enum StoreError {
     /// A row iotgate did not write (or a newer iotgate did).
     #[error("postgres: {0}")]
     Data(String),
+    /// The database did not answer in time.
+    #[error("postgres: no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// `work`, failed with [`StoreError::Timeout`] when it takes longer than `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or(Err(StoreError::Timeout(limit)))
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         StoreError::Pool(e.to_string())
     }
-}
-
-/// What a writer appends once it has caught up: its batch and the net change of every
-/// entity the batch touches (the state the batch leaves them in).
-#[derive(Debug)]
-pub(crate) struct Append {
-    /// The batch, as the follower applies it.
-    pub(crate) changes: Vec<Change>,
-    /// `Put` (or `Delete`) of every entity it touches.
-    pub(crate) net: Vec<Change>,
 }
 
 /// The shared database.
@@ -101,6 +115,8 @@ impl Postgres {
     pub(crate) fn new(url: &str) -> Result<Postgres, StoreError> {
         let mut config: tokio_postgres::Config = url.trim().parse()?;
         config.connect_timeout(CONNECT_TIMEOUT);
+        config.keepalives_idle(KEEPALIVE);
+        config.tcp_user_timeout(KEEPALIVE);
         if config.get_application_name().is_none() {
             config.application_name("iotgate");
         }
@@ -126,6 +142,10 @@ impl Postgres {
     /// # Errors
     /// The database cannot be reached, refuses, or was migrated by a newer iotgate.
     pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
+        bounded(WRITE_TIMEOUT, self.migrate_now()).await
+    }
+
+    async fn migrate_now(&self) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
@@ -168,6 +188,10 @@ impl Postgres {
     /// # Errors
     /// The database cannot be reached, or holds a row iotgate cannot read.
     pub(crate) async fn load(&self) -> Result<(u64, Vec<Change>), StoreError> {
+        bounded(LOAD_TIMEOUT, self.load_now()).await
+    }
+
+    async fn load_now(&self) -> Result<(u64, Vec<Change>), StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client
             .build_transaction()
@@ -203,8 +227,11 @@ impl Postgres {
     /// # Errors
     /// The database cannot be reached, or holds a row iotgate cannot read.
     pub(crate) async fn since(&self, seq: u64) -> Result<Vec<Entry>, StoreError> {
-        let client = self.pool.get().await?;
-        entries_since(&client, seq).await
+        bounded(WRITE_TIMEOUT, async {
+            let client = self.pool.get().await?;
+            entries_since(&client, seq).await
+        })
+        .await
     }
 
     /// The last sequence number of the log.
@@ -212,41 +239,51 @@ impl Postgres {
     /// # Errors
     /// The database cannot be reached.
     pub(crate) async fn head(&self) -> Result<u64, StoreError> {
-        let client = self.pool.get().await?;
-        let seq: i64 = client
-            .query_one("SELECT coalesce(max(seq), 0) FROM iotgate_changes", &[])
-            .await?
-            .get(0);
-        Ok(seq_of(seq))
+        bounded(WRITE_TIMEOUT, async {
+            let client = self.pool.get().await?;
+            let seq: i64 = client
+                .query_one("SELECT coalesce(max(seq), 0) FROM iotgate_changes", &[])
+                .await?
+                .get(0);
+            Ok(seq_of(seq))
+        })
+        .await
     }
 
     /// Writes one batch, in turn with every other writer: `prepare` is given the entries
     /// after `last` (what this writer has not applied yet) and the sequence number the batch
-    /// gets, and says what to append (`None`: nothing, the batch changes nothing). Its
-    /// refusal rolls everything back.
+    /// gets, and says what to append: the net change of every entity the batch touches
+    /// (`None`: nothing, the batch changes nothing). Its refusal rolls everything back.
     ///
     /// # Errors
-    /// The database failed (nothing was written); `Ok(Err)` is `prepare`'s refusal.
+    /// The database failed or did not answer in time. Nothing was written, unless the
+    /// connection failed during the COMMIT itself: then the batch may be in the log, and
+    /// every replica (this one too) applies it from there.
     pub(crate) async fn write<T, E>(
         &self,
         last: u64,
-        prepare: impl FnOnce(Vec<Entry>, u64) -> Result<(T, Option<Append>), E>,
+        prepare: impl FnOnce(Vec<Entry>, u64) -> Result<(T, Option<Vec<Change>>), E>,
     ) -> Result<Result<T, E>, StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
-            .await?;
-        let missed = entries_since(&tx, last).await?;
-        let seq = missed.last().map_or(last, |e| e.seq) + 1;
-        let (out, append) = match prepare(missed, seq) {
-            Ok(prepared) => prepared,
-            Err(refused) => return Ok(Err(refused)),
-        };
-        if let Some(append) = append {
-            append_batch(&tx, seq, &append).await?;
-        }
-        tx.commit().await?;
-        Ok(Ok(out))
+        bounded(WRITE_TIMEOUT, async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            tx.batch_execute("SET LOCAL lock_timeout = '5s'; SET LOCAL statement_timeout = '10s'")
+                .await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
+                .await?;
+            let missed = entries_since(&tx, last).await?;
+            let seq = missed.last().map_or(last, |e| e.seq) + 1;
+            let (out, net) = match prepare(missed, seq) {
+                Ok(prepared) => prepared,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            if let Some(net) = net {
+                append_batch(&tx, seq, &net).await?;
+            }
+            tx.commit().await?;
+            Ok(Ok(out))
+        })
+        .await
     }
 
     /// A connection of its own that listens for committed changes: each notification's
@@ -277,7 +314,10 @@ impl Postgres {
                 }
             }
         });
-        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        bounded(WRITE_TIMEOUT, async {
+            Ok(client.batch_execute(&format!("LISTEN {CHANNEL}")).await?)
+        })
+        .await?;
         Ok((client, rx))
     }
 }
@@ -313,21 +353,21 @@ async fn entries_since(client: &impl GenericClient, seq: u64) -> Result<Vec<Entr
         .collect()
 }
 
-/// Appends the batch as `seq`, upserts its net entities and announces it (delivered to
-/// listeners when the transaction commits).
+/// Appends the net changes of a batch as `seq`, upserts them into the entities and
+/// announces it (delivered to listeners when the transaction commits).
 async fn append_batch(
     tx: &tokio_postgres::Transaction<'_>,
     seq: u64,
-    append: &Append,
+    net: &[Change],
 ) -> Result<(), StoreError> {
-    let changes = json(&append.changes)?;
+    let changes = json(&net)?;
     tx.execute(
         "INSERT INTO iotgate_changes (seq, changes) VALUES ($1, $2::text::jsonb)",
         &[&seq_param(seq), &changes],
     )
     .await?;
     let (mut types, mut ids, mut nets) = (Vec::new(), Vec::new(), Vec::new());
-    for change in &append.net {
+    for change in net {
         types.push(change.uid().ty.clone());
         ids.push(change.uid().id.clone());
         nets.push(json(change)?);

@@ -164,6 +164,12 @@ impl Drop for Cluster {
 
 /// A mini replica of the shared directory, with the entity API's token in `state`.
 fn replica(cluster: &Cluster, upstream: &str, state: &Path) -> Served {
+    let (dir, config) = replica_files(cluster, upstream, state);
+    Served::spawn(dir, &config)
+}
+
+/// A writable copy of the mini profile set up as a replica (not started), and its config.
+fn replica_files(cluster: &Cluster, upstream: &str, state: &Path) -> (tempfile::TempDir, PathBuf) {
     let token = state.join("admin.token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     let sections = format!(
@@ -171,7 +177,7 @@ fn replica(cluster: &Cluster, upstream: &str, state: &Path) -> Served {
         cluster.url(),
         token.display()
     );
-    Served::start(upstream, "off", &sections)
+    Served::mini(upstream, "signal", &sections)
 }
 
 /// A cluster, an upstream and replicas of the mini profile in front of it.
@@ -261,6 +267,14 @@ async fn a_change_through_one_replica_is_enforced_by_every_replica_within_a_seco
         })
         .await;
     }
+    // a reload of the files lays the shared directory over them again
+    let (status, body) = admin(b, "POST", "/reload", None, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        alice_reads(b).await,
+        StatusCode::FORBIDDEN,
+        "a reload never serves the files alone"
+    );
     // an account (and its device) created through B works on C
     let batch = json!([
         {"uid": {"type": "Mini::User", "id": "dana"}, "attrs": {"role": "developer", "enabled": true}, "parents": []},
@@ -394,4 +408,64 @@ async fn every_acknowledged_change_survives_a_database_restart_in_the_middle_of_
             assert_eq!(status, StatusCode::OK, "{path} on {}: {body}", r.admin);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_change_that_does_not_fit_a_replica_leaves_the_entity_refused_there() {
+    let Some(world) = World::start(1).await else {
+        return;
+    };
+    let writer = &world.replicas[0];
+    // a replica a rolling deploy has moved ahead: its schema requires a `nickname` of every
+    // account (its files have one), which the writer's changes do not carry
+    let (dir, config) = replica_files(&world.cluster, &world.upstream, world.state.path());
+    let mini = dir.path().join("mini");
+    let schema = mini.join("schema/mini.cedarschema");
+    let text = std::fs::read_to_string(&schema).unwrap().replace(
+        "entity User = { role: String, enabled: Bool };",
+        "entity User = { role: String, enabled: Bool, nickname: String };",
+    );
+    std::fs::write(&schema, text).unwrap();
+    let users = mini.join("directory/users.json");
+    let text = std::fs::read_to_string(&users)
+        .unwrap()
+        .replace(
+            "\"enabled\": true}",
+            "\"enabled\": true, \"nickname\": \"n\"}",
+        )
+        .replace(
+            "\"enabled\": false}",
+            "\"enabled\": false, \"nickname\": \"n\"}",
+        );
+    std::fs::write(&users, text).unwrap();
+    let ahead = Served::spawn(dir, &config);
+    assert_eq!(alice_reads(&ahead).await, StatusCode::OK);
+    // alice disabled through the writer: on the replica ahead the change does not fit, and
+    // alice must not stay as its files say (enabled)
+    let alice = "/directory/entities/Mini::User/alice";
+    let (status, body) = admin(
+        writer,
+        "PUT",
+        alice,
+        Some(user("developer", false)),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    within(Duration::from_secs(1), || async {
+        alice_reads(&ahead).await != StatusCode::OK
+    })
+    .await;
+    let (status, _) = admin(&ahead, "GET", alice, None, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "left out, refused");
+    // nor after a reload of its files, which still says enabled
+    let (status, body) = admin(&ahead, "POST", "/reload", None, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_ne!(alice_reads(&ahead).await, StatusCode::OK);
+    // a later change that fits applies there again
+    let fitting =
+        json!({"attrs": {"role": "developer", "enabled": true, "nickname": "al"}, "parents": []});
+    let (status, body) = admin(&ahead, "PUT", alice, Some(fitting), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(alice_reads(&ahead).await, StatusCode::OK);
 }

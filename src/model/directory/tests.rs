@@ -363,3 +363,54 @@ fn changes_apply_all_or_nothing_and_keep_the_directory_checked() {
         );
     }
 }
+
+#[test]
+fn changes_that_do_not_fit_leave_their_entities_absent_and_the_rest_applied() {
+    use change::{Change, Uid};
+    let (_dir, loaded) = load(&[(
+        "e.json",
+        r#"[{"uid":{"type":"T::Org","id":"eu"},"attrs":{},"parents":[]},
+            {"uid":{"type":"T::Org","id":"de"},"attrs":{},"parents":[{"type":"T::Org","id":"eu"}]},
+            {"uid":{"type":"T::User","id":"ann"},"attrs":{"role":"admin","enabled":true},"parents":[]},
+            {"uid":{"type":"T::User","id":"bo"},"attrs":{"role":"basic","enabled":true},"parents":[]}]"#,
+    )]);
+    let dir = loaded.unwrap();
+    let u = |ty: &str, id: &str| Uid {
+        ty: ty.into(),
+        id: id.into(),
+    };
+    let attrs = |v: serde_json::Value| v.as_object().unwrap().clone();
+    let changes = [
+        // ann disabled elsewhere, written without an attribute this schema requires
+        Change::Put {
+            uid: u("T::User", "ann"),
+            attrs: attrs(json!({"enabled": false})),
+            parents: vec![],
+        },
+        // fits
+        Change::Upsert {
+            uid: u("T::User", "bo"),
+            attrs: attrs(json!({"enabled": false})),
+            parents: None,
+        },
+        // a cycle
+        Change::SetParents {
+            uid: u("T::Org", "eu"),
+            parents: vec![u("T::Org", "de")],
+        },
+    ];
+    let (after, problems) = dir.apply_fitting(&changes, &catalog(), &rules());
+    assert_eq!(problems.iter().count(), 2, "{problems}");
+    assert!(
+        after.get(&uid(r#"T::User::"ann""#)).is_none(),
+        "never left as the files say (enabled)"
+    );
+    assert!(after.get(&uid(r#"T::User::"bo""#)).unwrap().is_disabled());
+    let orgs = [r#"T::Org::"eu""#, r#"T::Org::"de""#].map(|o| after.get(&uid(o)).is_some());
+    assert!(
+        orgs.contains(&false),
+        "one entity of the cycle is out: {orgs:?}"
+    );
+    // the all-or-nothing apply refuses the same batch
+    assert!(dir.apply(&changes, &catalog(), &rules()).is_err());
+}
