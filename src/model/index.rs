@@ -70,6 +70,16 @@ enum Bucket {
     ByAction(HashMap<EntityUid, PolicySet>),
 }
 
+impl Bucket {
+    /// The policies of the bucket that can apply to `action`.
+    fn set_for(&self, action: &EntityUid) -> Option<&PolicySet> {
+        match self {
+            Bucket::All(set) => Some(set),
+            Bucket::ByAction(sets) => sets.get(action),
+        }
+    }
+}
+
 /// Policies grouped by their scope pins, then (for big buckets) by the action they admit.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyIndex {
@@ -169,11 +179,7 @@ impl PolicyIndex {
                     principal: p.clone(),
                     resource: r.clone(),
                 };
-                match self.buckets.get(&key) {
-                    Some(Bucket::All(set)) => out.push(&**set),
-                    Some(Bucket::ByAction(sets)) => out.extend(sets.get(action)),
-                    None => {}
-                }
+                out.extend(self.buckets.get(&key).and_then(|b| b.set_for(action)));
             }
         }
         out
@@ -203,12 +209,8 @@ impl PolicyIndex {
                 Known::Principal(..) => &key.principal,
                 Known::Resource(..) => &key.resource,
             };
-            if !matching.contains(side) {
-                continue;
-            }
-            match bucket {
-                Bucket::All(set) => out.push(&**set),
-                Bucket::ByAction(sets) => out.extend(sets.get(action)),
+            if matching.contains(side) {
+                out.extend(bucket.set_for(action));
             }
         }
         out
