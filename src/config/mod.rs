@@ -113,6 +113,7 @@ struct FileDirectory {
     store: StoreKind,
     url: Option<String>,
     url_file: Option<String>,
+    state_dir: Option<String>,
     #[serde(default = "default_compact_after")]
     compact_after: usize,
     sync: Option<FileSync>,
@@ -524,6 +525,10 @@ pub enum PostgresUrl {
 pub struct DirectoryConfig {
     /// `store = "postgres"`: the shared database (none: the file journal).
     pub postgres: Option<PostgresUrl>,
+    /// `store = "postgres"`: the replica's own folder, for the cache of the shared directory
+    /// it can start from while the database is down and the outbox of write-through
+    /// effects waiting for the database.
+    pub state_dir: Option<PathBuf>,
     /// Where runtime changes are journaled (none: they are refused).
     pub journal: Option<PathBuf>,
     /// Entries after which the journal is compacted (at start and on write).
@@ -932,6 +937,7 @@ impl Config {
             });
             DirectoryConfig {
                 postgres: postgres.flatten(),
+                state_dir: d.state_dir.as_deref().map(|p| ctx.path(p)),
                 journal: d.journal.as_deref().map(|p| ctx.path(p)),
                 compact_after: d.compact_after.max(1),
                 sync,
@@ -1010,13 +1016,25 @@ impl Ctx<'_> {
     fn postgres(&self, d: &FileDirectory) -> Result<Option<PostgresUrl>, Problem> {
         let problem = |key: &str, m: &str| self.source.problem(&format!("directory.{key}"), m);
         if d.store == StoreKind::File {
-            return match (&d.url, &d.url_file) {
-                (None, None) => Ok(None),
+            return match (&d.url, &d.url_file, &d.state_dir) {
+                (None, None, None) => Ok(None),
+                (None, None, Some(_)) => Err(problem(
+                    "state_dir",
+                    "`state_dir` needs `store = \"postgres\"` (the file store keeps `journal`)",
+                )),
                 _ => Err(problem(
                     "url",
                     "`url` and `url_file` need `store = \"postgres\"`",
                 )),
             };
+        }
+        if d.state_dir.is_none() {
+            return Err(problem(
+                "state_dir",
+                "`store = \"postgres\"` needs `state_dir`: a folder of this replica's own, for \
+                 the directory cache it starts from while the database is down and the outbox \
+                 of effects waiting for it",
+            ));
         }
         if d.journal.is_some() {
             return Err(problem(
@@ -1671,29 +1689,34 @@ directory = ["dir"]
         let with = |lines: &str| format!("{GOOD}\n[directory]\n{lines}");
         let c = Config::parse(
             Path::new("/etc/gw/c.toml"),
-            &with("store = \"postgres\"\nurl_file = \"pg.url\"\n"),
+            &with("store = \"postgres\"\nurl_file = \"pg.url\"\nstate_dir = \"state\"\n"),
         )
         .unwrap();
         assert_eq!(
             c.directory.postgres,
             Some(PostgresUrl::File("/etc/gw/pg.url".into()))
         );
-        let inline = with("store = \"postgres\"\nurl = \"postgres://iotgate@db/iotgate\"\n");
+        assert_eq!(c.directory.state_dir, Some("/etc/gw/state".into()));
+        let inline = with(
+            "store = \"postgres\"\nurl = \"postgres://iotgate@db/iotgate\"\nstate_dir = \"s\"\n",
+        );
         let c = Config::parse(Path::new("/etc/gw/c.toml"), &inline).unwrap();
         assert!(matches!(c.directory.postgres, Some(PostgresUrl::Inline(_))));
         let cases = [
-            ("store = \"postgres\"\n", "needs `url` (or `url_file`)"),
+            ("store = \"postgres\"\nstate_dir = \"s\"\n", "needs `url` (or `url_file`)"),
+            ("store = \"postgres\"\nurl = \"postgres://db/x\"\n", "needs `state_dir`"),
+            ("state_dir = \"s\"\n", "`state_dir` needs `store = \"postgres\"`"),
             ("url = \"postgres://db/x\"\n", "need `store = \"postgres\"`"),
             (
-                "store = \"postgres\"\nurl = \"postgres://db/x\"\njournal = \"j\"\n",
+                "store = \"postgres\"\nurl = \"postgres://db/x\"\nstate_dir = \"s\"\njournal = \"j\"\n",
                 "the database keeps the changes: remove `journal`",
             ),
             (
-                "store = \"postgres\"\nurl = \"postgres://db/x\"\nurl_file = \"f\"\n",
+                "store = \"postgres\"\nurl = \"postgres://db/x\"\nstate_dir = \"s\"\nurl_file = \"f\"\n",
                 "not both",
             ),
             (
-                "store = \"postgres\"\nurl = \"postgres://db/x?sslmode=bogus\"\n",
+                "store = \"postgres\"\nstate_dir = \"s\"\nurl = \"postgres://db/x?sslmode=bogus\"\n",
                 "not a PostgreSQL URL",
             ),
             ("store = \"redis\"\n", "unknown variant `redis`"),

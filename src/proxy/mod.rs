@@ -14,6 +14,7 @@ pub(crate) mod decide;
 pub(crate) mod forward;
 pub(crate) mod limit;
 pub(crate) mod response;
+mod shared;
 pub(crate) mod stream;
 
 use std::net::{IpAddr, SocketAddr};
@@ -37,17 +38,15 @@ use crate::authz::decision::{
 use crate::authz::snapshot::Loaded;
 use crate::authz::snapshot::Snapshot;
 use crate::config::problem::{Problem, Problems};
-use crate::config::PostgresUrl;
 use crate::config::{BodyRoutes, CacheConfig, Config, ServerConfig};
 use crate::model::directory::change::Change;
-use crate::model::directory::journal::{Entry as LogEntry, Journal};
+use crate::model::directory::journal::Journal;
 use crate::model::routes::{Auth, Route};
 use crate::proxy::response::{full, Body, BoxError, Failure, UpstreamError, REQUEST_ID};
 use crate::request::subrequest::{self, OriginalBody, SubrequestError};
 use crate::request::uri::Query;
 use crate::request::{headers, TlsSession};
-use crate::store::postgres::{Postgres, StoreError};
-use crate::store::{self, Replica};
+use crate::store::Replica;
 use crate::telemetry;
 use crate::telemetry::inputs::{Entry, Recorder};
 use crate::telemetry::metrics::{Metrics, UpstreamFailure};
@@ -127,7 +126,7 @@ impl Gateway {
         decide::problems(config, &snapshot).into_result(())?;
         let metrics = Metrics::default();
         let journal = open_journal(config, &snapshot)?;
-        let replica = open_replica(config)?;
+        let replica = shared::open_replica(config)?;
         let recorder = match &config.log.decision_inputs {
             Some(path) => Some(
                 Recorder::open(
@@ -273,117 +272,6 @@ impl Gateway {
             }
         }
         Ok(())
-    }
-
-    /// [`Gateway::commit`] through the shared database: in turn with every replica, this one
-    /// first applies what it has not yet, checks the batch on that, writes the state it
-    /// leaves its entities in (their net changes: what every replica applies, whatever its
-    /// own files say), and serves it once the database has committed it.
-    async fn commit_shared(
-        &self,
-        replica: &Replica,
-        changes: Vec<Change>,
-    ) -> Result<(), CommitError> {
-        let _applying = self.applying.lock().await;
-        if !replica.is_loaded() {
-            return Err(CommitError::Store(
-                "the shared directory is not loaded yet".into(),
-            ));
-        }
-        let current = self.snapshot();
-        let applied = replica.applied();
-        let written = replica
-            .store
-            .write(applied, |missed, seq| {
-                let caught = store::replay(&current, &missed);
-                let base = caught.as_ref().unwrap_or(&current);
-                if base.directory.unchanged_by(&changes) {
-                    let last = missed.last().map_or(applied, |e| e.seq);
-                    return Ok(((caught, last, missed, Vec::new()), None));
-                }
-                let next = base
-                    .with_changes(&changes, seq)
-                    .map_err(CommitError::Invalid)?;
-                let net: Vec<Change> = touched(&changes)
-                    .into_iter()
-                    .map(|uid| next.directory.net_change(uid))
-                    .collect();
-                Ok(((Some(next), seq, missed, net.clone()), Some(net)))
-            })
-            .await;
-        let (next, seq, missed, net) = match written {
-            Ok(Ok(done)) => done,
-            Ok(Err(refused)) => return Err(refused),
-            Err(e) => {
-                tracing::error!(error = %e, "shared directory write failed; change refused");
-                return Err(CommitError::Store(e.to_string()));
-            }
-        };
-        if let Some(next) = next {
-            self.swap(next);
-        }
-        replica.advance(seq, missed.iter().flat_map(|e| &e.changes).chain(&net));
-        self.metrics.record_directory_change(true);
-        Ok(())
-    }
-
-    /// Applies what the shared database has that this replica has not: its whole directory
-    /// the first time, then the change log after the last entry applied. It waits only for
-    /// another replica-state change (not for a mutating request in flight, which holds the
-    /// writer lock across its forward): a revocation lands while slow requests run.
-    ///
-    /// # Errors
-    /// The database could not be read (nothing changed).
-    pub(crate) async fn catch_up(&self) -> Result<(), StoreError> {
-        let Some(replica) = &self.replica else {
-            return Ok(());
-        };
-        let _applying = self.applying.lock().await;
-        let entries = match replica.is_loaded() {
-            true => replica.store.since(replica.applied()).await?,
-            false => {
-                let (seq, net) = replica.store.load().await?;
-                vec![LogEntry {
-                    seq,
-                    at: crate::authn::now(),
-                    changes: net,
-                }]
-            }
-        };
-        let Some(last) = entries.last().map(|e| e.seq) else {
-            return Ok(());
-        };
-        if let Some(next) = store::replay(&self.snapshot(), &entries) {
-            self.swap(next);
-        }
-        replica.advance(last, entries.iter().flat_map(|e| &e.changes));
-        Ok(())
-    }
-
-    /// The shared directory this gateway follows, if any.
-    pub(crate) fn replica(&self) -> Option<&Arc<Replica>> {
-        self.replica.as_ref()
-    }
-
-    /// Swaps in a snapshot rebuilt from the files (a reload), with the shared database's
-    /// entities laid over it again: each as the serving snapshot has it, one that does not
-    /// fit the rebuilt snapshot left out (refused) rather than the reload refused. Hold
-    /// [`Gateway::write_lock`].
-    pub async fn swap_reloaded(&self, snapshot: Snapshot) {
-        let Some(replica) = &self.replica else {
-            self.swap(snapshot);
-            return;
-        };
-        let _applying = self.applying.lock().await;
-        let overlay = replica.overlay(&self.snapshot());
-        let entry = LogEntry {
-            seq: replica.applied(),
-            at: crate::authn::now(),
-            changes: overlay,
-        };
-        if let Some(next) = store::replay(&snapshot, &[entry]) {
-            self.swap(next);
-        }
     }
 
     /// Notified when a `resync` route was answered 2xx (one wake-up is kept until taken).
@@ -628,9 +516,14 @@ impl Gateway {
         }
         // a reload may have given the route its effects after `exchange` looked: then the
         // lock is not held yet
-        let committed = match locked {
-            true => self.commit_locked(effects.clone()).await,
-            false => self.commit(effects.clone()).await,
+        let committed = match (&self.replica, locked) {
+            (Some(replica), true) => self.commit_effect(replica, effects.clone()).await,
+            (Some(replica), false) => {
+                let _one = self.writes.lock().await;
+                self.commit_effect(replica, effects.clone()).await
+            }
+            (None, true) => self.commit_locked(effects.clone()).await,
+            (None, false) => self.commit(effects.clone()).await,
         };
         if let Err(e) = committed {
             self.metrics.record_directory_change(false);
@@ -850,35 +743,6 @@ fn open_journal(config: &Config, snapshot: &Snapshot) -> Result<Option<Arc<Journ
     compact_if_due(&journal, snapshot, config.directory.compact_after)
         .map_err(|e| Problem::in_file(path, format!("journal compaction: {e}")))?;
     Ok(Some(Arc::new(journal)))
-}
-
-/// The shared database `[directory] store = "postgres"` names (not connected yet).
-fn open_replica(config: &Config) -> Result<Option<Arc<Replica>>, Problems> {
-    let Some(url) = &config.directory.postgres else {
-        return Ok(None);
-    };
-    let (key, url) = match url {
-        PostgresUrl::Inline(url) => ("directory.url", url.clone()),
-        PostgresUrl::File(path) => (
-            "directory.url_file",
-            std::fs::read_to_string(path).map_err(|e| {
-                config.problem("directory.url_file", format!("{}: {e}", path.display()))
-            })?,
-        ),
-    };
-    let store = Postgres::new(&url).map_err(|e| config.problem(key, e.to_string()))?;
-    Ok(Some(Arc::new(Replica::new(store))))
-}
-
-/// The entities a batch touches, each once, in order.
-fn touched(changes: &[Change]) -> Vec<&crate::model::directory::change::Uid> {
-    let mut out: Vec<&crate::model::directory::change::Uid> = Vec::new();
-    for c in changes {
-        if !out.contains(&c.uid()) {
-            out.push(c.uid());
-        }
-    }
-    out
 }
 
 /// Rewrites the journal as the net changes of `snapshot` once it holds more than `limit`

@@ -238,11 +238,13 @@ impl Admin {
         }
         if self.gateway.upstream_ready(READY_WINDOW).await {
             // decisions go on with the last directory while the platform cannot be read
+            let shared = self.gateway.replica().map(|r| r.degraded());
             let degraded: Vec<String> = self
                 .sync
                 .iter()
                 .filter_map(|s| s.status().last_error)
                 .map(|e| format!("sync: {e}"))
+                .chain(shared.into_iter().flatten())
                 .collect();
             let body = match degraded.is_empty() {
                 true => json!({"ready": true}),

@@ -170,6 +170,7 @@ impl Bound {
                 gateway.clone(),
                 replica.clone(),
             )));
+            background.push(tokio::spawn(replica::keep_cache(gateway.clone())));
         }
         if let Some(sync) = &sync {
             // the first import before serving; a failure serves the files and the journal
@@ -211,7 +212,7 @@ impl Bound {
         });
         log_start(&listener, [admin_addr, access_addr], &gateway);
         let limits = Limits::new(gateway.server(), gateway.metrics().connections()).with_tls(tls);
-        let draining = gateway.clone();
+        let (draining, stopping) = (gateway.clone(), gateway.clone());
         serve_http(
             listener,
             gateway_handler(gateway),
@@ -234,6 +235,10 @@ impl Bound {
         .await;
         for task in background {
             task.abort();
+        }
+        // a restart while the shared database is down starts from what was served last
+        if let Err(e) = stopping.write_cache().await {
+            tracing::warn!(error = %e, "shared directory cache not written");
         }
         for task in admin.into_iter().chain(access) {
             let _ = task.await;

@@ -2,13 +2,16 @@
 //! the change log in order, within moments of each commit.
 //!
 //! ```text
-//! start ─▶ migrate, load the database's directory (before any port is bound)
+//! start ─▶ migrate, load the database's directory (before any port is bound), deliver the
+//!          outbox; the database down: serve state_dir's cache with the outbox over it
+//!          (degraded), or fail when there is none
 //! follow: LISTEN ─▶ catch up (at once, then) ─┬─ on a notification, seq > applied
 //!                                             ├─ every POLL (a missed notification)
 //!                                             └─▶ Gateway::catch_up: the rows after the
 //!                                                 last applied, in order; connected while
-//!                                                 catch-ups succeed
+//!                                                 catch-ups succeed ─▶ deliver_queued
 //!         the connection ends ─▶ not connected; retry after a backoff (100 ms … 2 s)
+//! keep_cache: every CACHE_EVERY ─▶ Gateway::write_cache (when applied moved on)
 //! ```
 
 use std::sync::Arc;
@@ -20,24 +23,53 @@ use crate::store::Replica;
 
 /// How often a follower asks the database even without a notification.
 const POLL: Duration = Duration::from_secs(5);
+/// How often the cache of the shared directory is written (when it changed).
+const CACHE_EVERY: Duration = Duration::from_secs(10);
 /// The longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Migrates the shared database and loads its directory into the serving snapshot.
+/// Migrates the shared database and loads its directory into the serving snapshot, then
+/// delivers what the outbox kept; with the database unreachable, serves the cache.
 ///
 /// # Errors
-/// The database cannot be reached or refuses (told against the config file).
+/// The database cannot be reached or refuses, and there is no cache to start from (told
+/// against the config file).
 pub(crate) async fn start(gateway: &Gateway, config: &std::path::Path) -> Result<(), Problems> {
     let Some(replica) = gateway.replica() else {
         return Ok(());
     };
-    let fail = |e: crate::store::postgres::StoreError| {
-        Problems::from(Problem::in_file(config, format!("[directory] store: {e}")))
+    let loaded = match replica.store.migrate().await {
+        Ok(()) => gateway.catch_up().await,
+        Err(e) => Err(e),
     };
-    replica.store.migrate().await.map_err(fail)?;
-    gateway.catch_up().await.map_err(fail)?;
+    if let Err(e) = loaded {
+        let seq = gateway.start_from_cache().await.map_err(|cache| {
+            let mut problems =
+                Problems::from(Problem::in_file(config, format!("[directory] store: {e}")));
+            problems.extend(cache);
+            problems
+        })?;
+        tracing::warn!(seq, error = %e, "shared directory unreachable; serving the local cache (degraded)");
+        return Ok(());
+    }
     tracing::info!(seq = replica.applied(), "shared directory loaded");
+    if let Err(e) = gateway.deliver_queued().await {
+        tracing::warn!(error = %e, "queued effects not delivered yet; retrying");
+    }
     Ok(())
+}
+
+/// Writes the cache of the shared directory every [`CACHE_EVERY`] (when it changed) until
+/// the task is dropped.
+pub(crate) async fn keep_cache(gateway: Arc<Gateway>) {
+    let mut every = tokio::time::interval(CACHE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Err(e) = gateway.write_cache().await {
+            tracing::warn!(error = %e, "shared directory cache not written; retrying");
+        }
+    }
 }
 
 /// Follows the change log until the task is dropped.
@@ -93,10 +125,16 @@ async fn listening(
     }
 }
 
-/// A catch-up; the replica counts as connected while catch-ups succeed.
+/// A catch-up, then the outbox delivered; the replica counts as connected while catch-ups
+/// succeed.
 async fn catch_up(gateway: &Gateway, replica: &Replica) {
     match gateway.catch_up().await {
-        Ok(()) => replica.set_connected(true),
+        Ok(()) => {
+            replica.set_connected(true);
+            if let Err(e) = gateway.deliver_queued().await {
+                tracing::warn!(error = %e, "queued effects not delivered yet; retrying");
+            }
+        }
         Err(e) => {
             replica.set_connected(false);
             tracing::warn!(error = %e, "shared directory catch-up failed; retrying");

@@ -5,8 +5,12 @@
 //! ```text
 //! Gateway::commit ─▶ postgres::Postgres::write (catch up, check, append, notify, commit)
 //! serve::replica  ─▶ postgres::Postgres::listen / since ─▶ Gateway::catch_up
+//!                 ─▶ Gateway::deliver_queued (the outbox, once the database is back)
+//!                 ─▶ Gateway::write_cache (at most every CACHE_EVERY, when changed)
+//! database down at start ─▶ local::Local::cached, the outbox laid over it (degraded)
 //! ```
 
+pub(crate) mod local;
 pub(crate) mod postgres;
 
 use std::collections::HashSet;
@@ -23,7 +27,13 @@ use crate::model::directory::journal::Entry;
 pub(crate) struct Replica {
     /// The database.
     pub(crate) store: postgres::Postgres,
+    /// Its own folder: the cache and the outbox.
+    pub(crate) local: local::Local,
     applied: AtomicU64,
+    /// Serving the cache since start: the database has not been read yet.
+    from_cache: AtomicBool,
+    /// The sequence number the cache was last written at.
+    cached: AtomicU64,
     loaded: AtomicBool,
     head: AtomicU64,
     connected: AtomicBool,
@@ -32,10 +42,13 @@ pub(crate) struct Replica {
 
 impl Replica {
     /// A replica of `store` that has loaded nothing yet.
-    pub(crate) fn new(store: postgres::Postgres) -> Replica {
+    pub(crate) fn new(store: postgres::Postgres, local: local::Local) -> Replica {
         Replica {
             store,
+            local,
             applied: AtomicU64::new(0),
+            from_cache: AtomicBool::new(false),
+            cached: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
             head: AtomicU64::new(0),
             connected: AtomicBool::new(false),
@@ -81,20 +94,71 @@ impl Replica {
         self.connected.load(Ordering::Acquire)
     }
 
-    /// Notes the listening connection's state.
+    /// Notes the listening connection's state (up: a catch-up succeeded, so the cache is
+    /// no longer what is served).
     pub(crate) fn set_connected(&self, up: bool) {
+        if up {
+            self.from_cache.store(false, Ordering::Release);
+        }
         self.connected.store(up, Ordering::Release);
+    }
+
+    /// Notes that the directory served was started from the cache (the database down).
+    pub(crate) fn started_from_cache(&self) {
+        self.from_cache.store(true, Ordering::Release);
+    }
+
+    /// Whether the served directory is the cache, the database not read since start.
+    pub(crate) fn is_from_cache(&self) -> bool {
+        self.from_cache.load(Ordering::Acquire)
+    }
+
+    /// Whether the cache is behind what is applied (and the database was read since start:
+    /// a cache is only ever written from what the database said).
+    pub(crate) fn cache_due(&self) -> bool {
+        !self.is_from_cache() && self.applied() > self.cached.load(Ordering::Acquire)
+    }
+
+    /// Notes that the cache holds everything up to `seq`.
+    pub(crate) fn cache_written(&self, seq: u64) {
+        self.cached.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// What keeps this replica from serving the shared directory as the database has it,
+    /// for `/readyz` (`degraded`).
+    pub(crate) fn degraded(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let seq = self.applied();
+        if self.is_from_cache() {
+            out.push(format!(
+                "shared directory: serving the local cache (seq {seq}); the database has not been reached since start"
+            ));
+        } else if !self.is_connected() {
+            out.push(format!(
+                "shared directory: the database is unreachable; serving seq {seq}"
+            ));
+        }
+        let queued = self.local.queued_count();
+        if queued > 0 {
+            out.push(format!(
+                "shared directory: {queued} write-through batches queued for the database"
+            ));
+        }
+        out
     }
 
     /// What `/status` shows of it (`shared_directory`).
     pub(crate) fn status(&self) -> serde_json::Value {
         serde_json::json!({
             "store": "postgres",
+            "source": if self.is_from_cache() { "cache" } else { "database" },
             "connected": self.is_connected(),
             "loaded": self.is_loaded(),
             "applied_seq": self.applied(),
             "head_seq": self.head(),
             "lag": self.head().saturating_sub(self.applied()),
+            "cached_seq": self.cached.load(Ordering::Acquire),
+            "outbox": self.local.queued_count(),
         })
     }
 
@@ -102,6 +166,7 @@ impl Replica {
     pub(crate) fn metrics(&self) -> String {
         let (connected, applied) = (u8::from(self.is_connected()), self.applied());
         let lag = self.head().saturating_sub(applied);
+        let (from_cache, queued) = (u8::from(self.is_from_cache()), self.local.queued_count());
         format!(
             "# HELP iotgate_shared_directory_connected Whether the replica follows the shared database (1) or not (0).\n\
              # TYPE iotgate_shared_directory_connected gauge\n\
@@ -111,20 +176,28 @@ impl Replica {
              iotgate_shared_directory_applied_seq {applied}\n\
              # HELP iotgate_shared_directory_lag Changes the database has that this replica has not applied.\n\
              # TYPE iotgate_shared_directory_lag gauge\n\
-             iotgate_shared_directory_lag {lag}\n"
+             iotgate_shared_directory_lag {lag}\n\
+             # HELP iotgate_shared_directory_degraded Whether the directory served is the local cache, the database not reached since start (1).\n\
+             # TYPE iotgate_shared_directory_degraded gauge\n\
+             iotgate_shared_directory_degraded {from_cache}\n\
+             # HELP iotgate_shared_directory_outbox Write-through batches queued on disk for the database.\n\
+             # TYPE iotgate_shared_directory_outbox gauge\n\
+             iotgate_shared_directory_outbox {queued}\n"
         )
     }
 
     /// The net change of every entity the log touched, as `snapshot` has it: what a
     /// snapshot rebuilt from the files needs laid over it to be the shared directory again.
     pub(crate) fn overlay(&self, snapshot: &Snapshot) -> Vec<Change> {
-        let touched = self
+        let mut uids: Vec<Uid> = self
             .touched
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut uids: Vec<&Uid> = touched.iter().collect();
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
         uids.sort_by(|a, b| (&a.ty, &a.id).cmp(&(&b.ty, &b.id)));
-        uids.into_iter()
+        uids.iter()
             .map(|uid| snapshot.directory.net_change(uid))
             .collect()
     }

@@ -101,6 +101,16 @@ impl Cluster {
     }
 
     fn run(&self, program: &str, args: &[&str]) {
+        let out = self.output(program, args);
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn output(&self, program: &str, args: &[&str]) -> std::process::Output {
         let program = self.bin.join(program);
         let mut command = match self.user {
             Some(user) => {
@@ -110,14 +120,7 @@ impl Cluster {
             }
             None => Command::new(&program),
         };
-        let out = command.args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{} {args:?}: {}{}",
-            program.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        command.args(args).output().unwrap()
     }
 
     fn start_server(&self) {
@@ -144,8 +147,13 @@ impl Cluster {
 
     /// Kills the server (as a crash would) and starts it again.
     fn restart(&self) {
-        self.run("pg_ctl", &["stop", "-m", "immediate", "-D", &self.data()]);
+        self.stop();
         self.start_server();
+    }
+
+    /// Kills the server, as a crash would.
+    fn stop(&self) {
+        self.run("pg_ctl", &["stop", "-m", "immediate", "-D", &self.data()]);
     }
 
     fn url(&self) -> String {
@@ -155,29 +163,59 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // a test may have stopped it already
         let data = self.data();
-        let _ = std::panic::catch_unwind(|| {
-            self.run("pg_ctl", &["stop", "-m", "immediate", "-D", &data]);
-        });
+        let _ = self.output("pg_ctl", &["stop", "-m", "immediate", "-D", &data]);
     }
 }
 
-/// A mini replica of the shared directory, with the entity API's token in `state`.
-fn replica(cluster: &Cluster, upstream: &str, state: &Path) -> Served {
-    let (dir, config) = replica_files(cluster, upstream, state);
+/// A mini replica of the shared directory named `name` (its own folder in `state`, where
+/// the entity API's token is too).
+fn replica(cluster: &Cluster, upstream: &str, state: &Path, name: &str) -> Served {
+    let (dir, config) = replica_files(cluster, upstream, state, name);
     Served::spawn(dir, &config)
 }
 
 /// A writable copy of the mini profile set up as a replica (not started), and its config.
-fn replica_files(cluster: &Cluster, upstream: &str, state: &Path) -> (tempfile::TempDir, PathBuf) {
+/// Its device routes have write-through effects: a created device is made in the
+/// directory, a deleted one removed.
+fn replica_files(
+    cluster: &Cluster,
+    upstream: &str,
+    state: &Path,
+    name: &str,
+) -> (tempfile::TempDir, PathBuf) {
     let token = state.join("admin.token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     let sections = format!(
-        "[directory]\nstore = \"postgres\"\nurl = \"{}\"\n[admin]\ntoken_file = \"{}\"\n",
+        "[directory]\nstore = \"postgres\"\nurl = \"{}\"\nstate_dir = \"{}\"\n\
+         [admin]\ntoken_file = \"{}\"\n",
         cluster.url(),
+        state.join(name).display(),
         token.display()
     );
-    Served::mini(upstream, "signal", &sections)
+    let (dir, config) = Served::mini(upstream, "signal", &sections);
+    let routes = dir.path().join("mini/schema/mini.routes.toml");
+    let text = std::fs::read_to_string(&routes).unwrap();
+    let with_effects = text
+        .replace(
+            "action = \"CreateDevice\"\nresource = { type = \"User\", id = \"{owner}\" }\n",
+            "action = \"CreateDevice\"\nresource = { type = \"User\", id = \"{owner}\" }\n\
+             effects = [{ op = \"create\", type = \"Device\", id = \"{owner}/{body.id}\", \
+             attrs = { owner = { type = \"User\", id = \"{owner}\" } } }]\n",
+        )
+        .replace(
+            "action = \"DeleteDevice\"\nresource = { type = \"Device\", id = \"{owner}/{device}\", attrs = [\"owner\"] }\n",
+            "action = \"DeleteDevice\"\nresource = { type = \"Device\", id = \"{owner}/{device}\", attrs = [\"owner\"] }\n\
+             effects = [{ op = \"delete\", type = \"Device\", id = \"{owner}/{device}\" }]\n",
+        );
+    assert_eq!(
+        with_effects.matches("effects = ").count(),
+        2,
+        "the routes changed"
+    );
+    std::fs::write(&routes, with_effects).unwrap();
+    (dir, config)
 }
 
 /// A cluster, an upstream and replicas of the mini profile in front of it.
@@ -196,7 +234,7 @@ impl World {
         let url = format!("http://{}", upstream.addr);
         let state = tempfile::tempdir().unwrap();
         let replicas = (0..replicas)
-            .map(|_| replica(&cluster, &url, state.path()))
+            .map(|n| replica(&cluster, &url, state.path(), &format!("replica{n}")))
             .collect();
         Some(World {
             replicas,
@@ -344,7 +382,7 @@ async fn a_change_through_one_replica_is_enforced_by_every_replica_within_a_seco
         );
     }
     // a replica started now serves the shared directory from its first request
-    let late = replica(cluster, up, state.path());
+    let late = replica(cluster, up, state.path(), "late");
     let (_, body) = admin(&late, "GET", alice, None, Some(TOKEN)).await;
     assert_eq!(body["attrs"]["enabled"], false, "{body}");
     assert_eq!(alice_reads(&late).await, StatusCode::FORBIDDEN);
@@ -418,7 +456,7 @@ async fn a_shared_change_that_does_not_fit_a_replica_leaves_the_entity_refused_t
     let writer = &world.replicas[0];
     // a replica a rolling deploy has moved ahead: its schema requires a `nickname` of every
     // account (its files have one), which the writer's changes do not carry
-    let (dir, config) = replica_files(&world.cluster, &world.upstream, world.state.path());
+    let (dir, config) = replica_files(&world.cluster, &world.upstream, world.state.path(), "ahead");
     let mini = dir.path().join("mini");
     let schema = mini.join("schema/mini.cedarschema");
     let text = std::fs::read_to_string(&schema).unwrap().replace(
@@ -468,4 +506,122 @@ async fn a_shared_change_that_does_not_fit_a_replica_leaves_the_entity_refused_t
     let (status, body) = admin(&ahead, "PUT", alice, Some(fitting), Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(alice_reads(&ahead).await, StatusCode::OK);
+}
+
+/// Whether a replica's directory has alice's device `id`.
+async fn has_device(served: &Served, id: &str) -> bool {
+    let path = format!("/directory/entities/Mini::Device/alice/{id}");
+    admin(served, "GET", &path, None, Some(TOKEN)).await.0 == StatusCode::OK
+}
+
+/// What a replica answers alice's `method` on one of her devices' paths (a JSON body, if any).
+async fn alice_calls(
+    served: &Served,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> StatusCode {
+    let bearer = token(json!({"usr": "alice"}));
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!(
+            "http://{}/v1/users/alice/devices{path}",
+            served.addr
+        ))
+        .header("authorization", format!("Bearer {bearer}"));
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    send(request.body(iotgate::full(body)).unwrap()).await.0
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_restarted_while_the_database_is_down_serves_its_cache_and_queues_effects_in_order(
+) {
+    let Some(mut world) = World::start(2).await else {
+        return;
+    };
+    // bob disabled through B, seen by A, which writes its cache as it stops
+    let bob = "/directory/entities/Mini::User/bob";
+    let b = &world.replicas[1];
+    let (status, body) = admin(b, "PUT", bob, Some(user("guest", false)), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let a = &mut world.replicas[0];
+    a.wait_status("bob seen", |s| s["shared_directory"]["applied_seq"] == 1)
+        .await;
+    assert_eq!(a.terminate(), Some(0));
+    let cache = world.state.path().join("replica0/directory.cache");
+    assert!(cache.exists(), "written at stop");
+    world.cluster.stop();
+    // restarted with the database down: the cache serves, reported degraded
+    let restart = || {
+        let (dir, config) = replica_files(
+            &world.cluster,
+            &world.upstream,
+            world.state.path(),
+            "replica0",
+        );
+        Served::spawn(dir, &config)
+    };
+    let mut a = restart();
+    let (_, body) = admin(&a, "GET", bob, None, Some(TOKEN)).await;
+    assert_eq!(
+        body["attrs"]["enabled"], false,
+        "the cache, not the files: {body}"
+    );
+    let (status, ready) = a.admin_get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert!(ready.contains("serving the local cache (seq 1)"), "{ready}");
+    let (_, metrics) = a.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("iotgate_shared_directory_degraded 1"),
+        "{metrics}"
+    );
+    assert_eq!(a.status().await["shared_directory"]["source"], "cache");
+    // durable writes are refused; effects of forwarded requests are queued, in order, and
+    // served here at once
+    let (status, body) = admin(&a, "PUT", bob, Some(user("guest", true)), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let create = |id: &str| Some(json!({ "id": id }));
+    assert_eq!(
+        alice_calls(&a, "POST", "", create("d9")).await,
+        StatusCode::OK
+    );
+    assert!(has_device(&a, "d9").await);
+    assert_eq!(alice_calls(&a, "DELETE", "/d9", None).await, StatusCode::OK);
+    assert!(!has_device(&a, "d9").await);
+    assert_eq!(
+        alice_calls(&a, "POST", "", create("d8")).await,
+        StatusCode::OK
+    );
+    assert_eq!(a.status().await["shared_directory"]["outbox"], 3);
+    let (_, ready) = a.admin_get("/readyz").await;
+    assert!(ready.contains("3 write-through batches queued"), "{ready}");
+    // a crash keeps the outbox: a restart (the database still down) serves it again
+    a.signal("KILL");
+    let _ = a.terminate();
+    let a = restart();
+    assert!(has_device(&a, "d8").await);
+    assert!(!has_device(&a, "d9").await);
+    // the database back: delivered in order, enforced everywhere
+    world.cluster.start_server();
+    a.wait_status("delivered", |s| {
+        s["shared_directory"]["outbox"] == 0 && s["shared_directory"]["source"] == "database"
+    })
+    .await;
+    let b = &world.replicas[1];
+    within(Duration::from_secs(10), || has_device(b, "d8")).await;
+    assert!(!has_device(b, "d9").await, "created, then deleted");
+    let (_, metrics) = a.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("iotgate_shared_directory_degraded 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("iotgate_shared_directory_outbox 0"),
+        "{metrics}"
+    );
+    let (_, ready) = a.admin_get("/readyz").await;
+    assert_eq!(ready, r#"{"ready":true}"#);
 }

@@ -78,6 +78,23 @@ pub enum Change {
 }
 
 impl Change {
+    /// The change as the state it leaves its entity in: a `create` as a `put` (for a
+    /// batch delivered late, whose entity this replica made already), others as they are.
+    pub fn as_state(self) -> Change {
+        match self {
+            Change::Create {
+                uid,
+                attrs,
+                parents,
+            } => Change::Put {
+                uid,
+                attrs,
+                parents,
+            },
+            other => other,
+        }
+    }
+
     /// The entity it changes.
     pub fn uid(&self) -> &Uid {
         match self {

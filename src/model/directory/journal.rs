@@ -163,6 +163,28 @@ impl Journal {
     /// # Errors
     /// Writing or renaming failed (the old journal stays as it was).
     pub(crate) fn compact(&self, net: Vec<Change>) -> std::io::Result<()> {
+        self.rewrite(|last| {
+            vec![Entry {
+                seq: last + 1,
+                at: crate::authn::now(),
+                changes: net,
+            }]
+        })
+    }
+
+    /// Keeps only the entries after `seq` (an outbox whose first entries were delivered),
+    /// atomically as [`Journal::compact`].
+    ///
+    /// # Errors
+    /// Reading, writing or renaming failed (the old journal stays as it was).
+    pub(crate) fn keep_after(&self, seq: u64) -> std::io::Result<()> {
+        let entries = read(&self.path).map_err(|p| std::io::Error::other(p.to_string()))?;
+        self.rewrite(|_| entries.into_iter().filter(|e| e.seq > seq).collect())
+    }
+
+    /// Replaces the file with `entries(last seq)`: written beside, fsync'd, renamed over;
+    /// the next append follows the last of them (or the last seq, when there are none).
+    fn rewrite(&self, entries: impl FnOnce(u64) -> Vec<Entry>) -> std::io::Result<()> {
         let mut last = self
             .last
             .lock()
@@ -171,33 +193,46 @@ impl Journal {
             .file
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let next = self.path.with_extension("journal.compacting");
-        let entry = Entry {
-            seq: *last + 1,
-            at: crate::authn::now(),
-            changes: net,
-        };
-        let mut text = serde_json::to_string(&entry).map_err(std::io::Error::other)?;
-        text.push('\n');
-        {
-            let mut out = std::fs::File::create(&next)?;
-            out.write_all(text.as_bytes())?;
-            out.sync_all()?;
+        let entries = entries(*last);
+        let mut text = String::new();
+        for entry in &entries {
+            text.push_str(&serde_json::to_string(entry).map_err(std::io::Error::other)?);
+            text.push('\n');
         }
-        std::fs::rename(&next, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        write_atomically(&self.path, text.as_bytes())?;
         *file = std::fs::OpenOptions::new().append(true).open(&self.path)?;
-        *last = entry.seq;
-        self.held
+        *last = entries.last().map_or(*last, |e| e.seq);
+        let mut touched = Vec::new();
+        note_touched(&mut touched, entries.iter().flat_map(|e| &e.changes));
+        *self
+            .held
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0 = 1;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (entries.len(), touched);
         Ok(())
     }
+}
+
+/// Writes `bytes` as `path`: to a file beside it, fsync'd, renamed over it, the folder
+/// fsync'd (a crash leaves the old file or the new one, never a part).
+///
+/// # Errors
+/// Writing or renaming failed (the old file stays as it was).
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut next = path.as_os_str().to_owned();
+    next.push(".writing");
+    let next = PathBuf::from(next);
+    {
+        let mut out = std::fs::File::create(&next)?;
+        out.write_all(bytes)?;
+        out.sync_all()?;
+    }
+    std::fs::rename(&next, path)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 /// Adds the entities `changes` touch to `touched`, each once.
