@@ -80,9 +80,14 @@ pub struct ImportCommon {
     #[arg(long)]
     pub token_file: PathBuf,
     /// The folder to write: `directory/*.json` and `policies/projects/*.cedar` (files it
-    /// does not make in those two folders are removed).
+    /// does not make in those two folders are removed); with `--to`, only the policies.
+    #[arg(long, required_unless_present = "to")]
+    pub out: Option<PathBuf>,
+    /// The shared directory to write the entities to instead of `directory/*.json`
+    /// (`postgres://user@host/db`, as `[directory] url`): as one batch every replica
+    /// follows; entities of the imported types the server no longer has are removed.
     #[arg(long)]
-    pub out: PathBuf,
+    pub to: Option<String>,
     /// Write nothing: print what would change and exit 1 if anything would.
     #[arg(long)]
     pub check: bool,

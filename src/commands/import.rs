@@ -4,6 +4,8 @@
 //! import thinger|central --url --token-file --out [--check]
 //!   ─▶ platform::{thinger,central}::import ─▶ World::files ─▶ write (or plan with --check)
 //!   ─▶ one line per file (+ added, ~ changed, - removed), warnings, a summary
+//! import … --to postgres://… [--out] ─▶ the entities as one batch of the shared directory
+//!   (Postgres::import), the policy files (if --out) as above
 //!   exit 0 written / nothing to change; 1 --check found changes; 2 the server or a file failed
 //! mock thinger|central [--listen] [--state] ─▶ platform::mock::Platform::serve until Ctrl-C
 //! ```
@@ -36,15 +38,38 @@ pub(crate) async fn run(args: &ImportArgs, out: &mut dyn Write) -> std::io::Resu
     for warning in &world.warnings {
         writeln!(out, "warning: {warning}")?;
     }
-    let files = world.files();
+    let mut changed = false;
+    if let Some(url) = &common.to {
+        match to_shared(url, &world, common.check).await {
+            Ok(line) => {
+                changed = line.1;
+                writeln!(out, "{}", line.0)?;
+            }
+            Err(e) => {
+                writeln!(out, "error: {e}")?;
+                return Ok(ExitStatus::Error);
+            }
+        }
+    }
+    let Some(folder) = &common.out else {
+        return Ok(exit(common.check && changed));
+    };
+    let mut files = world.files();
+    let owned: &[(&str, &str)] = match common.to {
+        Some(_) => {
+            files.retain(|rel, _| !rel.starts_with("directory"));
+            &platform::IMPORT_OWNED[1..]
+        }
+        None => &platform::IMPORT_OWNED,
+    };
     let done = match common.check {
-        true => platform::plan(&common.out, &files, &platform::IMPORT_OWNED),
-        false => platform::write(&common.out, &files, &platform::IMPORT_OWNED),
+        true => platform::plan(folder, &files, owned),
+        false => platform::write(folder, &files, owned),
     };
     let changes = match done {
         Ok(changes) => changes,
         Err(e) => {
-            writeln!(out, "error: {}: {e}", common.out.display())?;
+            writeln!(out, "error: {}: {e}", folder.display())?;
             return Ok(ExitStatus::Error);
         }
     };
@@ -67,12 +92,43 @@ pub(crate) async fn run(args: &ImportArgs, out: &mut dyn Write) -> std::io::Resu
         "{entities} entities, {} project policy files; {} files {verb} in {}",
         world.policies.len(),
         changes.len(),
-        common.out.display()
+        folder.display()
     )?;
-    Ok(match common.check && !changes.is_empty() {
+    Ok(exit(common.check && (changed || !changes.is_empty())))
+}
+
+/// `--check` found something to change: exit 1.
+fn exit(would_change: bool) -> ExitStatus {
+    match would_change {
         true => ExitStatus::Failed,
         false => ExitStatus::Ok,
-    })
+    }
+}
+
+/// Writes the world's entities to the shared directory at `url` (its tables made first),
+/// or with `check` counts what would change; the summary line, and whether anything
+/// changes.
+async fn to_shared(url: &str, world: &World, check: bool) -> Result<(String, bool), String> {
+    let store = crate::store::postgres::Postgres::new(url).map_err(|e| format!("--to: {e}"))?;
+    store.migrate().await.map_err(|e| format!("--to: {e}"))?;
+    let entities = world.all_entities().map(platform::Entity::put).collect();
+    let done = store
+        .import(&world.types, entities, check)
+        .await
+        .map_err(|e| format!("--to: {e}"))?;
+    let changed = done.written + done.removed > 0;
+    let line = match (check, done.seq) {
+        (true, _) => format!(
+            "shared directory: would write {} entities and remove {}",
+            done.written, done.removed
+        ),
+        (false, Some(seq)) => format!(
+            "shared directory: {} entities written, {} removed (seq {seq})",
+            done.written, done.removed
+        ),
+        (false, None) => "shared directory: nothing to change".to_string(),
+    };
+    Ok((line, changed))
 }
 
 async fn read(args: &ImportArgs) -> Result<(&ImportCommon, World), String> {

@@ -116,6 +116,16 @@ impl Entity {
     }
 
     /// Cedar entity JSON, parents sorted.
+    /// The change that makes the entity as imported (parents in order, once each).
+    pub(crate) fn put(&self) -> Change {
+        let json = self.json();
+        Change::Put {
+            uid: self.uid.clone(),
+            attrs: json["attrs"].as_object().cloned().unwrap_or_default(),
+            parents: serde_json::from_value(json["parents"].clone()).unwrap_or_default(),
+        }
+    }
+
     fn json(&self) -> Value {
         let mut parents = self.parents.clone();
         parents.sort_by(|a, b| (&a.ty, &a.id).cmp(&(&b.ty, &b.id)));

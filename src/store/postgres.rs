@@ -10,6 +10,9 @@
 //!            into iotgate_entities, pg_notify('iotgate_changes', seq) ─▶ COMMIT
 //! listen  ─▶ LISTEN iotgate_changes on a connection of its own: each notification's seq
 //! since   ─▶ the rows after a seq, in order (a follower's catch-up)
+//! import  ─▶ BEGIN; the advisory lock ─▶ the entities of the imported types as stored ─▶
+//!            a put for each new or different one, a delete for each the import lacks,
+//!            appended as one batch ─▶ COMMIT (`iotgate import --to`)
 //! ```
 //!
 //! The advisory lock makes writers take turns, so sequence numbers are given in commit
@@ -91,6 +94,17 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         StoreError::Pool(e.to_string())
     }
+}
+
+/// What an import changed (or would change) in the shared directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Imported {
+    /// Entities written (new or different).
+    pub(crate) written: usize,
+    /// Entities removed (of the imported types, not in the import).
+    pub(crate) removed: usize,
+    /// The batch's sequence number (`None`: nothing written).
+    pub(crate) seq: Option<u64>,
 }
 
 /// The shared database.
@@ -282,6 +296,74 @@ impl Postgres {
             }
             tx.commit().await?;
             Ok(Ok(out))
+        })
+        .await
+    }
+
+    /// Makes the shared directory's entities of `types` what `entities` (puts) say, as one
+    /// batch, in turn with every writer; with `dry_run`, only counts.
+    ///
+    /// # Errors
+    /// The database failed, or holds a row iotgate cannot read (nothing written).
+    pub(crate) async fn import(
+        &self,
+        types: &[String],
+        entities: Vec<Change>,
+        dry_run: bool,
+    ) -> Result<Imported, StoreError> {
+        bounded(LOAD_TIMEOUT, async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
+                .await?;
+            let rows = tx
+                .query(
+                    "SELECT net::text FROM iotgate_entities WHERE type = ANY($1)",
+                    &[&types],
+                )
+                .await?;
+            let mut stored = std::collections::HashMap::new();
+            for row in &rows {
+                let change: Change = serde_json::from_str(row.get(0))
+                    .map_err(|e| StoreError::Data(format!("an entity row: {e}")))?;
+                stored.insert(change.uid().clone(), change);
+            }
+            let mut batch: Vec<Change> = Vec::new();
+            for entity in entities {
+                if stored.remove(entity.uid()).as_ref() != Some(&entity) {
+                    batch.push(entity);
+                }
+            }
+            let written = batch.len();
+            let mut gone: Vec<Change> = stored
+                .into_values()
+                .filter(|c| !matches!(c, Change::Delete { .. }))
+                .map(|c| Change::Delete {
+                    uid: c.uid().clone(),
+                })
+                .collect();
+            gone.sort_by(|a, b| (&a.uid().ty, &a.uid().id).cmp(&(&b.uid().ty, &b.uid().id)));
+            let removed = gone.len();
+            batch.extend(gone);
+            if dry_run || batch.is_empty() {
+                return Ok(Imported {
+                    written,
+                    removed,
+                    seq: None,
+                });
+            }
+            let seq: i64 = tx
+                .query_one("SELECT coalesce(max(seq), 0) FROM iotgate_changes", &[])
+                .await?
+                .get(0);
+            let seq = seq_of(seq) + 1;
+            append_batch(&tx, seq, &batch).await?;
+            tx.commit().await?;
+            Ok(Imported {
+                written,
+                removed,
+                seq: Some(seq),
+            })
         })
         .await
     }

@@ -625,3 +625,112 @@ async fn a_replica_restarted_while_the_database_is_down_serves_its_cache_and_que
     let (_, ready) = a.admin_get("/readyz").await;
     assert_eq!(ready, r#"{"ready":true}"#);
 }
+
+/// `iotgate import central` of the stand-in server at `addr` into the cluster's shared
+/// directory (`extra`: `--check`).
+async fn import_to(
+    cluster: &Cluster,
+    addr: std::net::SocketAddr,
+    dir: &Path,
+    extra: &[&str],
+) -> (i32, String) {
+    let token = dir.join("token");
+    std::fs::write(&token, "admin-token\n").unwrap();
+    let mut args: Vec<String> = ["import", "central", "--root", "acme", "--url"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend([
+        format!("http://{addr}"),
+        "--token-file".into(),
+        token.display().to_string(),
+    ]);
+    args.extend(["--to".into(), cluster.url()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::support::iotgate(&args)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_to_the_shared_directory_is_served_by_a_replica_with_no_directory_files() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = crate::platform::seed("central");
+    let (_platform, addr) = crate::platform::mock(iotgate::MockFlavor::Central, &seed).await;
+    let (code, text) = import_to(&cluster, addr, dir.path(), &[]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("entities written, 0 removed (seq 1)"),
+        "{text}"
+    );
+    let (code, text) = import_to(&cluster, addr, dir.path(), &[]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("shared directory: nothing to change"),
+        "{text}"
+    );
+    // the server lost a user: --check says so (exit 1), the import removes it
+    let users = seed["users"].as_array_mut().unwrap();
+    let gone = users.remove(0)["id"].as_str().unwrap().to_string();
+    let (_smaller, addr) = crate::platform::mock(iotgate::MockFlavor::Central, &seed).await;
+    let (code, text) = import_to(&cluster, addr, dir.path(), &["--check"]).await;
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("would write 0 entities and remove 1"),
+        "{text}"
+    );
+    let (code, text) = import_to(&cluster, addr, dir.path(), &[]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("0 entities written, 1 removed (seq 2)"),
+        "{text}"
+    );
+    // a central replica whose directory folder is empty serves what was imported
+    let empty = dir.path().join("no-files");
+    std::fs::create_dir_all(&empty).unwrap();
+    let r = crate::attacks::root();
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let config = dir.path().join("central.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:9\"\n\
+             [auth]\nalgorithms = [\"HS256\"]\nhs256_secret_file = \"{r}/examples/central/secret.key\"\nprincipal_claim = \"sub\"\n\
+             [policy]\nschema = \"{r}/schema/central.cedarschema\"\nroutes = \"{r}/schema/central.routes.toml\"\n\
+             policies = [\"{r}/policies/central\"]\ndirectory = [\"{e}\"]\nreload = \"off\"\n\
+             [directory]\nstore = \"postgres\"\nurl = \"{url}\"\nstate_dir = \"{s}\"\n\
+             [admin]\ntoken_file = \"{t}\"\n",
+            r = r.display(),
+            e = empty.display(),
+            url = cluster.url(),
+            s = dir.path().join("state").display(),
+            t = token.display(),
+        ),
+    )
+    .unwrap();
+    let served = Served::spawn(tempfile::tempdir().unwrap(), &config);
+    let (status, body) = admin(
+        &served,
+        "GET",
+        "/directory/entities/Central::User/mark",
+        None,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["parents"][0]["id"], "acme", "{body}");
+    let path = format!("/directory/entities/Central::User/{gone}");
+    let (status, _) = admin(&served, "GET", &path, None, Some(TOKEN)).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "removed by the second import"
+    );
+}
