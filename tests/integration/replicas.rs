@@ -156,6 +156,24 @@ impl Cluster {
         self.run("pg_ctl", &["stop", "-m", "immediate", "-D", &self.data()]);
     }
 
+    /// Runs SQL as the cluster's `iotgate` role.
+    fn psql(&self, sql: &str) {
+        let port = self.port.to_string();
+        let args = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "iotgate",
+            "-d",
+            "postgres",
+        ];
+        let mut all = args.to_vec();
+        all.extend(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql]);
+        self.run("psql", &all);
+    }
+
     fn url(&self) -> String {
         format!("postgres://iotgate@127.0.0.1:{}/postgres", self.port)
     }
@@ -733,4 +751,42 @@ async fn an_import_to_the_shared_directory_is_served_by_a_replica_with_no_direct
         StatusCode::NOT_FOUND,
         "removed by the second import"
     );
+}
+
+/// SPEC §6 for the shared directory: 1,000,000 entities in PostgreSQL, loaded by a replica
+/// before it binds its ports. A measurement of the release build, for BENCHMARKS.md:
+/// `cargo test --release --test integration -- --ignored a_million`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a release-build measurement (BENCHMARKS.md)"]
+async fn a_million_entity_shared_directory_loads_within_ten_seconds_and_a_gibibyte() {
+    let Some(world) = World::start(1).await else {
+        return;
+    };
+    world.cluster.psql(
+        "INSERT INTO iotgate_entities (type, id, net, seq) \
+         SELECT 'Mini::User', 'u' || n, jsonb_build_object('op', 'put', \
+           'uid', jsonb_build_object('type', 'Mini::User', 'id', 'u' || n), \
+           'attrs', jsonb_build_object('role', 'developer', 'enabled', n % 2 = 0), \
+           'parents', '[]'::jsonb), 1 \
+         FROM generate_series(1, 1000000) AS n; \
+         INSERT INTO iotgate_changes (seq, changes) VALUES (1, '[]');",
+    );
+    let started = Instant::now();
+    let loaded = replica(
+        &world.cluster,
+        &world.upstream,
+        world.state.path(),
+        "million",
+    );
+    let took = started.elapsed();
+    let rss = loaded.peak_rss();
+    eprintln!(
+        "1,000,000 shared entities: serving after {took:?}, peak RSS {} MiB",
+        rss >> 20
+    );
+    let path = "/directory/entities/Mini::User/u999999";
+    let (status, body) = admin(&loaded, "GET", path, None, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(rss < 1 << 30, "{} MiB", rss >> 20);
 }
