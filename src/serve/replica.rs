@@ -93,7 +93,7 @@ pub(crate) async fn follow(gateway: Arc<Gateway>, replica: Arc<Replica>) {
 /// is the replica connected), on every notification past what it applied, and on every
 /// poll whatever the notifications (a poll also notes the database's head, for the lag).
 async fn listening(
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     replica: &Replica,
     client: &tokio_postgres::Client,
     mut notified: tokio::sync::mpsc::UnboundedReceiver<u64>,
@@ -125,14 +125,23 @@ async fn listening(
     }
 }
 
-/// A catch-up, then the outbox delivered; the replica counts as connected while catch-ups
-/// succeed.
-async fn catch_up(gateway: &Gateway, replica: &Replica) {
+/// A catch-up, then the outbox delivered (in a task of its own: it waits for the writer
+/// lock, which a mutating request holds across its forward, and the follower must not);
+/// the replica counts as connected while catch-ups succeed.
+async fn catch_up(gateway: &Arc<Gateway>, replica: &Replica) {
     match gateway.catch_up().await {
         Ok(()) => {
             replica.set_connected(true);
-            if let Err(e) = gateway.deliver_queued().await {
-                tracing::warn!(error = %e, "queued effects not delivered yet; retrying");
+            if replica.local.queued_count() > 0 && replica.start_delivering() {
+                let gateway = gateway.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = gateway.deliver_queued().await {
+                        tracing::warn!(error = %e, "queued effects not delivered yet; retrying");
+                    }
+                    if let Some(replica) = gateway.replica() {
+                        replica.done_delivering();
+                    }
+                });
             }
         }
         Err(e) => {

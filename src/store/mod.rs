@@ -34,6 +34,8 @@ pub(crate) struct Replica {
     from_cache: AtomicBool,
     /// The sequence number the cache was last written at.
     cached: AtomicU64,
+    /// A delivery of the outbox is under way.
+    delivering: AtomicBool,
     loaded: AtomicBool,
     head: AtomicU64,
     connected: AtomicBool,
@@ -49,6 +51,7 @@ impl Replica {
             applied: AtomicU64::new(0),
             from_cache: AtomicBool::new(false),
             cached: AtomicU64::new(0),
+            delivering: AtomicBool::new(false),
             loaded: AtomicBool::new(false),
             head: AtomicU64::new(0),
             connected: AtomicBool::new(false),
@@ -117,6 +120,16 @@ impl Replica {
     /// a cache is only ever written from what the database said).
     pub(crate) fn cache_due(&self) -> bool {
         !self.is_from_cache() && self.applied() > self.cached.load(Ordering::Acquire)
+    }
+
+    /// Claims the delivery of the outbox: false when one is under way already.
+    pub(crate) fn start_delivering(&self) -> bool {
+        !self.delivering.swap(true, Ordering::AcqRel)
+    }
+
+    /// Ends a delivery claimed by [`Replica::start_delivering`].
+    pub(crate) fn done_delivering(&self) {
+        self.delivering.store(false, Ordering::Release);
     }
 
     /// Notes that the cache holds everything up to `seq`.
