@@ -22,7 +22,7 @@ use crate::config::problem::{Problem, Problems};
 use crate::config::Config;
 use crate::model::directory::change::Change;
 use crate::model::directory::journal;
-use crate::model::directory::Directory;
+use crate::model::directory::{Directory, Patch};
 use crate::model::policy::Policies;
 use crate::model::routes::RouteTable;
 use crate::model::schema::Catalog;
@@ -197,9 +197,23 @@ impl Snapshot {
     /// ([`Directory::apply_fitting`]: an entity whose change does not fit is absent), and
     /// what did not fit.
     pub fn with_changes_fitting(&self, changes: &[Change], seq: u64) -> (Snapshot, Problems) {
-        let (mut directory, mut problems) =
-            self.directory
-                .apply_fitting(changes, &self.catalog, &self.routes.rules);
+        let mut patch = self.patch();
+        for c in changes {
+            patch.apply(c);
+        }
+        self.with_patch(patch, seq)
+    }
+
+    /// A copy of the directory to apply changes to one by one, then to serve with
+    /// [`Snapshot::with_patch`].
+    pub fn patch(&self) -> Patch<'_> {
+        self.directory.patch(&self.catalog, &self.routes.rules)
+    }
+
+    /// The same snapshot with the patched directory (a new generation and directory
+    /// version at `seq`; the license counted again), and what did not fit.
+    pub fn with_patch(&self, patch: Patch<'_>, seq: u64) -> (Snapshot, Problems) {
+        let (mut directory, mut problems) = patch.finish();
         if let Some(license) = &self.license {
             if let Err(m) = install_license(license, &self.routes, &self.catalog, &mut directory) {
                 problems.push(Problem::in_file(Path::new("[license]"), m));

@@ -65,6 +65,8 @@ pub enum Val {
 struct Slot {
     ty: u16,
     present: bool,
+    /// Changed by the shared directory's change log (see [`Patch::logged`]).
+    logged: bool,
     id: Box<str>,
     attrs: Box<[(u16, Val)]>,
     parents: Box<[u32]>,
@@ -497,58 +499,41 @@ impl Directory {
         catalog: &Catalog,
         rules: &[EntityRule],
     ) -> (Directory, Problems) {
-        let mut dir = self.clone();
-        let mut problems = Problems::new();
-        let origin = Path::new("<change>");
-        for (n, c) in changes.iter().enumerate() {
-            let uid = c.uid();
-            let ty = EntityTypeName::from_str(&uid.ty).map(|t| dir.intern_type(&t));
-            let Ok(ty) = ty else {
-                problems.push(Problem::in_file(
-                    origin,
-                    format!("change {n}: bad type `{}`", uid.ty),
-                ));
-                continue;
-            };
-            if matches!(c, change::Change::Create { .. }) && dir.claims(ty, &uid.id) {
-                let m = format!(
-                    "change {n}: `{}::{:?}` (or a look-alike) exists",
-                    uid.ty, uid.id
-                );
-                problems.push(Problem::in_file(origin, m));
-                continue;
-            }
-            let index = dir.intern_uid(ty, &uid.id);
-            let current = dir.node(index).map(|node| node.json());
-            // removed first: an entity whose new state does not load stays absent
-            dir.remove(index);
-            let Some(entity) = change::result(c, current) else {
-                continue;
-            };
-            let mut loader = Loader {
-                dir: &mut dir,
-                catalog,
-                rules,
-                file: origin,
-                problems: &mut problems,
-            };
-            if let Err(m) = loader.entity(&entity.to_string()) {
-                loader
-                    .problems
-                    .push(Problem::in_file(origin, format!("change {n}: {m}")));
-            }
+        let mut patch = self.patch(catalog, rules);
+        for c in changes {
+            patch.apply(c);
         }
-        // each entity found on a cycle is left out until none is (a cycle is made of
-        // present entities: removing one, which drops its parents, breaks it)
-        for _ in 0..=dir.slots.len() {
-            let Err(index) = dir.compute_ancestors() else {
-                break;
-            };
-            let message = format!("entity `{}` would be its own ancestor", dir.uid(index));
-            problems.push(Problem::in_file(origin, message));
-            dir.remove(index);
+        patch.finish()
+    }
+
+    /// A copy of the directory to apply changes to one by one, as [`Directory::apply_fitting`]
+    /// does (what a stream of changes too long to hold at once needs).
+    pub fn patch<'a>(&self, catalog: &'a Catalog, rules: &'a [EntityRule]) -> Patch<'a> {
+        Patch {
+            dir: self.clone(),
+            catalog,
+            rules,
+            problems: Problems::new(),
+            applied: 0,
+            logged: false,
         }
-        (dir, problems)
+    }
+
+    /// The net change of every entity the shared directory's change log changed (see
+    /// [`Patch::logged`]): what a directory rebuilt from the files needs laid over it to be
+    /// the shared directory again.
+    pub fn logged_changes(&self) -> impl Iterator<Item = change::Change> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.logged)
+            .map(|(index, slot)| {
+                let uid = change::Uid {
+                    ty: self.types[slot.ty as usize].to_string(),
+                    id: slot.id.to_string(),
+                };
+                net_change_of(uid, self.node(index as u32))
+            })
     }
 
     /// The change that leaves `uid` as it is now (for a compacted journal): its whole
@@ -558,17 +543,7 @@ impl Directory {
             .ok()
             .map(|ty| EntityUid::from_type_name_and_id(ty, EntityId::new(&uid.id)))
             .and_then(|u| self.get(&u));
-        let Some(node) = node else {
-            return change::Change::Delete { uid: uid.clone() };
-        };
-        let json = node.json();
-        let attrs = json["attrs"].as_object().cloned().unwrap_or_default();
-        let parents = serde_json::from_value(json["parents"].clone()).unwrap_or_default();
-        change::Change::Put {
-            uid: uid.clone(),
-            attrs,
-            parents,
-        }
+        net_change_of(uid.clone(), node)
     }
 
     /// Whether an entity of type `ty` with this id, or one it is a look-alike of, exists.
@@ -717,6 +692,7 @@ impl Directory {
         self.slots.push(Slot {
             ty,
             present: false,
+            logged: false,
             id: id.into(),
             attrs: Box::new([]),
             parents: Box::new([]),
@@ -835,6 +811,107 @@ struct RawEntity {
 }
 
 /// Reads one file into the directory.
+/// The change that leaves `uid` as `node` is (its removal: absent).
+fn net_change_of(uid: change::Uid, node: Option<NodeRef<'_>>) -> change::Change {
+    let Some(node) = node else {
+        return change::Change::Delete { uid };
+    };
+    let mut json = node.json();
+    let attrs = match json["attrs"].take() {
+        Value::Object(attrs) => attrs,
+        _ => Map::new(),
+    };
+    let parents = serde_json::from_value(json["parents"].take()).unwrap_or_default();
+    change::Change::Put {
+        uid,
+        attrs,
+        parents,
+    }
+}
+
+/// Changes being applied to a copy of a directory ([`Directory::patch`]).
+#[derive(Debug)]
+pub struct Patch<'a> {
+    dir: Directory,
+    catalog: &'a Catalog,
+    rules: &'a [EntityRule],
+    problems: Problems,
+    /// Changes applied so far (numbers the problems).
+    applied: usize,
+    logged: bool,
+}
+
+impl Patch<'_> {
+    /// Marks the entities the next changes touch as the shared directory's (or not): those
+    /// [`Directory::logged_changes`] lists.
+    pub fn logged(&mut self, logged: bool) -> &mut Self {
+        self.logged = logged;
+        self
+    }
+
+    /// Applies one change as far as it fits: an entity it leaves that does not fit the
+    /// schema or the rules is absent (a problem is noted), never left as it was.
+    pub fn apply(&mut self, c: &change::Change) {
+        let (n, origin) = (self.applied, Path::new("<change>"));
+        self.applied += 1;
+        let dir = &mut self.dir;
+        let uid = c.uid();
+        let Ok(ty) = EntityTypeName::from_str(&uid.ty).map(|t| dir.intern_type(&t)) else {
+            let m = format!("change {n}: bad type `{}`", uid.ty);
+            self.problems.push(Problem::in_file(origin, m));
+            return;
+        };
+        if matches!(c, change::Change::Create { .. }) && dir.claims(ty, &uid.id) {
+            let m = format!(
+                "change {n}: `{}::{:?}` (or a look-alike) exists",
+                uid.ty, uid.id
+            );
+            self.problems.push(Problem::in_file(origin, m));
+            return;
+        }
+        let index = dir.intern_uid(ty, &uid.id);
+        dir.slots[index as usize].logged |= self.logged;
+        let current = dir.node(index).map(|node| node.json());
+        // removed first: an entity whose new state does not load stays absent
+        dir.remove(index);
+        let Some(entity) = change::result(c, current) else {
+            return;
+        };
+        let mut loader = Loader {
+            dir,
+            catalog: self.catalog,
+            rules: self.rules,
+            file: origin,
+            problems: &mut self.problems,
+        };
+        if let Err(m) = loader.entity(&entity.to_string()) {
+            let m = format!("change {n}: {m}");
+            loader.problems.push(Problem::in_file(origin, m));
+        }
+    }
+
+    /// What did not fit since the last call (to report change by change).
+    pub fn take_problems(&mut self) -> Problems {
+        std::mem::take(&mut self.problems)
+    }
+
+    /// The directory with every change applied, ancestors recomputed, and what did not fit.
+    pub fn finish(self) -> (Directory, Problems) {
+        let (mut dir, mut problems) = (self.dir, self.problems);
+        // each entity found on a cycle is left out until none is (a cycle is made of
+        // present entities: removing one, which drops its parents, breaks it)
+        for _ in 0..=dir.slots.len() {
+            let Err(index) = dir.compute_ancestors() else {
+                break;
+            };
+            let message = format!("entity `{}` would be its own ancestor", dir.uid(index));
+            problems.push(Problem::in_file(Path::new("<change>"), message));
+            dir.remove(index);
+        }
+        (dir, problems)
+    }
+}
+
 struct Loader<'a> {
     dir: &'a mut Directory,
     catalog: &'a Catalog,

@@ -7,11 +7,16 @@
 //! an effect, the database down (or batches queued) ─▶ Local::queue (fsync) ─▶ laid over
 //!           the serving snapshot ─▶ deliver_queued, once a catch-up succeeds: every queued
 //!           batch in one write, in order ─▶ the outbox cut
-//! catch_up ─▶ the whole directory (first) or the rows after the last applied ─▶ replay
-//! start, the database down ─▶ start_from_cache: the cache, then the outbox, laid over
-//! reload ─▶ swap_reloaded: the touched entities (as served), then the outbox, laid over
-//! write_cache ─▶ the touched entities' net state at the applied seq ─▶ Local::write_cache
+//! catch_up ─▶ the whole directory (first: streamed, row by row, into one patch; then the
+//!           outbox) or the rows after the last applied ─▶ replay
+//! start, the database down ─▶ start_from_cache: the cache (streamed), then the outbox
+//! reload ─▶ swap_reloaded: the entities the log changed (as served), then the outbox
+//! write_cache ─▶ the entities the log changed, their net state at the applied seq,
+//!           streamed ─▶ Local::write_cache
 //! ```
+//!
+//! The entities the change log changed are marked in the directory itself
+//! (`Patch::logged`): what is laid over a reload and cached is that set, whatever its size.
 
 use std::sync::Arc;
 
@@ -20,7 +25,6 @@ use crate::authz::snapshot::Snapshot;
 use crate::config::problem::{Problem, Problems};
 use crate::config::{Config, PostgresUrl};
 use crate::model::directory::change::{Change, Uid};
-use crate::model::directory::journal::Entry;
 use crate::store::local::Local;
 use crate::store::postgres::{Postgres, StoreError};
 use crate::store::{self, Replica};
@@ -71,22 +75,17 @@ impl Gateway {
         let written = replica
             .store
             .write(applied, |missed, seq| {
-                let caught = store::replay(&current, &missed);
+                let caught = store::replay(&current, &missed, &[]);
                 let base = caught.as_ref().unwrap_or(&current);
                 let prepared = prepare(base, batches, delivery, seq)?;
                 let Some(next) = prepared.next else {
                     let last = missed.last().map_or(applied, |e| e.seq);
-                    let nothing = (caught, last, missed, Vec::new(), prepared.dropped);
-                    return Ok((nothing, None));
+                    return Ok(((caught, last, prepared.dropped), None));
                 };
-                let net = prepared.net;
-                Ok((
-                    (Some(next), seq, missed, net.clone(), prepared.dropped),
-                    Some(net),
-                ))
+                Ok(((Some(next), seq, prepared.dropped), Some(prepared.net)))
             })
             .await;
-        let (next, seq, missed, net, dropped) = match written {
+        let (next, seq, dropped) = match written {
             Ok(Ok(done)) => done,
             Ok(Err(refused)) => return Err(refused),
             Err(e) => {
@@ -97,7 +96,7 @@ impl Gateway {
         if let Some(next) = next {
             self.swap(next);
         }
-        replica.advance(seq, missed.iter().flat_map(|e| &e.changes).chain(&net));
+        replica.advance(seq);
         self.metrics.record_directory_change(true);
         Ok(dropped)
     }
@@ -188,32 +187,27 @@ impl Gateway {
             return Ok(());
         };
         let _applying = self.applying.lock().await;
-        let (entries, queued) = match replica.is_loaded() {
-            true => (replica.store.since(replica.applied()).await?, Vec::new()),
-            false => {
-                let (seq, net) = replica.store.load().await?;
-                let loaded = Entry {
-                    seq,
-                    at: crate::authn::now(),
-                    changes: net,
-                };
-                // what the outbox kept from an earlier run is served until delivered
-                let queued = replica.local.queued();
-                (
-                    vec![loaded],
-                    queued.map_err(|p| StoreError::Data(format!("the outbox: {p}")))?,
-                )
-            }
-        };
+        let current = self.snapshot();
+        if !replica.is_loaded() {
+            // what the outbox kept from an earlier run is served until delivered
+            let queued = replica.local.queued();
+            let queued = queued.map_err(|p| StoreError::Data(format!("the outbox: {p}")))?;
+            let mut patch = current.patch();
+            patch.logged(true);
+            let seq = replica.store.load(|c| patch.apply(&c)).await?;
+            store::lay(&mut patch, &queued, false);
+            self.swap(store::finish(&current, patch, seq));
+            replica.advance(seq);
+            return Ok(());
+        }
+        let entries = replica.store.since(replica.applied()).await?;
         let Some(last) = entries.last().map(|e| e.seq) else {
             return Ok(());
         };
-        let logged = entries.len();
-        let layers: Vec<Entry> = entries.into_iter().chain(queued).collect();
-        if let Some(next) = store::replay(&self.snapshot(), &layers) {
+        if let Some(next) = store::replay(&current, &entries, &[]) {
             self.swap(next);
         }
-        replica.advance(last, layers[..logged].iter().flat_map(|e| &e.changes));
+        replica.advance(last);
         Ok(())
     }
 
@@ -227,20 +221,20 @@ impl Gateway {
         let Some(replica) = &self.replica else {
             return Ok(0);
         };
-        let Some(cache) = replica.local.cached()? else {
+        let _applying = self.applying.lock().await;
+        let current = self.snapshot();
+        let queued = replica.local.queued()?;
+        let mut patch = current.patch();
+        patch.logged(true);
+        let Some(seq) = replica.local.read_cache(|c| patch.apply(&c))? else {
             return Err(Problems::from(Problem::in_file(
                 replica.local.cache_path(),
                 "no cache of the shared directory yet",
             )));
         };
-        let _applying = self.applying.lock().await;
-        let queued = replica.local.queued()?;
-        let seq = cache.seq;
-        let layers: Vec<Entry> = std::iter::once(cache).chain(queued).collect();
-        if let Some(next) = store::replay(&self.snapshot(), &layers) {
-            self.swap(next);
-        }
-        replica.advance(seq, layers[0].changes.iter());
+        store::lay(&mut patch, &queued, false);
+        self.swap(store::finish(&current, patch, seq));
+        replica.advance(seq);
         replica.cache_written(seq);
         replica.started_from_cache();
         Ok(seq)
@@ -261,23 +255,21 @@ impl Gateway {
             return;
         };
         let _applying = self.applying.lock().await;
-        let overlay = Entry {
-            seq: replica.applied(),
-            at: crate::authn::now(),
-            changes: replica.overlay(&self.snapshot()),
-        };
         let queued = replica.local.queued().unwrap_or_else(|p| {
             tracing::error!(problems = %p, "the outbox cannot be read; its effects are not laid over the reload");
             Vec::new()
         });
-        let layers: Vec<Entry> = std::iter::once(overlay).chain(queued).collect();
-        if let Some(next) = store::replay(&snapshot, &layers) {
-            self.swap(next);
+        let mut patch = snapshot.patch();
+        patch.logged(true);
+        for change in self.snapshot().directory.logged_changes() {
+            patch.apply(&change);
         }
+        store::lay(&mut patch, &queued, false);
+        self.swap(store::finish(&snapshot, patch, replica.applied()));
     }
 
     /// Writes the cache of the shared directory when it is behind what is applied: the
-    /// net state of every entity the change log touched, at the applied seq.
+    /// net state of every entity the change log changed, at the applied seq.
     ///
     /// # Errors
     /// It could not be written (the old cache stays; the next call tries again).
@@ -294,12 +286,8 @@ impl Gateway {
         };
         let written = Arc::clone(&replica);
         tokio::task::spawn_blocking(move || {
-            let entry = Entry {
-                seq,
-                at: crate::authn::now(),
-                changes: written.overlay(&snapshot),
-            };
-            written.local.write_cache(&entry)
+            let changes = snapshot.directory.logged_changes();
+            written.local.write_cache(seq, changes)
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))?;
@@ -332,7 +320,7 @@ fn prepare(
         if delivery == Delivery::Fresh && from.directory.unchanged_by(&batch) {
             continue;
         }
-        match from.with_changes(&batch, seq) {
+        match store::with_logged(from, &batch, seq) {
             Ok(applied) => {
                 next = Some(applied);
                 kept.extend(batch);

@@ -3,18 +3,32 @@
 //! effects the database could not take.
 //!
 //! ```text
-//! state_dir/directory.cache   one entry {"seq","at","changes"}: the net change of every
-//!                             entity the change log touched, as applied up to seq
-//!                             (rewritten atomically, at most every CACHE_EVERY)
+//! state_dir/directory.cache   a line {"seq","at"}, then one line per entity the change
+//!                             log changed: its net change, as applied up to seq
+//!                             (streamed both ways, never held whole; rewritten
+//!                             atomically, at most every CACHE_EVERY)
 //! state_dir/outbox.journal    effects of forwarded requests, one fsync'd line per batch,
 //!                             in order; delivered through the database, then cut
 //! ```
 
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use crate::config::problem::{Problem, Problems};
 use crate::model::directory::change::Change;
 use crate::model::directory::journal::{self, Entry, Journal};
+
+/// The first line of the cache.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheHeader {
+    /// The last sequence number of the change log applied.
+    seq: u64,
+    /// When it was written (seconds since the epoch).
+    at: u64,
+}
 
 /// A replica's own folder.
 #[derive(Debug)]
@@ -37,17 +51,37 @@ impl Local {
         })
     }
 
-    /// The cached directory: the last sequence applied and the net changes up to it
-    /// (`None`: no cache was written yet).
+    /// Reads the cached directory: each net change given to `each` in order, and the last
+    /// sequence applied returned (`None`: no cache was written yet).
     ///
     /// # Errors
-    /// The cache cannot be read, or is not one entry.
-    pub(crate) fn cached(&self) -> Result<Option<Entry>, Problems> {
-        let mut entries = journal::read(&self.cache)?;
-        match entries.len() {
-            0 | 1 => Ok(entries.pop()),
-            n => Err(Problem::in_file(&self.cache, format!("{n} entries, not one")).into()),
+    /// The cache cannot be read, or a line of it is not what [`Local::write_cache`] writes
+    /// (`each` may have been given some changes).
+    pub(crate) fn read_cache(&self, mut each: impl FnMut(Change)) -> Result<Option<u64>, Problems> {
+        let path = &self.cache;
+        let at = |line, m: String| Problems::from(Problem::at_line(path, Some(line), m));
+        let file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Problem::in_file(path, format!("cannot read: {e}")).into()),
+        };
+        let mut lines = std::io::BufReader::new(file).lines();
+        let mut next = |n: usize| match lines.next() {
+            Some(Ok(line)) => Ok(Some(line)),
+            Some(Err(e)) => Err(at(n, format!("cannot read: {e}"))),
+            None => Ok(None),
+        };
+        let header = next(1)?.ok_or_else(|| at(1, "empty, not a cache".into()))?;
+        let header: CacheHeader =
+            serde_json::from_str(&header).map_err(|e| at(1, format!("not a cache header: {e}")))?;
+        let mut n = 2;
+        while let Some(line) = next(n)? {
+            let change = serde_json::from_str(&line)
+                .map_err(|e| at(n, format!("not a directory change: {e}")))?;
+            each(change);
+            n += 1;
         }
+        Ok(Some(header.seq))
     }
 
     /// Where the cache is.
@@ -55,14 +89,24 @@ impl Local {
         &self.cache
     }
 
-    /// Replaces the cache with `entry` (atomically: the old cache or the new one).
+    /// Replaces the cache with `changes` at `seq` (atomically: the old cache or the new
+    /// one), written as they come.
     ///
     /// # Errors
     /// It could not be written (the old cache stays).
-    pub(crate) fn write_cache(&self, entry: &Entry) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        journal::write_atomically(&self.cache, &line)
+    pub(crate) fn write_cache(
+        &self,
+        seq: u64,
+        changes: impl Iterator<Item = Change>,
+    ) -> std::io::Result<()> {
+        journal::write_atomically_with(&self.cache, |out| {
+            let header = CacheHeader {
+                seq,
+                at: crate::authn::now(),
+            };
+            write_line(out, &header)?;
+            changes.into_iter().try_for_each(|c| write_line(out, &c))
+        })
     }
 
     /// Queues a batch the database could not take; on disk when this returns.
@@ -101,6 +145,12 @@ impl Local {
     pub(crate) fn delivered(&self, seq: u64) -> std::io::Result<()> {
         self.outbox.keep_after(seq)
     }
+}
+
+/// `value` as one JSON line.
+fn write_line(out: &mut dyn Write, value: &impl Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, value).map_err(std::io::Error::other)?;
+    out.write_all(b"\n")
 }
 
 #[cfg(test)]
@@ -145,25 +195,30 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_is_one_entry_replaced_whole() {
+    fn the_cache_is_replaced_whole_and_read_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let local = Local::open(dir.path()).unwrap();
-        assert_eq!(local.cached().unwrap(), None);
-        for seq in [7, 9] {
-            let entry = Entry {
-                seq,
-                at: 1,
-                changes: vec![delete("a")],
-            };
-            local.write_cache(&entry).unwrap();
-            assert_eq!(local.cached().unwrap(), Some(entry));
+        let read = |local: &Local| {
+            let mut changes = Vec::new();
+            local
+                .read_cache(|c| changes.push(c))
+                .map(|seq| (seq, changes))
+        };
+        assert_eq!(read(&local).unwrap(), (None, vec![]));
+        for (seq, ids) in [(7, vec!["a", "b"]), (9, vec!["c"])] {
+            let changes: Vec<Change> = ids.into_iter().map(delete).collect();
+            local.write_cache(seq, changes.clone().into_iter()).unwrap();
+            assert_eq!(read(&local).unwrap(), (Some(seq), changes));
         }
-        std::fs::write(
-            dir.path().join("directory.cache"),
-            "{\"seq\":1,\"at\":1,\"changes\":[]}\n{\"seq\":2,\"at\":1,\"changes\":[]}\n",
-        )
-        .unwrap();
-        let e = local.cached().unwrap_err().to_string();
-        assert!(e.contains("2 entries, not one"), "{e}");
+        let cache = dir.path().join("directory.cache");
+        std::fs::write(&cache, "{\"seq\":1,\"at\":1}\n{\"op\":\"nope\"}\n").unwrap();
+        let e = read(&local).unwrap_err().to_string();
+        assert!(
+            e.contains("directory.cache:2") && e.contains("not a directory change"),
+            "{e}"
+        );
+        std::fs::write(&cache, "{\"seq\":1,\"at\":1,\"changes\":[]}\n").unwrap();
+        let e = read(&local).unwrap_err().to_string();
+        assert!(e.contains("not a cache header"), "{e}");
     }
 }

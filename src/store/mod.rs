@@ -13,16 +13,16 @@
 pub(crate) mod local;
 pub(crate) mod postgres;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use crate::authz::snapshot::Snapshot;
-use crate::model::directory::change::{Change, Uid};
+use crate::config::problem::Problems;
+use crate::model::directory::change::Change;
 use crate::model::directory::journal::Entry;
+use crate::model::directory::Patch;
 
-/// A replica's view of the shared directory: how far it has applied the change log, and
-/// which entities the log has touched (to lay them again over a reload of the files).
+/// A replica's view of the shared directory: how far it has applied the change log (which
+/// entities the log has changed, its directory knows: `Directory::logged_changes`).
 #[derive(Debug)]
 pub(crate) struct Replica {
     /// The database.
@@ -39,7 +39,6 @@ pub(crate) struct Replica {
     loaded: AtomicBool,
     head: AtomicU64,
     connected: AtomicBool,
-    touched: Mutex<HashSet<Uid>>,
 }
 
 impl Replica {
@@ -55,7 +54,6 @@ impl Replica {
             loaded: AtomicBool::new(false),
             head: AtomicU64::new(0),
             connected: AtomicBool::new(false),
-            touched: Mutex::default(),
         }
     }
 
@@ -70,13 +68,8 @@ impl Replica {
         self.loaded.load(Ordering::Acquire)
     }
 
-    /// Records that everything up to `seq` is applied, `changes` among it.
-    pub(crate) fn advance<'c>(&self, seq: u64, changes: impl Iterator<Item = &'c Change>) {
-        let mut touched = self
-            .touched
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        touched.extend(changes.map(|c| c.uid().clone()));
+    /// Records that everything up to `seq` is applied.
+    pub(crate) fn advance(&self, seq: u64) {
         self.applied.fetch_max(seq, Ordering::AcqRel);
         self.head.fetch_max(seq, Ordering::AcqRel);
         self.loaded.store(true, Ordering::Release);
@@ -198,37 +191,59 @@ impl Replica {
              iotgate_shared_directory_outbox {queued}\n"
         )
     }
-
-    /// The net change of every entity the log touched, as `snapshot` has it: what a
-    /// snapshot rebuilt from the files needs laid over it to be the shared directory again.
-    pub(crate) fn overlay(&self, snapshot: &Snapshot) -> Vec<Change> {
-        let mut uids: Vec<Uid> = self
-            .touched
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect();
-        uids.sort_by(|a, b| (&a.ty, &a.id).cmp(&(&b.ty, &b.id)));
-        uids.iter()
-            .map(|uid| snapshot.directory.net_change(uid))
-            .collect()
-    }
 }
 
-/// `entries` of the change log applied in order over `base` (`None` when there are none).
+/// `log` (entries of the change log), then `queued` (batches of the outbox), applied in
+/// order over `base` (`None` when there are none): see [`lay`].
+pub(crate) fn replay(base: &Snapshot, log: &[Entry], queued: &[Entry]) -> Option<Snapshot> {
+    let seq = log.last().or(queued.last())?.seq;
+    let mut patch = base.patch();
+    lay(&mut patch, log, true);
+    lay(&mut patch, queued, false);
+    Some(finish(base, patch, seq))
+}
+
+/// `entries` applied in order, their entities marked as the change log's (`logged`) or not.
 /// A change that does not fit here (this replica's schema, rules or files disagree with the
 /// writer's) leaves its entity absent, so it is refused here, never decided on what this
 /// replica's files say; it is logged, and applied again by the next change of that entity.
-pub(crate) fn replay(base: &Snapshot, entries: &[Entry]) -> Option<Snapshot> {
-    let mut out: Option<Snapshot> = None;
+pub(crate) fn lay(patch: &mut Patch<'_>, entries: &[Entry], logged: bool) {
+    patch.logged(logged);
     for entry in entries {
-        let from = out.as_ref().unwrap_or(base);
-        let (next, problems) = from.with_changes_fitting(&entry.changes, entry.seq);
-        if !problems.is_empty() {
-            tracing::error!(seq = entry.seq, problems = %problems, "shared change does not fit here; its entities are left out (refused)");
+        for change in &entry.changes {
+            patch.apply(change);
         }
-        out = Some(next);
+        report(entry.seq, &patch.take_problems());
     }
-    out
+}
+
+/// `base` with the patched directory at `seq`, what did not fit logged.
+pub(crate) fn finish(base: &Snapshot, patch: Patch<'_>, seq: u64) -> Snapshot {
+    let (next, problems) = base.with_patch(patch, seq);
+    report(seq, &problems);
+    next
+}
+
+/// The batch applied whole over `base` at `seq`, its entities marked as the change log's.
+///
+/// # Errors
+/// A change does not fit (nothing applied).
+pub(crate) fn with_logged(
+    base: &Snapshot,
+    changes: &[Change],
+    seq: u64,
+) -> Result<Snapshot, Problems> {
+    let mut patch = base.patch();
+    patch.logged(true);
+    for change in changes {
+        patch.apply(change);
+    }
+    let (next, problems) = base.with_patch(patch, seq);
+    problems.into_result(next)
+}
+
+fn report(seq: u64, problems: &Problems) {
+    if !problems.is_empty() {
+        tracing::error!(seq, problems = %problems, "shared change does not fit here; its entities are left out (refused)");
+    }
 }

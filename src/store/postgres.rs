@@ -196,16 +196,17 @@ impl Postgres {
         Ok(())
     }
 
-    /// The last sequence number and the net change of every entity the log touched, read
-    /// in one consistent view.
+    /// The net change of every entity the log touched, each given to `each` as it is read
+    /// (never all held at once), and the last sequence number, in one consistent view.
     ///
     /// # Errors
-    /// The database cannot be reached, or holds a row iotgate cannot read.
-    pub(crate) async fn load(&self) -> Result<(u64, Vec<Change>), StoreError> {
-        bounded(LOAD_TIMEOUT, self.load_now()).await
+    /// The database cannot be reached, or holds a row iotgate cannot read (`each` may have
+    /// been given some rows).
+    pub(crate) async fn load(&self, each: impl FnMut(Change) + Send) -> Result<u64, StoreError> {
+        bounded(LOAD_TIMEOUT, self.load_now(each)).await
     }
 
-    async fn load_now(&self) -> Result<(u64, Vec<Change>), StoreError> {
+    async fn load_now(&self, mut each: impl FnMut(Change) + Send) -> Result<u64, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client
             .build_transaction()
@@ -219,21 +220,20 @@ impl Postgres {
             .get(0);
         let rows = tx
             .query_raw(
-                "SELECT net::text FROM iotgate_entities ORDER BY seq, type, id",
+                "SELECT net::text FROM iotgate_entities",
                 std::iter::empty::<i64>(),
             )
             .await?;
         let mut rows = std::pin::pin!(rows);
-        let mut net = Vec::new();
         while let Some(row) = rows.try_next().await? {
             let text: &str = row.get(0);
-            net.push(
+            each(
                 serde_json::from_str(text)
                     .map_err(|e| StoreError::Data(format!("an entity row: {e}")))?,
             );
         }
         tx.commit().await?;
-        Ok((seq_of(seq), net))
+        Ok(seq_of(seq))
     }
 
     /// The change-log entries after `seq`, in order.

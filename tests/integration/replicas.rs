@@ -754,10 +754,11 @@ async fn an_import_to_the_shared_directory_is_served_by_a_replica_with_no_direct
 }
 
 /// SPEC §6 for the shared directory: 1,000,000 entities in PostgreSQL, loaded by a replica
-/// before it binds its ports. A measurement of the release build, for BENCHMARKS.md:
-/// `cargo test --release --test integration -- --ignored a_million`.
+/// before it binds its ports, and its first cache of them written, within the memory
+/// target. A measurement of the release build (CI runs it on the binary it ships):
+/// `IOTGATE_BIN=target/release/iotgate cargo test --test integration -- --ignored a_million`.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "a release-build measurement (BENCHMARKS.md)"]
+#[ignore = "a release-build measurement (CI runs it with IOTGATE_BIN)"]
 async fn a_million_entity_shared_directory_loads_within_ten_seconds_and_a_gibibyte() {
     let Some(world) = World::start(1).await else {
         return;
@@ -779,14 +780,24 @@ async fn a_million_entity_shared_directory_loads_within_ten_seconds_and_a_gibiby
         "million",
     );
     let took = started.elapsed();
-    let rss = loaded.peak_rss();
-    eprintln!(
-        "1,000,000 shared entities: serving after {took:?}, peak RSS {} MiB",
-        rss >> 20
-    );
     let path = "/directory/entities/Mini::User/u999999";
     let (status, body) = admin(&loaded, "GET", path, None, Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // the cache of all of them (written every 10 s while behind) counts too
+    let cached = Instant::now();
+    while loaded.status().await["shared_directory"]["cached_seq"] != 1 {
+        assert!(
+            cached.elapsed() < Duration::from_secs(60),
+            "no cache written"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rss = loaded.peak_rss();
+    eprintln!(
+        "1,000,000 shared entities: serving after {took:?}, cached {:?} later, peak RSS {} MiB",
+        cached.elapsed(),
+        rss >> 20
+    );
     assert!(took < Duration::from_secs(10), "{took:?}");
     assert!(rss < 1 << 30, "{} MiB", rss >> 20);
 }

@@ -416,9 +416,15 @@ impl Served {
     }
 
     /// [`Served::spawn`] with `RUST_LOG` set to `filter` (it must let the start line through).
+    /// The binary is this build's, or the one `IOTGATE_BIN` names (CI runs the release-build
+    /// measurements on the release binary it builds anyway).
     pub(crate) fn spawn_logging(dir: tempfile::TempDir, config: &Path, filter: &str) -> Served {
         use std::io::{BufRead, BufReader};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_iotgate"))
+        let bin = std::env::var_os("IOTGATE_BIN");
+        let bin = bin
+            .as_deref()
+            .unwrap_or(env!("CARGO_BIN_EXE_iotgate").as_ref());
+        let mut child = Command::new(bin)
             .args([
                 "--log-format",
                 "json",

@@ -218,13 +218,25 @@ impl Journal {
 /// # Errors
 /// Writing or renaming failed (the old file stays as it was).
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomically_with(path, |out| out.write_all(bytes))
+}
+
+/// Writes what `fill` writes as `path`, as [`write_atomically`] does (buffered: `fill`
+/// may write piece by piece).
+///
+/// # Errors
+/// `fill`, writing or renaming failed (the old file stays as it was).
+pub(crate) fn write_atomically_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut next = path.as_os_str().to_owned();
     next.push(".writing");
     let next = PathBuf::from(next);
     {
-        let mut out = std::fs::File::create(&next)?;
-        out.write_all(bytes)?;
-        out.sync_all()?;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&next)?);
+        fill(&mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
     std::fs::rename(&next, path)?;
     if let Some(dir) = path.parent() {

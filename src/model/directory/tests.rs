@@ -414,3 +414,53 @@ fn changes_that_do_not_fit_leave_their_entities_absent_and_the_rest_applied() {
     // the all-or-nothing apply refuses the same batch
     assert!(dir.apply(&changes, &catalog(), &rules()).is_err());
 }
+
+#[test]
+fn a_patch_marks_what_the_change_log_changed_and_lists_it_as_it_is_left() {
+    use change::{Change, Uid};
+    let (_dir, loaded) = load(&[(
+        "e.json",
+        r#"[{"uid":{"type":"T::Org","id":"eu"},"attrs":{},"parents":[]},
+            {"uid":{"type":"T::User","id":"ann"},"attrs":{"role":"admin","enabled":true},"parents":[]},
+            {"uid":{"type":"T::User","id":"bo"},"attrs":{"role":"basic","enabled":true},"parents":[]}]"#,
+    )]);
+    let dir = loaded.unwrap();
+    let u = |id: &str| Uid {
+        ty: "T::User".into(),
+        id: id.into(),
+    };
+    let (catalog, rules) = (catalog(), rules());
+    let mut patch = dir.patch(&catalog, &rules);
+    patch.logged(true);
+    patch.apply(&Change::Delete { uid: u("ann") });
+    patch.apply(&Change::Upsert {
+        uid: u("cy"),
+        attrs: json!({"role": "basic", "enabled": false})
+            .as_object()
+            .unwrap()
+            .clone(),
+        parents: Some(vec![Uid {
+            ty: "T::Org".into(),
+            id: "eu".into(),
+        }]),
+    });
+    // changed here, not by the log (an outbox effect): not listed
+    patch.logged(false);
+    patch.apply(&Change::Upsert {
+        uid: u("bo"),
+        attrs: serde_json::Map::new(),
+        parents: None,
+    });
+    let (after, problems) = patch.finish();
+    assert!(problems.is_empty(), "{problems}");
+    let logged: Vec<Change> = after.logged_changes().collect();
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    assert_eq!(logged[0], Change::Delete { uid: u("ann") });
+    assert_eq!(logged[1], after.net_change(&u("cy")));
+    let Change::Put { attrs, parents, .. } = &logged[1] else {
+        panic!("{:?}", logged[1]);
+    };
+    assert_eq!(attrs["enabled"], json!(false));
+    assert_eq!(parents[0].id, "eu");
+    assert_eq!(dir.logged_changes().count(), 0, "the original is untouched");
+}
