@@ -26,12 +26,31 @@ use crate::commands::report::{self, CaseResult, Format};
 use crate::config::problem::{Problem, Problems};
 use crate::config::tomlfile;
 
+/// With `[directory] store = "postgres"`, the shared directory read from the database and
+/// laid over the files' directory, as `serve` does on start: `check` decides on what a
+/// replica serves (less a replica's own outbox of effects not yet delivered). No decision
+/// is made on the files alone when the database cannot be read.
+///
+/// # Errors
+/// The database cannot be reached or read.
+async fn with_shared_directory(loaded: &mut Loaded) -> Result<(), String> {
+    let Some(store) = crate::proxy::shared_store(&loaded.config).map_err(|p| p.to_string())? else {
+        return Ok(());
+    };
+    let (patch, seq) = crate::store::load(&loaded.snapshot, &store)
+        .await
+        .map_err(|e| format!("the shared directory ([directory] store = \"postgres\"): {e}"))?;
+    let shared = crate::store::finish(&loaded.snapshot, patch, seq);
+    loaded.snapshot = shared;
+    Ok(())
+}
+
 /// Lifetime given to tokens minted for `sign = true` cases without `exp`.
 const SIGNED_CASE_TTL: u64 = 300;
 
 /// Runs `check`.
 pub(crate) fn run(args: &CheckArgs, out: &mut dyn Write) -> std::io::Result<ExitStatus> {
-    let loaded = match Loaded::load(&args.config.config) {
+    let mut loaded = match Loaded::load(&args.config.config) {
         Ok(l) => l,
         Err(problems) => {
             write!(out, "{problems}")?;
@@ -42,6 +61,10 @@ pub(crate) fn run(args: &CheckArgs, out: &mut dyn Write) -> std::io::Result<Exit
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        if let Err(problem) = with_shared_directory(&mut loaded).await {
+            writeln!(out, "{problem}")?;
+            return Ok(ExitStatus::Error);
+        }
         // JWKS URLs are fetched once, so `check --token` verifies as `serve` would
         for remote in loaded.verifier.remotes() {
             if let Err(e) = remote.fetch().await {

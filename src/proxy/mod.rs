@@ -30,6 +30,7 @@ use http_body_util::BodyExt;
 use self::cors::Cors;
 use self::forward::{Stamp, Upstream};
 use self::limit::PublicLimiter;
+pub(crate) use self::shared::shared_store;
 use crate::authn::Verifier;
 use crate::authz::cache::Caches;
 use crate::authz::decision::{

@@ -192,9 +192,7 @@ impl Gateway {
             // what the outbox kept from an earlier run is served until delivered
             let queued = replica.local.queued();
             let queued = queued.map_err(|p| StoreError::Data(format!("the outbox: {p}")))?;
-            let mut patch = current.patch();
-            patch.logged(true);
-            let seq = replica.store.load(|c| patch.apply(&c)).await?;
+            let (mut patch, seq) = store::load(&current, &replica.store).await?;
             store::lay(&mut patch, &queued, false);
             self.swap(store::finish(&current, patch, seq));
             replica.advance(seq);
@@ -341,8 +339,20 @@ fn prepare(
 /// The shared database `[directory] store = "postgres"` names (not connected yet), and
 /// the replica's own folder.
 pub(super) fn open_replica(config: &Config) -> Result<Option<Arc<Replica>>, Problems> {
-    let (Some(url), Some(state_dir)) = (&config.directory.postgres, &config.directory.state_dir)
+    let (Some(store), Some(state_dir)) = (shared_store(config)?, &config.directory.state_dir)
     else {
+        return Ok(None);
+    };
+    let local = Local::open(state_dir)?;
+    Ok(Some(Arc::new(Replica::new(store, local))))
+}
+
+/// The shared database `[directory] store = "postgres"` names, if any (not connected yet).
+///
+/// # Errors
+/// Its `url_file` cannot be read, or the URL is not a PostgreSQL URL.
+pub(crate) fn shared_store(config: &Config) -> Result<Option<Postgres>, Problems> {
+    let Some(url) = &config.directory.postgres else {
         return Ok(None);
     };
     let (key, url) = match url {
@@ -355,8 +365,7 @@ pub(super) fn open_replica(config: &Config) -> Result<Option<Arc<Replica>>, Prob
         ),
     };
     let store = Postgres::new(&url).map_err(|e| config.problem(key, e.to_string()))?;
-    let local = Local::open(state_dir)?;
-    Ok(Some(Arc::new(Replica::new(store, local))))
+    Ok(Some(store))
 }
 
 /// The entities a batch touches, each once, in order.

@@ -193,6 +193,22 @@ impl Replica {
     }
 }
 
+/// The whole shared directory read from `store` into a patch of `base` (its entities
+/// marked as the change log's), and the sequence number it is at: what a first catch-up
+/// serves and `iotgate check` decides on.
+///
+/// # Errors
+/// The database cannot be reached, or holds a row iotgate cannot read.
+pub(crate) async fn load<'s>(
+    base: &'s Snapshot,
+    store: &postgres::Postgres,
+) -> Result<(Patch<'s>, u64), postgres::StoreError> {
+    let mut patch = base.patch();
+    patch.logged(true);
+    let seq = store.load(|c| patch.apply(&c)).await?;
+    Ok((patch, seq))
+}
+
 /// `log` (entries of the change log), then `queued` (batches of the outbox), applied in
 /// order over `base` (`None` when there are none): see [`lay`].
 pub(crate) fn replay(base: &Snapshot, log: &[Entry], queued: &[Entry]) -> Option<Snapshot> {

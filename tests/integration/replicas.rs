@@ -801,3 +801,54 @@ async fn a_million_entity_shared_directory_loads_within_ten_seconds_and_a_gibiby
     assert!(took < Duration::from_secs(10), "{took:?}");
     assert!(rss < 1 << 30, "{} MiB", rss >> 20);
 }
+
+/// `iotgate check` on a replica's config decides as the replicas do: on the shared
+/// directory, read from the database (a change made through the entity API included), and
+/// on nothing else when the database cannot be read.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_decides_on_the_shared_directory_and_not_on_the_files_alone() {
+    let Some(world) = World::start(1).await else {
+        return;
+    };
+    let a = &world.replicas[0];
+    let alice = "/directory/entities/Mini::User/alice";
+    let (status, body) = admin(a, "PUT", alice, Some(user("developer", false)), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_dir, config) = replica_files(
+        &world.cluster,
+        &world.upstream,
+        world.state.path(),
+        "checker",
+    );
+    let config = config.to_str().unwrap();
+    let check = |user: &str| {
+        let request = format!("GET /v1/users/{user}/devices/d1");
+        crate::support::iotgate(&[
+            "check",
+            "--config",
+            config,
+            "--request",
+            &request,
+            "--as",
+            user,
+        ])
+    };
+    let (code, out) = check("alice");
+    assert_eq!(
+        code, 1,
+        "disabled in the shared directory (the files say enabled): {out}"
+    );
+    assert_eq!(
+        alice_reads(a).await,
+        StatusCode::FORBIDDEN,
+        "as serve decides"
+    );
+    let (status, body) = admin(a, "PUT", alice, Some(user("developer", true)), Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (code, out) = check("alice");
+    assert_eq!(code, 0, "{out}");
+    world.cluster.stop();
+    let (code, out) = check("alice");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("the shared directory"), "{out}");
+}
