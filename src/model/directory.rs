@@ -869,22 +869,56 @@ impl Patch<'_> {
             self.problems.push(Problem::in_file(origin, m));
             return;
         }
-        let index = dir.intern_uid(ty, &uid.id);
-        dir.slots[index as usize].logged |= self.logged;
-        let current = dir.node(index).map(|node| node.json());
+        let index = self.touch(ty, &uid.id);
+        let current = self.dir.node(index).map(|node| node.json());
         // removed first: an entity whose new state does not load stays absent
-        dir.remove(index);
-        let Some(entity) = change::result(c, current) else {
+        self.dir.remove(index);
+        if let Some(entity) = change::result(c, current) {
+            self.load(n, |loader| loader.entity(&entity.to_string()));
+        }
+    }
+
+    /// Applies a put of the entity `json` is (Cedar entity JSON, as a row of the shared
+    /// directory holds it): what [`Patch::apply`] does with that put, without building the
+    /// change first (a load of a million rows).
+    pub fn put_entity(&mut self, json: &str) {
+        let (n, origin) = (self.applied, Path::new("<change>"));
+        self.applied += 1;
+        let raw =
+            serde_json::from_str::<RawEntity>(json).map_err(|e| format!("not an entity: {e}"));
+        let uid = raw.as_ref().ok().and_then(|raw| entity_ref(&raw.uid));
+        let ty = uid
+            .as_ref()
+            .and_then(|(ty, _)| EntityTypeName::from_str(ty).ok());
+        let (Ok(raw), Some((_, id)), Some(ty)) = (raw, uid, ty) else {
+            let m = format!("change {n}: not a put of an entity: {json:.200}");
+            self.problems.push(Problem::in_file(origin, m));
             return;
         };
+        let ty = self.dir.intern_type(&ty);
+        let index = self.touch(ty, &id);
+        self.dir.remove(index);
+        self.load(n, |loader| loader.raw_entity(&raw));
+    }
+
+    /// The slot of (`ty`, `id`), marked as the change log's when [`Patch::logged`] says so.
+    fn touch(&mut self, ty: u16, id: &str) -> u32 {
+        let index = self.dir.intern_uid(ty, id);
+        self.dir.slots[index as usize].logged |= self.logged;
+        index
+    }
+
+    /// Change `n`'s entity loaded as a file's would be, a problem noted if it does not fit.
+    fn load(&mut self, n: usize, load: impl FnOnce(&mut Loader<'_>) -> Result<u32, String>) {
+        let origin = Path::new("<change>");
         let mut loader = Loader {
-            dir,
+            dir: &mut self.dir,
             catalog: self.catalog,
             rules: self.rules,
             file: origin,
             problems: &mut self.problems,
         };
-        if let Err(m) = loader.entity(&entity.to_string()) {
+        if let Err(m) = load(&mut loader) {
             let m = format!("change {n}: {m}");
             loader.problems.push(Problem::in_file(origin, m));
         }
@@ -953,6 +987,11 @@ impl Loader<'_> {
     fn entity(&mut self, json: &str) -> Result<u32, String> {
         let raw: RawEntity =
             serde_json::from_str(json).map_err(|e| format!("not an entity: {e}"))?;
+        self.raw_entity(&raw)
+    }
+
+    /// Adds one parsed entity (see [`Loader::entity`]).
+    fn raw_entity(&mut self, raw: &RawEntity) -> Result<u32, String> {
         let (ty_name, id) = entity_ref(&raw.uid).ok_or("`uid` must be {\"type\": …, \"id\": …}")?;
         let name = format!("entity `{ty_name}::{id:?}`");
         let declared = self

@@ -205,7 +205,12 @@ pub(crate) async fn load<'s>(
 ) -> Result<(Patch<'s>, u64), postgres::StoreError> {
     let mut patch = base.patch();
     patch.logged(true);
-    let seq = store.load(|c| patch.apply(&c)).await?;
+    let seq = store
+        .load(|net| match net {
+            postgres::Net::Entity(json) => patch.put_entity(json),
+            postgres::Net::Change(change) => patch.apply(&change),
+        })
+        .await?;
     Ok((patch, seq))
 }
 

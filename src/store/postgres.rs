@@ -107,6 +107,15 @@ pub(crate) struct Imported {
     pub(crate) seq: Option<u64>,
 }
 
+/// An entity's net state, as a load reads it.
+#[derive(Debug)]
+pub(crate) enum Net<'a> {
+    /// The whole entity (a put), as Cedar entity JSON.
+    Entity(&'a str),
+    /// Any other net change (a removal).
+    Change(Change),
+}
+
 /// The shared database.
 #[derive(Clone)]
 pub(crate) struct Postgres {
@@ -202,11 +211,11 @@ impl Postgres {
     /// # Errors
     /// The database cannot be reached, or holds a row iotgate cannot read (`each` may have
     /// been given some rows).
-    pub(crate) async fn load(&self, each: impl FnMut(Change) + Send) -> Result<u64, StoreError> {
+    pub(crate) async fn load(&self, each: impl FnMut(Net<'_>) + Send) -> Result<u64, StoreError> {
         bounded(LOAD_TIMEOUT, self.load_now(each)).await
     }
 
-    async fn load_now(&self, mut each: impl FnMut(Change) + Send) -> Result<u64, StoreError> {
+    async fn load_now(&self, mut each: impl FnMut(Net<'_>) + Send) -> Result<u64, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client
             .build_transaction()
@@ -220,17 +229,24 @@ impl Postgres {
             .get(0);
         let rows = tx
             .query_raw(
-                "SELECT net::text FROM iotgate_entities",
+                // a put as the entity itself: parsed once, by the directory's loader
+                "SELECT coalesce(net->>'op' = 'put', false), \
+                        CASE WHEN net->>'op' = 'put' THEN (net - 'op')::text ELSE net::text END \
+                 FROM iotgate_entities",
                 std::iter::empty::<i64>(),
             )
             .await?;
         let mut rows = std::pin::pin!(rows);
         while let Some(row) = rows.try_next().await? {
-            let text: &str = row.get(0);
-            each(
-                serde_json::from_str(text)
-                    .map_err(|e| StoreError::Data(format!("an entity row: {e}")))?,
-            );
+            let text: &str = row.get(1);
+            match row.get(0) {
+                true => each(Net::Entity(text)),
+                false => {
+                    each(Net::Change(serde_json::from_str(text).map_err(|e| {
+                        StoreError::Data(format!("an entity row: {e}"))
+                    })?))
+                }
+            }
         }
         tx.commit().await?;
         Ok(seq_of(seq))

@@ -464,3 +464,43 @@ fn a_patch_marks_what_the_change_log_changed_and_lists_it_as_it_is_left() {
     assert_eq!(parents[0].id, "eu");
     assert_eq!(dir.logged_changes().count(), 0, "the original is untouched");
 }
+
+#[test]
+fn a_put_given_as_entity_json_is_the_put_change() {
+    use change::{Change, Uid};
+    let (_dir, loaded) = load(&[(
+        "e.json",
+        r#"[{"uid":{"type":"T::Org","id":"eu"},"attrs":{},"parents":[]},
+            {"uid":{"type":"T::User","id":"ann"},"attrs":{"role":"admin","enabled":true},"parents":[]}]"#,
+    )]);
+    let dir = loaded.unwrap();
+    let (catalog, rules) = (catalog(), rules());
+    let ann = r#"{"uid":{"type":"T::User","id":"ann"},"attrs":{"role":"basic","enabled":false},"parents":[{"type":"T::Org","id":"eu"}]}"#;
+    let change: Change = serde_json::from_str(&ann.replacen('{', r#"{"op":"put","#, 1)).unwrap();
+    let mut by_change = dir.patch(&catalog, &rules);
+    by_change.apply(&change);
+    let mut by_json = dir.patch(&catalog, &rules);
+    by_json.logged(true);
+    by_json.put_entity(ann);
+    let ((a, pa), (b, pb)) = (by_change.finish(), by_json.finish());
+    assert!(pa.is_empty() && pb.is_empty(), "{pa}{pb}");
+    let ann_uid = Uid {
+        ty: "T::User".into(),
+        id: "ann".into(),
+    };
+    assert_eq!(a.net_change(&ann_uid), b.net_change(&ann_uid));
+    assert_eq!(
+        b.logged_changes().collect::<Vec<_>>(),
+        vec![b.net_change(&ann_uid)]
+    );
+    assert!(b.get(&uid(r#"T::User::"ann""#)).unwrap().is_disabled());
+    // one that does not fit leaves the entity absent; one that is no entity is a problem
+    let mut bad = dir.patch(&catalog, &rules);
+    bad.put_entity(
+        r#"{"uid":{"type":"T::User","id":"ann"},"attrs":{"enabled":false},"parents":[]}"#,
+    );
+    bad.put_entity(r#"{"uid":"ann"}"#);
+    let (after, problems) = bad.finish();
+    assert_eq!(problems.iter().count(), 2, "{problems}");
+    assert!(after.get(&uid(r#"T::User::"ann""#)).is_none());
+}
