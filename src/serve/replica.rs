@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crate::config::problem::{Problem, Problems};
 use crate::proxy::Gateway;
+use crate::store::postgres::StoreError;
 use crate::store::Replica;
 
 /// How often a follower asks the database even without a notification.
@@ -143,6 +144,11 @@ async fn catch_up(gateway: &Arc<Gateway>, replica: &Replica) {
                     }
                 });
             }
+        }
+        Err(e @ StoreError::Behind { .. }) => {
+            replica.set_connected(false);
+            replica.found_behind();
+            tracing::error!(error = %e, "shared directory ahead of the database; not following it");
         }
         Err(e) => {
             replica.set_connected(false);

@@ -39,6 +39,8 @@ pub(crate) struct Replica {
     loaded: AtomicBool,
     head: AtomicU64,
     connected: AtomicBool,
+    /// The database's change log was found to end before what was applied.
+    behind: AtomicBool,
 }
 
 impl Replica {
@@ -54,6 +56,7 @@ impl Replica {
             loaded: AtomicBool::new(false),
             head: AtomicU64::new(0),
             connected: AtomicBool::new(false),
+            behind: AtomicBool::new(false),
         }
     }
 
@@ -99,6 +102,17 @@ impl Replica {
         self.connected.store(up, Ordering::Release);
     }
 
+    /// Notes that the database's change log ends before what this replica applied
+    /// ([`postgres::StoreError::Behind`]): degraded until a restart loads it again.
+    pub(crate) fn found_behind(&self) {
+        self.behind.store(true, Ordering::Release);
+    }
+
+    /// Whether this replica is degraded: serving the cache, or ahead of the database.
+    fn is_degraded(&self) -> bool {
+        self.is_from_cache() || self.behind.load(Ordering::Acquire)
+    }
+
     /// Notes that the directory served was started from the cache (the database down).
     pub(crate) fn started_from_cache(&self) {
         self.from_cache.store(true, Ordering::Release);
@@ -135,7 +149,11 @@ impl Replica {
     pub(crate) fn degraded(&self) -> Vec<String> {
         let mut out = Vec::new();
         let seq = self.applied();
-        if self.is_from_cache() {
+        if self.behind.load(Ordering::Acquire) {
+            out.push(format!(
+                "shared directory: the database's change log ends before seq {seq}, which this replica applied (restored from a backup?); restart this replica to load it"
+            ));
+        } else if self.is_from_cache() {
             out.push(format!(
                 "shared directory: serving the local cache (seq {seq}); the database has not been reached since start"
             ));
@@ -165,6 +183,7 @@ impl Replica {
             "lag": self.head().saturating_sub(self.applied()),
             "cached_seq": self.cached.load(Ordering::Acquire),
             "outbox": self.local.queued_count(),
+            "behind_database": self.behind.load(Ordering::Acquire),
         })
     }
 
@@ -172,7 +191,7 @@ impl Replica {
     pub(crate) fn metrics(&self) -> String {
         let (connected, applied) = (u8::from(self.is_connected()), self.applied());
         let lag = self.head().saturating_sub(applied);
-        let (from_cache, queued) = (u8::from(self.is_from_cache()), self.local.queued_count());
+        let (degraded, queued) = (u8::from(self.is_degraded()), self.local.queued_count());
         format!(
             "# HELP iotgate_shared_directory_connected Whether the replica follows the shared database (1) or not (0).\n\
              # TYPE iotgate_shared_directory_connected gauge\n\
@@ -183,9 +202,9 @@ impl Replica {
              # HELP iotgate_shared_directory_lag Changes the database has that this replica has not applied.\n\
              # TYPE iotgate_shared_directory_lag gauge\n\
              iotgate_shared_directory_lag {lag}\n\
-             # HELP iotgate_shared_directory_degraded Whether the directory served is the local cache, the database not reached since start (1).\n\
+             # HELP iotgate_shared_directory_degraded Whether the directory served is the local cache (the database not reached since start) or ahead of the database's change log (1).\n\
              # TYPE iotgate_shared_directory_degraded gauge\n\
-             iotgate_shared_directory_degraded {from_cache}\n\
+             iotgate_shared_directory_degraded {degraded}\n\
              # HELP iotgate_shared_directory_outbox Write-through batches queued on disk for the database.\n\
              # TYPE iotgate_shared_directory_outbox gauge\n\
              iotgate_shared_directory_outbox {queued}\n"

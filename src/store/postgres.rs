@@ -78,6 +78,15 @@ pub(crate) enum StoreError {
     /// The database did not answer in time.
     #[error("postgres: no answer within {0:?}")]
     Timeout(Duration),
+    /// The change log ends before what this replica applied: the database was restored
+    /// from a backup or replaced, and this replica's directory is not what it holds.
+    #[error("postgres: the change log ends at seq {head}, before this replica's {applied}: the database was restored or replaced; restart this replica to load it")]
+    Behind {
+        /// The last seq of the log.
+        head: u64,
+        /// The last seq this replica applied.
+        applied: u64,
+    },
 }
 
 /// `work`, failed with [`StoreError::Timeout`] when it takes longer than `limit`.
@@ -223,10 +232,7 @@ impl Postgres {
             .read_only(true)
             .start()
             .await?;
-        let seq: i64 = tx
-            .query_one("SELECT coalesce(max(seq), 0) FROM iotgate_changes", &[])
-            .await?
-            .get(0);
+        let seq = last_seq(&tx).await?;
         let rows = tx
             .query_raw(
                 // a put as the entity itself: parsed once, by the directory's loader
@@ -249,7 +255,7 @@ impl Postgres {
             }
         }
         tx.commit().await?;
-        Ok(seq_of(seq))
+        Ok(seq)
     }
 
     /// The change-log entries after `seq`, in order.
@@ -271,11 +277,7 @@ impl Postgres {
     pub(crate) async fn head(&self) -> Result<u64, StoreError> {
         bounded(WRITE_TIMEOUT, async {
             let client = self.pool.get().await?;
-            let seq: i64 = client
-                .query_one("SELECT coalesce(max(seq), 0) FROM iotgate_changes", &[])
-                .await?
-                .get(0);
-            Ok(seq_of(seq))
+            last_seq(&client).await
         })
         .await
     }
@@ -368,11 +370,7 @@ impl Postgres {
                     seq: None,
                 });
             }
-            let seq: i64 = tx
-                .query_one("SELECT coalesce(max(seq), 0) FROM iotgate_changes", &[])
-                .await?
-                .get(0);
-            let seq = seq_of(seq) + 1;
+            let seq = last_seq(&tx).await? + 1;
             append_batch(&tx, seq, &batch).await?;
             tx.commit().await?;
             Ok(Imported {
@@ -429,6 +427,17 @@ fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
+/// The last sequence number of the log (0: empty).
+async fn last_seq(client: &impl GenericClient) -> Result<u64, StoreError> {
+    let seq: i64 = client
+        .query_one("SELECT coalesce(max(seq), 0) FROM iotgate_changes", &[])
+        .await?
+        .get(0);
+    Ok(seq_of(seq))
+}
+
+/// The entries after `seq`, in order; [`StoreError::Behind`] when the log ends before `seq`
+/// (a restored database: what is written there next would reuse numbers already applied).
 async fn entries_since(client: &impl GenericClient, seq: u64) -> Result<Vec<Entry>, StoreError> {
     let rows = client
         .query(
@@ -437,6 +446,12 @@ async fn entries_since(client: &impl GenericClient, seq: u64) -> Result<Vec<Entr
             &[&seq_param(seq)],
         )
         .await?;
+    if rows.is_empty() {
+        let head = last_seq(client).await?;
+        if head < seq {
+            return Err(StoreError::Behind { head, applied: seq });
+        }
+    }
     rows.iter()
         .map(|row| {
             let seq = seq_of(row.get(0));

@@ -852,3 +852,45 @@ async fn check_decides_on_the_shared_directory_and_not_on_the_files_alone() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("the shared directory"), "{out}");
 }
+
+/// A database whose change log went back (restored from a backup) is not followed as if
+/// nothing happened: the replica says it is ahead (degraded) and refuses entity API writes,
+/// which would reuse sequence numbers it applied; a restarted replica loads it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_ahead_of_a_restored_database_is_degraded_and_refuses_writes() {
+    let Some(world) = World::start(1).await else {
+        return;
+    };
+    let a = &world.replicas[0];
+    let alice = "/directory/entities/Mini::User/alice";
+    for enabled in [false, true] {
+        let body = Some(user("developer", enabled));
+        let (status, body) = admin(a, "PUT", alice, body, Some(TOKEN)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // the backup held seq 1 only
+    world
+        .cluster
+        .psql("DELETE FROM iotgate_changes WHERE seq > 1");
+    let s = a
+        .wait_status("the replica to find the log behind", |s| {
+            s["shared_directory"]["behind_database"] == true
+        })
+        .await;
+    assert_eq!(s["shared_directory"]["applied_seq"], 2, "{s}");
+    let (status, ready) = a.admin_get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "decisions go on: {ready}");
+    assert!(ready.contains("ends before seq 2"), "{ready}");
+    let (_, metrics) = a.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("iotgate_shared_directory_degraded 1"),
+        "{metrics}"
+    );
+    let body = Some(user("developer", false));
+    let (status, body) = admin(a, "PUT", alice, body, Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let restarted = replica(&world.cluster, &world.upstream, world.state.path(), "again");
+    let s = restarted.status().await;
+    assert_eq!(s["shared_directory"]["applied_seq"], 1, "{s}");
+    assert_eq!(s["shared_directory"]["behind_database"], false, "{s}");
+}
