@@ -26,7 +26,7 @@ use crate::config::problem::{Problem, Problems};
 use crate::config::{Config, PostgresUrl};
 use crate::model::directory::change::{Change, Uid};
 use crate::store::local::Local;
-use crate::store::postgres::{Postgres, StoreError};
+use crate::store::postgres::{Postgres, StoreError, SINCE_PAGE};
 use crate::store::{self, Replica};
 
 /// How a batch is written through the database.
@@ -198,15 +198,20 @@ impl Gateway {
             replica.advance(seq);
             return Ok(());
         }
-        let entries = replica.store.since(replica.applied()).await?;
-        let Some(last) = entries.last().map(|e| e.seq) else {
-            return Ok(());
-        };
-        if let Some(next) = store::replay(&current, &entries, &[]) {
-            self.swap(next);
+        // page by page: each read is bounded in time, however far behind this replica is
+        loop {
+            let entries = replica.store.since(replica.applied()).await?;
+            let Some(last) = entries.last().map(|e| e.seq) else {
+                return Ok(());
+            };
+            if let Some(next) = store::replay(&self.snapshot(), &entries, &[]) {
+                self.swap(next);
+            }
+            replica.advance(last);
+            if entries.len() < SINCE_PAGE {
+                return Ok(());
+            }
         }
-        replica.advance(last);
-        Ok(())
     }
 
     /// Serves the cache of the shared directory, with the outbox laid over it: a start

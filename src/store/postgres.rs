@@ -40,6 +40,9 @@ const LOCK: i64 = 0x0069_6f74_6761_7465;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a write (lock, catch-up rows, append, commit) or a catch-up read may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The most change-log rows a catch-up reads at once (a replica far behind reads pages,
+/// each bounded in time, rather than one answer that may outlast its bound).
+pub(crate) const SINCE_PAGE: usize = 1000;
 /// How long loading the whole directory may take.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 /// Idle time after which TCP keepalives probe a connection, and how long sent data may go
@@ -258,14 +261,14 @@ impl Postgres {
         Ok(seq)
     }
 
-    /// The change-log entries after `seq`, in order.
+    /// The change-log entries after `seq`, in order: at most [`SINCE_PAGE`] of them.
     ///
     /// # Errors
     /// The database cannot be reached, or holds a row iotgate cannot read.
     pub(crate) async fn since(&self, seq: u64) -> Result<Vec<Entry>, StoreError> {
         bounded(WRITE_TIMEOUT, async {
             let client = self.pool.get().await?;
-            entries_since(&client, seq).await
+            entries_since(&client, seq, Some(SINCE_PAGE as i64)).await
         })
         .await
     }
@@ -303,7 +306,7 @@ impl Postgres {
                 .await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
                 .await?;
-            let missed = entries_since(&tx, last).await?;
+            let missed = entries_since(&tx, last, None).await?;
             let seq = missed.last().map_or(last, |e| e.seq) + 1;
             let (out, net) = match prepare(missed, seq) {
                 Ok(prepared) => prepared,
@@ -438,12 +441,17 @@ async fn last_seq(client: &impl GenericClient) -> Result<u64, StoreError> {
 
 /// The entries after `seq`, in order; [`StoreError::Behind`] when the log ends before `seq`
 /// (a restored database: what is written there next would reuse numbers already applied).
-async fn entries_since(client: &impl GenericClient, seq: u64) -> Result<Vec<Entry>, StoreError> {
+/// At most `limit` of them (`None`: all).
+async fn entries_since(
+    client: &impl GenericClient,
+    seq: u64,
+    limit: Option<i64>,
+) -> Result<Vec<Entry>, StoreError> {
     let rows = client
         .query(
             "SELECT seq, extract(epoch FROM at)::bigint, changes::text FROM iotgate_changes \
-             WHERE seq > $1 ORDER BY seq",
-            &[&seq_param(seq)],
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
+            &[&seq_param(seq), &limit],
         )
         .await?;
     if rows.is_empty() {

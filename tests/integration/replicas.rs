@@ -894,3 +894,31 @@ async fn a_replica_ahead_of_a_restored_database_is_degraded_and_refuses_writes()
     assert_eq!(s["shared_directory"]["applied_seq"], 1, "{s}");
     assert_eq!(s["shared_directory"]["behind_database"], false, "{s}");
 }
+
+/// A replica far behind (more rows than one read takes) catches up page by page at once,
+/// not one page per notification or poll.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_far_behind_catches_up_on_one_notification() {
+    let Some(world) = World::start(1).await else {
+        return;
+    };
+    let a = &world.replicas[0];
+    world.cluster.psql(
+        "INSERT INTO iotgate_changes (seq, changes) \
+         SELECT n, jsonb_build_array(jsonb_build_object('op', 'put', \
+           'uid', jsonb_build_object('type', 'Mini::User', 'id', 'alice'), \
+           'attrs', jsonb_build_object('role', 'developer', 'enabled', n % 2 = 1), \
+           'parents', '[]'::jsonb)) \
+         FROM generate_series(1, 2500) AS n; \
+         SELECT pg_notify('iotgate_changes', '2500');",
+    );
+    within(Duration::from_secs(2), || async {
+        a.status().await["shared_directory"]["applied_seq"] == 2500
+    })
+    .await;
+    assert_eq!(
+        alice_reads(a).await,
+        StatusCode::FORBIDDEN,
+        "the last row disabled her"
+    );
+}
