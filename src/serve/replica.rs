@@ -24,7 +24,7 @@ use crate::store::Replica;
 
 /// How often a follower asks the database even without a notification.
 const POLL: Duration = Duration::from_secs(5);
-/// How often the cache of the shared directory is written (when it changed).
+/// How often the cache of the shared directory is written (when it changed), at most.
 const CACHE_EVERY: Duration = Duration::from_secs(10);
 /// The longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -60,16 +60,18 @@ pub(crate) async fn start(gateway: &Gateway, config: &std::path::Path) -> Result
     Ok(())
 }
 
-/// Writes the cache of the shared directory every [`CACHE_EVERY`] (when it changed) until
-/// the task is dropped.
+/// Writes the cache of the shared directory every [`CACHE_EVERY`] (when it changed), or
+/// less often when writing it takes long (a large directory: at most a tenth of the time
+/// goes to it), until the task is dropped.
 pub(crate) async fn keep_cache(gateway: Arc<Gateway>) {
-    let mut every = tokio::time::interval(CACHE_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wait = Duration::ZERO; // the first at once: a crash soon after start finds it
     loop {
-        every.tick().await;
+        tokio::time::sleep(wait).await;
+        let started = tokio::time::Instant::now();
         if let Err(e) = gateway.write_cache().await {
             tracing::warn!(error = %e, "shared directory cache not written; retrying");
         }
+        wait = CACHE_EVERY.max(started.elapsed() * 10);
     }
 }
 
