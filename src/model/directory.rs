@@ -810,7 +810,6 @@ struct RawEntity {
     tags: Option<Map<String, Value>>,
 }
 
-/// Reads one file into the directory.
 /// The change that leaves `uid` as `node` is (its removal: absent).
 fn net_change_of(uid: change::Uid, node: Option<NodeRef<'_>>) -> change::Change {
     let Some(node) = node else {
@@ -879,26 +878,42 @@ impl Patch<'_> {
     }
 
     /// Applies a put of the entity `json` is (Cedar entity JSON, as a row of the shared
-    /// directory holds it): what [`Patch::apply`] does with that put, without building the
-    /// change first (a load of a million rows).
-    pub fn put_entity(&mut self, json: &str) {
-        let (n, origin) = (self.applied, Path::new("<change>"));
-        self.applied += 1;
-        let raw =
-            serde_json::from_str::<RawEntity>(json).map_err(|e| format!("not an entity: {e}"));
-        let uid = raw.as_ref().ok().and_then(|raw| entity_ref(&raw.uid));
+    /// directory holds it), parsed once by the loader the files use (a load of a million
+    /// rows); what the loader does not read as an entity is read as the put change and
+    /// given to [`Patch::apply`], so the outcome is that put's either way.
+    ///
+    /// # Errors
+    /// `json` is not a put of an entity at all (nothing says which entity): the caller must
+    /// not go on as if the entity were as it was.
+    pub fn put_entity(&mut self, json: &str) -> Result<(), String> {
+        let raw = serde_json::from_str::<RawEntity>(json).ok();
+        let uid = raw.as_ref().and_then(|raw| entity_ref(&raw.uid));
         let ty = uid
             .as_ref()
             .and_then(|(ty, _)| EntityTypeName::from_str(ty).ok());
-        let (Ok(raw), Some((_, id)), Some(ty)) = (raw, uid, ty) else {
-            let m = format!("change {n}: not a put of an entity: {json:.200}");
-            self.problems.push(Problem::in_file(origin, m));
-            return;
+        let (Some(raw), Some((_, id)), Some(ty)) = (raw, uid, ty) else {
+            return self.put_value(json);
         };
+        let n = self.applied;
+        self.applied += 1;
         let ty = self.dir.intern_type(&ty);
         let index = self.touch(ty, &id);
         self.dir.remove(index);
         self.load(n, |loader| loader.raw_entity(&raw));
+        Ok(())
+    }
+
+    /// [`Patch::put_entity`] of what is not plainly an entity: read as the put change.
+    fn put_value(&mut self, json: &str) -> Result<(), String> {
+        let mut value: Value = serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
+        let Some(fields) = value.as_object_mut() else {
+            return Err(format!("not a put of an entity: {json:.200}"));
+        };
+        fields.insert("op".into(), Value::from("put"));
+        let change = serde_json::from_value::<change::Change>(value)
+            .map_err(|e| format!("not a put of an entity: {e}: {json:.200}"))?;
+        self.apply(&change);
+        Ok(())
     }
 
     /// The slot of (`ty`, `id`), marked as the change log's when [`Patch::logged`] says so.
@@ -946,6 +961,7 @@ impl Patch<'_> {
     }
 }
 
+/// Reads entities into the directory: a file's, or one change's.
 struct Loader<'a> {
     dir: &'a mut Directory,
     catalog: &'a Catalog,

@@ -227,7 +227,10 @@ pub(crate) async fn load<'s>(
     let seq = store
         .load(|net| match net {
             postgres::Net::Entity(json) => patch.put_entity(json),
-            postgres::Net::Change(change) => patch.apply(&change),
+            postgres::Net::Change(change) => {
+                patch.apply(&change);
+                Ok(())
+            }
         })
         .await?;
     Ok((patch, seq))

@@ -221,13 +221,19 @@ impl Postgres {
     /// (never all held at once), and the last sequence number, in one consistent view.
     ///
     /// # Errors
-    /// The database cannot be reached, or holds a row iotgate cannot read (`each` may have
-    /// been given some rows).
-    pub(crate) async fn load(&self, each: impl FnMut(Net<'_>) + Send) -> Result<u64, StoreError> {
+    /// The database cannot be reached, holds a row iotgate cannot read, or `each` refused
+    /// a row (`each` may have been given some rows).
+    pub(crate) async fn load(
+        &self,
+        each: impl FnMut(Net<'_>) -> Result<(), String> + Send,
+    ) -> Result<u64, StoreError> {
         bounded(LOAD_TIMEOUT, self.load_now(each)).await
     }
 
-    async fn load_now(&self, mut each: impl FnMut(Net<'_>) + Send) -> Result<u64, StoreError> {
+    async fn load_now(
+        &self,
+        mut each: impl FnMut(Net<'_>) -> Result<(), String> + Send,
+    ) -> Result<u64, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client
             .build_transaction()
@@ -248,14 +254,14 @@ impl Postgres {
         let mut rows = std::pin::pin!(rows);
         while let Some(row) = rows.try_next().await? {
             let text: &str = row.get(1);
-            match row.get(0) {
-                true => each(Net::Entity(text)),
-                false => {
-                    each(Net::Change(serde_json::from_str(text).map_err(|e| {
-                        StoreError::Data(format!("an entity row: {e}"))
-                    })?))
-                }
-            }
+            let net = match row.get(0) {
+                true => Net::Entity(text),
+                false => Net::Change(
+                    serde_json::from_str(text)
+                        .map_err(|e| StoreError::Data(format!("an entity row: {e}")))?,
+                ),
+            };
+            each(net).map_err(|e| StoreError::Data(format!("an entity row: {e}")))?;
         }
         tx.commit().await?;
         Ok(seq)

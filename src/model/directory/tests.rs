@@ -481,7 +481,7 @@ fn a_put_given_as_entity_json_is_the_put_change() {
     by_change.apply(&change);
     let mut by_json = dir.patch(&catalog, &rules);
     by_json.logged(true);
-    by_json.put_entity(ann);
+    by_json.put_entity(ann).unwrap();
     let ((a, pa), (b, pb)) = (by_change.finish(), by_json.finish());
     assert!(pa.is_empty() && pb.is_empty(), "{pa}{pb}");
     let ann_uid = Uid {
@@ -494,13 +494,28 @@ fn a_put_given_as_entity_json_is_the_put_change() {
         vec![b.net_change(&ann_uid)]
     );
     assert!(b.get(&uid(r#"T::User::"ann""#)).unwrap().is_disabled());
-    // one that does not fit leaves the entity absent; one that is no entity is a problem
+    // one that does not fit leaves the entity absent, never as the files say
     let mut bad = dir.patch(&catalog, &rules);
-    bad.put_entity(
-        r#"{"uid":{"type":"T::User","id":"ann"},"attrs":{"enabled":false},"parents":[]}"#,
-    );
-    bad.put_entity(r#"{"uid":"ann"}"#);
+    let no_role = r#"{"uid":{"type":"T::User","id":"ann"},"attrs":{"enabled":false},"parents":[]}"#;
+    bad.put_entity(no_role).unwrap();
     let (after, problems) = bad.finish();
-    assert_eq!(problems.iter().count(), 2, "{problems}");
+    assert_eq!(problems.iter().count(), 1, "{problems}");
     assert!(after.get(&uid(r#"T::User::"ann""#)).is_none());
+    // one the loader does not read is read as the put change, and refused as that is
+    let mut odd = dir.patch(&catalog, &rules);
+    let extra = r#"{"uid":{"type":"T::User","id":"ann"},"attrs":{"role":"basic","enabled":false},"parents":[],"v":2}"#;
+    assert!(
+        odd.put_entity(extra).is_err(),
+        "a field iotgate does not know"
+    );
+    let lenient =
+        r#"{"uid":{"type":"T::User","id":"ann"},"attrs":{"role":"basic","enabled":false}}"#;
+    odd.put_entity(lenient).unwrap();
+    let (after, problems) = odd.finish();
+    assert!(problems.is_empty(), "{problems}");
+    assert!(after.get(&uid(r#"T::User::"ann""#)).unwrap().is_disabled());
+    // one that names no entity is refused (the load fails rather than go on without it)
+    let mut none = dir.patch(&catalog, &rules);
+    assert!(none.put_entity(r#"{"uid":"ann"}"#).is_err());
+    assert!(none.put_entity("[1]").is_err());
 }
