@@ -70,6 +70,9 @@ impl Gateway {
                 "the shared directory is not loaded yet".into(),
             ));
         }
+        replica
+            .not_behind()
+            .map_err(|e| CommitError::Store(e.to_string()))?;
         let current = self.snapshot();
         let applied = replica.applied();
         let written = replica
@@ -89,6 +92,7 @@ impl Gateway {
             Ok(Ok(done)) => done,
             Ok(Err(refused)) => return Err(refused),
             Err(e) => {
+                replica.note_error(&e);
                 tracing::error!(error = %e, "shared directory write failed; change refused");
                 return Err(CommitError::Store(e.to_string()));
             }
@@ -200,7 +204,9 @@ impl Gateway {
         }
         // page by page: each read is bounded in time, however far behind this replica is
         loop {
-            let entries = replica.store.since(replica.applied()).await?;
+            replica.not_behind()?;
+            let entries = replica.store.since(replica.applied()).await;
+            let entries = entries.inspect_err(|e| replica.note_error(e))?;
             let Some(last) = entries.last().map(|e| e.seq) else {
                 return Ok(());
             };

@@ -149,7 +149,6 @@ async fn catch_up(gateway: &Arc<Gateway>, replica: &Replica) {
         }
         Err(e @ StoreError::Behind { .. }) => {
             replica.set_connected(false);
-            replica.found_behind();
             tracing::error!(error = %e, "shared directory ahead of the database; not following it");
         }
         Err(e) => {

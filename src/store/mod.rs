@@ -102,10 +102,26 @@ impl Replica {
         self.connected.store(up, Ordering::Release);
     }
 
-    /// Notes that the database's change log ends before what this replica applied
-    /// ([`postgres::StoreError::Behind`]): degraded until a restart loads it again.
-    pub(crate) fn found_behind(&self) {
-        self.behind.store(true, Ordering::Release);
+    /// [`postgres::StoreError::Behind`] once the change log was found behind this replica:
+    /// it neither follows nor writes that log again before a restart.
+    ///
+    /// # Errors
+    /// The log was found behind.
+    pub(crate) fn not_behind(&self) -> Result<(), postgres::StoreError> {
+        match self.behind.load(Ordering::Acquire) {
+            true => Err(postgres::StoreError::Behind {
+                head: self.head(),
+                applied: self.applied(),
+            }),
+            false => Ok(()),
+        }
+    }
+
+    /// Notes `e`: when it is [`postgres::StoreError::Behind`], the replica is behind for good.
+    pub(crate) fn note_error(&self, e: &postgres::StoreError) {
+        if let postgres::StoreError::Behind { .. } = e {
+            self.behind.store(true, Ordering::Release);
+        }
     }
 
     /// Whether this replica is degraded: serving the cache, or ahead of the database.
