@@ -45,6 +45,16 @@ async fn with_shared_directory(loaded: &mut Loaded) -> Result<(), String> {
     Ok(())
 }
 
+/// A candidate snapshot (`--against`, `--replay`) with the live shared directory laid over
+/// it, as a replica lays it over a reload of its files: the candidate differs from the live
+/// side only in what the candidate files change (itself without `store = "postgres"`).
+pub(crate) fn with_live_shared(live: &Snapshot, candidate: Snapshot) -> Snapshot {
+    match crate::store::with_logged_of(&candidate, &live.directory) {
+        Some(patch) => crate::store::finish(&candidate, patch, 0),
+        None => candidate,
+    }
+}
+
 /// Lifetime given to tokens minted for `sign = true` cases without `exp`.
 const SIGNED_CASE_TTL: u64 = 300;
 
@@ -89,7 +99,7 @@ pub(crate) fn run(args: &CheckArgs, out: &mut dyn Write) -> std::io::Result<Exit
 }
 
 /// `check --against DIR`: decides every case with the live policies and with the policies
-/// of `DIR` (same schema, routes and directory) and reports, apart, the cases whose verdict
+/// of `DIR` (same schema, routes and directory, the shared one included) and reports, apart, the cases whose verdict
 /// changes (status) and those where only the determining policies do. Exit 0 when no
 /// verdict would change, 1 when one would.
 async fn compare(
@@ -102,7 +112,7 @@ async fn compare(
     candidate_config.policy.policies = vec![dir.to_path_buf()];
     let candidate = Snapshot::load(&candidate_config).map(|snapshot| Loaded {
         config: candidate_config,
-        snapshot,
+        snapshot: with_live_shared(&loaded.snapshot, snapshot),
         verifier: loaded.verifier.clone(),
     });
     let (cases, mut problems) = load_suites(&args.suites, &loaded);

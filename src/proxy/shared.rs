@@ -268,11 +268,9 @@ impl Gateway {
             tracing::error!(problems = %p, "the outbox cannot be read; its effects are not laid over the reload");
             Vec::new()
         });
-        let mut patch = snapshot.patch();
-        patch.logged(true);
-        for change in self.snapshot().directory.logged_changes() {
-            patch.apply(&change);
-        }
+        let served = self.snapshot();
+        let mut patch =
+            store::with_logged_of(&snapshot, &served.directory).unwrap_or_else(|| snapshot.patch());
         store::lay(&mut patch, &queued, false);
         self.swap(store::finish(&snapshot, patch, replica.applied()));
     }

@@ -19,7 +19,7 @@ use crate::authz::snapshot::Snapshot;
 use crate::config::problem::Problems;
 use crate::model::directory::change::Change;
 use crate::model::directory::journal::Entry;
-use crate::model::directory::Patch;
+use crate::model::directory::{Directory, Patch};
 
 /// A replica's view of the shared directory: how far it has applied the change log (which
 /// entities the log has changed, its directory knows: `Directory::logged_changes`).
@@ -274,6 +274,18 @@ pub(crate) fn lay(patch: &mut Patch<'_>, entries: &[Entry], logged: bool) {
         }
         report(entry.seq, &patch.take_problems());
     }
+}
+
+/// The entities the change log changed, as `from` has them, laid over `onto` (marked as
+/// the log's): the shared directory over a directory rebuilt from files. `None` when `from`
+/// has none (not a replica's directory).
+pub(crate) fn with_logged_of<'s>(onto: &'s Snapshot, from: &Directory) -> Option<Patch<'s>> {
+    let mut changes = from.logged_changes().peekable();
+    changes.peek()?;
+    let mut patch = onto.patch();
+    patch.logged(true);
+    changes.for_each(|change| patch.apply(&change));
+    Some(patch)
 }
 
 /// `base` with the patched directory at `seq`, what did not fit logged.

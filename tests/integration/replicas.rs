@@ -814,7 +814,7 @@ async fn check_decides_on_the_shared_directory_and_not_on_the_files_alone() {
     let alice = "/directory/entities/Mini::User/alice";
     let (status, body) = admin(a, "PUT", alice, Some(user("developer", false)), Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (_dir, config) = replica_files(
+    let (dir, config) = replica_files(
         &world.cluster,
         &world.upstream,
         world.state.path(),
@@ -843,6 +843,18 @@ async fn check_decides_on_the_shared_directory_and_not_on_the_files_alone() {
         StatusCode::FORBIDDEN,
         "as serve decides"
     );
+    // a candidate policy folder is compared on the same shared directory: no flip
+    let policies = dir.path().join("mini/policies");
+    let suite = dir.path().join("mini/checks.toml");
+    let (code, out) = crate::support::iotgate(&[
+        "check",
+        "--config",
+        config,
+        "--against",
+        policies.to_str().unwrap(),
+        suite.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "the same policies change no verdict: {out}");
     let (status, body) = admin(a, "PUT", alice, Some(user("developer", true)), Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (code, out) = check("alice");
