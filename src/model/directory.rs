@@ -519,6 +519,11 @@ impl Directory {
         }
     }
 
+    /// How many entities [`Directory::logged_changes`] lists.
+    pub fn logged_count(&self) -> usize {
+        self.slots.iter().filter(|slot| slot.logged).count()
+    }
+
     /// The net change of every entity the shared directory's change log changed (see
     /// [`Patch::logged`]): what a directory rebuilt from the files needs laid over it to be
     /// the shared directory again.

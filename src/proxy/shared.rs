@@ -278,28 +278,34 @@ impl Gateway {
     /// Writes the cache of the shared directory when it is behind what is applied: the
     /// net state of every entity the change log changed, at the applied seq.
     ///
+    /// Returns how long writing it took (zero: not due).
+    ///
     /// # Errors
     /// It could not be written (the old cache stays; the next call tries again).
-    pub(crate) async fn write_cache(&self) -> std::io::Result<()> {
+    pub(crate) async fn write_cache(&self) -> std::io::Result<std::time::Duration> {
         let Some(replica) = self.replica.clone() else {
-            return Ok(());
+            return Ok(std::time::Duration::ZERO);
         };
         if !replica.cache_due() {
-            return Ok(());
+            return Ok(std::time::Duration::ZERO);
         }
         let (snapshot, seq) = {
             let _applying = self.applying.lock().await;
             (self.snapshot(), replica.applied())
         };
         let written = Arc::clone(&replica);
-        tokio::task::spawn_blocking(move || {
-            let changes = snapshot.directory.logged_changes();
-            written.local.write_cache(seq, changes)
+        let took = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let directory = &snapshot.directory;
+            let count = directory.logged_count() as u64;
+            let changes = directory.logged_changes();
+            written.local.write_cache(seq, count, changes)?;
+            Ok(started.elapsed())
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))?;
         replica.cache_written(seq);
-        Ok(())
+        Ok(took)
     }
 }
 

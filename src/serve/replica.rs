@@ -11,7 +11,8 @@
 //!                                                 last applied, in order; connected while
 //!                                                 catch-ups succeed ─▶ deliver_queued
 //!         the connection ends ─▶ not connected; retry after a backoff (100 ms … 2 s)
-//! keep_cache: every CACHE_EVERY ─▶ Gateway::write_cache (when applied moved on)
+//! keep_cache: at once, then every CACHE_EVERY (ten times the last write's time, at most
+//!            CACHE_AT_MOST_EVERY) ─▶ Gateway::write_cache (when applied moved on)
 //! ```
 
 use std::sync::Arc;
@@ -26,6 +27,8 @@ use crate::store::Replica;
 const POLL: Duration = Duration::from_secs(5);
 /// How often the cache of the shared directory is written (when it changed), at most.
 const CACHE_EVERY: Duration = Duration::from_secs(10);
+/// The longest wait between two writes of the cache, however long one takes.
+const CACHE_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 /// The longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -67,11 +70,13 @@ pub(crate) async fn keep_cache(gateway: Arc<Gateway>) {
     let mut wait = Duration::ZERO; // the first at once: a crash soon after start finds it
     loop {
         tokio::time::sleep(wait).await;
-        let started = tokio::time::Instant::now();
-        if let Err(e) = gateway.write_cache().await {
-            tracing::warn!(error = %e, "shared directory cache not written; retrying");
-        }
-        wait = CACHE_EVERY.max(started.elapsed() * 10);
+        wait = match gateway.write_cache().await {
+            Ok(took) => (took * 10).clamp(CACHE_EVERY, CACHE_AT_MOST_EVERY),
+            Err(e) => {
+                tracing::warn!(error = %e, "shared directory cache not written; retrying");
+                CACHE_EVERY
+            }
+        };
     }
 }
 

@@ -3,10 +3,11 @@
 //! effects the database could not take.
 //!
 //! ```text
-//! state_dir/directory.cache   a line {"seq","at"}, then one line per entity the change
-//!                             log changed: its net change, as applied up to seq
+//! state_dir/directory.cache   a line {"seq","at","entities"}, then one line per entity
+//!                             the change log changed: its net change, as applied up to
+//!                             seq (exactly `entities` of them: a cut file is refused)
 //!                             (streamed both ways, never held whole; rewritten
-//!                             atomically, at most every CACHE_EVERY)
+//!                             atomically, every CACHE_EVERY or more)
 //! state_dir/outbox.journal    effects of forwarded requests, one fsync'd line per batch,
 //!                             in order; delivered through the database, then cut
 //! ```
@@ -28,6 +29,8 @@ struct CacheHeader {
     seq: u64,
     /// When it was written (seconds since the epoch).
     at: u64,
+    /// How many lines follow.
+    entities: u64,
 }
 
 /// A replica's own folder.
@@ -76,10 +79,24 @@ impl Local {
             serde_json::from_str(&header).map_err(|e| at(1, format!("not a cache header: {e}")))?;
         let mut n = 2;
         while let Some(line) = next(n)? {
+            if n as u64 > header.entities + 1 {
+                return Err(at(
+                    n,
+                    format!("more than the {} entities the header says", header.entities),
+                ));
+            }
             let change = serde_json::from_str(&line)
                 .map_err(|e| at(n, format!("not a directory change: {e}")))?;
             each(change);
             n += 1;
+        }
+        if (n as u64) < header.entities + 2 {
+            let m = format!(
+                "cut short: {} of the {} entities the header says",
+                n - 2,
+                header.entities
+            );
+            return Err(at(n, m));
         }
         Ok(Some(header.seq))
     }
@@ -89,23 +106,31 @@ impl Local {
         &self.cache
     }
 
-    /// Replaces the cache with `changes` at `seq` (atomically: the old cache or the new
-    /// one), written as they come.
+    /// Replaces the cache with the `entities` `changes` at `seq` (atomically: the old
+    /// cache or the new one), written as they come.
     ///
     /// # Errors
-    /// It could not be written (the old cache stays).
+    /// It could not be written, or `changes` were not `entities` (the old cache stays).
     pub(crate) fn write_cache(
         &self,
         seq: u64,
+        entities: u64,
         changes: impl Iterator<Item = Change>,
     ) -> std::io::Result<()> {
         journal::write_atomically_with(&self.cache, |out| {
-            let header = CacheHeader {
-                seq,
-                at: crate::authn::now(),
-            };
-            write_line(out, &header)?;
-            changes.into_iter().try_for_each(|c| write_line(out, &c))
+            let at = crate::authn::now();
+            write_line(out, &CacheHeader { seq, at, entities })?;
+            let mut written = 0;
+            for change in changes {
+                write_line(out, &change)?;
+                written += 1;
+            }
+            match written == entities {
+                true => Ok(()),
+                false => Err(std::io::Error::other(format!(
+                    "{written} entities written, not {entities}"
+                ))),
+            }
         })
     }
 
@@ -207,11 +232,20 @@ mod tests {
         assert_eq!(read(&local).unwrap(), (None, vec![]));
         for (seq, ids) in [(7, vec!["a", "b"]), (9, vec!["c"])] {
             let changes: Vec<Change> = ids.into_iter().map(delete).collect();
-            local.write_cache(seq, changes.clone().into_iter()).unwrap();
+            let count = changes.len() as u64;
+            local
+                .write_cache(seq, count, changes.clone().into_iter())
+                .unwrap();
             assert_eq!(read(&local).unwrap(), (Some(seq), changes));
         }
         let cache = dir.path().join("directory.cache");
-        std::fs::write(&cache, "{\"seq\":1,\"at\":1}\n{\"op\":\"nope\"}\n").unwrap();
+        let written = std::fs::read_to_string(&cache).unwrap();
+        let head = "{\"seq\":1,\"at\":1,\"entities\":2}\n";
+        // a file cut at a line's end (a copy, a restored volume) is refused, not half read
+        std::fs::write(&cache, format!("{head}{}", written.lines().nth(1).unwrap())).unwrap();
+        let e = read(&local).unwrap_err().to_string();
+        assert!(e.contains("cut short: 1 of the 2"), "{e}");
+        std::fs::write(&cache, format!("{head}{{\"op\":\"nope\"}}\n")).unwrap();
         let e = read(&local).unwrap_err().to_string();
         assert!(
             e.contains("directory.cache:2") && e.contains("not a directory change"),

@@ -6,7 +6,7 @@
 //! Gateway::commit ─▶ postgres::Postgres::write (catch up, check, append, notify, commit)
 //! serve::replica  ─▶ postgres::Postgres::listen / since ─▶ Gateway::catch_up
 //!                 ─▶ Gateway::deliver_queued (the outbox, once the database is back)
-//!                 ─▶ Gateway::write_cache (at most every CACHE_EVERY, when changed)
+//!                 ─▶ Gateway::write_cache (every CACHE_EVERY or more, when changed)
 //! database down at start ─▶ local::Local::cached, the outbox laid over it (degraded)
 //! ```
 
@@ -20,6 +20,9 @@ use crate::config::problem::Problems;
 use crate::model::directory::change::Change;
 use crate::model::directory::journal::Entry;
 use crate::model::directory::{Directory, Patch};
+
+/// [`Replica`]'s `behind` when the log was never found behind it.
+const NOT_BEHIND: u64 = u64::MAX;
 
 /// A replica's view of the shared directory: how far it has applied the change log (which
 /// entities the log has changed, its directory knows: `Directory::logged_changes`).
@@ -40,7 +43,8 @@ pub(crate) struct Replica {
     head: AtomicU64,
     connected: AtomicBool,
     /// The database's change log was found to end before what was applied.
-    behind: AtomicBool,
+    /// The head the log was found to end at, before what was applied (NOT_BEHIND: never).
+    behind: AtomicU64,
 }
 
 impl Replica {
@@ -56,7 +60,7 @@ impl Replica {
             loaded: AtomicBool::new(false),
             head: AtomicU64::new(0),
             connected: AtomicBool::new(false),
-            behind: AtomicBool::new(false),
+            behind: AtomicU64::new(NOT_BEHIND),
         }
     }
 
@@ -109,24 +113,33 @@ impl Replica {
     /// The log was found behind.
     pub(crate) fn not_behind(&self) -> Result<(), postgres::StoreError> {
         match self.behind.load(Ordering::Acquire) {
-            true => Err(postgres::StoreError::Behind {
-                head: self.head(),
+            NOT_BEHIND => Ok(()),
+            head => Err(postgres::StoreError::Behind {
+                head,
                 applied: self.applied(),
             }),
-            false => Ok(()),
         }
     }
 
     /// Notes `e`: when it is [`postgres::StoreError::Behind`], the replica is behind for good.
     pub(crate) fn note_error(&self, e: &postgres::StoreError) {
-        if let postgres::StoreError::Behind { .. } = e {
-            self.behind.store(true, Ordering::Release);
+        if let postgres::StoreError::Behind { head, .. } = e {
+            let _ = self.behind.compare_exchange(
+                NOT_BEHIND,
+                *head,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
+    }
+
+    fn is_behind(&self) -> bool {
+        self.behind.load(Ordering::Acquire) != NOT_BEHIND
     }
 
     /// Whether this replica is degraded: serving the cache, or ahead of the database.
     fn is_degraded(&self) -> bool {
-        self.is_from_cache() || self.behind.load(Ordering::Acquire)
+        self.is_from_cache() || self.is_behind()
     }
 
     /// Notes that the directory served was started from the cache (the database down).
@@ -165,7 +178,7 @@ impl Replica {
     pub(crate) fn degraded(&self) -> Vec<String> {
         let mut out = Vec::new();
         let seq = self.applied();
-        if self.behind.load(Ordering::Acquire) {
+        if self.is_behind() {
             out.push(format!(
                 "shared directory: the database's change log ends before seq {seq}, which this replica applied (restored from a backup?); restart this replica to load it"
             ));
@@ -199,7 +212,7 @@ impl Replica {
             "lag": self.head().saturating_sub(self.applied()),
             "cached_seq": self.cached.load(Ordering::Acquire),
             "outbox": self.local.queued_count(),
-            "behind_database": self.behind.load(Ordering::Acquire),
+            "behind_database": self.is_behind(),
         })
     }
 

@@ -9,7 +9,8 @@
 //!            (the state it leaves its entities in) as seq = last + 1, the same upserted
 //!            into iotgate_entities, pg_notify('iotgate_changes', seq) ─▶ COMMIT
 //! listen  ─▶ LISTEN iotgate_changes on a connection of its own: each notification's seq
-//! since   ─▶ the rows after a seq, in order (a follower's catch-up)
+//! since   ─▶ the rows after a seq, in order, a page of SINCE_PAGE at a time (a follower's
+//!            catch-up); a log that ends before that seq is StoreError::Behind (restored)
 //! import  ─▶ BEGIN; the advisory lock ─▶ the entities of the imported types as stored ─▶
 //!            a put for each new or different one, a delete for each the import lacks,
 //!            appended as one batch ─▶ COMMIT (`iotgate import --to`)
