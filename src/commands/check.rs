@@ -45,16 +45,6 @@ async fn with_shared_directory(loaded: &mut Loaded) -> Result<(), String> {
     Ok(())
 }
 
-/// A candidate snapshot (`--against`, `--replay`) with the live shared directory laid over
-/// it, as a replica lays it over a reload of its files: the candidate differs from the live
-/// side only in what the candidate files change (itself without `store = "postgres"`).
-pub(crate) fn with_live_shared(live: &Snapshot, candidate: Snapshot) -> Snapshot {
-    match crate::store::with_logged_of(&candidate, &live.directory) {
-        Some(patch) => crate::store::finish(&candidate, patch, 0),
-        None => candidate,
-    }
-}
-
 /// Lifetime given to tokens minted for `sign = true` cases without `exp`.
 const SIGNED_CASE_TTL: u64 = 300;
 
@@ -112,7 +102,7 @@ async fn compare(
     candidate_config.policy.policies = vec![dir.to_path_buf()];
     let candidate = Snapshot::load(&candidate_config).map(|snapshot| Loaded {
         config: candidate_config,
-        snapshot: with_live_shared(&loaded.snapshot, snapshot),
+        snapshot: crate::store::with_live_shared(&loaded.snapshot, snapshot),
         verifier: loaded.verifier.clone(),
     });
     let (cases, mut problems) = load_suites(&args.suites, &loaded);

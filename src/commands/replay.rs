@@ -51,7 +51,7 @@ pub(crate) async fn run(
     let candidate = match Snapshot::load(&config) {
         Ok(snapshot) => Loaded {
             config,
-            snapshot: super::check::with_live_shared(&loaded.snapshot, snapshot),
+            snapshot: crate::store::with_live_shared(&loaded.snapshot, snapshot),
             verifier: loaded.verifier.clone(),
         },
         Err(problems) => {

@@ -301,6 +301,16 @@ pub(crate) fn with_logged_of<'s>(onto: &'s Snapshot, from: &Directory) -> Option
     Some(patch)
 }
 
+/// A candidate snapshot (`check --against`, `--replay`) with the live shared directory laid
+/// over it, as a replica lays it over a reload of its files: the candidate differs from the
+/// live side only in what the candidate files change (itself without `store = "postgres"`).
+pub(crate) fn with_live_shared(live: &Snapshot, candidate: Snapshot) -> Snapshot {
+    match with_logged_of(&candidate, &live.directory) {
+        Some(patch) => finish(&candidate, patch, 0),
+        None => candidate,
+    }
+}
+
 /// `base` with the patched directory at `seq`, what did not fit logged.
 pub(crate) fn finish(base: &Snapshot, patch: Patch<'_>, seq: u64) -> Snapshot {
     let (next, problems) = base.with_patch(patch, seq);
