@@ -42,7 +42,6 @@ pub(crate) struct Replica {
     loaded: AtomicBool,
     head: AtomicU64,
     connected: AtomicBool,
-    /// The database's change log was found to end before what was applied.
     /// The head the log was found to end at, before what was applied (NOT_BEHIND: never).
     behind: AtomicU64,
 }
