@@ -89,9 +89,9 @@ pub(crate) fn run(args: &CheckArgs, out: &mut dyn Write) -> std::io::Result<Exit
 }
 
 /// `check --against DIR`: decides every case with the live policies and with the policies
-/// of `DIR` (same schema, routes and directory, the shared one included) and reports, apart, the cases whose verdict
-/// changes (status) and those where only the determining policies do. Exit 0 when no
-/// verdict would change, 1 when one would.
+/// of `DIR` (same schema, routes and directory, the shared one included) and reports,
+/// apart, the cases whose verdict changes (status) and those where only the determining
+/// policies do. Exit 0 when no verdict would change, 1 when one would.
 async fn compare(
     loaded: Loaded,
     args: &CheckArgs,
